@@ -1,0 +1,1 @@
+"""Training host side: data, models, training, quantization, Edge TPU compilation (needs TensorFlow)."""

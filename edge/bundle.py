@@ -1,0 +1,228 @@
+"""The model bundle: the contract between the training host and the device.
+
+A bundle is a directory holding `model.tflite`, optionally `model_edgetpu.tflite`, and
+`manifest.json`. `Bundle.load` refuses anything it cannot vouch for (DESIGN.md principle 5):
+a missing file, a hash mismatch, an unknown schema, labels that do not fit the model output.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge import __version__
+from edge.errors import BundleError
+from edge.preprocess import PreprocessSpec
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CPU_MODEL = "model.tflite"
+EDGETPU_MODEL = "model_edgetpu.tflite"
+
+
+@dataclass
+class TensorSpec:
+    """Shape, dtype and (for quantized tensors) scale / zero point of a model input or output."""
+
+    shape: list[int]
+    dtype: str
+    scale: float | None = None
+    zero_point: int | None = None
+
+
+@dataclass
+class Metric:
+    """One measured number, always with the split it was measured on."""
+
+    name: str
+    value: float
+    split: str
+    n: int | None = None
+    command: str | None = None
+
+
+@dataclass
+class Uncertainty:
+    """When a prediction is flagged for human review: top probability or top-1 minus top-2 margin too low."""
+
+    min_confidence: float = 0.6
+    min_margin: float = 0.2
+    source: str = "default"
+
+
+@dataclass
+class Manifest:
+    labels: list[str]
+    input: TensorSpec
+    output: TensorSpec
+    preprocess: PreprocessSpec
+    model: dict = field(default_factory=dict)  # architecture, weights, precision, ...
+    training: dict = field(default_factory=dict)  # data fingerprint, splits, run config
+    calibration: dict = field(default_factory=dict)
+    metrics: list[Metric] = field(default_factory=list)
+    uncertainty: Uncertainty = field(default_factory=Uncertainty)
+    edgetpu: dict | None = None
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    writer: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        data = dict(data)
+        return cls(
+            labels=list(data.pop("labels")),
+            input=TensorSpec(**data.pop("input")),
+            output=TensorSpec(**data.pop("output")),
+            preprocess=PreprocessSpec.from_dict(data.pop("preprocess")),
+            metrics=[Metric(**m) for m in data.pop("metrics", [])],
+            uncertainty=Uncertainty(**data.pop("uncertainty", {})),
+            **data,
+        )
+
+    def metric(self, name: str, split: str | None = None) -> Metric | None:
+        for m in self.metrics:
+            if m.name == name and (split is None or m.split == split):
+                return m
+        return None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bundle(out_dir: str | os.PathLike, models: dict[str, bytes], manifest: Manifest) -> Path:
+    """Write model files and a manifest carrying their sha256 and the writer's version and time.
+
+    `models` maps file names (`model.tflite`, `model_edgetpu.tflite`) to their bytes. Files already
+    in the bundle and listed in the manifest keep their recorded hash (used by `edge compile`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in models.items():
+        _atomic_write(out / name, data)
+        manifest.files[name] = hashlib.sha256(data).hexdigest()
+    manifest.writer = {
+        "name": "edge-hemato",
+        "version": __version__,
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _atomic_write(out / MANIFEST, (json.dumps(manifest.to_dict(), indent=2) + "\n").encode())
+    return out
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    @property
+    def preprocess_spec(self) -> PreprocessSpec:
+        return self.manifest.preprocess
+
+    @property
+    def sha256(self) -> str:
+        """The CPU model's hash: what results and benchmarks record as 'which model'."""
+        return self.manifest.files[CPU_MODEL]
+
+    def model_path(self, edgetpu: bool = False) -> Path:
+        name = EDGETPU_MODEL if edgetpu else CPU_MODEL
+        if name not in self.manifest.files:
+            hint = " (run `edge compile` on a machine with edgetpu_compiler)" if edgetpu else ""
+            raise BundleError(f"{self.path}: bundle has no {name}{hint}")
+        return self.path / name
+
+    def save_manifest(self) -> None:
+        write_bundle(self.path, {}, self.manifest)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, check_model: bool = True) -> Bundle:
+        """Load and verify a bundle directory. Raises BundleError with one line naming file and reason."""
+        root = Path(path)
+        if not root.exists():
+            raise BundleError(f"{root}: bundle not found")
+        if root.is_file():
+            raise BundleError(f"{root}: expected a bundle directory (model.tflite + manifest.json), got a file")
+        manifest_path = root / MANIFEST
+        if not manifest_path.exists():
+            raise BundleError(f"{manifest_path}: missing manifest")
+        try:
+            raw = json.loads(manifest_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
+        if not isinstance(raw, dict):
+            raise BundleError(f"{manifest_path}: manifest must be a JSON object")
+        version = raw.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError(
+                f"{manifest_path}: unknown schema version {version!r} (this edge {__version__} reads {SCHEMA_VERSION})"
+            )
+        try:
+            manifest = Manifest.from_dict(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from None
+        if CPU_MODEL not in manifest.files:
+            raise BundleError(f"{manifest_path}: lists no {CPU_MODEL}")
+        for name, expected in manifest.files.items():
+            file = root / name
+            if not file.exists():
+                raise BundleError(f"{file}: missing model file listed in the manifest")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise BundleError(
+                    f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…): tampered or corrupt"
+                )
+        n_out = manifest.output.shape[-1] if manifest.output.shape else None
+        if not manifest.labels or n_out != len(manifest.labels):
+            raise BundleError(f"{manifest_path}: {len(manifest.labels)} labels but the model output has {n_out} classes")
+        bundle = cls(root, manifest)
+        if check_model:
+            bundle._check_model_output()
+        return bundle
+
+    def _check_model_output(self) -> None:
+        # The manifest could be edited without touching the model; ask the model itself when a
+        # TFLite runtime is present (it always is on a device; a bare `pip install .` may lack one).
+        from edge.runtime.cpu_tflite import read_model_io
+
+        try:
+            io = read_model_io(self.path / CPU_MODEL)
+        except ImportError:
+            return
+        except Exception as exc:  # the runtime's own error for a file that is not a TFLite model
+            raise BundleError(f"{self.path / CPU_MODEL}: not a loadable TFLite model ({exc})") from None
+        n_model = io["output_shape"][-1]
+        if n_model != len(self.labels):
+            raise BundleError(
+                f"{self.path / MANIFEST}: {len(self.labels)} labels but {CPU_MODEL} outputs {n_model} classes"
+            )

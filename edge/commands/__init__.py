@@ -1,0 +1,1 @@
+"""One module per `edge` sub-command (see edge/cli.py)."""

@@ -1,0 +1,17 @@
+"""Lazy imports of the training side, with a one-line error naming the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+
+from edge.errors import MissingExtraError
+
+# Modules the training extra provides; if any is missing, training commands cannot run.
+_TRAIN_MODULES = ("tensorflow", "matplotlib", "albumentations", "imagehash", "tqdm")
+
+
+def require_train(command: str) -> None:
+    """Raise MissingExtraError unless the 'train' extra is importable."""
+    for name in _TRAIN_MODULES:
+        if importlib.util.find_spec(name) is None:
+            raise MissingExtraError(command, "train", name)

@@ -1,0 +1,43 @@
+"""`edge info BUNDLE`: a readable summary of a bundle's manifest (verifies it on the way)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from edge.bundle import Bundle
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def info(bundle, as_json):
+    """Verify BUNDLE (schema, hashes, labels) and summarise its manifest."""
+    b = Bundle.load(bundle)
+    m = b.manifest
+    if as_json:
+        click.echo(json.dumps(m.to_dict(), indent=2))
+        return
+    p = m.preprocess
+    q = f" scale={m.input.scale:g} zero_point={m.input.zero_point}" if m.input.scale else ""
+    lines = [
+        f"bundle      {b.path}",
+        f"model       {m.model.get('architecture', '?')} ({m.model.get('precision', '?')}), weights: {m.model.get('weights', '?')}",
+        f"labels      {', '.join(m.labels)}",
+        f"input       {m.input.dtype} {'x'.join(map(str, m.input.shape))}{q}",
+        f"preprocess  {p.size}px {p.aspect} {p.interpolation}, {p.color_order}, contrast={p.contrast}"
+        + (f" (clip {p.clahe_clip_limit:g}, tiles {p.clahe_tile_grid}x{p.clahe_tile_grid})" if p.contrast == "clahe" else ""),
+        f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})",
+    ]
+    if m.training.get("data_fingerprint"):
+        lines.append(f"data        fingerprint {m.training['data_fingerprint'][:16]}")
+    for metric in m.metrics:
+        n = f", n={metric.n}" if metric.n else ""
+        lines.append(f"metric      {metric.name} = {metric.value:.4f}  [{metric.split}{n}]")
+    for name, digest in m.files.items():
+        lines.append(f"file        {name}  sha256 {digest[:16]}…")
+    if m.edgetpu:
+        lines.append(f"edgetpu     {json.dumps(m.edgetpu)[:120]}")
+    lines.append(f"written by  {m.writer.get('name', '?')} {m.writer.get('version', '?')} at {m.writer.get('time', '?')}")
+    click.echo("\n".join(lines))

@@ -1,0 +1,12 @@
+"""`edge run`: filled by its issue."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def run(args):
+    """Device command (not implemented yet)."""
+    raise click.ClickException("edge run is not implemented yet")

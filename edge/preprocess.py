@@ -1,0 +1,179 @@
+"""The one and only image preprocessing, shared by training and the device.
+
+Training imports this module; the device reads the parameters from the bundle manifest
+(`PreprocessSpec.from_dict`) and calls the same `preprocess`. The output is always uint8 RGB
+H x W x 3, so the model sees identical tensors on both sides (DESIGN.md principle 1).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageLoadError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+_INTERPOLATIONS = {
+    "area": cv2.INTER_AREA,
+    "linear": cv2.INTER_LINEAR,
+    "cubic": cv2.INTER_CUBIC,
+    "nearest": cv2.INTER_NEAREST,
+}
+_ASPECTS = ("center_crop", "pad", "stretch")
+_CONTRASTS = ("clahe", "none")
+
+# OpenCV's decoders are not always loud about short files; these are the end markers we check.
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Everything that decides the model input tensor. Stored verbatim in the bundle manifest."""
+
+    size: int = 224
+    # INTER_AREA is the right filter for the downscale from a camera frame or a 360-400 px crop.
+    interpolation: str = "area"
+    # The seed paper "preserves the aspect ratio": we take the centred square (cells are centred
+    # in single-cell images, and the daemon centres the region of interest), never stretch.
+    aspect: str = "center_crop"
+    color_order: str = "RGB"
+    # CLAHE on the L channel of LAB evens out stain and illumination without shifting hue.
+    contrast: str = "clahe"
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    pad_value: int = 0
+
+    def __post_init__(self):
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}")
+        if self.aspect not in _ASPECTS:
+            raise ValueError(f"aspect must be one of {_ASPECTS}, not {self.aspect!r}")
+        if self.contrast not in _CONTRASTS:
+            raise ValueError(f"contrast must be one of {_CONTRASTS}, not {self.contrast!r}")
+        if self.color_order not in ("RGB", "BGR"):
+            raise ValueError(f"color_order must be RGB or BGR, not {self.color_order!r}")
+        if not 16 <= int(self.size) <= 2048:
+            raise ValueError(f"size must be between 16 and 2048, not {self.size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PreprocessSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown preprocess keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as OpenCV does (BGR / BGRA / gray, 8 or 16 bit), unchanged.
+
+    Raises ImageLoadError naming the file for a missing, unreadable, truncated or non-image file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "file not found")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a directory, not an image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes; see `load_image`."""
+    if not data:
+        raise ImageLoadError(name, "empty file")
+    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-4096:]:
+        raise ImageLoadError(name, "truncated JPEG (no end-of-image marker)")
+    if data.startswith(_PNG_MAGIC) and _PNG_IEND not in data[-64:]:
+        raise ImageLoadError(name, "truncated PNG (no IEND chunk)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageLoadError(name, "not a decodable image")
+    return image
+
+
+def to_bgr8(image: np.ndarray, order: str = "BGR") -> np.ndarray:
+    """Normalise any decoded frame to 8-bit 3-channel BGR.
+
+    Accepts uint8/uint16 (and float in [0, 1]) grayscale, 3-channel and 4-channel images;
+    `order` says whether a colour input is BGR(A) (OpenCV, picamera2 "RGB888") or RGB(A).
+    """
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an H x W, H x W x 1, x3 or x4 image, got shape {image.shape}")
+    if image.dtype == np.uint16:
+        # 16-bit sensors: map 0..65535 onto 0..255 with rounding (x / 257 is exact for 8-bit data).
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if order == "BGR" else cv2.COLOR_RGBA2BGR)
+    return image if order == "BGR" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+
+def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    h, w = image.shape[:2]
+    if spec.aspect == "stretch" or h == w:
+        return image
+    if spec.aspect == "center_crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return image[top : top + side, left : left + side]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    v = int(spec.pad_value)
+    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(v, v, v))
+
+
+def _clahe(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
+    grid = int(spec.clahe_tile_grid)
+    clahe = cv2.createCLAHE(clipLimit=float(spec.clahe_clip_limit), tileGridSize=(grid, grid))
+    lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR") -> np.ndarray:
+    """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
+
+    Steps: 8-bit BGR -> centred square (or pad) -> resize -> CLAHE on L of LAB -> colour order.
+    Deterministic: the same input gives the same bytes on every call and every machine with the
+    same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
+    """
+    spec = spec or PreprocessSpec()
+    bgr = _square(to_bgr8(image, order), spec)
+    size = int(spec.size)
+    if bgr.shape[0] != size or bgr.shape[1] != size:
+        bgr = cv2.resize(bgr, (size, size), interpolation=_INTERPOLATIONS[spec.interpolation])
+    if spec.contrast == "clahe":
+        bgr = _clahe(bgr, spec)
+    out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else bgr
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> np.ndarray:
+    """`load_image` + `preprocess`: the path that both training and `edge classify` take."""
+    return preprocess(load_image(path), spec)
+
+
+def center_region(frame: np.ndarray, fraction: float) -> np.ndarray:
+    """The centred square covering `fraction` of the frame's shorter side (daemon `cell` mode)."""
+    h, w = frame.shape[:2]
+    side = max(1, int(round(min(h, w) * float(fraction))))
+    top, left = (h - side) // 2, (w - side) // 2
+    return frame[top : top + side, left : left + side]

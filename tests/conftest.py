@@ -1,0 +1,46 @@
+"""Shared fixtures: synthetic data everywhere, real data only through EDGE_DATA_DIR."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.synthetic import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EDGE_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """../shared/data (or $EDGE_DATA_DIR); the test is skipped, with the reason, where it is absent."""
+    path = data_dir()
+    if not (path / "blood-5class").is_dir():
+        pytest.skip(f"real data not found at {path} (set EDGE_DATA_DIR)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(tmp_path_factory) -> Path:
+    """A small synthetic dataset with train/ and val/ folders, 5 classes."""
+    root = tmp_path_factory.mktemp("synthetic")
+    make_dataset(root / "train", per_class=24, seed=1)
+    make_dataset(root / "val", per_class=8, seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, synthetic_split) -> Path:
+    """A real int8 TFLite bundle of a tiny CNN trained for a few steps on synthetic images."""
+    if not HAS_TF:
+        pytest.skip("needs the train extra (TensorFlow) to build a test bundle")
+    from tests.tiny_model import build_tiny_bundle
+
+    return build_tiny_bundle(synthetic_split / "train", tmp_path_factory.mktemp("bundle") / "tiny")
