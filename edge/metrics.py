@@ -1,0 +1,70 @@
+"""Classification metrics in plain NumPy, shared by `edge train` reports and `edge eval` (no TF, no sklearn)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def _safe_div(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+
+
+def classification_report(y_true, y_pred, labels: list[str]) -> dict:
+    """Accuracy, macro P/R/F1 and per-class precision/recall/F1/specificity/support, plus the confusion matrix."""
+    n = len(labels)
+    cm = confusion_matrix(y_true, y_pred, n)
+    tp = np.diag(cm).astype(float)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    tn = cm.sum() - tp - fp - fn
+    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    specificity = _safe_div(tn, tn + fp)
+    total = int(cm.sum())
+    return {
+        "n": total,
+        "labels": list(labels),
+        "accuracy": float(tp.sum() / total) if total else 0.0,
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "specificity": float(specificity[i]),
+                "support": int(cm[i].sum()),
+            }
+            for i, name in enumerate(labels)
+        },
+        "confusion": cm.tolist(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """A fixed-width table for the terminal."""
+    labels = report["labels"]
+    width = max(12, *(len(x) for x in labels))
+    lines = [
+        f"accuracy {report['accuracy'] * 100:.2f}%   macro-F1 {report['macro_f1']:.4f}   n={report['n']}",
+        f"{'class':<{width}}  precision  recall     f1  specificity  support",
+    ]
+    for name in labels:
+        c = report["per_class"][name]
+        lines.append(
+            f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:5.4f}  {c['specificity']:11.4f}  {c['support']:7d}"
+        )
+    lines.append("confusion (rows: true, columns: predicted)")
+    lines.append(" " * (width + 2) + " ".join(f"{x[:6]:>6}" for x in labels))
+    for name, row in zip(labels, report["confusion"]):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""From preprocessed uint8 tensors to results a technician can act on: label, confidence, top-k,
+and an `uncertain` flag for cells that need a human look. Used by classify, eval, run and bench."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.bundle import Bundle, Uncertainty
+from edge.preprocess import preprocess
+from edge.runtime import InferenceBackend, open_backend
+
+
+@dataclass
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    top_k: list[tuple[str, float]]
+    uncertain: bool
+    margin: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "margin": round(self.margin, 6),
+            "uncertain": self.uncertain,
+            "top_k": [[name, round(p, 6)] for name, p in self.top_k],
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+        }
+
+
+def is_uncertain(probs: np.ndarray, rule: Uncertainty) -> tuple[bool, float]:
+    """Flag when the top probability is below min_confidence or top-1 minus top-2 is below min_margin."""
+    ordered = np.sort(probs)[::-1]
+    margin = float(ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0))
+    return bool(ordered[0] < rule.min_confidence or margin < rule.min_margin), margin
+
+
+def to_prediction(probs: np.ndarray, labels: list[str], rule: Uncertainty, top_k: int = 3) -> Prediction:
+    order = np.argsort(probs)[::-1]
+    uncertain, margin = is_uncertain(probs, rule)
+    return Prediction(
+        label=labels[order[0]],
+        confidence=float(probs[order[0]]),
+        probabilities={name: float(p) for name, p in zip(labels, probs)},
+        top_k=[(labels[i], float(probs[i])) for i in order[:top_k]],
+        uncertain=uncertain,
+        margin=margin,
+    )
+
+
+class Classifier:
+    """A bundle, its backend and its preprocessing, built once; call `classify_frames` per batch."""
+
+    def __init__(self, bundle: Bundle, backend: InferenceBackend | None = None, uncertainty: Uncertainty | None = None,
+                 top_k: int = 3, **backend_options):
+        self.bundle = bundle
+        self.backend = backend or open_backend(bundle, **backend_options)
+        self.spec = bundle.preprocess_spec
+        self.labels = bundle.labels
+        self.uncertainty = uncertainty or bundle.manifest.uncertainty
+        self.top_k = top_k
+
+    def preprocess(self, frame: np.ndarray, order: str = "BGR") -> np.ndarray:
+        return preprocess(frame, self.spec, order)
+
+    def classify_tensors(self, batch: np.ndarray) -> list[Prediction]:
+        """uint8 N x H x W x 3, already preprocessed -> one Prediction each (with invoke time)."""
+        t0 = time.perf_counter()
+        probs = self.backend.run(batch)
+        invoke_ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch))
+        preds = [to_prediction(p, self.labels, self.uncertainty, self.top_k) for p in probs]
+        for p in preds:
+            p.timings_ms["invoke"] = invoke_ms
+        return preds
+
+    def classify_frames(self, frames: list[np.ndarray], order: str = "BGR") -> list[Prediction]:
+        """Raw frames (any size, BGR by default) -> predictions with preprocess and invoke times."""
+        t0 = time.perf_counter()
+        batch = np.stack([self.preprocess(f, order) for f in frames])
+        pre_ms = (time.perf_counter() - t0) * 1000 / max(1, len(frames))
+        preds = self.classify_tensors(batch)
+        for p in preds:
+            p.timings_ms["preprocess"] = pre_ms
+        return preds
