@@ -1,0 +1,109 @@
+"""The one preprocessing: formats in, uint8 RGB out, deterministic, clear errors for bad files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import ImageLoadError
+from edge.preprocess import PreprocessSpec, center_region, load_image, preprocess, preprocess_file
+from edge.synthetic import render_cell
+
+
+@pytest.fixture
+def cell():
+    return render_cell("lobed", np.random.default_rng(3), 150)
+
+
+def test_output_is_uint8_rgb_of_spec_size(cell):
+    out = preprocess(cell, PreprocessSpec(size=96))
+    assert out.shape == (96, 96, 3) and out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"]
+
+
+def test_deterministic(cell):
+    assert np.array_equal(preprocess(cell), preprocess(cell.copy()))
+
+
+def test_rgb_order_is_bgr_reversed_without_contrast(cell):
+    rgb = preprocess(cell, PreprocessSpec(size=64, contrast="none"))
+    bgr = preprocess(cell, PreprocessSpec(size=64, contrast="none", color_order="BGR"))
+    assert np.array_equal(rgb, bgr[:, :, ::-1])
+
+
+def test_clahe_changes_contrast_only_when_asked(cell):
+    plain = preprocess(cell, PreprocessSpec(size=64, contrast="none"))
+    clahe = preprocess(cell, PreprocessSpec(size=64))
+    assert not np.array_equal(plain, clahe)
+    assert clahe[:, :, 0].std() >= plain[:, :, 0].std() * 0.9
+
+
+def test_accepts_gray_16bit_and_bgra(cell):
+    spec = PreprocessSpec(size=64)
+    gray = cv2.cvtColor(cell, cv2.COLOR_BGR2GRAY)
+    assert preprocess(gray, spec).shape == (64, 64, 3)
+    out_gray = preprocess(gray, PreprocessSpec(size=64, contrast="none"))
+    assert np.array_equal(out_gray[:, :, 0], out_gray[:, :, 1])
+    sixteen = cell.astype(np.uint16) * 257
+    assert np.array_equal(preprocess(sixteen, spec), preprocess(cell, spec))
+    bgra = cv2.cvtColor(cell, cv2.COLOR_BGR2BGRA)
+    assert np.array_equal(preprocess(bgra, spec), preprocess(cell, spec))
+    rgb_in = cell[:, :, ::-1].copy()
+    assert np.array_equal(preprocess(rgb_in, spec, order="RGB"), preprocess(cell, spec))
+
+
+def test_center_crop_keeps_the_centre_and_pad_keeps_everything():
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:, :50] = 255  # a white band on the far left: cropped away, kept by padding
+    crop = preprocess(img, PreprocessSpec(size=50, contrast="none"))
+    pad = preprocess(img, PreprocessSpec(size=50, contrast="none", aspect="pad"))
+    assert crop.max() == 0
+    assert pad.max() == 255
+
+
+def test_spec_round_trip_and_validation():
+    spec = PreprocessSpec(size=128, clahe_clip_limit=3.0)
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="interpolation"):
+        PreprocessSpec(interpolation="bogus")
+    with pytest.raises(ValueError, match="unknown preprocess keys"):
+        PreprocessSpec.from_dict({**spec.to_dict(), "gamma": 2})
+
+
+def test_load_image_errors_are_typed_and_name_the_file(tmp_path, cell):
+    good = tmp_path / "good.jpg"
+    cv2.imwrite(str(good), cell)
+    assert load_image(good).shape == cell.shape
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    png = tmp_path / "cut.png"
+    cv2.imwrite(str(png), cell)
+    png.write_bytes(png.read_bytes()[:-30])
+    for path, reason in [
+        (tmp_path / "missing.jpg", "not found"),
+        (truncated, "truncated JPEG"),
+        (text, "not a decodable image"),
+        (empty, "empty"),
+        (png, "truncated PNG"),
+        (tmp_path, "directory"),
+    ]:
+        with pytest.raises(ImageLoadError, match=reason) as info:
+            load_image(path)
+        assert str(path) in str(info.value)
+
+
+def test_preprocess_file_equals_preprocess_of_decoded(tmp_path, cell):
+    path = tmp_path / "c.png"
+    cv2.imwrite(str(path), cell)
+    assert np.array_equal(preprocess_file(path), preprocess(cell))
+
+
+def test_center_region():
+    frame = np.arange(100 * 200).reshape(100, 200).astype(np.uint8)
+    region = center_region(frame, 0.5)
+    assert region.shape == (50, 50)
+    assert region[0, 0] == frame[25, 75]
