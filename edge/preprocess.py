@@ -37,8 +37,11 @@ class PreprocessSpec:
     """Everything that decides the model input tensor. Stored verbatim in the bundle manifest."""
 
     size: int = 224
-    # INTER_AREA is the right filter for the downscale from a camera frame or a 360-400 px crop.
-    interpolation: str = "area"
+    # Bilinear after exact 2x area steps (`antialias`) is nearly as clean as INTER_AREA and 5-10x
+    # faster for non-integer ratios (1.3 ms vs 0.15 ms for 480 -> 224 here): it keeps
+    # preprocessing well under the invoke() time on the device. "area" remains available.
+    interpolation: str = "linear"
+    antialias: bool = True
     # The seed paper "preserves the aspect ratio": we take the centred square (cells are centred
     # in single-cell images, and the daemon centres the region of interest), never stretch.
     aspect: str = "center_crop"
@@ -140,29 +143,43 @@ def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(v, v, v))
 
 
+def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    size = int(spec.size)
+    if spec.antialias and spec.interpolation != "area":
+        # Halve with exact 2x INTER_AREA (OpenCV's fast path) while the image is >= 2x the target,
+        # so the final interpolation never skips pixels (no aliasing of fine granules).
+        while image.shape[0] >= 2 * size and image.shape[1] >= 2 * size:
+            h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+            image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    if image.shape[0] != size or image.shape[1] != size:
+        image = cv2.resize(image, (size, size), interpolation=_INTERPOLATIONS[spec.interpolation])
+    return image
+
+
 def _clahe(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """CLAHE on L of LAB; returns the image directly in spec.color_order (saves one conversion)."""
     lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
     grid = int(spec.clahe_tile_grid)
     clahe = cv2.createCLAHE(clipLimit=float(spec.clahe_clip_limit), tileGridSize=(grid, grid))
     lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
-    return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB if spec.color_order == "RGB" else cv2.COLOR_LAB2BGR)
 
 
 def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR") -> np.ndarray:
     """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
 
-    Steps: 8-bit BGR -> centred square (or pad) -> resize -> CLAHE on L of LAB -> colour order.
+    Steps: 8-bit BGR -> centred square (or pad) -> resize (2x area steps, then bilinear) -> CLAHE on
+    L of LAB -> colour order.
     Deterministic: the same input gives the same bytes on every call and every machine with the
     same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
     """
     spec = spec or PreprocessSpec()
     bgr = _square(to_bgr8(image, order), spec)
-    size = int(spec.size)
-    if bgr.shape[0] != size or bgr.shape[1] != size:
-        bgr = cv2.resize(bgr, (size, size), interpolation=_INTERPOLATIONS[spec.interpolation])
+    bgr = _resize(bgr, spec)
     if spec.contrast == "clahe":
-        bgr = _clahe(bgr, spec)
-    out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else bgr
+        out = _clahe(bgr, spec)
+    else:
+        out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else bgr
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
