@@ -1,12 +1,255 @@
-"""`edge bench`: filled by its issue."""
+"""`edge bench`: latency per stage and throughput of the whole per-frame pipeline, with the context
+that makes numbers comparable across devices. Definitions: edge/bench/__init__.py, docs/bench.md."""
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import os
+import sys
+from pathlib import Path
+
 import click
 
+REFERENCE_BUNDLE = Path("models") / "mobilenetv2-int8"
+# Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
+# unless the user names it with --runtime tensorflow.
+_DEVICE_RUNTIMES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def bench(args):
-    """Device command (not implemented yet)."""
-    raise click.ClickException("edge bench is not implemented yet")
+
+def _int_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 1,2,4, got {value!r}") from None
+    if not items or min(items) < 1:
+        raise click.BadParameter("thread counts must be 1 or more")
+    return items
+
+
+def _str_list(ctx, param, value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def default_bundle() -> Path:
+    from edge.errors import BundleError
+
+    repo = Path(__file__).resolve().parents[2]
+    for base in (Path.cwd(), repo):
+        if (base / REFERENCE_BUNDLE / "manifest.json").exists():
+            return base / REFERENCE_BUNDLE
+    raise BundleError(
+        f"no BUNDLE given and the reference bundle {REFERENCE_BUNDLE} is in neither {Path.cwd()} "
+        f"nor {repo}: pass a bundle directory"
+    )
+
+
+def _matrix_threads() -> list[int]:
+    cores = os.cpu_count() or 1
+    return sorted({1, cores, *(t for t in (2, 4, 8) if t <= cores)})
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n):
+        pass
+
+
+def _progress(config, total):
+    """A progress bar on an interactive stderr only: logs and --json pipelines stay clean."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    return click.progressbar(length=total, label=config.label(), file=sys.stderr, show_eta=False)
+
+
+@click.command()
+@click.argument("bundles", nargs=-1, type=click.Path(path_type=Path), metavar="[BUNDLE]...")
+@click.option(
+    "--backend",
+    type=click.Choice(["cpu", "edgetpu"]),
+    default="cpu",
+    show_default=True,
+    help="cpu (TFLite + XNNPACK) or edgetpu (Coral, model_edgetpu.tflite).",
+)
+@click.option(
+    "--runtime",
+    "runtimes",
+    callback=_str_list,
+    metavar="R[,R...]",
+    help="auto, litert, tflite-runtime or tensorflow; a list sweeps them.  [default: auto]",
+)
+@click.option(
+    "--threads",
+    callback=_int_list,
+    metavar="N[,N...]",
+    help="Interpreter threads, e.g. 1,2,4 (a list sweeps them).  [default: all cores]",
+)
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Timed frames (steady state); the pipelined pass runs as many again.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Untimed frames after the first inference.",
+)
+@click.option(
+    "--source",
+    default="sim",
+    show_default=True,
+    help="sim[:WxH] (synthetic fields, 640x480), replay:DIR (image files) or camera[:N|/dev/videoN].",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
+)
+@click.option(
+    "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one CSV row per stage."
+)
+@click.option(
+    "--compare",
+    "compare_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Print ratios against an earlier --json file.",
+)
+@click.option(
+    "--matrix",
+    is_flag=True,
+    help="Threads x runtimes x bundles in one table (sweeps 1..all cores and the installed runtimes "
+    "unless --threads / --runtime say otherwise).",
+)
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="Also show where each op runs (and per-op times if the runtime exposes them).",
+)
+@click.option(
+    "--list-references", is_flag=True, help="Print the built-in published reference numbers and exit."
+)
+def bench(
+    bundles,
+    backend,
+    runtimes,
+    threads,
+    runs,
+    warmup,
+    source,
+    json_path,
+    csv_path,
+    compare_path,
+    matrix,
+    profile,
+    list_references,
+):
+    """Measure latency per stage (capture, preprocess, invoke, postprocess, end_to_end) and pipelined
+    throughput of BUNDLE on this device, with the context that makes the numbers comparable.
+
+    \b
+    BUNDLE defaults to the reference bundle models/mobilenetv2-int8 and --source to synthetic
+    frames, so no camera and no data are needed. Examples:
+      edge bench --runs 200 --json out.json
+      edge bench models/mobilenetv2-int8 --threads 1,2,4
+      edge bench --matrix --runtime litert,tflite-runtime
+      edge bench --compare out.json
+    """
+    from edge.bench import compare as compare_mod
+    from edge.bench import export, reference, table
+    from edge.bench.runner import BenchConfig
+    from edge.bench.runner import run as run_bench
+    from edge.errors import EdgeError
+
+    if list_references:
+        click.echo(
+            table.grid(
+                ["board", "backend", "model", "published invoke ms", "source"],
+                [
+                    [
+                        r.board,
+                        r.backend,
+                        f"{r.model} {r.size}",
+                        f"{r.low_ms}" if r.low_ms == r.high_ms else f"{r.low_ms}-{r.high_ms}",
+                        r.source,
+                    ]
+                    for r in reference.REFERENCES
+                ],
+                left=3,
+            )
+        )
+        click.echo(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
+        return
+    old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
+    bundles = list(bundles) or [default_bundle()]
+    if runtimes is None:
+        runtimes = (
+            [n for n, mod in _DEVICE_RUNTIMES.items() if importlib.util.find_spec(mod)]
+            if matrix
+            else ["auto"]
+        )
+        runtimes = runtimes or ["auto"]
+    if threads is None:
+        threads = _matrix_threads() if matrix else [None]
+    configs = [
+        BenchConfig(b, backend, rt, t, runs, warmup, source, profile)
+        for b, rt, t in itertools.product(bundles, runtimes, threads)
+    ]
+    as_matrix = matrix or len(configs) > 1
+
+    results = []
+    for config in configs:
+        try:
+            with _progress(config, 1 + warmup + 2 * runs) as bar:
+                results.append(run_bench(config, tick=bar.update))
+        except EdgeError as exc:
+            if not as_matrix:
+                raise
+            results.append(
+                {
+                    "config": {
+                        "bundle": str(config.bundle),
+                        "backend": config.backend,
+                        "runtime": config.runtime,
+                        "threads": config.threads,
+                    },
+                    "error": str(exc),
+                }
+            )
+    measured = [r for r in results if "stages" in r]
+    if not measured:
+        raise EdgeError(f"no configuration could run; first error: {results[0]['error']}")
+
+    click.echo(table.format_matrix(results) if as_matrix else table.format_result(results[0]))
+    if as_matrix:
+        for w in measured[0]["context"].get("warnings") or []:
+            click.echo(f"warning  {w}")
+    if old_runs is not None:
+        pairs = compare_mod.pair_runs(measured, old_runs)
+        if not pairs:
+            click.echo(f"compare: no run in {compare_path} has the same bundle, backend, runtime and threads")
+        for new, old in pairs:
+            cmp = compare_mod.compare(new, old)
+            new["comparison"] = {"against": str(compare_path), **cmp}
+            ctx = new["context"]
+            click.echo(
+                "\n"
+                + compare_mod.format_comparison(
+                    cmp,
+                    f"compared with {compare_path} ({new['bundle']['name']}, {ctx['runtime']}, {ctx['threads']} threads)",
+                )
+            )
+    if json_path:
+        export.write_json(json_path, export.document(results, as_matrix))
+        click.echo(f"wrote {json_path}")
+    if csv_path:
+        export.write_csv(csv_path, results)
+        click.echo(f"wrote {csv_path}")

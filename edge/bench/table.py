@@ -1,0 +1,172 @@
+"""Terminal tables: one run at a glance, a matrix of runs, the op placement of --profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge.bench import STAGES
+
+OVERHEAD_TARGET = 1.3
+_COLUMNS = ("count", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms")
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def grid(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Columns sized to their content; the first `left` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(
+            str(c).ljust(w) if i < left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)])
+
+
+def _threads(ctx: dict) -> str:
+    return f"{ctx.get('threads')} thread{'s' if ctx.get('threads') != 1 else ''}"
+
+
+def format_result(r: dict) -> str:
+    b, ctx, s, up, res = r["bundle"], r["context"], r["stages"], r["startup"], r["resources"]
+    source = r["source"]
+    src = " ".join(str(v) for k, v in source.items() if k in ("kind", "frame", "folder", "device"))
+    load = " ".join(str(v) for v in ctx.get("load_average") or []) or "?"
+    out = [
+        f"bundle   {b['name']}  {b.get('architecture') or '?'} {b.get('precision') or ''} "
+        f"{'x'.join(str(v) for v in b['input'][1:3])}  {b['model_size_mb']} MB  sha {b['sha256'][:12]}",
+        f"device   {ctx['device']}  ({ctx['machine']}, {ctx['cores']} cores, governor {ctx['governor'] or 'unknown'}, "
+        f"load {load})",
+        f"runtime  {ctx['backend']}: {ctx['runtime']} {ctx['runtime_version']}, delegate {ctx['delegate']}, "
+        f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}",
+        f"source   {src}   {r['runs']} runs after {r['warmup']} warm-up",
+        f"startup  bundle load {_ms(up['bundle_load_ms'])} ms  init {_ms(up['init_ms'])} ms  "
+        f"first inference {_ms(up['first_inference_ms'])} ms  warm-up invoke mean {_ms(up['warmup_invoke_mean_ms'])} ms",
+        "",
+        grid(
+            ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
+            [
+                [name, str(s[name]["count"]), *(_ms(s[name][c]) for c in _COLUMNS[1:])]
+                for name in STAGES
+                if name in s
+            ],
+        ),
+        "",
+    ]
+    ratio = r.get("overhead_ratio")
+    verdict = "ok" if ratio is not None and ratio <= OVERHEAD_TARGET else "above target"
+    out.append(
+        f"overhead end_to_end p50 / invoke p50 = {ratio:.2f}  (target <= {OVERHEAD_TARGET}: {verdict})"
+        if ratio is not None
+        else "overhead -"
+    )
+    out.append(f"fps      pipelined {r['throughput_fps']:.1f}   serial {r['serial_fps']:.1f}")
+    out.append(
+        f"memory   peak RSS {res['peak_rss_mb']} MB   CPU {res['cpu_percent_serial']}% serial, "
+        f"{res['cpu_percent_pipelined']}% pipelined (100% = one core)"
+    )
+    out.extend(format_reference(r.get("reference") or [], r))
+    for w in ctx.get("warnings") or []:
+        out.append(f"warning  {w}")
+    if r.get("profile"):
+        out += ["", format_profile(r["profile"])]
+    return "\n".join(out)
+
+
+def format_reference(marks: list[dict], r: dict) -> list[str]:
+    if not marks:
+        b = r["bundle"]
+        return [
+            f"reference none published for this device / {r['context']['backend']} / {b.get('architecture') or b['name']}"
+        ]
+    lines = []
+    for m in marks:
+        rng = f"{m['low_ms']}" if m["low_ms"] == m["high_ms"] else f"{m['low_ms']}-{m['high_ms']}"
+        verdict = "within ±30%" if m["within_tolerance"] else f"OUTSIDE ±{m['tolerance']:.0%}"
+        lines.append(
+            f"reference {m['board']}: {rng} ms published, invoke p50 {_ms(m['measured_ms'])} ms "
+            f"= {m['ratio']:.2f}x  {verdict}"
+        )
+    return lines
+
+
+def format_matrix(results: list[dict]) -> str:
+    rows, notes = [], []
+    for r in results:
+        if "error" in r:
+            cfg = r["config"]
+            notes.append(
+                f"[{len(notes) + 1}] {cfg['runtime']}, {cfg['threads'] or 'default'} threads: {r['error']}"
+            )
+            rows.append(
+                [
+                    Path(cfg["bundle"]).name,
+                    cfg["backend"],
+                    cfg["runtime"],
+                    str(cfg["threads"] or "-"),
+                    f"unavailable [{len(notes)}]",
+                    *[""] * 6,
+                ]
+            )
+            continue
+        ctx, s = r["context"], r["stages"]
+        marks = r.get("reference") or []
+        ref = (
+            "-"
+            if not marks
+            else " ".join(f"{m['ratio']:.2f}x {'ok' if m['within_tolerance'] else 'OUTSIDE'}" for m in marks)
+        )
+        rows.append(
+            [
+                r["bundle"]["name"],
+                ctx["backend"],
+                f"{ctx['runtime']} {ctx['runtime_version']}",
+                str(ctx["threads"]),
+                _ms(s["invoke"]["p50_ms"]),
+                _ms(s["preprocess"]["p50_ms"]),
+                _ms(s["end_to_end"]["p50_ms"]),
+                _ms(s["end_to_end"]["p99_ms"]),
+                f"{r['overhead_ratio']:.2f}",
+                f"{r['throughput_fps']:.1f}",
+                ref,
+            ]
+        )
+    header = [
+        "bundle",
+        "backend",
+        "runtime",
+        "threads",
+        "invoke p50",
+        "preproc p50",
+        "e2e p50",
+        "e2e p99",
+        "e2e/inv",
+        "fps",
+        "vs published",
+    ]
+    legend = (
+        "(ms; fps = pipelined throughput; e2e/inv = overhead ratio; vs published = invoke p50 / reference)"
+    )
+    return "\n".join([grid(header, rows, left=3), legend, *notes])
+
+
+def format_profile(p: dict) -> str:
+    lines = [f"profile  {p['note']}"]
+    if p.get("placement"):
+        lines.append(
+            f"         {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels"
+        )
+        lines.append(
+            grid(
+                ["op", "runs on", "count"],
+                [[x["op"], x["runs_on"], str(x["count"])] for x in p["placement"]],
+                2,
+            )
+        )
+    return "\n".join(lines)
