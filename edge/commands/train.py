@@ -1,15 +1,156 @@
-"""`edge train`: filled by the training issue."""
+"""`edge train`: transfer learning from class folders into RUN_DIR (needs the 'train' extra)."""
 
 from __future__ import annotations
+
+import os
 
 import click
 
 from edge.commands._extras import require_train
 
+# Options that a --config file can supply; an option given on the command line wins.
+_CONFIGURABLE = (
+    "arch",
+    "val_dir",
+    "val_fraction",
+    "weights",
+    "img_size",
+    "epochs",
+    "fine_tune_epochs",
+    "batch_size",
+    "loss",
+    "class_weight",
+    "augment",
+    "views",
+    "fine_tune_from",
+    "lr",
+    "fine_tune_lr",
+    "patience",
+    "seed",
+    "folds",
+    "cache",
+    "dedupe",
+    "max_per_class",
+)
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def train(args):
-    """Train a classifier from class folders (needs the 'train' extra)."""
+
+@click.command()
+@click.argument("data_dir", required=False, type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--arch",
+    type=click.Choice(["mobilenetv2", "efficientnetb0"]),
+    default="mobilenetv2",
+    show_default=True,
+    help="Backbone from keras.applications.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=str),
+    help="RUN_DIR for model.keras, config.json, report.json and plots (required unless --config).",
+)
+@click.option(
+    "--val-dir",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Validation folder with the same class subfolders. Without it, --val-fraction is split off.",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Stratified validation share of DATA_DIR.",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    help="imagenet, none, or a file: torchvision .pth, .npz from `edge weights import`, Keras .h5.",
+)
+@click.option("--img-size", type=int, default=224, show_default=True, help="Model input side in pixels.")
+@click.option(
+    "--epochs", type=int, default=40, show_default=True, help="Phase 1: head on the frozen backbone."
+)
+@click.option(
+    "--fine-tune-epochs",
+    type=int,
+    default=15,
+    show_default=True,
+    help="Phase 2: top of the backbone unfrozen at --fine-tune-lr.",
+)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option(
+    "--augment",
+    type=click.Choice(["seed", "none"]),
+    default="seed",
+    show_default=True,
+    help="seed: seed 000's augmentations, training split only.",
+)
+@click.option(
+    "--views",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Views per training image computed once (1 original + augmented ones).",
+)
+@click.option(
+    "--fine-tune-from",
+    default="auto",
+    show_default=True,
+    help="Layer whose output starts the fine-tuned part (auto: block_12_add / block5c_add; 'input' = all).",
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Phase 1 learning rate (Adam).")
+@click.option(
+    "--fine-tune-lr", type=float, default=1e-4, show_default=True, help="Phase 2 learning rate (Adam)."
+)
+@click.option(
+    "--patience", type=int, default=5, show_default=True, help="Early-stopping patience on val loss."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--folds", type=int, default=0, help="K-fold cross-validation on DATA_DIR; reports mean ± std.")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder for preprocessed images and activations (reused by later runs).",
+)
+@click.option(
+    "--dedupe", is_flag=True, help="Drop training images that are near-duplicates of validation images."
+)
+@click.option("--max-per-class", type=int, default=0, help="Use at most N images per class (quick runs).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Rerun from RUN_DIR/config.json; options given here override it.",
+)
+@click.pass_context
+def train(ctx, data_dir, out, config_path, **options):
+    """Train a classifier from DATA_DIR/<class>/<image> folders into RUN_DIR.
+
+    \b
+    Example (the blood-5class reference run):
+      edge train data/train --val-dir data/val --arch mobilenetv2 --weights imagenet \\
+                 --out runs/mnv2 --cache runs/cache
+    """
     require_train("edge train")
-    raise click.ClickException("edge train is not implemented yet")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from convert.pipeline import load_config, run
+    from convert.train import TrainConfig
+
+    values = {}
+    if config_path:
+        values = load_config(config_path)
+        for name in _CONFIGURABLE:
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                values[name] = options[name]
+        values["data_dir"] = data_dir or values.get("data_dir")
+        values["out"] = out or values.get("out")
+    else:
+        values = {"data_dir": data_dir, "out": out, **options}
+    if not values.get("data_dir"):
+        raise click.UsageError("DATA_DIR is required (or --config RUN_DIR/config.json)")
+    if not values.get("out"):
+        raise click.UsageError("--out RUN_DIR is required")
+    run(TrainConfig.from_dict(values))

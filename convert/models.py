@@ -1,0 +1,121 @@
+"""Backbones from keras.applications with the seed-000 head; input is 0-255 RGB, normalization inside.
+
+The model takes float 0-255 RGB (what uint8 preprocessing gives), so int8 quantization folds the
+rescaling into the input quantization and the device feeds uint8 directly (DESIGN.md principle 2).
+Normalization matches the weight source:
+  - torchvision-ported ImageNet weights: ImageNet mean/std on 0-1 pixels (one Normalization layer);
+  - Keras ImageNet weights and random init of MobileNetV2: Keras's [-1, 1] (Rescaling);
+  - EfficientNetB0 carries its own Rescaling + Normalization.
+All layers are stock Keras layers, so model.keras loads without custom objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ARCHES = ("mobilenetv2", "efficientnetb0")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Where the cached-activation fine-tuning starts: everything above this layer's output is trained in
+# phase 2, everything below stays frozen and is computed once per augmented view (convert.train).
+DEFAULT_SPLIT = {
+    # input of block 13 (14x14x96 at 224 px): blocks 13-16 + Conv_1 are fine-tuned.
+    "mobilenetv2": "block_12_add",
+    # input of stage 6 (14x14x112 at 224 px): blocks 6a-7a + top_conv are fine-tuned.
+    "efficientnetb0": "block5c_add",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    arch: str
+    n_classes: int
+    img_size: int = 224
+    normalization: str = "keras"  # "keras" ([-1, 1]), "imagenet" (torchvision mean/std), "builtin" (B0)
+    dropout1: float = 0.3
+    dense: int = 128
+    dropout2: float = 0.2
+
+
+def _normalize(x, normalization: str):
+    import keras
+
+    if normalization == "imagenet":
+        mean = np.array(IMAGENET_MEAN) * 255.0
+        var = (np.array(IMAGENET_STD) * 255.0) ** 2
+        return keras.layers.Normalization(
+            axis=-1, mean=mean.tolist(), variance=var.tolist(), name="imagenet_norm"
+        )(x)
+    if normalization == "keras":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale_pm1")(x)
+    if normalization == "builtin":
+        return x
+    raise ValueError(f"unknown normalization {normalization!r}")
+
+
+def build_model(spec: ModelSpec, keras_weights: str | None = None):
+    """image (0-255 RGB float) -> softmax. `keras_weights` is passed to keras.applications ("imagenet"/None)."""
+    import keras
+
+    if spec.arch not in ARCHES:
+        raise ValueError(f"unknown arch {spec.arch!r}; choose from {ARCHES}")
+    size = int(spec.img_size)
+    inputs = keras.Input((size, size, 3), name="image")
+    if spec.arch == "mobilenetv2":
+        x = _normalize(inputs, spec.normalization)
+        base = keras.applications.MobileNetV2(
+            input_tensor=x, include_top=False, weights=keras_weights, input_shape=(size, size, 3)
+        )
+    else:
+        base = keras.applications.EfficientNetB0(
+            input_tensor=inputs, include_top=False, weights=keras_weights, input_shape=(size, size, 3)
+        )
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(base.output)
+    x = keras.layers.Dropout(spec.dropout1, name="head_dropout1")(x)
+    x = keras.layers.Dense(spec.dense, activation="relu", name="head_dense")(x)
+    x = keras.layers.Dropout(spec.dropout2, name="head_dropout2")(x)
+    outputs = keras.layers.Dense(spec.n_classes, activation="softmax", name="head_softmax")(x)
+    model = keras.Model(inputs, outputs, name=f"{spec.arch}_classifier")
+    return model
+
+
+def head_layer_names() -> tuple[str, ...]:
+    return ("head_pool", "head_dropout1", "head_dense", "head_dropout2", "head_softmax")
+
+
+def split_model(model, split_layer: str | None):
+    """(bottom, top): bottom maps the image to `split_layer`'s output; top maps that to the softmax.
+
+    Both share layers (and so weights) with `model`. With split_layer None the bottom is None and the
+    top is the whole model (the network is trained end to end on augmented images).
+    """
+    import keras
+
+    if split_layer is None:
+        return None, model
+    boundary = model.get_layer(split_layer).output
+    bottom = keras.Model(model.input, boundary, name="frozen_bottom")
+    top = keras.Model(boundary, model.output, name="trainable_top")
+    return bottom, top
+
+
+def set_trainable(top, head_only: bool) -> int:
+    """Freeze all but the head (phase 1) or all but BatchNorm (phase 2); returns trainable layer count.
+
+    BatchNorm layers stay frozen, which in Keras 3 also runs them in inference mode: their ImageNet
+    statistics are kept, as small fine-tuning batches would otherwise destroy them.
+    """
+    import keras
+
+    head = set(head_layer_names())
+    count = 0
+    for layer in top.layers:
+        if head_only:
+            layer.trainable = layer.name in head
+        else:
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        count += bool(layer.trainable and layer.weights)
+    return count

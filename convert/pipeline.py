@@ -1,0 +1,230 @@
+"""`edge train` end to end: scan -> split -> preprocess cache -> views -> two-phase fit -> outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convert.train import TrainConfig, check_config, evaluate, fit_two_phase
+from edge.errors import DataError
+
+
+@dataclass
+class Built:
+    model: object
+    bottom: object
+    top: object
+    split_layer: str | None
+    pretrained: bool
+
+
+def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
+    import keras
+
+    from convert.models import DEFAULT_SPLIT, ModelSpec, build_model, split_model
+    from convert.weights import apply_layer_weights
+
+    keras.utils.set_random_seed(cfg.seed)
+    spec = ModelSpec(cfg.arch, n_classes, int(cfg.img_size), resolved.normalization)
+    model = build_model(spec, keras_weights=resolved.keras_weights)
+    if resolved.npz_path:
+        apply_layer_weights(model, resolved.npz_path)
+    split = None
+    if resolved.pretrained:
+        split = DEFAULT_SPLIT[cfg.arch] if cfg.fine_tune_from == "auto" else cfg.fine_tune_from
+        if split == "input":
+            split = None
+    bottom, top = split_model(model, split)
+    return Built(model, bottom, top, split, resolved.pretrained)
+
+
+def _hashes(files, desc):
+    from tqdm import tqdm
+
+    from convert.data import file_sha256
+
+    return [file_sha256(p) for p in tqdm(files, desc=desc, unit="file")]
+
+
+def _limit(folder, n: int, seed: int):
+    if n <= 0:
+        return folder
+    rng = np.random.default_rng(seed)
+    keep = np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(folder.targets == c))[:n] for c in range(len(folder.labels))]
+        )
+    )
+    return folder.subset(keep)
+
+
+def _load(folder, cfg, desc):
+    """Hash, preprocess (cached) and drop unreadable files: returns (folder, images, hashes, skipped)."""
+    from convert.cache import load_images
+
+    for path in folder.ignored:
+        print(f"warning: {path}: not an image file (by suffix), ignored")
+    hashes = _hashes(folder.files, f"hash {desc}")
+    cached = load_images(folder.files, hashes, cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
+    for path, reason in cached.skipped:
+        print(f"skipped: {path}: {reason}")
+    folder = folder.subset(cached.ok)
+    if len(np.unique(folder.targets)) < len(folder.labels):
+        missing = [n for i, n in enumerate(folder.labels) if i not in set(folder.targets.tolist())]
+        raise DataError(f"{folder.root}: no readable images left in class(es) {missing}")
+    return folder, cached.images, [hashes[i] for i in cached.ok], cached.skipped
+
+
+def _views(built, images, cfg, augment: bool, hashes, resolved, desc):
+    from convert.features import activation_key, extract_views
+
+    key = (
+        activation_key(
+            files=hashes,
+            spec=cfg.spec().to_dict(),
+            arch=cfg.arch,
+            weights=resolved.sha256 or resolved.name,
+            split=built.split_layer,
+            views=cfg.views if augment else 1,
+            augment=augment and cfg.augment,
+            seed=cfg.seed,
+        )
+        if built.pretrained
+        else None
+    )  # random weights differ per run: never reuse their activations
+    return extract_views(
+        built.bottom, images, cfg.views, augment, cfg.seed, cache_dir=cfg.cache, key=key, desc=desc
+    )
+
+
+def _dedupe_check(train_f, train_img, val_f, val_img, remove: bool):
+    from convert.data import near_duplicates, perceptual_hashes
+
+    pairs = near_duplicates(
+        perceptual_hashes(train_img), perceptual_hashes(val_img), train_f.files, val_f.files
+    )
+    print(f"near-duplicates across train/val (pHash distance <= 4 of 64): {len(pairs)}")
+    for p in pairs[:10]:
+        print(f"  {p.train_file} ~ {p.val_file} (distance {p.distance})")
+    if len(pairs) > 10:
+        print(f"  ... and {len(pairs) - 10} more (all listed in report.json)")
+    dropped = 0
+    if remove and pairs:
+        # The validation set stays fixed (comparable between runs); the duplicates leave training.
+        bad = {p.train_file for p in pairs}
+        keep = np.array([i for i, f in enumerate(train_f.files) if str(f) not in bad], dtype=int)
+        dropped = len(train_f) - len(keep)
+        train_f, train_img = train_f.subset(keep), train_img[keep]
+        print(f"--dedupe: removed {dropped} training images that duplicate validation images")
+    return train_f, train_img, [p.__dict__ for p in pairs], dropped
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train per `cfg` and write RUN_DIR; returns the report dict."""
+    from convert import report as reporting
+    from convert.data import fingerprint, scan_folder, stratified_split
+    from convert.weights import resolve_weights
+
+    check_config(cfg)
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = _limit(scan_folder(cfg.data_dir), cfg.max_per_class, cfg.seed)
+    labels = folder.labels
+    print(f"data: {cfg.data_dir}: {len(folder)} images in {len(labels)} classes {folder.counts()}")
+    resolved = resolve_weights(cfg.arch, cfg.weights, int(cfg.img_size))
+    print(f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else ""))
+    if cfg.folds:
+        return _run_folds(cfg, folder, resolved, started)
+    if cfg.val_dir:
+        val_folder = _limit(scan_folder(cfg.val_dir, labels), cfg.max_per_class, cfg.seed)
+        train_folder = folder
+    else:
+        tr, va = stratified_split(folder.targets, cfg.val_fraction, cfg.seed)
+        train_folder, val_folder = folder.subset(tr), folder.subset(va)
+    print(
+        f"split: train {len(train_folder)}, val {len(val_folder)} ({'--val-dir' if cfg.val_dir else f'stratified {cfg.val_fraction:g}'})"
+    )
+    train_folder, train_img, train_hash, skipped = _load(train_folder, cfg, "train")
+    val_folder, val_img, val_hash, skipped_val = _load(val_folder, cfg, "val")
+    fp = {"train": fingerprint(train_folder, train_hash), "val": fingerprint(val_folder, val_hash)}
+    train_folder, train_img, dups, dropped = _dedupe_check(
+        train_folder, train_img, val_folder, val_img, cfg.dedupe
+    )
+    if dropped:
+        train_hash = _hashes(train_folder.files, "hash train")
+        fp["train"] = fingerprint(train_folder, train_hash)
+    built = build(cfg, resolved, len(labels))
+    augment = cfg.augment == "seed"
+    train_views = _views(built, train_img, cfg, augment, train_hash, resolved, "train views")
+    val_views = _views(built, val_img, cfg, False, val_hash, resolved, "val views")
+    fit = fit_two_phase(
+        cfg, built, train_views, train_folder.targets, val_views, val_folder.targets, len(labels)
+    )
+    results = {
+        "train": evaluate(fit.top, train_views[0], train_folder.targets, labels, cfg.loss, "evaluate train"),
+        # The complete model on the images: checks that model.keras is the model we measured.
+        "val": evaluate(
+            fit.model, val_img, val_folder.targets, labels, cfg.loss, "evaluate val (complete model)"
+        ),
+    }
+    wall = time.perf_counter() - started
+    fit.model.save(out / "model.keras")
+    data = {
+        "train_dir": str(cfg.data_dir),
+        "val_dir": cfg.val_dir,
+        "n_train": len(train_folder),
+        "n_val": len(val_folder),
+        "fingerprint": fp,
+        "skipped": [list(s) for s in skipped + skipped_val],
+        "near_duplicates": dups,
+        "dedupe_removed": dropped,
+    }
+    return reporting.write_run(
+        out, cfg, labels, resolved, built.split_layer, data, results, fit.history, fit.best_epochs, wall
+    )
+
+
+def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
+    """Stratified k-fold on DATA_DIR: views are computed once for all images, each fold trains afresh."""
+    from convert import report as reporting
+    from convert.data import fingerprint, stratified_kfold
+
+    folder, images, hashes, skipped = _load(folder, cfg, "all")
+    fp = fingerprint(folder, hashes)
+    labels = folder.labels
+    built = build(cfg, resolved, len(labels))
+    views = _views(built, images, cfg, cfg.augment == "seed", hashes, resolved, "views (all folds)")
+    folds = []
+    for k, (tr, va) in enumerate(stratified_kfold(folder.targets, cfg.folds, cfg.seed)):
+        print(f"\n=== fold {k + 1}/{cfg.folds}: train {len(tr)}, val {len(va)} ===")
+        fresh = build(cfg, resolved, len(labels)) if k else built
+        fit = fit_two_phase(
+            cfg, fresh, views[:, tr], folder.targets[tr], views[:1, va], folder.targets[va], len(labels)
+        )
+        report = evaluate(
+            fit.top, views[0, va], folder.targets[va], labels, cfg.loss, f"evaluate fold {k + 1}"
+        )
+        print(f"fold {k + 1}: accuracy {report['accuracy'] * 100:.2f}%  macro-F1 {report['macro_f1']:.4f}")
+        folds.append({"fold": k + 1, "val": report, "history": fit.history, "best_epochs": fit.best_epochs})
+    wall = time.perf_counter() - started
+    data = {
+        "train_dir": str(cfg.data_dir),
+        "n": len(folder),
+        "fingerprint": {"all": fp},
+        "skipped": [list(s) for s in skipped],
+    }
+    return reporting.write_folds(Path(cfg.out), cfg, labels, resolved, built.split_layer, data, folds, wall)
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read config ({exc})") from None
+    return data.get("train", data)

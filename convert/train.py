@@ -1,0 +1,208 @@
+"""The two-phase fit on cached activations, and the train / k-fold runs behind `edge train`.
+
+Phase 1 trains the seed-000 head on pooled features of the frozen backbone (computed once per
+augmented view). Phase 2 unfreezes the layers above the split layer (BatchNorm stays in inference
+mode) and fine-tunes them at a lower learning rate on cached split-layer activations. Early stopping
+watches the validation loss and restores the best weights; reported metrics come from those weights.
+With --weights none there is nothing pretrained to freeze: the whole network trains on augmented
+images (phase 1 is skipped).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from edge.errors import DataError
+from edge.preprocess import PreprocessSpec
+
+LOSSES = ("ce", "focal")
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a run; saved as config.json, which `edge train --config` replays."""
+
+    data_dir: str
+    out: str
+    arch: str = "mobilenetv2"
+    val_dir: str | None = None
+    val_fraction: float = 0.2
+    weights: str = "imagenet"
+    img_size: int = 224
+    epochs: int = 40
+    fine_tune_epochs: int = 15
+    batch_size: int = 32
+    loss: str = "ce"
+    class_weight: str = "none"
+    augment: str = "seed"
+    views: int = 6
+    fine_tune_from: str = "auto"
+    lr: float = 1e-3
+    fine_tune_lr: float = 1e-4
+    patience: int = 5
+    seed: int = 0
+    folds: int = 0
+    cache: str | None = None
+    dedupe: bool = False
+    max_per_class: int = 0
+    preprocess: dict = field(default_factory=lambda: PreprocessSpec().to_dict())
+
+    def spec(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict({**self.preprocess, "size": int(self.img_size)})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _fit_verbose() -> int:
+    # Keras's live bar on a terminal; one line per epoch in a log file.
+    return 1 if sys.stdout.isatty() else 2
+
+
+class _EpochLog:
+    """Collects per-epoch metrics and wall time of both phases into one history list."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def callback(self, phase: str):
+        import keras
+
+        rows = self.rows
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.t0 = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                row = {"phase": phase, "epoch": epoch + 1, "seconds": round(time.perf_counter() - self.t0, 2)}
+                row.update({k: float(v) for k, v in (logs or {}).items()})
+                rows.append(row)
+
+        return Recorder()
+
+
+def _loss(name: str):
+    import keras
+
+    if name == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=2.0)
+    return keras.losses.CategoricalCrossentropy()
+
+
+def _class_weights(targets: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
+    if mode == "none":
+        return None
+    counts = np.bincount(targets, minlength=n_classes).astype(float)
+    return (len(targets) / (n_classes * np.maximum(counts, 1)))[targets].astype(np.float32)
+
+
+def _fit(model, train_data, val, epochs, lr, loss, patience, log: _EpochLog, phase: str):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
+    )
+    _log(f"\n{phase}: up to {epochs} epochs, lr {lr:g}, early stopping on val_loss (patience {patience})")
+    model.fit(
+        train_data,
+        validation_data=val,
+        epochs=epochs,
+        callbacks=[stop, log.callback(phase)],
+        verbose=_fit_verbose(),
+    )
+    return stop.best_epoch + 1 if stop.best_weights is not None else epochs
+
+
+@dataclass
+class FitResult:
+    model: object  # the complete Keras model (image -> softmax), best weights restored
+    top: object
+    history: list[dict]
+    best_epochs: dict
+
+
+def fit_two_phase(cfg: TrainConfig, built, train_views, y_train, val_views, y_val, n_classes) -> FitResult:
+    """Phase 1 (head on pooled frozen features) then phase 2 (top of the backbone) on cached views."""
+    import keras
+
+    from convert.features import make_sampler, predict_arrays
+    from convert.models import set_trainable
+
+    model, top = built.model, built.top
+    loss = _loss(cfg.loss)
+    yt, yv = keras.utils.to_categorical(y_train, n_classes), keras.utils.to_categorical(y_val, n_classes)
+    weights = _class_weights(y_train, n_classes, cfg.class_weight)
+    log = _EpochLog()
+    best = {}
+    keras.utils.set_random_seed(cfg.seed)
+    if built.pretrained and cfg.epochs > 0:
+        # Pooled features of the frozen top: computed once, then the head trains in seconds.
+        boundary = model.get_layer(built.split_layer).output if built.split_layer else model.input
+        pooled = keras.Model(boundary, model.get_layer("head_pool").output)
+        head = keras.Model(model.get_layer("head_pool").output, model.output)
+        flat = train_views.reshape(-1, *train_views.shape[2:])
+        feats = predict_arrays(pooled, flat, desc="pooled features").reshape(*train_views.shape[:2], -1)
+        val_feats = predict_arrays(pooled, val_views[0], desc="pooled features (val)")
+        sampler = make_sampler(feats, yt, cfg.batch_size, cfg.seed, weights)
+        best["head"] = _fit(
+            head, sampler, (val_feats, yv), cfg.epochs, cfg.lr, loss, cfg.patience, log, "phase 1 (head)"
+        )
+    if cfg.fine_tune_epochs > 0:
+        n = set_trainable(top, head_only=False)
+        lr = cfg.fine_tune_lr if built.pretrained else cfg.lr
+        sampler = make_sampler(train_views, yt, cfg.batch_size, cfg.seed + 1, weights)
+        what = f"phase 2 (fine-tune {n} layers above {built.split_layer or 'the input'})"
+        best["fine_tune"] = _fit(
+            top, sampler, (val_views[0], yv), cfg.fine_tune_epochs, lr, loss, cfg.patience, log, what
+        )
+    return FitResult(model, top, log.rows, best)
+
+
+def evaluate(
+    model, arrays: np.ndarray, targets: np.ndarray, labels: list[str], loss_name: str, desc: str
+) -> dict:
+    """classification_report + loss of `model` on `arrays` (images or activations)."""
+    import keras
+
+    from convert.features import predict_arrays
+    from edge.metrics import classification_report
+
+    probs = predict_arrays(model, arrays, desc=desc)
+    report = classification_report(targets, probs.argmax(1), labels)
+    y = keras.utils.to_categorical(targets, len(labels))
+    report["loss"] = float(_loss(loss_name)(y, probs))
+    report["cross_entropy"] = float(
+        -np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1)))
+    )
+    return report
+
+
+def check_config(cfg: TrainConfig) -> None:
+    from convert.augment import AUGMENTS
+    from convert.models import ARCHES
+
+    choices = {"arch": ARCHES, "loss": LOSSES, "class_weight": CLASS_WEIGHTS, "augment": AUGMENTS}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise DataError(f"{name} must be one of {list(allowed)}, not {getattr(cfg, name)!r}")
+    if cfg.views < 1 or cfg.batch_size < 1 or cfg.epochs < 0 or cfg.fine_tune_epochs < 0:
+        raise DataError("views and batch size must be >= 1, epochs >= 0")
+    if cfg.folds and cfg.val_dir:
+        raise DataError("--folds splits DATA_DIR itself; leave out --val-dir")
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
