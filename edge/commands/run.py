@@ -1,12 +1,100 @@
-"""`edge run`: filled by its issue."""
+"""`edge run`: the on-device daemon (see docs/daemon.md)."""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import click
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(args):
-    """Device command (not implemented yet)."""
-    raise click.ClickException("edge run is not implemented yet")
+def _overrides(**flags) -> dict:
+    """Command-line flags that were given -> the nested config table they override."""
+    where = {
+        "bundle": ("bundle",), "source": ("source", "uri"), "fps": ("source", "fps"), "loop": ("source", "loop"),
+        "db": ("store", "db"), "session": ("store", "session"), "max_frames": ("pipeline", "max_frames"),
+        "duration": ("pipeline", "duration_s"), "mode": ("pipeline", "mode"), "region": ("pipeline", "region"),
+        "backend": ("pipeline", "backend"), "threads": ("pipeline", "threads"), "archive": ("archive", "dir"),
+        "http": ("http", "listen"),
+    }
+    table: dict = {}
+    for name, value in flags.items():
+        if value is None or (name == "loop" and not value):
+            continue
+        *parents, key = where[name]
+        node = table
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = str(value) if name in ("bundle", "db", "archive") else value
+    return table
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"session {s['session_id']} ended ({s['ended_by']})",
+        f"  frames: {s['frames_classified']} classified of {s['frames_captured']} captured, "
+        f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects",
+        f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
+        f"p95 {s['latency_ms']['p95']} ms",
+        "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
+        "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
+        f"  uncertain: {s['uncertain']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
+        f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
+        f"  database: {s['database']}",
+    ]
+    if s.get("page"):
+        lines.append(f"  page was: {s['page']}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML config (see systemd/edge-run.toml). Flags below override it.")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Model bundle directory [default: models/mobilenetv2-int8].")
+@click.option("--source", help="sim | replay:DIR|VIDEO | folder:DIR | opencv:INDEX|PATH|gst:PIPELINE | picamera2[:N]  [default: sim].")
+@click.option("--fps", type=float, help="Frame rate for sim and replay (and requested from cameras).")
+@click.option("--loop", is_flag=True, default=None, help="Replay: start again at the end.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite results database [default: edge-run.db].")
+@click.option("--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time].")
+@click.option("--mode", type=click.Choice(["cell"]), help="cell: classify the centred region of each frame.")
+@click.option("--region", type=float, help="Cell mode: side of the centred square, as a fraction of the shorter side [0.5].")
+@click.option("--max-frames", type=click.IntRange(min=0), help="Exit 0 after this many classified frames.")
+@click.option("--duration", type=click.FloatRange(min=0), help="Exit 0 after this many seconds.")
+@click.option("--archive", type=click.Path(file_okay=False, path_type=Path),
+              help="Flagged-image archive directory [default: flagged/ next to the database].")
+@click.option("--http", help="Page and API address HOST:PORT, or off [default: 127.0.0.1:8080]; port 0 picks a free one.")
+@click.option("--backend", type=click.Choice(["cpu", "edgetpu"]), help="Inference backend [default: cpu].")
+@click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the final summary here as JSON.")
+def run(config_file, bundle, source, fps, loop, db, session, mode, region, max_frames, duration, archive, http,
+        backend, threads, summary_json):
+    """Classify cells from a camera continuously and keep every result.
+
+    Frames go through a small queue (a live camera drops the oldest frame when inference falls
+    behind; counted), are classified, committed one by one to SQLite (WAL), and flagged cells
+    (uncertain, or an alert class such as myeloblast) are archived as JPEG + JSON. A page with the
+    live frame, the differential count and health is served on 127.0.0.1.
+
+    \b
+    Examples:
+      edge run                                   # simulated microscope, reference model
+      edge run --source replay:frames/ --fps 20 --db results.db --max-frames 150
+      edge run --config /etc/edge-run/edge-run.toml   # what the systemd unit runs
+
+    SIGTERM or Ctrl-C: finishes the frames in flight, flushes and exits 0.
+    """
+    from edge.daemon.app import Daemon
+    from edge.daemon.config import load_config
+
+    overrides = _overrides(bundle=bundle, source=source, fps=fps, loop=loop, db=db, session=session, mode=mode,
+                           region=region, max_frames=max_frames, duration=duration, archive=archive, http=http,
+                           backend=backend, threads=threads)
+    if os.environ.get("EDGE_RUN_TOKEN"):
+        overrides.setdefault("http", {})["token"] = os.environ["EDGE_RUN_TOKEN"]
+    config = load_config(config_file, overrides)
+    summary = Daemon(config, out=lambda line: click.echo(line)).run()
+    click.echo(format_summary(summary))
+    if summary_json:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0

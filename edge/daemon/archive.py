@@ -1,0 +1,119 @@
+"""The flagged-image archive: cells a human should look at, saved as JPEG + sidecar JSON.
+
+Flagged: uncertain predictions, and any prediction of a configured alert class (myeloblast...).
+A disk-space guard pauses archiving, never classification, when free space drops below
+`min_free_mb`, and resumes above it; the state shows on the page, in /api/status and /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.daemon.config import ArchiveConfig
+
+DISK_CHECK_EVERY_S = 5.0
+
+
+@dataclass
+class ArchiveState:
+    state: str  # active | paused_low_disk | disabled | error
+    free_mb: float
+    saved: int
+    skipped_low_disk: int
+    errors: int
+    dir: str
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # A reader (the page) never sees half a JPEG, and a crash leaves no truncated file behind.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class FlaggedArchive:
+    def __init__(self, config: ArchiveConfig, root: Path, session_id: str, max_recent: int = 12):
+        self.config = config
+        self.root = Path(root)
+        self.session_dir = self.root / session_id
+        self.alert_classes = set(config.alert_classes)
+        self.recent: deque[dict] = deque(maxlen=max_recent)
+        self.saved = self.skipped_low_disk = self.errors = 0
+        self.free_mb = float("nan")
+        self._checked_at = 0.0
+        self.paused = False
+        self.last_error = ""
+        if config.enabled:
+            self.session_dir.mkdir(parents=True, exist_ok=True)
+            self._check_disk(force=True)
+
+    def reason(self, label: str, uncertain: bool) -> str | None:
+        """Why this prediction is flagged, or None."""
+        if label in self.alert_classes:
+            return "alert_class"
+        if uncertain and self.config.uncertain:
+            return "uncertain"
+        return None
+
+    def _check_disk(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._checked_at < DISK_CHECK_EVERY_S:
+            return
+        self._checked_at = now
+        self.free_mb = shutil.disk_usage(self.root).free / 1e6
+        was = self.paused
+        self.paused = self.free_mb < self.config.min_free_mb
+        if self.paused != was:
+            verb = "paused" if self.paused else "resumed"
+            print(f"archive {verb}: {self.free_mb:.0f} MB free on {self.root} (threshold {self.config.min_free_mb:.0f} MB)",
+                  flush=True)
+
+    def save(self, crop: np.ndarray, meta: dict) -> str | None:
+        """Save a flagged crop; returns the file name, or None when archiving is paused or off."""
+        if not self.config.enabled:
+            return None
+        self._check_disk()
+        if self.paused:
+            self.skipped_low_disk += 1
+            return None
+        stem = f"{meta['frame_id']:07d}_{meta['crop_index']}_{meta['label']}"
+        try:
+            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(self.config.jpeg_quality)])
+            if not ok:
+                raise OSError("JPEG encoding failed")
+            _atomic_write(self.session_dir / f"{stem}.jpg", jpeg.tobytes())
+            _atomic_write(self.session_dir / f"{stem}.json", (json.dumps(meta, indent=2) + "\n").encode())
+        except OSError as exc:  # a full or read-only disk must not stop classification
+            self.errors += 1
+            self.last_error = str(exc)
+            return None
+        self.saved += 1
+        self.last_error = ""
+        self.recent.appendleft({**meta, "image": f"{self.session_dir.name}/{stem}.jpg"})
+        return f"{stem}.jpg"
+
+    def state(self) -> ArchiveState:
+        if not self.config.enabled:
+            name = "disabled"
+        elif self.paused:
+            name = "paused_low_disk"
+        elif self.errors and self.last_error:
+            name = "error"
+        else:
+            name = "active"
+        return ArchiveState(name, round(self.free_mb, 1), self.saved, self.skipped_low_disk, self.errors, str(self.root))

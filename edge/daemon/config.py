@@ -1,0 +1,289 @@
+"""The daemon's configuration: a TOML file validated once at start into dataclasses.
+
+Precedence: built-in defaults < config file < command-line flags. Every error names the key
+(`source.fps: expected a number, got 'fast'`), so a typo in /etc/edge-run/edge-run.toml is a
+one-line fix, not a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DEFAULT_BUNDLE = "models/mobilenetv2-int8"
+
+
+class ConfigError(EdgeError):
+    """The daemon configuration is invalid; the message names the key."""
+
+    exit_code = 2
+
+
+@dataclass
+class Picamera2Options:
+    camera: int = 0
+    # Full-resolution stream for the archive and the page; the ISP scales `lores` for inference.
+    main_size: list[int] = field(default_factory=lambda: [2028, 1520])
+    lores_size: list[int] = field(default_factory=lambda: [640, 480])
+    # Pi 4 and older can only give YUV420 on lores; Pi 5 also RGB888 (which is BGR in memory).
+    lores_format: str = "YUV420"
+    settle_s: float = 2.0
+    lock_exposure: bool = True
+    lock_white_balance: bool = True
+    # Fixed values win over the auto-settled ones; 0 / [] means "take what auto settled on".
+    exposure_time_us: int = 0
+    analogue_gain: float = 0.0
+    colour_gains: list[float] = field(default_factory=list)
+
+
+@dataclass
+class OpenCVOptions:
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    fourcc: str = ""  # e.g. "MJPG" for USB cameras that only reach full rate compressed
+
+
+@dataclass
+class FolderOptions:
+    poll_s: float = 0.5
+    # A file is taken once its size and mtime have not changed for this long (the microscope
+    # software may still be writing it).
+    settle_s: float = 1.0
+    recursive: bool = False
+
+
+@dataclass
+class SimOptions:
+    width: int = 640
+    height: int = 480
+    dwell_s: float = 1.0  # how long the "technician" keeps one cell centred
+    seed: int = 0
+    classes: list[str] = field(default_factory=list)  # empty: the synthetic classes
+
+
+@dataclass
+class SourceConfig:
+    uri: str = "sim"
+    fps: float = 0.0  # 0: the source's own rate (sim 10, replay as fast as the pipeline takes)
+    loop: bool = False
+    queue_size: int = 4
+    reconnect_max_s: float = 10.0
+    picamera2: Picamera2Options = field(default_factory=Picamera2Options)
+    opencv: OpenCVOptions = field(default_factory=OpenCVOptions)
+    folder: FolderOptions = field(default_factory=FolderOptions)
+    sim: SimOptions = field(default_factory=SimOptions)
+
+
+@dataclass
+class PipelineConfig:
+    mode: str = "cell"
+    region: float = 0.5  # cell mode: centred square, fraction of the frame's shorter side
+    max_frames: int = 0  # 0: unbounded
+    duration_s: float = 0.0  # 0: unbounded
+    backend: str = "cpu"
+    threads: int = 0  # 0: all cores
+
+
+@dataclass
+class StoreConfig:
+    db: str = "edge-run.db"
+    session: str = ""  # empty: a new id per start (UTC time)
+    synchronous: str = "full"
+
+
+@dataclass
+class ArchiveConfig:
+    dir: str = ""  # empty: next to the database, in flagged/
+    enabled: bool = True
+    uncertain: bool = True
+    alert_classes: list[str] = field(default_factory=lambda: ["myeloblast"])
+    min_free_mb: float = 500.0
+    jpeg_quality: int = 90
+
+
+@dataclass
+class AlertRule:
+    name: str = ""
+    classes: list[str] = field(default_factory=list)
+    min_fraction: float = 0.2
+    min_cells: int = 20
+
+
+@dataclass
+class DifferentialConfig:
+    count_uncertain: bool = True
+    alerts: list[AlertRule] = field(
+        default_factory=lambda: [AlertRule("blast fraction", ["myeloblast"], 0.20, 20)]
+    )
+
+
+@dataclass
+class HttpConfig:
+    listen: str = "127.0.0.1:8080"  # "off" disables the page
+    token: str = ""
+
+
+@dataclass
+class DaemonConfig:
+    bundle: str = DEFAULT_BUNDLE
+    source: SourceConfig = field(default_factory=SourceConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    differential: DifferentialConfig = field(default_factory=DifferentialConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    @property
+    def archive_dir(self) -> Path:
+        return Path(self.archive.dir) if self.archive.dir else Path(self.store.db).resolve().parent / "flagged"
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert(value, hint, key: str):
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
+        return _build(hint, value, key)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {hint}")  # a bug here, not a user error
+
+
+def _build(cls, table: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in table:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in table.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DaemonConfig:
+    """Read `path` (TOML), apply `overrides` (nested dict from the command line), validate."""
+    table: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read ({exc})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    table = _merge(table, overrides or {})
+    config = _build(DaemonConfig, table)
+    validate(config)
+    return config
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """'HOST:PORT' -> (host, port); 'off' -> None. Raises ConfigError naming http.listen."""
+    if listen.lower() in ("off", "none", ""):
+        return None
+    host, sep, port = listen.rpartition(":")
+    _check(bool(sep) and port.isdigit() and 0 <= int(port) <= 65535, "http.listen",
+           f"expected HOST:PORT (e.g. 127.0.0.1:8080) or off, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def validate(c: DaemonConfig) -> None:
+    """Range and consistency checks that the types alone cannot express."""
+    _check(bool(c.bundle), "bundle", "must name a bundle directory")
+    s = c.source
+    _check(bool(s.uri), "source.uri", "must not be empty (sim, replay:DIR, folder:DIR, opencv:0, picamera2)")
+    _check(s.fps >= 0, "source.fps", f"must be >= 0, got {s.fps}")
+    _check(1 <= s.queue_size <= 256, "source.queue_size", f"must be between 1 and 256, got {s.queue_size}")
+    _check(s.reconnect_max_s > 0, "source.reconnect_max_s", "must be > 0")
+    p2 = s.picamera2
+    _check(len(p2.main_size) == 2 and min(p2.main_size) > 0, "source.picamera2.main_size", "expected [width, height]")
+    _check(len(p2.lores_size) == 2 and min(p2.lores_size) > 0, "source.picamera2.lores_size", "expected [width, height]")
+    _check(p2.lores_format in ("YUV420", "RGB888", "BGR888", "XRGB8888", "XBGR8888"), "source.picamera2.lores_format",
+           f"expected YUV420, RGB888, BGR888, XRGB8888 or XBGR8888, got {p2.lores_format!r}")
+    _check(p2.colour_gains == [] or len(p2.colour_gains) == 2, "source.picamera2.colour_gains", "expected [] or [red, blue]")
+    _check(p2.settle_s >= 0, "source.picamera2.settle_s", "must be >= 0")
+    _check(s.folder.poll_s > 0, "source.folder.poll_s", "must be > 0")
+    _check(s.sim.width >= 64 and s.sim.height >= 64, "source.sim.width", "sim frames must be at least 64 x 64")
+    from edge.synthetic import CLASSES
+
+    for i, name in enumerate(s.sim.classes):
+        _check(name in CLASSES, f"source.sim.classes[{i}]", f"unknown synthetic class {name!r} (choose from {', '.join(CLASSES)})")
+    p = c.pipeline
+    _check(p.mode == "cell", "pipeline.mode", f"only 'cell' is implemented (field mode comes later), got {p.mode!r}")
+    _check(0 < p.region <= 1, "pipeline.region", f"must be in (0, 1], got {p.region}")
+    _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
+    _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
+    _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
+    _check(c.store.synchronous in ("full", "normal"), "store.synchronous", f"expected full or normal, got {c.store.synchronous!r}")
+    _check(bool(c.store.db), "store.db", "must name a database file")
+    a = c.archive
+    _check(a.min_free_mb >= 0, "archive.min_free_mb", "must be >= 0")
+    _check(1 <= a.jpeg_quality <= 100, "archive.jpeg_quality", "must be between 1 and 100")
+    for i, rule in enumerate(c.differential.alerts):
+        key = f"differential.alerts[{i}]"
+        _check(bool(rule.name), f"{key}.name", "must not be empty")
+        _check(bool(rule.classes), f"{key}.classes", "must list at least one class")
+        _check(0 < rule.min_fraction <= 1, f"{key}.min_fraction", f"must be in (0, 1], got {rule.min_fraction}")
+        _check(rule.min_cells >= 1, f"{key}.min_cells", "must be >= 1")
+    listen = parse_listen(c.http.listen)
+    if listen and not _is_loopback(listen[0]):
+        _check(len(c.http.token) >= 16, "http.token",
+               f"a non-loopback bind ({listen[0]}) needs a token of at least 16 characters (or set EDGE_RUN_TOKEN)")

@@ -1,0 +1,80 @@
+"""`folder:DIR`: a hot folder for microscopes that save images.
+
+Each new file is processed once. The database is the memory: the daemon passes in every file name
+this folder already has a frame row for (classified or skipped as corrupt), and the result row and
+its frame row are committed together, so a restart neither skips nor double-counts a file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from edge.daemon.config import ConfigError
+from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
+from edge.errors import ImageLoadError
+from edge.preprocess import IMAGE_SUFFIXES, load_image, to_bgr8
+
+
+class Source(FrameSource):
+    kind = "folder"
+    live = False  # never drop a file: the pipeline waits instead
+
+    def __init__(self, target, config, done_refs: set[str] | None = None, stop_event=None, **_):
+        super().__init__(target, config)
+        if not target:
+            raise ConfigError("source.uri: folder needs a directory (folder:DIR)")
+        self.path = Path(target).resolve()
+        self.target = str(self.path)
+        self.options = config.folder
+        self.done = set(done_refs or ())  # names already in the database, plus those queued this run
+        self.stop_event = stop_event
+        self._pending: list[str] = []
+        self._seen_stat: dict[str, tuple[int, float, float]] = {}  # name -> (size, mtime, first seen stable)
+
+    def open(self) -> None:
+        if not self.path.is_dir():
+            raise SourceError(f"{self.path}: hot folder does not exist (yet)")
+
+    def _scan(self) -> list[str]:
+        pattern = "**/*" if self.options.recursive else "*"
+        now = time.monotonic()
+        ready = []
+        try:
+            candidates = [p for p in self.path.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES]
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot list ({exc})") from None
+        for p in candidates:
+            name = str(p.relative_to(self.path))
+            if name in self.done or p.name.startswith("."):
+                continue
+            try:
+                st = p.stat()
+            except OSError:
+                continue  # vanished between listing and stat
+            key = (st.st_size, st.st_mtime)
+            seen = self._seen_stat.get(name)
+            if seen is None or seen[:2] != key:
+                self._seen_stat[name] = (*key, now)
+            elif now - seen[2] >= self.options.settle_s:
+                ready.append(name)
+        return sorted(ready, key=lambda n: (os.path.getmtime(self.path / n), n))
+
+    def read(self) -> Frame | None:
+        while not self._pending:
+            if self.stop_event is not None and self.stop_event.is_set():
+                return None
+            if not self.path.is_dir():
+                raise SourceError(f"{self.path}: hot folder disappeared")
+            self._pending = self._scan()
+            if not self._pending:
+                time.sleep(self.options.poll_s)
+        name = self._pending.pop(0)
+        self.done.add(name)
+        self._seen_stat.pop(name, None)
+        try:
+            image = to_bgr8(load_image(self.path / name))
+        except (ImageLoadError, ValueError) as exc:
+            raise CorruptFrame(name, getattr(exc, "reason", str(exc))) from None
+        return Frame(image=image, ref=name)

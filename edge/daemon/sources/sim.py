@@ -1,0 +1,39 @@
+"""`sim`: a simulated microscope. Renders fields of red cells with one white cell centred, as a
+technician would centre it, changing cell every `dwell_s` seconds. The embedded default source."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.daemon.sources import Frame, FrameSource, Pacer
+from edge.synthetic import CLASSES, render_field
+
+DEFAULT_FPS = 10.0
+
+
+class Source(FrameSource):
+    kind = "sim"
+    live = True
+
+    def __init__(self, target, config, **_):
+        super().__init__(target, config)
+        self.options = config.sim
+        self.classes = tuple(self.options.classes) or CLASSES
+        self.fps = config.fps or DEFAULT_FPS
+
+    def open(self) -> None:
+        self.rng = np.random.default_rng(self.options.seed)
+        self.pacer = Pacer(self.fps)
+        self.dwell = max(1, int(round(self.options.dwell_s * self.fps)))
+        self.count = 0
+        self.current = self.classes[0]
+
+    def wait_for_next(self) -> None:
+        self.pacer.wait()
+
+    def read(self) -> Frame:
+        if self.count % self.dwell == 0:
+            self.current = self.classes[int(self.rng.integers(len(self.classes)))]
+        self.count += 1
+        image, _ = render_field(self.rng, self.options.width, self.options.height, center_class=self.current)
+        return Frame(image=image, ref=f"sim:{self.current}")

@@ -1,0 +1,123 @@
+"""Counters, rates and per-stage timings, named after what they measure (frigate's habit):
+camera_fps, processed_fps, skipped frames, reconnects, inference ms. Read by /api/status,
+/metrics and the final summary."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+STAGES = ("capture", "queue", "preprocess", "invoke", "result", "store", "latency")
+
+
+class RateMeter:
+    """Events per second over the last `window_s` seconds."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self.times: deque[float] = deque()
+
+    def tick(self, now: float | None = None) -> None:
+        self.times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self.times and now - self.times[0] > self.window_s:
+            self.times.popleft()
+        if len(self.times) < 2:
+            return 0.0
+        span = max(now - self.times[0], 1e-6)
+        return (len(self.times) - 1) / span if now - self.times[-1] < self.window_s else 0.0
+
+
+class Telemetry:
+    def __init__(self, window: int = 300):
+        self.lock = threading.Lock()
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.captured = 0
+        self.processed = 0  # frames classified
+        self.results = 0  # crops classified
+        self.uncertain = 0
+        self.dropped = 0  # oldest frame dropped from a full queue
+        self.corrupt = 0
+        self.source_errors = 0
+        self.reconnects = 0
+        self.camera_fps = RateMeter()
+        self.processed_fps = RateMeter()
+        self.stages = {name: deque(maxlen=window) for name in STAGES}
+        self.all_latency: list[float] = []  # the whole run, for the summary
+        self.first_result_mono: float | None = None
+        self.last_result_mono: float | None = None
+        self.source_state = "starting"
+        self.source_error = ""
+
+    def on_captured(self) -> None:
+        with self.lock:
+            self.captured += 1
+            self.camera_fps.tick()
+
+    def on_dropped(self, n: int = 1) -> None:
+        with self.lock:
+            self.dropped += n
+
+    def on_corrupt(self) -> None:
+        with self.lock:
+            self.corrupt += 1
+
+    def on_source_error(self, message: str) -> None:
+        with self.lock:
+            self.source_errors += 1
+            self.source_state, self.source_error = "reconnecting", message
+
+    def on_source_open(self, reconnect: bool) -> None:
+        with self.lock:
+            self.reconnects += int(reconnect)
+            self.source_state = "streaming"
+
+    def on_processed(self, n_results: int, n_uncertain: int, timings: dict[str, float]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.processed += 1
+            self.results += n_results
+            self.uncertain += n_uncertain
+            self.processed_fps.tick(now)
+            for name, value in timings.items():
+                if name in self.stages:
+                    self.stages[name].append(value)
+            self.all_latency.append(timings["latency"])
+            self.first_result_mono = self.first_result_mono or now
+            self.last_result_mono = now
+
+    def stage_ms(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, values in self.stages.items():
+            if values:
+                arr = np.fromiter(values, float)
+                out[name] = {"mean": round(float(arr.mean()), 3), "p50": round(float(np.percentile(arr, 50)), 3),
+                             "p95": round(float(np.percentile(arr, 95)), 3)}
+        return out
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {
+                "uptime_s": round(time.monotonic() - self.started_mono, 1),
+                "frames": {"captured": self.captured, "processed": self.processed, "results": self.results,
+                           "dropped": self.dropped, "corrupt": self.corrupt},
+                "camera_fps": round(self.camera_fps.rate(), 2),
+                "processed_fps": round(self.processed_fps.rate(), 2),
+                "uncertain": self.uncertain,
+                "uncertain_rate": round(self.uncertain / self.results, 4) if self.results else 0.0,
+                "source": {"state": self.source_state, "errors": self.source_errors, "reconnects": self.reconnects,
+                           "last_error": self.source_error},
+                "stages_ms": self.stage_ms(),
+            }
+
+    def sustained_fps(self) -> float:
+        """Frames classified per second between the first and the last result of the run."""
+        if not self.first_result_mono or self.processed < 2:
+            return 0.0
+        return (self.processed - 1) / max(self.last_result_mono - self.first_result_mono, 1e-6)

@@ -1,0 +1,237 @@
+"""`edge run` as the technician's machine runs it: real subprocesses, real SQLite, real HTTP on
+127.0.0.1, real signals (SIGTERM, SIGKILL) and a real sd_notify datagram socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edge.synthetic import make_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def replay_dir(tmp_path_factory) -> Path:
+    """200 synthetic cell images (5 classes x 40)."""
+    return make_dataset(tmp_path_factory.mktemp("replay"), per_class=40, seed=5)
+
+
+class Daemon:
+    """`edge run ...` in a subprocess; collects stdout and the page address."""
+
+    def __init__(self, args, cwd: Path, env: dict | None = None):
+        full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EDGE_RUN_TOKEN")}
+        full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", *map(str, args)], cwd=cwd, env=full_env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self.has_url = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("page: "):
+                self.url = line.split(" ", 1)[1].strip()
+                self.has_url.set()
+
+    def wait_url(self, timeout=60) -> str:
+        assert self.has_url.wait(timeout), f"no page address; stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        return self.url
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, str, str]:
+        req = urllib.request.Request(self.url.rstrip("/") + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.headers.get("Content-Type", ""), r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
+
+    def wait(self, timeout=60) -> int:
+        rc = self.proc.wait(timeout)
+        self.reader.join(5)
+        self.stderr = self.proc.stderr.read()
+        return rc
+
+
+def rows(db: Path) -> int:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+
+def wait_rows(db: Path, n: int, timeout=60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if db.exists() and rows(db) >= n:
+                return
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {n} rows after {timeout} s")
+
+
+def check_clean(db: Path, labels: list[str]) -> int:
+    """integrity_check ok, and every row whole: all fields set, JSON valid, one frame row per result frame."""
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    n = 0
+    for label, conf, probs, unc, sha, timings, box in con.execute(
+            "SELECT label, confidence, probabilities, uncertain, model_sha, timings, box FROM results"):
+        probs = json.loads(probs)
+        assert label in labels and sorted(probs) == sorted(labels) and 0 <= conf <= 1 and unc in (0, 1)
+        assert len(sha) == 64 and {"invoke", "preprocess", "capture"} <= set(json.loads(timings)) and len(json.loads(box)) == 4
+        n += 1
+    mismatched = con.execute(
+        "SELECT COUNT(*) FROM frames f WHERE f.status = 'classified' AND f.n_results !="
+        " (SELECT COUNT(*) FROM results r WHERE r.session_id = f.session_id AND r.frame_id = f.frame_id)").fetchone()[0]
+    assert mismatched == 0
+    con.close()
+    return n
+
+
+def labels_of(bundle: Path) -> list[str]:
+    return json.loads((bundle / "manifest.json").read_text())["labels"]
+
+
+def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_metrics(tiny_bundle, replay_dir, tmp_path):
+    db = tmp_path / "results.db"
+    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 40, "--db", db,
+                "--max-frames", 150, "--http", "127.0.0.1:0"], tmp_path)
+    d.wait_url()
+    wait_rows(db, 5)
+    code, ctype, body = d.get("/api/status")
+    assert code == 200 and ctype.startswith("application/json")
+    status = json.loads(body)
+    assert status["model"]["labels"] == labels_of(tiny_bundle) and status["frames"]["processed"] >= 5
+    code, ctype, body = d.get("/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body)}  # raises on malformed exposition text
+    for name in ("edge_inference_ms", "edge_camera_fps", "edge_processed_fps", "edge_frames_skipped",
+                 "edge_reconnects", "edge_uncertain_ratio", "edge_archive_state"):
+        assert name in families, name
+    assert {s.labels["reason"] for s in families["edge_frames_skipped"].samples} == {"queue_full", "corrupt"}
+    assert families["edge_inference_ms"].samples[0].value > 0
+    code, ctype, body = d.get("/")
+    assert code == 200 and "Differential count" in body
+    assert d.wait() == 0, d.stderr
+    assert rows(db) == 150
+    assert check_clean(db, labels_of(tiny_bundle)) == 150
+    assert any("150 classified" in line for line in d.lines)
+
+
+def test_kill_9_mid_run_leaves_a_clean_database_with_every_committed_row(tiny_bundle, replay_dir, tmp_path):
+    db = tmp_path / "results.db"
+    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--loop", "--db", db,
+                "--http", "off"], tmp_path)
+    wait_rows(db, 1)
+    time.sleep(2.5)  # a few seconds of steady commits, then pull the plug mid-stream
+    committed_before = rows(db)
+    d.proc.send_signal(signal.SIGKILL)
+    assert d.wait() == -signal.SIGKILL
+    n = check_clean(db, labels_of(tiny_bundle))
+    assert n >= committed_before >= 20
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_sigterm_drains_and_exits_0_within_5_s(tiny_bundle, replay_dir, tmp_path):
+    db = tmp_path / "results.db"
+    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--loop", "--db", db,
+                "--http", "127.0.0.1:0", "--summary-json", tmp_path / "summary.json"], tmp_path)
+    d.wait_url()
+    wait_rows(db, 10)
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    rc = d.wait(timeout=10)
+    elapsed = time.monotonic() - t0
+    assert rc == 0 and elapsed < 5, (rc, elapsed, d.stderr)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ended_by"] == "signal"
+    assert rows(db) == summary["results"] == summary["frames_classified"]
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT ended IS NOT NULL FROM sessions").fetchone()[0] == 1
+        # The close checkpoint folded the WAL into the database file.
+        assert not (tmp_path / "results.db-wal").exists() or (tmp_path / "results.db-wal").stat().st_size == 0
+
+
+def test_non_loopback_bind_needs_a_token_and_the_token_is_enforced(tiny_bundle, replay_dir, tmp_path):
+    r = edge_run("--bundle", tiny_bundle, "--http", "0.0.0.0:0", "--db", tmp_path / "x.db", cwd=tmp_path)
+    assert r.returncode == 2 and "http.token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    token = "s3cret-token-for-the-lab"
+    config = tmp_path / "edge.toml"
+    config.write_text('[archive]\nmin_free_mb = 1e12\n[source]\nfps = 20.0\nloop = true\n')
+    d = Daemon(["--config", config, "--bundle", tiny_bundle, "--source", f"replay:{replay_dir}",
+                "--db", tmp_path / "t.db", "--http", "127.0.0.1:0", "--max-frames", 60], tmp_path,
+               env={"EDGE_RUN_TOKEN": token})
+    d.wait_url()
+    assert d.get("/api/status")[0] == 401
+    code, _, body = d.get("/api/status", {"Authorization": f"Bearer {token}"})
+    assert code == 200
+    # The disk guard (threshold far above any free space) pauses archiving, never classification.
+    assert json.loads(body)["archive"]["state"] == "paused_low_disk"
+    assert d.wait() == 0
+    assert rows(tmp_path / "t.db") == 60
+
+
+def test_systemd_notify_ready_watchdog_stopping(tiny_bundle, replay_dir, tmp_path):
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--db", tmp_path / "n.db",
+                "--max-frames", 40, "--http", "off"], tmp_path,
+               env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            if d.proc.poll() is not None:
+                break
+    assert d.wait() == 0
+    kinds = [m.splitlines()[0] for m in messages]
+    assert kinds[0] == "READY=1" and kinds[-1] == "STOPPING=1"
+    assert kinds.count("WATCHDOG=1") >= 2  # 40 frames at 20 fps, pinged every 0.2 s
+
+
+def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "edge.cli", "run", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+
+
+def test_bundle_that_fails_to_load_is_one_line_and_non_zero(tmp_path, tiny_bundle):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text((tiny_bundle / "manifest.json").read_text())
+    (broken / "model.tflite").write_bytes(b"not a model")
+    for bundle in (tmp_path / "missing", broken):
+        r = edge_run("--bundle", bundle, "--db", tmp_path / "b.db", "--http", "off", "--max-frames", 1, cwd=tmp_path)
+        assert r.returncode == 3, r.stderr
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and str(bundle) in errors[0] and "Traceback" not in r.stderr
+
+
+def test_config_error_names_the_key(tmp_path, tiny_bundle):
+    config = tmp_path / "bad.toml"
+    config.write_text('[source]\nfps = "fast"\n')
+    r = edge_run("--config", config, "--bundle", tiny_bundle, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "error: source.fps: expected a number, got str 'fast'"
