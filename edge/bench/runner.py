@@ -145,17 +145,17 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     t = _clock()
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
-    source = open_source(config.source)
+    t = _clock()
+    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads)
+    init_ms = (_clock() - t) * 1000
     try:
-        t = _clock()
-        backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads)
-        init_ms = (_clock() - t) * 1000
+        source = open_source(config.source)  # after the backend, so a missing runtime fails fast
         try:
             return _measure(config, bundle, backend, source, load_ms, init_ms, tick)
         finally:
-            backend.close()
+            source.close()
     finally:
-        source.close()
+        backend.close()
 
 
 def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:

@@ -167,7 +167,7 @@ def bench(
     from edge.bench import export, reference, table
     from edge.bench.runner import BenchConfig
     from edge.bench.runner import run as run_bench
-    from edge.errors import EdgeError
+    from edge.errors import BundleError, EdgeError, RuntimeUnavailableError
 
     if list_references:
         click.echo(
@@ -210,7 +210,7 @@ def bench(
         try:
             with _progress(config, 1 + warmup + 2 * runs) as bar:
                 results.append(run_bench(config, tick=bar.update))
-        except EdgeError as exc:
+        except (RuntimeUnavailableError, BundleError) as exc:  # one bad cell must not sink a matrix
             if not as_matrix:
                 raise
             results.append(
