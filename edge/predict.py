@@ -4,7 +4,7 @@ and an `uncertain` flag for cells that need a human look. Used by classify, eval
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -48,10 +48,28 @@ def to_prediction(probs: np.ndarray, labels: list[str], rule: Uncertainty, top_k
     return Prediction(
         label=labels[order[0]],
         confidence=float(probs[order[0]]),
-        probabilities={name: float(p) for name, p in zip(labels, probs)},
+        probabilities={name: float(p) for name, p in zip(labels, probs, strict=True)},
         top_k=[(labels[i], float(probs[i])) for i in order[:top_k]],
         uncertain=uncertain,
         margin=margin,
+    )
+
+
+def uncertainty_rule(
+    bundle: Bundle, min_confidence: float | None = None, min_margin: float | None = None
+) -> Uncertainty:
+    """The bundle's rule (from its calibration data, or the default), with command-line overrides."""
+    rule = bundle.manifest.uncertainty
+    for name, value in (("min_confidence", min_confidence), ("min_margin", min_margin)):
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, not {value}")
+    if min_confidence is None and min_margin is None:
+        return rule
+    return replace(
+        rule,
+        min_confidence=rule.min_confidence if min_confidence is None else float(min_confidence),
+        min_margin=rule.min_margin if min_margin is None else float(min_margin),
+        source="command line",
     )
 
 
@@ -66,6 +84,12 @@ class Classifier:
         self.labels = bundle.labels
         self.uncertainty = uncertainty or bundle.manifest.uncertainty
         self.top_k = top_k
+
+    @classmethod
+    def open(cls, bundle: Bundle, backend_name: str = "cpu", uncertainty: Uncertainty | None = None, top_k: int = 3,
+             **backend_options) -> Classifier:
+        """Open the named backend ("cpu", "edgetpu") with its options (runtime, threads, device, ...)."""
+        return cls(bundle, open_backend(bundle, backend_name, **backend_options), uncertainty, top_k)
 
     def preprocess(self, frame: np.ndarray, order: str = "BGR") -> np.ndarray:
         return preprocess(frame, self.spec, order)

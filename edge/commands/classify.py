@@ -1,12 +1,122 @@
-"""`edge classify`: filled by its issue."""
+"""`edge classify BUNDLE PATH...`: label image files and folders, one line (or record) per image."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+import time
+
 import click
 
+from edge.batch import ImageResult, classify_paths
+from edge.bundle import Bundle
+from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
+from edge.errors import DataError
+from edge.images import expand_paths
+from edge.predict import uncertainty_rule
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def classify(args):
-    """Device command (not implemented yet)."""
-    raise click.ClickException("edge classify is not implemented yet")
+CSV_FIELDS = ["path", "label", "confidence", "margin", "uncertain", "top_k",
+              "decode_ms", "preprocess_ms", "invoke_ms", "error"]
+
+
+def _record(result: ImageResult) -> dict:
+    if not result.ok:
+        return {"path": str(result.path), "error": result.error}
+    return {"path": str(result.path), **result.prediction.to_dict()}
+
+
+def _csv_row(result: ImageResult) -> dict:
+    if not result.ok:
+        return {"path": str(result.path), "error": result.error}
+    p = result.prediction
+    t = p.timings_ms
+    return {
+        "path": str(result.path), "label": p.label, "confidence": f"{p.confidence:.6f}", "margin": f"{p.margin:.6f}",
+        "uncertain": int(p.uncertain), "top_k": ";".join(f"{name}:{prob:.6f}" for name, prob in p.top_k),
+        "decode_ms": f"{t.get('decode', 0):.3f}", "preprocess_ms": f"{t.get('preprocess', 0):.3f}",
+        "invoke_ms": f"{t.get('invoke', 0):.3f}", "error": "",
+    }
+
+
+def _text_line(result: ImageResult) -> str:
+    p = result.prediction
+    t = p.timings_ms
+    flag = "UNCERTAIN" if p.uncertain else "ok"
+    others = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top_k[1:])
+    ms = t.get("decode", 0) + t.get("preprocess", 0) + t.get("invoke", 0)
+    return f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{flag}\t{others}\t{ms:.1f} ms"
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included.")
+@click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
+@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True, help="How many labels to list per image.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="Flag an image as uncertain when its top probability is below this. Default: the bundle's calibrated value.")
+@click.option("--margin", type=click.FloatRange(0, 1), default=None,
+              help="Flag an image as uncertain when top-1 minus top-2 probability is below this. Default: the bundle's.")
+@runtime_options
+def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runtime, threads, batch_size, workers):
+    """Classify the images in PATH... (files, or folders searched recursively) with the model BUNDLE.
+
+    \b
+    Prints one line per image: path, label, confidence, ok/UNCERTAIN, the runner-up labels and the
+    time spent on it. A file that cannot be read gets an error line on stderr naming it; the other
+    images are still classified, and the exit code is then 1.
+
+    \b
+    Examples:
+      edge classify models/mobilenetv2-int8 cell.jpg
+      edge classify models/mobilenetv2-int8 slides/ --csv > results.csv
+      edge classify models/mobilenetv2-int8 slides/ --backend edgetpu --device usb:0 --json
+    """
+    model = Bundle.load(bundle)
+    files = expand_paths(paths)
+    if not files:
+        raise DataError(f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(_suffixes()))})")
+    rule = uncertainty_rule(model, threshold, margin)
+    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers)
+    replicas = min(replicas, max(1, -(-len(files) // batch_size)))  # no idle interpreters for a few files
+    classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=top_k,
+                                   runtime=runtime, threads=threads, device=device)
+    out = click.get_text_stream("stdout")
+    writer = None
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+    failed = uncertain = 0
+    t0 = time.perf_counter()
+    with progress(classify_paths(classifiers, files, options), len(files), "classifying", fmt is None) as results:
+        for result in results:
+            if not result.ok:
+                failed += 1
+                click.echo(f"error: {result.path}: {result.error}", err=True)
+            else:
+                uncertain += result.prediction.uncertain
+            if fmt == "json":
+                out.write(json.dumps(_record(result)) + "\n")
+            elif fmt == "csv":
+                writer.writerow(_csv_row(result))
+            elif result.ok:
+                out.write(_text_line(result) + "\n")
+    seconds = time.perf_counter() - t0
+    info = classifiers[0].backend.describe()
+    ok = len(files) - failed
+    click.echo(
+        f"{ok} classified, {uncertain} uncertain, {failed} failed in {seconds:.1f} s "
+        f"({len(files) / seconds:.1f} images/s; {info['backend']}, {info['runtime']} {info['runtime_version']}, "
+        f"{replicas} x {threads} thread(s); uncertain below {rule.min_confidence:.2f} confidence "
+        f"or {rule.min_margin:.2f} margin, {rule.source})",
+        err=True,
+    )
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def _suffixes():
+    from edge.preprocess import IMAGE_SUFFIXES
+
+    return IMAGE_SUFFIXES

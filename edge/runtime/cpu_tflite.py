@@ -1,6 +1,7 @@
 """CPU TFLite backend: LiteRT (ai_edge_litert), else tflite_runtime, else tensorflow.lite.
 
-The interpreter is built once per bundle, with XNNPACK and all cores by default.
+The interpreter is built once per bundle, with XNNPACK and all usable cores by default.
+`runtime=` forces one of RUNTIMES (the CLI's --runtime); `threads=` and `xnnpack=` override the defaults.
 """
 
 from __future__ import annotations
@@ -25,12 +26,24 @@ RUNTIMES = {
 }
 
 
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+
+
 @dataclass
 class TFLiteRuntime:
     name: str
     version: str
     interpreter_class: Any
     load_delegate: Any
+    module: Any = None  # the interpreter module, for OpResolverType
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def import_runtime(preference: str = "auto") -> TFLiteRuntime:
@@ -47,7 +60,7 @@ def import_runtime(preference: str = "auto") -> TFLiteRuntime:
         except Exception as exc:  # tflite_runtime on NumPy 2 raises AttributeError, not ImportError
             errors.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             continue
-        return TFLiteRuntime(name, version, module.Interpreter, module.load_delegate)
+        return TFLiteRuntime(name, version, module.Interpreter, module.load_delegate, module)
     raise ImportError(
         "no TFLite runtime could be imported (" + "; ".join(errors) + "). Install one: pip install '.[device]'"
     )
@@ -69,15 +82,24 @@ def read_model_io(model_path: str | os.PathLike, runtime: str = "auto") -> dict:
 class TFLiteBackend(InferenceBackend):
     """Shared mechanics of every TFLite-interpreter backend (CPU here, Edge TPU in edgetpu.py)."""
 
-    def __init__(self, bundle: Bundle, runtime: str = "auto", threads: int | None = None, **_):
+    # Edge TPU models are compiled for a fixed batch of 1; CPU models can be resized to any batch.
+    resizable_batch = True
+
+    def __init__(self, bundle: Bundle, runtime: str = "auto", threads: int | None = None, xnnpack: bool = True, **_):
         super().__init__(bundle)
         try:
-            self.rt = import_runtime(runtime)
+            self.rt = import_runtime(runtime or "auto")
         except ImportError as exc:
             raise RuntimeUnavailableError(str(exc)) from None
-        self.threads = int(threads or os.cpu_count() or 1)
+        self.threads = int(threads or usable_cores())
+        if self.threads < 1:
+            raise RuntimeUnavailableError(f"threads must be at least 1, not {self.threads}")
+        self.xnnpack = bool(xnnpack)
         self.interpreter = self._make_interpreter()
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter.allocate_tensors()
+        except RuntimeError as exc:
+            raise self._allocation_error(exc) from None
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         self._batch = int(self._input["shape"][0])
@@ -88,8 +110,19 @@ class TFLiteBackend(InferenceBackend):
         # A float model still takes 0-255 values (rescaling is inside the graph).
         self._in_quant = (in_scale, in_zero) if self.input_dtype == np.int8 else None
 
+    def _interpreter_options(self) -> dict:
+        options = {"num_threads": self.threads}
+        resolver = getattr(self.rt.module, "OpResolverType", None)
+        if not self.xnnpack and resolver is not None:
+            # XNNPACK is TFLite's default CPU delegate; only this resolver turns it off.
+            options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        return options
+
     def _make_interpreter(self):
-        return self.rt.interpreter_class(model_path=str(self.bundle.model_path()), num_threads=self.threads)
+        return self.rt.interpreter_class(model_path=str(self.bundle.model_path()), **self._interpreter_options())
+
+    def _allocation_error(self, exc: Exception) -> Exception:
+        return RuntimeUnavailableError(f"{self.bundle.model_path()}: the {self.rt.name} interpreter cannot run it ({exc})")
 
     def _resize(self, n: int) -> None:
         self.interpreter.resize_tensor_input(self._input["index"], [n, *self.input_shape])
@@ -115,6 +148,8 @@ class TFLiteBackend(InferenceBackend):
         if tuple(batch.shape[1:]) != self.input_shape:
             raise ValueError(f"expected input {self.input_shape}, got {tuple(batch.shape[1:])}")
         if len(batch) != self._batch:
+            if not self.resizable_batch:
+                return np.concatenate([self.invoke(one[None]) for one in batch])
             self._resize(len(batch))
         self.interpreter.set_tensor(self._input["index"], self._to_input_dtype(batch))
         self.interpreter.invoke()
@@ -132,7 +167,7 @@ class TFLiteBackend(InferenceBackend):
             "runtime": self.rt.name,
             "runtime_version": self.rt.version,
             "threads": self.threads,
-            "delegate": "xnnpack",
+            "delegate": "xnnpack" if self.xnnpack else "none",
             "model": Path(self.bundle.model_path()).name,
             "input": {"shape": list(self.input_shape), "dtype": self.input_dtype.name},
         }

@@ -1,0 +1,195 @@
+"""Classify many image files fast: decode + preprocess in a worker pool while the interpreter runs.
+
+OpenCV releases the GIL in imdecode, resize, cvtColor and CLAHE, and the TFLite interpreter releases
+it in invoke(), so plain threads overlap the two (measured against processes in docs/device.md).
+`classify_sequential` is the plain one-image-at-a-time loop that the overlapped pipeline is compared
+with by `edge eval` and scripts/throughput.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import multiprocessing
+import os
+import queue
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ImageLoadError
+from edge.predict import Classifier, Prediction
+from edge.preprocess import PreprocessSpec, load_image, preprocess
+
+LOADERS = ("thread", "process")
+
+
+@dataclass
+class LoadedImage:
+    """One file after decode + preprocess, or the reason it could not be read."""
+
+    path: Path
+    tensor: np.ndarray | None = None
+    error: str | None = None
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+
+
+@dataclass
+class ImageResult:
+    """One file's prediction (with decode/preprocess/invoke timings), or its error."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class PipelineOptions:
+    batch_size: int = 8
+    workers: int = 1  # decode/preprocess workers beside the interpreter
+    loader: str = "thread"
+    prefetch: int = 0  # images decoded ahead; 0 = 2 batches per worker
+
+
+def load_one(path: Path, spec: PreprocessSpec) -> LoadedImage:
+    """Decode and preprocess one file; a bad file becomes an error naming the reason, never an exception."""
+    t0 = time.perf_counter()
+    try:
+        image = load_image(path)
+    except ImageLoadError as exc:
+        return LoadedImage(path, error=exc.reason)
+    t1 = time.perf_counter()
+    try:
+        tensor = preprocess(image, spec)
+    except (ValueError, Exception) as exc:  # e.g. an unsupported bit depth; cv2.error is an Exception
+        return LoadedImage(path, error=f"cannot preprocess ({str(exc).splitlines()[0] if str(exc) else exc})")
+    t2 = time.perf_counter()
+    return LoadedImage(path, tensor, None, (t1 - t0) * 1000, (t2 - t1) * 1000)
+
+
+def _executor(options: PipelineOptions) -> cf.Executor:
+    if options.loader == "process":
+        # spawn, not fork: forking after the interpreter started its thread pool can deadlock.
+        return cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
+    if options.loader != "thread":
+        raise ValueError(f"loader must be one of {LOADERS}, not {options.loader!r}")
+    return cf.ThreadPoolExecutor(options.workers, thread_name_prefix="edge-load")
+
+
+def iter_loaded(paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions) -> Iterator[LoadedImage]:
+    """Loaded images in input order, decoded `prefetch` ahead by the worker pool."""
+    ahead = options.prefetch or 2 * options.batch_size * max(1, options.workers)
+    pending: collections.deque[cf.Future] = collections.deque()
+    paths = iter(paths)
+    with _executor(options) as pool:
+        for path in paths:
+            pending.append(pool.submit(load_one, Path(path), spec))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _run_batch(classifier: Classifier, batch: list[LoadedImage]) -> list[ImageResult]:
+    good = [item for item in batch if item.error is None]
+    preds: list[Prediction] = classifier.classify_tensors(np.stack([i.tensor for i in good])) if good else []
+    by_path = {}
+    for item, pred in zip(good, preds, strict=True):
+        pred.timings_ms["decode"] = item.decode_ms
+        pred.timings_ms["preprocess"] = item.preprocess_ms
+        by_path[id(item)] = pred
+    return [ImageResult(i.path, by_path.get(id(i)), i.error) for i in batch]
+
+
+def _replicated(
+    classifiers: list[Classifier], paths: list[Path], options: PipelineOptions
+) -> Iterator[ImageResult]:
+    """One worker thread per interpreter replica: each loads a batch, then runs it on a free replica.
+
+    While one worker decodes, another invokes, so every core stays busy with no cross-thread hand-off;
+    single-threaded interpreters also waste no time synchronising XNNPACK's thread pool.
+    """
+    free: queue.SimpleQueue[Classifier] = queue.SimpleQueue()
+    for c in classifiers:
+        free.put(c)
+    spec = classifiers[0].spec
+
+    def work(chunk: list[Path]) -> list[ImageResult]:
+        items = [load_one(path, spec) for path in chunk]
+        classifier = free.get()
+        try:
+            return _run_batch(classifier, items)
+        finally:
+            free.put(classifier)
+
+    size = options.batch_size
+    chunks = (paths[i : i + size] for i in range(0, len(paths), size))
+    pending: collections.deque[cf.Future] = collections.deque()
+    with cf.ThreadPoolExecutor(len(classifiers), thread_name_prefix="edge-replica") as pool:
+        for chunk in chunks:
+            pending.append(pool.submit(work, chunk))
+            if len(pending) >= 2 * len(classifiers):
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def classify_paths(
+    classifier: Classifier | list[Classifier], paths: Iterable[Path], options: PipelineOptions | None = None
+) -> Iterator[ImageResult]:
+    """The overlapped pipeline: results in input order, bad files as error results.
+
+    One classifier: a loader pool decodes ahead while this thread invokes. Several (replicas of the
+    same bundle, one per core): each worker thread decodes and invokes its own batches.
+    """
+    options = options or PipelineOptions()
+    if isinstance(classifier, list):
+        if len(classifier) > 1:
+            yield from _replicated(classifier, [Path(p) for p in paths], options)
+            return
+        classifier = classifier[0]
+    batch: list[LoadedImage] = []
+    for item in iter_loaded(paths, classifier.spec, options):
+        batch.append(item)
+        if len(batch) >= options.batch_size:
+            yield from _run_batch(classifier, batch)
+            batch = []
+    if batch:
+        yield from _run_batch(classifier, batch)
+
+
+def classify_sequential(classifier: Classifier, paths: Iterable[Path]) -> Iterator[ImageResult]:
+    """The plain loop: decode -> preprocess -> invoke, one image at a time, in the calling thread."""
+    for path in paths:
+        item = load_one(Path(path), classifier.spec)
+        yield from _run_batch(classifier, [item])
+
+
+@dataclass
+class Throughput:
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def timed(results: Iterable[ImageResult]) -> tuple[list[ImageResult], Throughput]:
+    """Drain `results`, timing the whole run end to end (every file counted, bad ones too)."""
+    t0 = time.perf_counter()
+    out = list(results)
+    return out, Throughput(len(out), time.perf_counter() - t0)
+
+
+def default_workers(interpreter_threads: int) -> int:
+    """Loader workers beside the interpreter: one per core it leaves free, at least one."""
+    return max(1, (os.cpu_count() or 1) - interpreter_threads)

@@ -1,0 +1,70 @@
+"""Options that `edge classify` and `edge eval` share: which runtime, how many threads, the pipeline."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edge.batch import PipelineOptions, default_workers
+from edge.bundle import Bundle
+from edge.predict import Classifier
+from edge.runtime import BACKENDS
+from edge.runtime.cpu_tflite import RUNTIME_CHOICES, usable_cores
+
+
+def runtime_options(func):
+    """--backend, --device, --runtime, --threads, --batch-size, --workers."""
+    options = [
+        click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
+                     help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU."),
+        click.option("--device", default=None, metavar="DEV",
+                     help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found)."),
+        click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
+                     help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None,
+                     help="Interpreter threads. Default: all cores. With fewer, one interpreter runs per "
+                          "group of THREADS cores, each decoding and classifying its own batches."),
+        click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
+                     help="Images per interpreter call."),
+        click.option("--workers", type=click.IntRange(1, 64), default=None,
+                     help="Threads that decode and preprocess ahead of a single interpreter (default: 1)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def pipeline_for(backend: str, threads: int | None, batch_size: int, workers: int | None) -> tuple[int, int, PipelineOptions]:
+    """(interpreter threads, interpreter replicas, loader options) for this machine."""
+    cores = usable_cores()
+    threads = threads or cores
+    # One Edge TPU serves one interpreter; on the CPU, replicas fill the cores the threads leave free.
+    replicas = 1 if backend != "cpu" else max(1, cores // threads)
+    return threads, replicas, PipelineOptions(batch_size=batch_size, workers=workers or default_workers(threads))
+
+
+def open_classifiers(bundle: Bundle, backend: str, replicas: int, **options) -> list[Classifier]:
+    """`replicas` independent classifiers of the same bundle (interpreters are not thread-safe)."""
+    return [Classifier.open(bundle, backend, **options) for _ in range(replicas)]
+
+
+def progress(items, length: int, label: str, enabled: bool = True):
+    """A progress bar on stderr when a person is watching; the bare iterator otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        return _Plain(items)
+    return click.progressbar(items, length=length, label=label, file=sys.stderr)
+
+
+class _Plain:
+    """Context manager with the same shape as click.progressbar, for when nobody is watching."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __enter__(self):
+        return self.items
+
+    def __exit__(self, *exc):
+        return False
+
