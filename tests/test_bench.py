@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge.bench import STAGES, reference
 from edge.bench import compare as compare_mod
-from edge.bench.profile import op_placement
+from edge.bench.profile import op_macs, op_placement
 from edge.bench.stats import summarize
 from edge.bundle import Bundle
 from edge.cli import cli, main
@@ -80,7 +80,7 @@ def test_json_csv_and_table_shape(tiny_bundle, tmp_path):
     prof = r["profile"]
     assert prof["op_timings"] is None and "not exposed" in prof["note"]
     assert prof["ops_total"] == len(prof["ops"]) > 0
-    assert {p["op"] for p in prof["placement"]} >= {"CONV_2D"}
+    assert prof["placement"][0]["op"] == "CONV_2D" and prof["macs_total"] > 0  # convs carry the arithmetic
     rows = list(csv.DictReader(out_csv.open()))
     assert [row["stage"] for row in rows] == list(STAGES)
     assert float(rows[2]["p50_ms"]) == pytest.approx(r["stages"]["invoke"]["p50_ms"])
@@ -227,3 +227,15 @@ def test_op_placement_follows_delegate_partitions():
     assert placed == {0: "cpu", 1: "xnnpack", 2: "xnnpack", 3: "cpu"}
     tpu = [op(0, "edgetpu-custom-op", [0], [1]), op(1, "SOFTMAX", [1], [2])]
     assert [r["runs_on"] for r in op_placement(tpu)] == ["edgetpu", "cpu"]
+
+
+def test_macs_are_counted_from_tensor_shapes():
+    shapes = {1: [1, 10, 10, 8], 2: [8, 3, 3, 4], 3: [1, 10, 10, 8], 4: [1, 3, 3, 8], 5: [1, 5], 6: [5, 16]}
+
+    def op(name, inputs, outputs):
+        return {"op_name": name, "inputs": np.array(inputs), "outputs": np.array(outputs)}
+
+    assert op_macs(op("CONV_2D", [0, 2], [1]), shapes) == 800 * 3 * 3 * 4
+    assert op_macs(op("DEPTHWISE_CONV_2D", [1, 4], [3]), shapes) == 800 * 3 * 3
+    assert op_macs(op("FULLY_CONNECTED", [0, 6], [5]), shapes) == 5 * 16
+    assert op_macs(op("ADD", [1, 3], [3]), shapes) == 0

@@ -5,12 +5,13 @@ What ai_edge_litert 2.3 (and tflite_runtime / tf.lite) expose to Python: the gra
 graph. They expose no profiler: the per-op timer lives in the C++ `benchmark_model
 --enable_op_profiling=true` and in LiteRT's C API, not in the Python wheel. So this reports
 placement (which ops the delegate took, which stayed on the interpreter's CPU kernels, which ran
-on the Edge TPU) from the graph itself, and says plainly that per-op times are not available.
+on the Edge TPU) from the graph itself, with each op's multiply-accumulates counted from the tensor
+shapes (which ops carry the arithmetic), and says plainly that per-op times are not available.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import numpy as np
 
 from edge.bench.staged import StagedModel
 
@@ -51,10 +52,44 @@ def op_placement(ops: list[dict], delegate_name: str = "delegate") -> list[dict]
     return rows
 
 
+def op_macs(op: dict, shapes: dict[int, list[int]]) -> int:
+    """Multiply-accumulates of a conv / depthwise / fully-connected op from its tensor shapes (else 0).
+
+    A static count, not a timing: it says which ops carry the arithmetic, which is what dominates
+    invoke() on a CPU when no profiler is available.
+    """
+    name = op["op_name"]
+    inputs = [int(t) for t in op["inputs"]]
+    if (
+        name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+        or len(inputs) < 2
+        or not op["outputs"].size
+    ):
+        return 0
+    out, weights = shapes.get(int(op["outputs"][0])), shapes.get(inputs[1])
+    if not out or not weights:
+        return 0
+    n_out = int(np.prod(out))
+    if name == "CONV_2D":  # weights: out_ch x kh x kw x in_ch
+        return n_out * int(np.prod(weights[1:]))
+    if name == "DEPTHWISE_CONV_2D":  # weights: 1 x kh x kw x channels
+        return n_out * int(weights[1] * weights[2])
+    return n_out * int(weights[-1])  # FULLY_CONNECTED: out x in
+
+
 def summarize_placement(rows: list[dict]) -> list[dict]:
-    """One row per (op type, where it runs), most frequent first."""
-    counts = Counter((r["op"], r["runs_on"]) for r in rows)
-    return [{"op": op, "runs_on": where, "count": n} for (op, where), n in counts.most_common()]
+    """One row per (op type, where it runs) with its share of the model's MACs, heaviest first."""
+    groups: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        g = groups.setdefault(
+            (r["op"], r["runs_on"]), {"op": r["op"], "runs_on": r["runs_on"], "count": 0, "macs": 0}
+        )
+        g["count"] += 1
+        g["macs"] += r.get("macs", 0)
+    total = sum(g["macs"] for g in groups.values()) or 1
+    for g in groups.values():
+        g["macs_share"] = round(g["macs"] / total, 4)
+    return sorted(groups.values(), key=lambda g: (-g["macs"], -g["count"], g["op"]))
 
 
 def profile(model: StagedModel, description: dict) -> dict:
@@ -67,13 +102,19 @@ def profile(model: StagedModel, description: dict) -> dict:
             "note": f"{note} This backend does not expose its graph either.",
             "ops": [],
         }
-    rows = op_placement(get_ops(), str(description.get("delegate") or "delegate"))
+    ops = get_ops()
+    rows = op_placement(ops, str(description.get("delegate") or "delegate"))
+    shapes = {int(t["index"]): [int(v) for v in t["shape"]] for t in model.interpreter.get_tensor_details()}
+    by_index = {int(op["index"]): op for op in ops}
+    for r in rows:
+        r["macs"] = op_macs(by_index[r["index"]], shapes)
     on_cpu = [r for r in rows if r["runs_on"] == "cpu"]
     return {
         "op_timings": None,
         "note": note,
         "ops_total": len(rows),
         "ops_on_cpu_kernels": len(on_cpu),
+        "macs_total": sum(r["macs"] for r in rows),
         "placement": summarize_placement(rows),
         "ops": rows,
     }

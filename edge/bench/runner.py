@@ -176,7 +176,10 @@ def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
             tick(1)
     fps, pipelined_cpu = pipe.pipelined(config.runs, tick)
 
-    stages = {name: summarize(col).to_dict() for name, col in zip(bench.STAGES, zip(*samples, strict=True), strict=True)}
+    stages = {
+        name: summarize(col).to_dict()
+        for name, col in zip(bench.STAGES, zip(*samples, strict=True), strict=True)
+    }
     invoke_p50 = stages["invoke"]["p50_ms"]
     description = backend.describe()
     result = {

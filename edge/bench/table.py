@@ -160,13 +160,12 @@ def format_profile(p: dict) -> str:
     lines = [f"profile  {p['note']}"]
     if p.get("placement"):
         lines.append(
-            f"         {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels"
+            f"         {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels, "
+            f"{p['macs_total'] / 1e6:.0f} M multiply-accumulates (a static count from tensor shapes, not a timing)"
         )
-        lines.append(
-            grid(
-                ["op", "runs on", "count"],
-                [[x["op"], x["runs_on"], str(x["count"])] for x in p["placement"]],
-                2,
-            )
-        )
+        rows = [
+            [x["op"], x["runs_on"], str(x["count"]), f"{x['macs'] / 1e6:.1f}", f"{x['macs_share']:.0%}"]
+            for x in p["placement"]
+        ]
+        lines.append(grid(["op", "runs on", "count", "M MACs", "share"], rows, 2))
     return "\n".join(lines)
