@@ -1,0 +1,162 @@
+"""Frame sources with real files, a real video through OpenCV, and real `edge run` restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.daemon.config import ConfigError, load_config
+from edge.daemon.pipeline import END, CaptureThread, DropOldestQueue, Skipped
+from edge.daemon.sources import Frame, open_source
+from edge.daemon.telemetry import Telemetry
+from edge.synthetic import make_dataset, render_cell
+
+
+def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return subprocess.run([sys.executable, "-m", "edge.cli", "run", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+def source_for(uri: str, **source):
+    return open_source(load_config(overrides={"source": {"uri": uri, **source}}).source)
+
+
+def truncate_jpeg(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_sim_renders_bgr_frames_with_the_centred_class_as_ref():
+    src = source_for("sim", fps=1000.0, sim={"width": 320, "height": 240, "classes": ["lobed"]})
+    src.open()
+    frame = src.read()
+    assert frame.image.shape == (240, 320, 3) and frame.image.dtype == np.uint8 and frame.ref == "sim:lobed"
+
+
+def test_replay_missing_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="source.uri"):
+        source_for(f"replay:{tmp_path / 'nope'}")
+
+
+def test_replay_skips_and_records_corrupt_files(tiny_bundle, tmp_path):
+    frames = make_dataset(tmp_path / "frames", per_class=2, seed=4)
+    bad = sorted(frames.rglob("*.jpg"))[:2]
+    for p in bad:
+        truncate_jpeg(p)
+    (frames / "round" / "empty.png").write_bytes(b"")
+    db = tmp_path / "r.db"
+    r = edge_run("--bundle", tiny_bundle, "--source", f"replay:{frames}", "--db", db, "--http", "off",
+                 "--summary-json", tmp_path / "s.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["ended_by"] == "source exhausted" and summary["corrupt"] == 3 and summary["frames_classified"] == 8
+    with sqlite3.connect(db) as con:
+        skipped = dict(con.execute("SELECT source_ref, detail FROM frames WHERE status = 'corrupt'").fetchall())
+        assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 8
+    assert set(skipped) == {str(p.relative_to(frames)) for p in bad} | {"round/empty.png"}
+    assert "truncated JPEG" in skipped[str(bad[0].relative_to(frames))]
+
+
+def test_hot_folder_processes_each_file_once_across_restarts(tiny_bundle, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(0)
+
+    def drop(names):
+        for name in names:
+            cv2.imwrite(str(inbox / name), render_cell("round", rng, 96))
+
+    drop([f"a{i}.jpg" for i in range(5)])
+    (inbox / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    config = tmp_path / "c.toml"
+    config.write_text("[source.folder]\npoll_s = 0.05\nsettle_s = 0.1\n")
+    db = tmp_path / "f.db"
+    common = ["--config", config, "--bundle", tiny_bundle, "--source", f"folder:{inbox}", "--db", db, "--http", "off"]
+    r1 = edge_run(*common, "--max-frames", 5, cwd=tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    drop([f"b{i}.jpg" for i in range(3)])
+    r2 = edge_run(*common, "--max-frames", 3, cwd=tmp_path)
+    assert r2.returncode == 0, r2.stderr
+    with sqlite3.connect(db) as con:
+        refs = [r[0] for r in con.execute("SELECT source_ref FROM frames WHERE status = 'classified'")]
+        corrupt = [r[0] for r in con.execute("SELECT source_ref FROM frames WHERE status = 'corrupt'")]
+        sessions = con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0]
+    assert sorted(refs) == sorted([f"a{i}.jpg" for i in range(5)] + [f"b{i}.jpg" for i in range(3)])
+    assert corrupt == ["broken.jpg"] and sessions == 2
+
+
+def test_folder_waits_for_files_still_being_written(tmp_path):
+    src = source_for(f"folder:{tmp_path}", folder={"poll_s": 0.02, "settle_s": 0.3})
+    src.open()
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((20, 20, 3), np.uint8))
+    assert src._scan() == []  # just appeared: not settled yet
+    got = src.read()
+    assert got.ref == "x.png" and got.image.shape == (20, 20, 3)
+
+
+def write_video(path: Path, n: int) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(np.full((120, 160, 3), 20 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def test_replay_of_a_video_file(tmp_path):
+    src = source_for(f"replay:{write_video(tmp_path / 'v.avi', 4)}")
+    src.open()
+    refs = []
+    while (frame := src.read()) is not None:
+        refs.append(frame.ref)
+    assert refs == [f"v.avi#{i}" for i in range(4)]
+
+
+def test_opencv_source_reconnects_with_backoff_when_the_stream_ends(tmp_path):
+    # A real cv2.VideoCapture whose stream "disconnects" after 3 frames (the end of a file reads like an
+    # unplugged camera: read() returns False); the capture thread must close, back off, reopen, and count.
+    src = source_for(f"opencv:{write_video(tmp_path / 'cam.avi', 3)}", reconnect_max_s=0.05)
+    telemetry, stop, queue = Telemetry(), threading.Event(), DropOldestQueue(100)
+    capture = CaptureThread(src, queue, telemetry, stop, reconnect_max_s=0.05, log=lambda *_: None)
+    capture.start()
+    frames = []
+    while len(frames) < 8:
+        item = queue.get(timeout=5)
+        assert item is not None and item is not END
+        if isinstance(item, Frame):
+            frames.append(item)
+    stop.set()
+    capture.join(5)
+    assert telemetry.reconnects >= 2 and telemetry.source_errors >= 2
+    assert [f.frame_id for f in frames] == list(range(8))  # ids keep counting across reconnects
+
+
+def test_capture_thread_turns_corrupt_files_into_skipped_records(tmp_path):
+    make_dataset(tmp_path / "d", per_class=1, classes=("round",), seed=0)
+    truncate_jpeg(next((tmp_path / "d").rglob("*.jpg")))
+    src = source_for(f"replay:{tmp_path / 'd'}")
+    telemetry, stop, queue = Telemetry(), threading.Event(), DropOldestQueue(4)
+    capture = CaptureThread(src, queue, telemetry, stop)
+    capture.start()
+    assert isinstance(queue.get(5), Skipped) and queue.get(5) is END
+    assert telemetry.corrupt == 1
+
+
+def test_opencv_gstreamer_and_device_arguments():
+    from edge.daemon.sources.opencv import capture_args
+
+    assert capture_args("0") == (0, cv2.CAP_V4L2)
+    assert capture_args("/dev/video2") == ("/dev/video2", cv2.CAP_V4L2)
+    assert capture_args("gst:videotestsrc ! appsink") == ("videotestsrc ! appsink", cv2.CAP_GSTREAMER)
+    assert capture_args("rtsp://cam/stream")[1] == cv2.CAP_ANY

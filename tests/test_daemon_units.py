@@ -1,0 +1,181 @@
+"""Daemon parts in-process: config validation, the drop-oldest queue, differential alerts,
+the archive's disk guard, sd_notify datagrams, and the systemd unit checks."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.daemon.archive import FlaggedArchive
+from edge.daemon.config import AlertRule, ArchiveConfig, ConfigError, DifferentialConfig, load_config
+from edge.daemon.differential import DifferentialCount
+from edge.daemon.modes import CellMode, scale_box
+from edge.daemon.notify import SystemdNotifier
+from edge.daemon.pipeline import DropOldestQueue, Skipped
+from edge.daemon.sources import Frame
+from edge.preprocess import center_region
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("toml, key", [
+    ('[source]\nfps = "fast"', "source.fps: expected a number"),
+    ('[source]\nfsp = 10', "source.fsp: unknown key"),
+    ('[pipeline]\nregion = 1.5', "pipeline.region: must be in (0, 1]"),
+    ('[pipeline]\nmode = "field"', "pipeline.mode:"),
+    ('[store]\nsynchronous = "off"', "store.synchronous:"),
+    ('[[differential.alerts]]\nname = "x"\nclasses = []', "differential.alerts[0].classes:"),
+    ('[[differential.alerts]]\nname = "x"\nclasses = ["myeloblast"]\nmin_fraction = "20%"', "differential.alerts[0].min_fraction: expected a number"),
+    ('[source.picamera2]\nlores_size = [640]', "source.picamera2.lores_size:"),
+    ('[http]\nlisten = "0.0.0.0:8080"', "http.token:"),
+    ('[http]\nlisten = "localhost"', "http.listen:"),
+    ("source = 3", "source: expected a table"),
+    ("[source\n", "not valid TOML"),
+])
+def test_config_errors_name_the_key(tmp_path, toml, key):
+    path = tmp_path / "c.toml"
+    path.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_example_config_is_valid_and_flags_override_it():
+    c = load_config(ROOT / "systemd" / "edge-run.toml", {"source": {"uri": "sim", "fps": 5.0}, "http": {"listen": "off"}})
+    assert c.source.uri == "sim" and c.source.fps == 5.0 and c.source.picamera2.lores_format == "YUV420"
+    assert c.differential.alerts[0].classes == ["myeloblast"] and c.store.synchronous == "full"
+
+
+def test_non_loopback_with_a_long_token_is_accepted():
+    c = load_config(overrides={"http": {"listen": "0.0.0.0:8080", "token": "x" * 16}})
+    assert c.http.listen == "0.0.0.0:8080"
+
+
+def _frame(i):
+    return Frame(image=np.zeros((2, 2, 3), np.uint8), ref=str(i), frame_id=i)
+
+
+def test_live_queue_drops_the_oldest_frame_and_counts_every_drop():
+    q, stop = DropOldestQueue(3), threading.Event()
+    dropped = sum(q.put(_frame(i), drop_oldest=True, stop=stop) for i in range(10))
+    assert dropped == 7
+    assert [q.get(0).frame_id for _ in range(3)] == [7, 8, 9]
+    assert q.get(0) is None
+
+
+def test_live_queue_never_drops_a_skipped_record():
+    q, stop = DropOldestQueue(2), threading.Event()
+    q.put(Skipped(0, "bad.jpg", "truncated", 0.0), drop_oldest=True, stop=stop)
+    for i in range(1, 5):
+        q.put(_frame(i), drop_oldest=True, stop=stop)
+    items = [q.get(0) for _ in range(len(q))]
+    assert isinstance(items[0], Skipped) and items[-1].frame_id == 4
+
+
+def test_file_queue_waits_instead_of_dropping():
+    q, stop = DropOldestQueue(2), threading.Event()
+    for i in range(2):
+        q.put(_frame(i), drop_oldest=False, stop=stop)
+    t = threading.Thread(target=q.put, args=(_frame(2), False, stop))
+    t.start()
+    t.join(0.3)
+    assert t.is_alive(), "a full file-source queue must block"
+    assert q.get(1).frame_id == 0
+    t.join(2)
+    assert [q.get(0).frame_id for _ in range(2)] == [1, 2]
+
+
+def test_cell_mode_crop_is_edge_preprocess_center_region_and_scales_to_the_main_stream():
+    img = np.arange(480 * 640 * 3, dtype=np.uint32).reshape(480, 640, 3).astype(np.uint8)
+    (crop,) = CellMode(0.5).crops(img)
+    assert np.array_equal(crop.image, center_region(img, 0.5)) and crop.box == (200, 120, 240, 240)
+    assert scale_box(crop.box, img.shape, (1520, 2028, 3)) == (634, 380, 760, 760)
+
+
+def test_differential_alert_fires_at_the_fraction_only_after_min_cells():
+    rule = AlertRule("blast fraction", ["myeloblast"], 0.2, 10)
+    d = DifferentialCount(DifferentialConfig(alerts=[rule]), ["myeloblast", "monocyte"])
+    fired = []
+    for _ in range(3):
+        fired += d.add("myeloblast", False)  # 100% blasts, but only 3 cells: no alert yet
+    assert not fired and not d.alerts()[0].active
+    for _ in range(7):
+        fired += d.add("monocyte", False)
+    assert [a.name for a in fired] == ["blast fraction"] and d.alerts()[0].fraction == 0.3
+    for _ in range(10):
+        d.add("monocyte", False)  # 3 / 20 = 15%: below threshold again
+    assert not d.alerts()[0].active
+    assert d.table()[0] == {"label": "monocyte", "count": 17, "percent": 85.0}
+
+
+def test_differential_warns_about_classes_the_model_lacks():
+    d = DifferentialCount(DifferentialConfig(), ["round", "lobed"])
+    assert d.warnings and "myeloblast" in d.warnings[0]
+
+
+def test_archive_saves_flagged_crops_with_a_sidecar(tmp_path):
+    a = FlaggedArchive(ArchiveConfig(alert_classes=["myeloblast"]), tmp_path, "s1")
+    assert a.reason("myeloblast", False) == "alert_class" and a.reason("monocyte", True) == "uncertain"
+    assert a.reason("monocyte", False) is None
+    name = a.save(np.full((50, 50, 3), 128, np.uint8), {"frame_id": 3, "crop_index": 0, "label": "myeloblast"})
+    assert (tmp_path / "s1" / name).stat().st_size > 0 and (tmp_path / "s1" / name.replace(".jpg", ".json")).exists()
+    assert a.state().state == "active" and a.state().saved == 1
+
+
+def test_disk_guard_pauses_archiving_not_classification(tmp_path):
+    a = FlaggedArchive(ArchiveConfig(min_free_mb=1e12), tmp_path, "s1")
+    assert a.save(np.zeros((8, 8, 3), np.uint8), {"frame_id": 0, "crop_index": 0, "label": "x"}) is None
+    state = a.state()
+    assert state.state == "paused_low_disk" and state.skipped_low_disk == 1 and state.saved == 0
+    assert list((tmp_path / "s1").iterdir()) == []
+
+
+def test_sd_notify_sends_datagrams_to_a_real_socket(tmp_path):
+    path = tmp_path / "n.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    server.settimeout(1)
+    n = SystemdNotifier({"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "30000000"})
+    assert n.watchdog_interval == 15.0
+    assert n.ready("classifying sim") and n.watchdog() and not n.watchdog() and n.stopping()
+    got = [server.recv(256).decode() for _ in range(3)]
+    assert got == ["READY=1\nSTATUS=classifying sim", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_sd_notify_is_a_no_op_outside_systemd():
+    n = SystemdNotifier({})
+    assert not n.enabled and not n.ready() and not n.watchdog()
+
+
+def test_watchdog_env_for_another_pid_is_ignored():
+    assert SystemdNotifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+@needs_systemd_analyze
+def test_unit_file_verifies():
+    r = subprocess.run(["systemd-analyze", "verify", str(ROOT / "systemd" / "edge-run.service")],
+                       capture_output=True, text=True)
+    problems = [line for line in r.stderr.splitlines() if "edge-run.service" in line]
+    assert r.returncode == 0 and not problems, r.stderr
+
+
+@needs_systemd_analyze
+def test_unit_file_exposure_is_at_most_3():
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / "edge-run.service")],
+                       capture_output=True, text=True)
+    line = next(line for line in r.stdout.splitlines() if "Overall exposure level" in line)
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 3.0, line
+    unit = (ROOT / "systemd" / "edge-run.service").read_text()
+    for setting in ("Type=notify", "WatchdogSec=", "User=edge-run", "ProtectSystem=strict", "NoNewPrivileges=yes",
+                    "PrivateTmp=yes", "ReadWritePaths=/var/lib/edge-run", "char-video4linux", "char-apex", "char-usb_device"):
+        assert setting in unit, setting
