@@ -1,0 +1,226 @@
+"""Float Keras vs quantized TFLite on a labelled set: does the int8 model still say the same thing?
+
+Reports both accuracies, top-1 agreement, mean absolute probability difference and per-class
+deltas; optionally the layers TensorFlow's quantization debugger finds worst. Loud when the
+quantized model loses more than a threshold (default 1.0 percentage point).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edge.runtime import dequantize
+
+DEFAULT_THRESHOLD_PP = 1.0
+
+REMEDIES = (
+    "more or more varied calibration images (--calib-count 1000; every class, same preprocessing)",
+    "check that the calibration images are raw 0-255 (normalization belongs inside the model)",
+    "find the culprit layers with --debug-layers and keep them float, or replace swish/squeeze-excite "
+    "(e.g. EfficientNet-Lite, MobileNetV2)",
+    "quantization-aware fine-tuning (tensorflow-model-optimization) before converting",
+    "ship --precision float16 for GPU-class devices, where int8 is not required",
+)
+
+
+@dataclass
+class ClassDelta:
+    label: str
+    n: int
+    float_accuracy: float
+    quant_accuracy: float
+
+    @property
+    def delta_pp(self) -> float:
+        return (self.quant_accuracy - self.float_accuracy) * 100
+
+
+@dataclass
+class LayerError:
+    """One row of the quantization debugger: error of a quantized tensor relative to its scale."""
+
+    op: str
+    tensor: str
+    rmse_over_scale: float
+    mean_abs_error: float
+    scale: float
+
+
+@dataclass
+class FidelityReport:
+    split: str
+    n: int
+    precision: str
+    float_accuracy: float
+    quant_accuracy: float
+    agreement: float
+    mean_abs_prob_diff: float
+    per_class: list[ClassDelta]
+    threshold_pp: float = DEFAULT_THRESHOLD_PP
+    worst_layers: list[LayerError] = field(default_factory=list)
+
+    @property
+    def loss_pp(self) -> float:
+        """Accuracy lost by quantization, in percentage points (negative: the quantized model did better)."""
+        return (self.float_accuracy - self.quant_accuracy) * 100
+
+    @property
+    def exceeds_threshold(self) -> bool:
+        return self.loss_pp > self.threshold_pp
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["loss_pp"] = round(self.loss_pp, 4)
+        data["per_class"] = [{**asdict(c), "delta_pp": round(c.delta_pp, 4)} for c in self.per_class]
+        return data
+
+
+def _batches(n: int, size: int):
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "float model") -> np.ndarray:
+    """Float Keras probabilities for uint8 images (the model rescales inside its graph)."""
+    from tqdm import tqdm
+
+    out = []
+    for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        out.append(np.asarray(model(images[a:b].astype(np.float32), training=False)))
+    return np.concatenate(out).astype(np.float32)
+
+
+def tflite_probs(tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model") -> np.ndarray:
+    """Dequantized probabilities of a TFLite model (uint8, int8 or float input) for uint8 images."""
+    from tqdm import tqdm
+
+    from edge.runtime.cpu_tflite import import_runtime
+
+    interp = import_runtime().interpreter_class(model_content=tflite_bytes)
+    inp = interp.get_input_details()[0]
+    dtype = np.dtype(inp["dtype"])
+    out = []
+    current = None
+    for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        batch = images[a:b]
+        if current != len(batch):
+            interp.resize_tensor_input(inp["index"], [len(batch), *images.shape[1:]])
+            interp.allocate_tensors()
+            current = len(batch)
+        if dtype == np.int8:
+            scale, zero = inp["quantization"]
+            batch = np.clip(np.rint(batch / scale + zero), -128, 127).astype(np.int8)
+        else:
+            batch = batch.astype(dtype)
+        interp.set_tensor(inp["index"], batch)
+        interp.invoke()
+        det = interp.get_output_details()[0]
+        raw = interp.get_tensor(det["index"])
+        scale, zero = det.get("quantization", (0.0, 0))
+        out.append(dequantize(raw, scale, zero) if raw.dtype in (np.uint8, np.int8) else raw.astype(np.float32))
+    return np.concatenate(out)
+
+
+def compare(
+    float_p: np.ndarray,
+    quant_p: np.ndarray,
+    y: np.ndarray,
+    labels: list[str],
+    split: str,
+    precision: str = "int8",
+    threshold_pp: float = DEFAULT_THRESHOLD_PP,
+) -> FidelityReport:
+    """The fidelity numbers from the two models' probabilities on the same labelled images."""
+    fp, qp = float_p.argmax(1), quant_p.argmax(1)
+    per_class = []
+    for i, name in enumerate(labels):
+        mask = y == i
+        if mask.any():
+            per_class.append(
+                ClassDelta(name, int(mask.sum()), float((fp[mask] == i).mean()), float((qp[mask] == i).mean()))
+            )
+    return FidelityReport(
+        split=split,
+        n=int(len(y)),
+        precision=precision,
+        float_accuracy=float((fp == y).mean()),
+        quant_accuracy=float((qp == y).mean()),
+        agreement=float((fp == qp).mean()),
+        mean_abs_prob_diff=float(np.abs(float_p - quant_p).mean()),
+        per_class=per_class,
+        threshold_pp=float(threshold_pp),
+    )
+
+
+def worst_layers(converter, images: np.ndarray, top: int = 10, max_images: int = 64) -> list[LayerError]:
+    """Per-layer error of the int8 model through `tf.lite.experimental.QuantizationDebugger`.
+
+    `converter` is an int8-configured TFLiteConverter (convert.tflite_export.make_converter). The
+    debugger runs float and quantized tensors side by side; we rank by RMSE / scale, i.e. the error
+    in units of the tensor's quantization step (about 0.29 is the floor of rounding alone).
+    """
+    import tensorflow as tf
+
+    subset = images[:max_images]
+
+    def debug_dataset():
+        for img in subset:
+            yield [img[None].astype(np.float32)]
+
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=debug_dataset)
+    debugger.run()
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for row in csv.DictReader(io.StringIO(buf.getvalue())):
+        try:
+            scale = float(row.get("scale") or 0)
+            mse = float(row.get("mean_squared_error") or 0)
+            mae = float(row.get("mean_abs_error") or 0) if row.get("mean_abs_error") else float("nan")
+        except ValueError:
+            continue
+        if scale <= 0:
+            continue
+        rows.append(LayerError(row.get("op_name", "?"), row.get("tensor_name", "?"), float(np.sqrt(mse)) / scale, mae, scale))
+    rows.sort(key=lambda r: r.rmse_over_scale, reverse=True)
+    return rows[:top]
+
+
+def format_fidelity(report: FidelityReport) -> str:
+    q = report.precision
+    lines = [
+        f"fidelity on {report.split} (n={report.n}): float {report.float_accuracy * 100:.2f}%  "
+        f"{q} {report.quant_accuracy * 100:.2f}%  (loss {report.loss_pp:+.2f} pp)",
+        f"top-1 agreement {report.agreement * 100:.2f}%   mean |p_float - p_{q}| {report.mean_abs_prob_diff:.4f}",
+        f"{'class':<16} {'n':>5} {'float':>8} {q:>8} {'delta pp':>9}",
+    ]
+    for c in report.per_class:
+        lines.append(
+            f"{c.label:<16} {c.n:5d} {c.float_accuracy * 100:7.2f}% {c.quant_accuracy * 100:7.2f}% {c.delta_pp:+9.2f}"
+        )
+    if report.worst_layers:
+        lines.append("worst quantized layers (RMSE / scale; rounding alone gives about 0.29):")
+        for layer in report.worst_layers:
+            name = layer.tensor.split(";")[0]
+            lines.append(f"  {layer.rmse_over_scale:8.3f}  {layer.op:<20} {name[-70:]}")
+    return "\n".join(lines)
+
+
+def loss_warning(report: FidelityReport) -> str | None:
+    """The loud message when quantization costs more than the threshold, with what to try."""
+    if not report.exceeds_threshold:
+        return None
+    bar = "!" * 78
+    lines = [
+        bar,
+        f"WARNING: {report.precision} loses {report.loss_pp:.2f} pp of accuracy on {report.split} "
+        f"({report.float_accuracy * 100:.2f}% -> {report.quant_accuracy * 100:.2f}%), "
+        f"more than the {report.threshold_pp:g} pp threshold.",
+        "Do not deploy this bundle as is. Remedies, cheapest first:",
+        *(f"  - {r}" for r in REMEDIES),
+        bar,
+    ]
+    return "\n".join(lines)
