@@ -239,3 +239,19 @@ def test_macs_are_counted_from_tensor_shapes():
     assert op_macs(op("DEPTHWISE_CONV_2D", [1, 4], [3]), shapes) == 800 * 3 * 3
     assert op_macs(op("FULLY_CONNECTED", [0, 6], [5]), shapes) == 5 * 16
     assert op_macs(op("ADD", [1, 3], [3]), shapes) == 0
+
+
+def test_picamera2_source_goes_through_the_daemons_camera_code(tiny_bundle, tmp_path, monkeypatch):
+    import sys
+
+    from tests import fake_picamera2
+
+    monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2)
+    monkeypatch.setattr(fake_picamera2.Picamera2, "fail_on_capture", None)
+    monkeypatch.setattr(fake_picamera2.Picamera2, "fail_to_open", False)
+    out = tmp_path / "cam.json"
+    output, code = bench(tiny_bundle, "--runs", "2", "--warmup", "0", "--source", "picamera2", "--json", out)
+    assert code == 0, output
+    r = json.loads(out.read_text())
+    assert r["source"] == {"kind": "camera", "uri": "picamera2", "frame": "640x480"}  # the lores stream
+    assert r["stages"]["capture"]["count"] == 2

@@ -1,5 +1,6 @@
 """Frame sources for the benchmark: `sim` (synthetic microscope fields, no camera, no data),
-`replay:DIR` (image files, read and decoded per frame) and `camera[:N|DEVICE|URL]` (OpenCV).
+`replay:DIR` (image files, read and decoded per frame) and cameras through the daemon's own sources
+(`camera[:N]` / `opencv:TARGET`, `picamera2[:N]`).
 
 Every source hands out BGR uint8 frames, as OpenCV and picamera2's "RGB888" do.
 """
@@ -89,36 +90,55 @@ class ReplaySource:
         pass
 
 
-class CameraSource:
-    """An OpenCV capture device: index, /dev/videoN, a URL or a GStreamer pipeline. `capture`
-    includes waiting for the next frame, so it is bounded below by the camera's frame rate."""
+class DaemonSource:
+    """A camera through `edge run`'s own sources (edge/daemon/sources), so the bench captures exactly
+    as the daemon does: `camera[:N|/dev/videoN]` / `opencv:TARGET` (OpenCV, V4L2, GStreamer) and
+    `picamera2[:N]` (its lores stream). `capture` includes waiting for the camera's next frame."""
 
     kind = "camera"
 
-    def __init__(self, target: str | int = 0):
-        import cv2
-
-        self.target = target
-        self.cap = cv2.VideoCapture(target)
-        if not self.cap.isOpened():
-            raise SourceError(f"camera {target!r} could not be opened (is it connected and free?)")
-        self._last_shape = None
+    def __init__(self, uri: str):
+        try:
+            from edge.daemon.config import SourceConfig
+            from edge.daemon.sources import CorruptFrame
+            from edge.daemon.sources import SourceError as DaemonSourceError
+            from edge.daemon.sources import open_source as open_daemon_source
+        except ImportError as exc:
+            raise SourceError(f"--source {uri}: camera sources need edge.daemon ({exc})") from None
+        self.uri, self._corrupt, self._failed = uri, CorruptFrame, DaemonSourceError
+        self.skipped = 0
+        self._shape = None
+        try:
+            self.source = open_daemon_source(SourceConfig(uri=uri))
+            self.source.open()
+        except (DaemonSourceError, EdgeError, ValueError) as exc:
+            raise SourceError(f"--source {uri}: {exc}") from None
 
     def read(self) -> np.ndarray:
-        ok, frame = self.cap.read()
-        if not ok or frame is None:
-            raise SourceError(f"camera {self.target!r} returned no frame")
-        self._last_shape = frame.shape
-        return frame
+        for _ in range(100):
+            try:
+                frame = self.source.read()
+            except self._corrupt:  # one bad frame is skipped and counted, as the daemon does
+                self.skipped += 1
+                continue
+            except self._failed as exc:
+                raise SourceError(f"--source {self.uri}: {exc}") from None
+            if frame is None:
+                raise SourceError(f"--source {self.uri}: the source has no more frames")
+            self._shape = frame.image.shape
+            return frame.image
+        raise SourceError(f"--source {self.uri}: 100 corrupt frames in a row")
 
     def describe(self) -> dict:
-        info = {"kind": self.kind, "device": str(self.target)}
-        if self._last_shape is not None:
-            info["frame"] = f"{self._last_shape[1]}x{self._last_shape[0]}"
+        info = {"kind": self.kind, "uri": self.uri}
+        if self._shape is not None:
+            info["frame"] = f"{self._shape[1]}x{self._shape[0]}"
+        if self.skipped:
+            info["corrupt_frames_skipped"] = self.skipped
         return info
 
     def close(self) -> None:
-        self.cap.release()
+        self.source.close()
 
 
 def open_source(spec: str):
@@ -135,7 +155,11 @@ def open_source(spec: str):
         if not arg:
             raise SourceError("--source replay needs a folder: replay:DIR")
         return ReplaySource(arg)
-    if kind == "camera":
-        target = arg or "0"
-        return CameraSource(int(target) if target.isdigit() else target)
-    raise SourceError(f"--source {spec}: unknown source; use sim, sim:WxH, replay:DIR or camera[:N|DEVICE]")
+    if kind in ("camera", "opencv"):
+        return DaemonSource(f"opencv:{arg or '0'}")
+    if kind == "picamera2":
+        return DaemonSource(spec)
+    raise SourceError(
+        f"--source {spec}: unknown source; use sim, sim:WxH, replay:DIR, camera[:N|/dev/videoN], opencv:TARGET "
+        "or picamera2[:N]"
+    )
