@@ -42,6 +42,7 @@ class BenchConfig:
     warmup: int = 10
     source: str = "sim"
     profile: bool = False
+    device: str | None = None  # Edge TPU: usb, usb:0, pci:0 ...
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -146,7 +147,8 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
     t = _clock()
-    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads)
+    options = {"device": config.device} if config.device else {}
+    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads, **options)
     init_ms = (_clock() - t) * 1000
     try:
         source = open_source(config.source)  # after the backend, so a missing runtime fails fast

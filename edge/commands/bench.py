@@ -37,12 +37,13 @@ def default_bundle() -> Path:
     from edge.errors import BundleError
 
     repo = Path(__file__).resolve().parents[2]
-    for base in (Path.cwd(), repo):
+    bases = list(dict.fromkeys([Path.cwd().resolve(), repo]))
+    for base in bases:
         if (base / REFERENCE_BUNDLE / "manifest.json").exists():
             return base / REFERENCE_BUNDLE
     raise BundleError(
-        f"no BUNDLE given and the reference bundle {REFERENCE_BUNDLE} is in neither {Path.cwd()} "
-        f"nor {repo}: pass a bundle directory"
+        f"no BUNDLE given and the reference bundle {REFERENCE_BUNDLE} is not in {' nor '.join(map(str, bases))}: "
+        "pass a bundle directory"
     )
 
 
@@ -79,6 +80,12 @@ def _progress(config, total):
     help="cpu (TFLite + XNNPACK) or edgetpu (Coral, model_edgetpu.tflite).",
 )
 @click.option(
+    "--device",
+    default=None,
+    metavar="DEV",
+    help="Edge TPU to use: usb, usb:0, pci:0 ... (default: the first).",
+)
+@click.option(
     "--runtime",
     "runtimes",
     callback=_str_list,
@@ -109,7 +116,8 @@ def _progress(config, total):
     "--source",
     default="sim",
     show_default=True,
-    help="sim[:WxH] (synthetic fields, 640x480), replay:DIR (image files) or camera[:N|/dev/videoN].",
+    help="sim[:WxH] (synthetic fields, default 640x480), replay:DIR (image files, decoded per frame), "
+    "camera[:N|/dev/videoN], opencv:TARGET or picamera2[:N] (the cameras of edge run).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
@@ -140,6 +148,7 @@ def _progress(config, total):
 def bench(
     bundles,
     backend,
+    device,
     runtimes,
     threads,
     runs,
@@ -200,7 +209,7 @@ def bench(
     if threads is None:
         threads = _matrix_threads() if matrix else [None]
     configs = [
-        BenchConfig(b, backend, rt, t, runs, warmup, source, profile)
+        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device)
         for b, rt, t in itertools.product(bundles, runtimes, threads)
     ]
     as_matrix = matrix or len(configs) > 1
