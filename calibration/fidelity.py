@@ -93,7 +93,9 @@ def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "fl
     return np.concatenate(out).astype(np.float32)
 
 
-def tflite_probs(tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model") -> np.ndarray:
+def tflite_probs(
+    tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model"
+) -> np.ndarray:
     """Dequantized probabilities of a TFLite model (uint8, int8 or float input) for uint8 images."""
     from tqdm import tqdm
 
@@ -120,7 +122,9 @@ def tflite_probs(tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, 
         det = interp.get_output_details()[0]
         raw = interp.get_tensor(det["index"])
         scale, zero = det.get("quantization", (0.0, 0))
-        out.append(dequantize(raw, scale, zero) if raw.dtype in (np.uint8, np.int8) else raw.astype(np.float32))
+        out.append(
+            dequantize(raw, scale, zero) if raw.dtype in (np.uint8, np.int8) else raw.astype(np.float32)
+        )
     return np.concatenate(out)
 
 
@@ -140,7 +144,9 @@ def compare(
         mask = y == i
         if mask.any():
             per_class.append(
-                ClassDelta(name, int(mask.sum()), float((fp[mask] == i).mean()), float((qp[mask] == i).mean()))
+                ClassDelta(
+                    name, int(mask.sum()), float((fp[mask] == i).mean()), float((qp[mask] == i).mean())
+                )
             )
     return FidelityReport(
         split=split,
@@ -184,7 +190,11 @@ def worst_layers(converter, images: np.ndarray, top: int = 10, max_images: int =
             continue
         if scale <= 0:
             continue
-        rows.append(LayerError(row.get("op_name", "?"), row.get("tensor_name", "?"), float(np.sqrt(mse)) / scale, mae, scale))
+        rows.append(
+            LayerError(
+                row.get("op_name", "?"), row.get("tensor_name", "?"), float(np.sqrt(mse)) / scale, mae, scale
+            )
+        )
     rows.sort(key=lambda r: r.rmse_over_scale, reverse=True)
     return rows[:top]
 

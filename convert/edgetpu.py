@@ -110,14 +110,19 @@ def _strided_slice(op: Op) -> list[str]:
 
 def _prelu(op: Op) -> list[str]:
     alpha = op.inputs[1].shape if len(op.inputs) > 1 else []
-    return [] if sum(d > 1 for d in alpha[:-1]) == 0 else ["alpha must vary along the innermost dimension only"]
+    return (
+        [] if sum(d > 1 for d in alpha[:-1]) == 0 else ["alpha must vary along the innermost dimension only"]
+    )
 
 
 # BuiltinOperator name -> (documented limitation, checker or None). From the Coral table cited above.
 SUPPORTED = {
     "ADD": ("", None),
     "AVERAGE_POOL_2D": ("No fused activation function.", _no_fused_activation),
-    "CONCATENATION": ("No fused activation; a constant input only as an all-zero second of 2 inputs.", _concatenation),
+    "CONCATENATION": (
+        "No fused activation; a constant input only as an all-zero second of 2 inputs.",
+        _concatenation,
+    ),
     "CONV_2D": ("Same dilation in x and y.", _same_dilation),
     "DEPTHWISE_CONV_2D": ("Same dilation in x and y.", _same_dilation),
     "EXPAND_DIMS": ("", None),
@@ -142,7 +147,10 @@ SUPPORTED = {
     "RELU_N1_TO_1": ("", None),
     "RESHAPE": ("Certain reshapes might not be mapped for large tensor sizes.", None),
     "RESIZE_BILINEAR": ("3-D input/output; may stay on CPU for some sizes to avoid precision loss.", None),
-    "RESIZE_NEAREST_NEIGHBOR": ("3-D input/output; may stay on CPU for some sizes to avoid precision loss.", None),
+    "RESIZE_NEAREST_NEIGHBOR": (
+        "3-D input/output; may stay on CPU for some sizes to avoid precision loss.",
+        None,
+    ),
     "RSQRT": ("", None),
     "SLICE": ("", None),
     "SOFTMAX": ("1-D input tensor with at most 16,000 elements.", _softmax),
@@ -188,7 +196,9 @@ class OpVerdict:
 def check_op(op: Op) -> OpVerdict:
     if op.name not in SUPPORTED:
         what = f"custom op {op.custom}" if op.custom else op.name
-        return OpVerdict(op.index, op.name, op.version, False, [f"{what} is not in the Edge TPU's supported operations"])
+        return OpVerdict(
+            op.index, op.name, op.version, False, [f"{what} is not in the Edge TPU's supported operations"]
+        )
     note, checker = SUPPORTED[op.name]
     reasons = _tensor_reasons(op) + (checker(op) if checker else [])
     return OpVerdict(op.index, op.name, op.version, not reasons, reasons, note if not checker else "")

@@ -47,7 +47,10 @@ _FIELDS = {
     "output_size": (r"^Output size:\s*(\S+)", "size"),
     "on_chip_memory_used": (r"On-chip memory used for caching model parameters:\s*(\S+)", "size"),
     "on_chip_memory_remaining": (r"On-chip memory remaining for caching model parameters:\s*(\S+)", "size"),
-    "off_chip_memory_used": (r"Off-chip memory used for streaming uncached model parameters:\s*(\S+)", "size"),
+    "off_chip_memory_used": (
+        r"Off-chip memory used for streaming uncached model parameters:\s*(\S+)",
+        "size",
+    ),
     "subgraphs": (r"Number of Edge TPU subgraphs:\s*(\d+)", int),
     "ops_total": (r"Total number of operations:\s*(\d+)", int),
     "ops_on_edgetpu": (r"Number of operations that will run on Edge TPU:\s*(\d+)", int),
@@ -116,7 +119,15 @@ def find_compiler(name: str = COMPILER) -> str | None:
 def run_compiler(compiler: str, model_path: Path, timeout_s: int = 180) -> CompileResult:
     """`edgetpu_compiler -s -o TMP model.tflite`; returns the parsed log and the compiled model."""
     with tempfile.TemporaryDirectory(prefix="edgetpu-") as tmp:
-        cmd = [compiler, "--show_operations", "--out_dir", tmp, "--timeout_sec", str(timeout_s), str(model_path)]
+        cmd = [
+            compiler,
+            "--show_operations",
+            "--out_dir",
+            tmp,
+            "--timeout_sec",
+            str(timeout_s),
+            str(model_path),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 30)
         except subprocess.TimeoutExpired:
@@ -126,7 +137,9 @@ def run_compiler(compiler: str, model_path: Path, timeout_s: int = 180) -> Compi
         log_file = Path(tmp) / f"{model_path.stem}_edgetpu.log"
         if proc.returncode != 0 or not compiled.exists():
             last = next((ln for ln in reversed(text.strip().splitlines()) if ln.strip()), "no output")
-            raise CompilerFailedError(f"{compiler} failed on {model_path} (exit {proc.returncode}): {last.strip()}")
+            raise CompilerFailedError(
+                f"{compiler} failed on {model_path} (exit {proc.returncode}): {last.strip()}"
+            )
         if log_file.exists() and "Operator" not in proc.stdout:  # without -s the table is only in the .log
             text += "\n" + log_file.read_text(errors="replace")
         log = parse_compiler_log(text)

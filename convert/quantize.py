@@ -75,7 +75,9 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _quantization_record(precision: str, tflite: bytes, manifest_input: TensorSpec, manifest_output: TensorSpec) -> dict:
+def _quantization_record(
+    precision: str, tflite: bytes, manifest_input: TensorSpec, manifest_output: TensorSpec
+) -> dict:
     if precision == "int8":
         return {
             **INT8_SETTINGS,
@@ -86,7 +88,9 @@ def _quantization_record(precision: str, tflite: bytes, manifest_input: TensorSp
             "output_zero_point": manifest_output.zero_point,
         }
     if precision == "float16":
-        return {"method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"}
+        return {
+            "method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"
+        }
     return {"method": "none (float32)"}
 
 
@@ -115,14 +119,22 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         raise DataError(
             f"{req.calib_dir}: {len(labels)} class folders {labels} but the model outputs {src.info['n_outputs']} classes"
         )
-    _say(f"model: {src.model_path} ({src.info['architecture']}, {len(labels)} classes, input {src.spec.size} px)")
+    _say(
+        f"model: {src.model_path} ({src.info['architecture']}, {len(labels)} classes, input {src.spec.size} px)"
+    )
     calib = build_calibration_set(
         req.calib_dir, src.spec, labels, req.calib_count, req.seed, [req.eval_dir] if req.eval_dir else []
     )
-    _say(f"calibration: {calib.description['count']} images from {calib.description['split']} {calib.description['per_class']}")
+    _say(
+        f"calibration: {calib.description['count']} images from {calib.description['split']} {calib.description['per_class']}"
+    )
 
-    _say(f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)...")
-    converter = make_converter(src.model, req.precision, calib.generator() if req.precision == "int8" else None)
+    _say(
+        f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
+    )
+    converter = make_converter(
+        src.model, req.precision, calib.generator() if req.precision == "int8" else None
+    )
     tflite = converter.convert()
 
     calib_p = tflite_probs(tflite, calib.images, desc=f"{req.precision} on calibration images")
@@ -139,12 +151,16 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
                 messages.append("--debug-layers applies to int8 only; skipped")
             else:
                 _say("running the quantization debugger (per-layer float vs int8)...")
-                fidelity.worst_layers = worst_layers(make_converter(src.model, "int8", calib.generator()), calib.images)
+                fidelity.worst_layers = worst_layers(
+                    make_converter(src.model, "int8", calib.generator()), calib.images
+                )
         flags = flag_stats(quant_p, ev.y, uncertainty)
         metrics = _metrics(fidelity, quant_p, ev.y, labels, flags, command)
         eval_record = {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped}
     else:
-        messages.append("no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity")
+        messages.append(
+            "no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity"
+        )
         eval_record = None
 
     info = src.info

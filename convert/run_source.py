@@ -62,7 +62,9 @@ def _load_keras(path: Path):
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # keras raises ValueError / OSError / zipfile errors for a bad file
-        raise DataError(f"{path}: cannot load as a Keras model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise DataError(
+            f"{path}: cannot load as a Keras model ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
 
 
 def _input_size(model, path: Path) -> int:
@@ -75,7 +77,10 @@ def _input_size(model, path: Path) -> int:
 def _spec_from(config: dict, size: int) -> PreprocessSpec:
     raw = find_key(config, ("preprocess", "preprocess_spec"))
     if not isinstance(raw, dict):
-        print("warning: run config has no preprocess spec; using the default at the model's input size", file=sys.stderr)
+        print(
+            "warning: run config has no preprocess spec; using the default at the model's input size",
+            file=sys.stderr,
+        )
         return PreprocessSpec(size=size)
     try:
         return PreprocessSpec.from_dict({**raw, "size": size})

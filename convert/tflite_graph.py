@@ -80,7 +80,9 @@ def read_graph(tflite_bytes: bytes) -> Graph:
         shape = [int(v) for v in (t.shape if t.shape is not None else [])]
         signature = [int(v) for v in t.shapeSignature] if t.shapeSignature is not None else list(shape)
         name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        tensors.append(Tensor(i, name, dtype, shape, signature, constant, len(scales) if scales is not None else 0, data))
+        tensors.append(
+            Tensor(i, name, dtype, shape, signature, constant, len(scales) if scales is not None else 0, data)
+        )
     ops = []
     for i, op in enumerate(sub.operators or []):
         code = model.operatorCodes[op.opcodeIndex]
@@ -88,7 +90,17 @@ def read_graph(tflite_bytes: bytes) -> Graph:
         custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
         ins = [tensors[j] for j in (op.inputs if op.inputs is not None else []) if j >= 0]
         outs = [tensors[j] for j in (op.outputs if op.outputs is not None else []) if j >= 0]
-        ops.append(Op(i, op_names.get(builtin, f"OP_{builtin}"), int(code.version or 1), ins, outs, op.builtinOptions, custom))
+        ops.append(
+            Op(
+                i,
+                op_names.get(builtin, f"OP_{builtin}"),
+                int(code.version or 1),
+                ins,
+                outs,
+                op.builtinOptions,
+                custom,
+            )
+        )
     return Graph(
         ops=ops,
         tensors=tensors,

@@ -153,7 +153,9 @@ def test_unsupported_op_partitions_the_rest_to_cpu(calib):
     assert report.mapped == first.index and 0 < report.mapped < len(report.ops)
     cpu_rows = [line for line in report.table() if line.endswith("Runs on CPU")]
     # everything from the LeakyReLU on runs on the CPU, including supported ops after it
-    assert any(line.startswith("LEAKY_RELU") for line in cpu_rows) and any(line.startswith("CONV_2D") for line in cpu_rows)
+    assert any(line.startswith("LEAKY_RELU") for line in cpu_rows) and any(
+        line.startswith("CONV_2D") for line in cpu_rows
+    )
     assert f"from op {first.index} (LEAKY_RELU" in report.verdict()
 
 
@@ -198,7 +200,9 @@ def test_preflight_only_exit_codes(tiny_bundle, tmp_path, capsys):
     from convert.tflite_export import bundle_from_tflite, to_tflite
 
     model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
-    bundle_from_tflite(tmp_path / "f32", to_tflite(model, "float32"), Bundle.load(tiny_bundle).labels, TINY_SPEC)
+    bundle_from_tflite(
+        tmp_path / "f32", to_tflite(model, "float32"), Bundle.load(tiny_bundle).labels, TINY_SPEC
+    )
     code, out, _ = _run(["compile", str(tmp_path / "f32"), "--preflight", "-v"], capsys)
     assert code == 8
     assert "0 of" in out and "float32" in out
@@ -249,13 +253,15 @@ def test_compiler_failure_is_one_line(tiny_bundle, tmp_path, monkeypatch, capsys
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "edgetpu_compiler"
-    fake.write_text(textwrap.dedent("""\
+    fake.write_text(
+        textwrap.dedent("""\
         #!/bin/sh
         echo "Edge TPU Compiler version 16.0.384591198"
         echo "Invalid model: $6"
         echo "Model not quantized"
         exit 1
-        """))
+        """)
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     code, _, err = _run(["compile", str(tiny_bundle)], capsys)

@@ -10,13 +10,29 @@ from edge.commands._extras import require_train
 
 
 @click.command()
-@click.argument("bundle_dir", metavar="BUNDLE_DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--preflight", "preflight_only", is_flag=True,
-              help="Only check the model against the Edge TPU's documented requirements; change nothing.")
-@click.option("--compiler", default="edgetpu_compiler", show_default=True,
-              help="The Edge TPU compiler executable (x86-64 Debian, from Coral's apt repository).")
-@click.option("--timeout", "timeout_s", type=click.IntRange(min=10), default=180, show_default=True,
-              help="Seconds the compiler may take.")
+@click.argument(
+    "bundle_dir", metavar="BUNDLE_DIR", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--preflight",
+    "preflight_only",
+    is_flag=True,
+    help="Only check the model against the Edge TPU's documented requirements; change nothing.",
+)
+@click.option(
+    "--compiler",
+    default="edgetpu_compiler",
+    show_default=True,
+    help="The Edge TPU compiler executable (x86-64 Debian, from Coral's apt repository).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.IntRange(min=10),
+    default=180,
+    show_default=True,
+    help="Seconds the compiler may take.",
+)
 @click.option("--verbose", "-v", is_flag=True, help="List every op that cannot map, with its reasons.")
 def compile_(bundle_dir, preflight_only, compiler, timeout_s, verbose):
     """Check a bundle's int8 model for the Coral Edge TPU and compile it into model_edgetpu.tflite.

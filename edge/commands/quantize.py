@@ -13,20 +13,53 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 @click.command()
 @click.argument("source", metavar="RUN_DIR|MODEL", type=click.Path(exists=True, path_type=Path))
-@click.option("--calib", "calib_dir", required=True, type=_DIR,
-              help="Training images (<class>/<image>) to calibrate int8 ranges on, e.g. data/train. Never the eval split.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Bundle directory to write (model.tflite + manifest.json).")
-@click.option("--eval", "eval_dir", type=_DIR,
-              help="Labelled held-out images (e.g. data/val): float vs quantized accuracy, agreement, per-class deltas.")
-@click.option("--precision", type=click.Choice(["int8", "float16", "float32"]), default="int8", show_default=True,
-              help="int8: full-integer, uint8 in/out (CPU, Edge TPU). float16: for GPU-class devices.")
-@click.option("--calib-count", type=click.IntRange(min=1), default=300, show_default=True,
-              help="Calibration images, split evenly across classes.")
-@click.option("--debug-layers", is_flag=True,
-              help="Run TensorFlow's quantization debugger and list the layers int8 hurts most (slow).")
-@click.option("--threshold", "threshold_pp", type=float, default=1.0, show_default=True,
-              help="Warn loudly when the quantized model loses more than this many percentage points of accuracy.")
+@click.option(
+    "--calib",
+    "calib_dir",
+    required=True,
+    type=_DIR,
+    help="Training images (<class>/<image>) to calibrate int8 ranges on, e.g. data/train. Never the eval split.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Bundle directory to write (model.tflite + manifest.json).",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=_DIR,
+    help="Labelled held-out images (e.g. data/val): float vs quantized accuracy, agreement, per-class deltas.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "float16", "float32"]),
+    default="int8",
+    show_default=True,
+    help="int8: full-integer, uint8 in/out (CPU, Edge TPU). float16: for GPU-class devices.",
+)
+@click.option(
+    "--calib-count",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Calibration images, split evenly across classes.",
+)
+@click.option(
+    "--debug-layers",
+    is_flag=True,
+    help="Run TensorFlow's quantization debugger and list the layers int8 hurts most (slow).",
+)
+@click.option(
+    "--threshold",
+    "threshold_pp",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Warn loudly when the quantized model loses more than this many percentage points of accuracy.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 def quantize(source, calib_dir, out_dir, eval_dir, precision, calib_count, debug_layers, threshold_pp, seed):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
@@ -41,7 +74,14 @@ def quantize(source, calib_dir, out_dir, eval_dir, precision, calib_count, debug
     from convert.quantize import quantize as run_quantize
 
     request = QuantizeRequest(
-        source=source, calib_dir=calib_dir, out_dir=out_dir, eval_dir=eval_dir, precision=precision,
-        calib_count=calib_count, debug_layers=debug_layers, threshold_pp=threshold_pp, seed=seed,
+        source=source,
+        calib_dir=calib_dir,
+        out_dir=out_dir,
+        eval_dir=eval_dir,
+        precision=precision,
+        calib_count=calib_count,
+        debug_layers=debug_layers,
+        threshold_pp=threshold_pp,
+        seed=seed,
     )
     print_summary(run_quantize(request))

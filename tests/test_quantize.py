@@ -1,0 +1,222 @@
+"""`edge quantize` end to end on a real (tiny) Keras model and real TF conversion, and the committed
+reference bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.bundle import Bundle
+from edge.cli import main
+from tests.tiny_model import TINY_SPEC
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "models" / "mobilenetv2-int8"
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bundle, synthetic_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "int8"
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "quantize",
+                str(tiny_bundle / "float.keras"),
+                "--calib",
+                str(synthetic_split / "train"),
+                "--eval",
+                str(synthetic_split / "val"),
+                "--out",
+                str(out),
+                "--calib-count",
+                "60",
+            ]
+        )
+    assert exit_info.value.code == 0
+    return out
+
+
+@pytest.mark.train
+def test_int8_bundle_records_everything(int8_bundle, synthetic_split):
+    bundle = Bundle.load(int8_bundle)
+    m = bundle.manifest
+    assert (m.input.dtype, m.input.shape, m.output.dtype) == ("uint8", [1, 64, 64, 3], "uint8")
+    assert m.labels == sorted(p.name for p in (synthetic_split / "train").iterdir())
+    split = f"{synthetic_split.name}/val"
+    for name in ("accuracy", "float_accuracy", "top1_agreement", "mean_abs_prob_diff", "macro_f1"):
+        metric = m.metric(name, split)
+        assert metric is not None and metric.n == 40 and metric.command.startswith("edge quantize ")
+    assert 0 <= m.metric("accuracy").value <= 1 and m.metric("top1_agreement").value >= 0.9
+    q = m.model["quantization"]
+    assert q["supported_ops"] == "TFLITE_BUILTINS_INT8" and q["inference_input_type"] == "uint8"
+    assert q["per_op_weights"]["CONV_2D"] == "per-channel"
+    assert q["input_scale"] == m.input.scale and m.model["precision"] == "int8"
+    cal = m.calibration
+    assert cal["split"] == f"{synthetic_split.name}/train" and cal["count"] == 60
+    assert len(cal["fingerprint"]) == 64 and cal["fidelity"]["per_class"]
+    assert m.uncertainty.source.startswith("quantized model on the 60 calibration images")
+    assert 0.5 <= m.uncertainty.min_confidence <= 0.95
+
+
+@pytest.mark.train
+def test_int8_bundle_on_the_device_runtime_matches_the_manifest(int8_bundle, tiny_bundle, synthetic_split):
+    import keras
+
+    from calibration.folders import load_labelled
+    from edge.runtime import open_backend
+
+    bundle = Bundle.load(int8_bundle)
+    ev = load_labelled(synthetic_split / "val", TINY_SPEC, bundle.labels)
+    quant_top = open_backend(bundle).run(ev.images).argmax(1)
+    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    float_top = np.asarray(model(ev.images.astype(np.float32))).argmax(1)
+    m = bundle.manifest
+    assert np.mean(quant_top == float_top) == pytest.approx(m.metric("top1_agreement").value)
+    assert np.mean(quant_top == ev.y) == pytest.approx(m.metric("accuracy").value)
+
+
+@pytest.mark.train
+def test_int8_bundle_passes_edgetpu_preflight(int8_bundle, capsys):
+    code, out, _ = _run(["compile", str(int8_bundle), "--preflight"], capsys)
+    assert code == 0 and "pre-flight: all" in out
+
+
+@pytest.mark.train
+def test_float16_bundle(tiny_bundle, synthetic_split, tmp_path, capsys):
+    from edge.predict import Classifier
+
+    out = tmp_path / "f16"
+    code, stdout, err = _run(
+        [
+            "quantize",
+            str(tiny_bundle / "float.keras"),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--eval",
+            str(synthetic_split / "val"),
+            "--out",
+            str(out),
+            "--precision",
+            "float16",
+            "--calib-count",
+            "20",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    bundle = Bundle.load(out)
+    assert bundle.manifest.model["precision"] == "float16" and bundle.manifest.input.dtype == "float32"
+    assert bundle.manifest.metric("top1_agreement").value == 1.0
+    assert bundle.manifest.metric("mean_abs_prob_diff").value < 1e-2
+    image = np.zeros((64, 64, 3), np.uint8)
+    assert Classifier(bundle).classify_tensors(image[None])[0].label in bundle.labels
+    code, _, _ = _run(["compile", str(out), "--preflight"], capsys)
+    assert code == 8  # float16 never maps to the Edge TPU
+
+
+@pytest.mark.train
+def test_run_dir_labels_and_spec_come_from_the_run(tiny_bundle, synthetic_split, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_bundle / "float.keras", run / "model.keras")
+    labels = sorted(p.name for p in (synthetic_split / "train").iterdir())
+    spec = {**TINY_SPEC.to_dict(), "clahe_clip_limit": 3.0}
+    (run / "config.json").write_text(
+        json.dumps({"arch": "tiny-cnn", "weights": "none", "img_size": 64, "preprocess": spec})
+    )
+    (run / "report.json").write_text(
+        json.dumps({"labels": labels, "data": {"fingerprint": {"train": "f" * 64}}})
+    )
+    code, _, err = _run(
+        [
+            "quantize",
+            str(run),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--out",
+            str(tmp_path / "b"),
+            "--calib-count",
+            "20",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    m = Bundle.load(tmp_path / "b").manifest
+    assert m.preprocess.clahe_clip_limit == 3.0 and m.labels == labels
+    assert m.model["architecture"] == "tiny-cnn" and m.model["weights"] == "none"
+    assert m.training["data_fingerprint"] == {"train": "f" * 64}
+    assert m.metrics == []  # no --eval: nothing measured, nothing claimed
+
+
+@pytest.mark.train
+def test_bad_inputs_are_one_line(tiny_bundle, synthetic_split, tmp_path, capsys):
+    val = synthetic_split / "val"
+    code, _, err = _run(
+        [
+            "quantize",
+            str(tiny_bundle / "float.keras"),
+            "--calib",
+            str(val),
+            "--eval",
+            str(val),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capsys,
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "overlaps the evaluation split" in err
+    (tmp_path / "notamodel.keras").write_text("nope")
+    code, _, err = _run(
+        [
+            "quantize",
+            str(tmp_path / "notamodel.keras"),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--out",
+            str(tmp_path / "y"),
+        ],
+        capsys,
+    )
+    assert code == 2 and "cannot load as a Keras model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="models/mobilenetv2-int8 not produced yet")
+def test_reference_bundle_meets_acceptance(capsys):
+    m = Bundle.load(REFERENCE).manifest
+    assert (m.input.dtype, m.input.shape) == ("uint8", [1, 224, 224, 3])
+    split = "blood-5class/val"
+    accuracy, float_acc = m.metric("accuracy", split), m.metric("float_accuracy", split)
+    assert accuracy.value >= 0.99 and accuracy.n == 1000
+    assert (float_acc.value - accuracy.value) * 100 <= 0.3
+    assert m.metric("top1_agreement", split).value >= 0.995
+    assert m.calibration["split"] == "blood-5class/train"
+    from convert.edgetpu import preflight
+
+    assert preflight((REFERENCE / "model.tflite").read_bytes()).fully_mappable
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REFERENCE.exists(), reason="models/mobilenetv2-int8 not produced yet")
+def test_reference_bundle_reproduces_its_val_accuracy_on_device_path(realdata):
+    """The device path (edge.preprocess + LiteRT) gives exactly the accuracy the manifest claims."""
+    from calibration.folders import load_labelled
+    from edge.runtime import open_backend
+
+    bundle = Bundle.load(REFERENCE)
+    ev = load_labelled(realdata / "blood-5class" / "val", bundle.preprocess_spec, bundle.labels)
+    backend = open_backend(bundle)
+    probs = np.concatenate([backend.run(ev.images[i : i + 32]) for i in range(0, len(ev), 32)])
+    accuracy = float((probs.argmax(1) == ev.y).mean())
+    assert accuracy == pytest.approx(bundle.manifest.metric("accuracy", "blood-5class/val").value, abs=1e-6)
