@@ -40,7 +40,7 @@ def test_more_than_available_takes_every_image(synthetic_split):
 
 def test_images_are_exactly_edge_preprocess(synthetic_split):
     calib = build_calibration_set(synthetic_split / "train", TINY_SPEC, LABELS, count=10)
-    for img, path in zip(calib.images, calib.data.files):
+    for img, path in zip(calib.images, calib.data.files, strict=True):
         assert np.array_equal(img, preprocess_file(path, TINY_SPEC))
     batch = next(calib.generator()())
     assert batch[0].dtype == np.float32 and batch[0].shape == (1, 64, 64, 3) and batch[0].max() > 1
