@@ -49,7 +49,7 @@ def test_config_errors_name_the_key(tmp_path, toml, key):
 def test_example_config_is_valid_and_flags_override_it():
     c = load_config(ROOT / "systemd" / "edge-run.toml", {"source": {"uri": "sim", "fps": 5.0}, "http": {"listen": "off"}})
     assert c.source.uri == "sim" and c.source.fps == 5.0 and c.source.picamera2.lores_format == "YUV420"
-    assert c.differential.alerts[0].classes == ["myeloblast"] and c.store.synchronous == "full"
+    assert c.differential.alerts[0].classes == ["myeloblast"] and c.store.synchronous == "normal"
 
 
 def test_non_loopback_with_a_long_token_is_accepted():

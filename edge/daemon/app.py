@@ -14,7 +14,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.daemon.archive import FlaggedArchive
-from edge.daemon.config import DaemonConfig, parse_listen
+from edge.daemon.config import ConfigError, DaemonConfig, parse_listen
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
@@ -62,7 +62,7 @@ class Daemon:
         # and would otherwise land on the first real frame's latency.
         self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])
         self.mode = CellMode(c.pipeline.region)
-        self.store = ResultStore(c.store.db, c.store.synchronous)
+        self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
         self.session_id = c.store.session or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.source = open_source(c.source, stop_event=self.stop, done_refs=None)
         if self.source.kind == "folder":
@@ -97,7 +97,10 @@ class Daemon:
             return
         from edge.daemon.web import WebServer
 
-        self.web = WebServer(self, *listen, token=self.config.http.token)
+        try:
+            self.web = WebServer(self, *listen, token=self.config.http.token)
+        except OSError as exc:
+            raise ConfigError(f"http.listen: cannot listen on {self.config.http.listen} ({exc.strerror or exc})") from None
         self.web.start()
         self.url = self.web.url
 
@@ -190,22 +193,25 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
 
     def run(self) -> dict:
+        # The capture thread, the page and the pipeline share the GIL; a 1 ms switch interval (default 5)
+        # lets the pipeline thread get it back quickly after invoke() and decode calls that release it.
+        sys.setswitchinterval(0.001)
         self._load()
         c = self.config
-        opened = self._open_source_first_time()
-        self.queue = DropOldestQueue(c.source.queue_size)
-        self.capture = CaptureThread(self.source, self.queue, self.telemetry, self.stop, c.source.reconnect_max_s,
-                                     first_frame_id=self.store.next_frame_id(), opened=opened, log=log)
-        self._install_signals()
-        self._start_web()
-        log(f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
-            f"({self.bundle.manifest.model.get('architecture', '?')}), source {self.source.name}, db {self.store.path}")
-        if self.url:
-            self.out(f"page: {self.url}")
-        self.notifier.ready(f"classifying {self.source.name}")
-        pipeline = Pipeline(self.capture, self.queue, self.process_frame, self.record_skipped, self.stop,
-                            c.pipeline.max_frames, c.pipeline.duration_s, tick=self.tick)
         try:
+            self._start_web()
+            opened = self._open_source_first_time()
+            self.queue = DropOldestQueue(c.source.queue_size)
+            self.capture = CaptureThread(self.source, self.queue, self.telemetry, self.stop, c.source.reconnect_max_s,
+                                         first_frame_id=self.store.next_frame_id(), opened=opened, log=log)
+            self._install_signals()
+            log(f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
+                f"({self.bundle.manifest.model.get('architecture', '?')}), source {self.source.name}, db {self.store.path}")
+            if self.url:
+                self.out(f"page: {self.url}")
+            self.notifier.ready(f"classifying {self.source.name}")
+            pipeline = Pipeline(self.capture, self.queue, self.process_frame, self.record_skipped, self.stop,
+                                c.pipeline.max_frames, c.pipeline.duration_s, tick=self.tick)
             reason = pipeline.run()
         finally:
             self.notifier.stopping()

@@ -100,7 +100,8 @@ class PipelineConfig:
 class StoreConfig:
     db: str = "edge-run.db"
     session: str = ""  # empty: a new id per start (UTC time)
-    synchronous: str = "full"
+    synchronous: str = "normal"  # see store.py for why; "full" syncs every commit
+    fsync_interval_s: float = 1.0  # normal: fsync the WAL at most this often (0: leave it to SQLite)
 
 
 @dataclass
@@ -274,6 +275,7 @@ def validate(c: DaemonConfig) -> None:
     _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
     _check(c.store.synchronous in ("full", "normal"), "store.synchronous", f"expected full or normal, got {c.store.synchronous!r}")
     _check(bool(c.store.db), "store.db", "must name a database file")
+    _check(c.store.fsync_interval_s >= 0, "store.fsync_interval_s", "must be >= 0")
     a = c.archive
     _check(a.min_free_mb >= 0, "archive.min_free_mb", "must be >= 0")
     _check(1 <= a.jpeg_quality <= 100, "archive.jpeg_quality", "must be between 1 and 100")

@@ -95,6 +95,8 @@ class CaptureThread(threading.Thread):
         except BaseException as exc:  # never die silently: the pipeline reports it and exits non-zero
             self.fatal = exc
         finally:
+            if self.opened:
+                self._close()
             self.queue.put(END, drop_oldest=False, stop=self.stop)
             self.finished.set()
 
