@@ -1,0 +1,119 @@
+"""`edge classify` end to end (a real `edge` process on a real int8 bundle) and the batch pipeline."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.batch import PipelineOptions, classify_paths, classify_sequential
+from edge.bundle import Bundle
+from edge.images import expand_paths, images_in
+from edge.predict import Classifier
+from edge.synthetic import CLASSES, render_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edge(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def folder_with_one_corrupt(tmp_path_factory) -> tuple[Path, Path]:
+    """200 good synthetic JPEGs in nested folders, plus one truncated JPEG among them."""
+    root = tmp_path_factory.mktemp("slides")
+    rng = np.random.default_rng(5)
+    for i in range(200):
+        sub = root / f"slide{i % 3}" / ("deep" if i % 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(sub / f"cell_{i:03d}.jpg"), render_cell(CLASSES[i % 5], rng, 96))
+    good = (root / "slide0" / "cell_000.jpg").read_bytes()
+    bad = root / "slide1" / "deep" / "broken.jpg"
+    bad.write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("not an image, and not picked up from a folder")
+    return root, bad
+
+
+def test_classify_names_the_corrupt_file_classifies_the_rest_and_exits_1(tiny_bundle, folder_with_one_corrupt):
+    root, bad = folder_with_one_corrupt
+    proc = edge("classify", tiny_bundle, root, "--json")
+    assert proc.returncode == 1, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    errors = [r for r in records if "error" in r]
+    good = [r for r in records if "error" not in r]
+    assert len(good) == 200 and len(errors) == 1
+    assert errors[0]["path"] == str(bad) and "truncated JPEG" in errors[0]["error"]
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: {bad}: truncated JPEG (no end-of-image marker)"]
+    assert "Traceback" not in proc.stderr
+    labels = Bundle.load(tiny_bundle).labels
+    for r in good:
+        assert r["label"] in labels and 0 <= r["confidence"] <= 1 and isinstance(r["uncertain"], bool)
+        assert len(r["top_k"]) == 3 and r["top_k"][0][0] == r["label"]
+        assert set(r["timings_ms"]) == {"decode", "preprocess", "invoke"}
+    assert "200 classified" in proc.stderr and "1 failed" in proc.stderr
+
+
+def test_classify_csv_top_k_and_threshold(tiny_bundle, synthetic_split):
+    folder = synthetic_split / "val" / "round"
+    proc = edge("classify", tiny_bundle, folder, "--csv", "--top-k", "2", "--threshold", "1.0")
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    assert len(rows) == len(images_in(folder))
+    assert all(row["uncertain"] == "1" for row in rows)  # nothing reaches probability 1.0 in int8 softmax here
+    assert all(len(row["top_k"].split(";")) == 2 and row["error"] == "" for row in rows)
+    relaxed = edge("classify", tiny_bundle, folder, "--csv", "--threshold", "0", "--margin", "0")
+    assert all(row["uncertain"] == "0" for row in csv.DictReader(io.StringIO(relaxed.stdout)))
+
+
+def test_classify_text_output_files_and_missing_paths(tiny_bundle, synthetic_split, tmp_path):
+    files = images_in(synthetic_split / "val" / "dense")[:3]
+    proc = edge("classify", tiny_bundle, *files, tmp_path / "missing.jpg")
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(f) for f in files]
+    assert all(line.split("\t")[3] in ("ok", "UNCERTAIN") for line in lines)
+    assert f"error: {tmp_path / 'missing.jpg'}: file not found" in proc.stderr
+
+
+def test_classify_bad_bundle_and_empty_folder_are_one_line_errors(tiny_bundle, tmp_path):
+    proc = edge("classify", tmp_path / "nope", tmp_path)
+    assert proc.returncode == 3 and proc.stderr.strip().startswith("error:") and "bundle not found" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = edge("classify", tiny_bundle, tmp_path / "empty")
+    assert proc.returncode == 2 and "no images found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "options, replicas",
+    [(PipelineOptions(batch_size=4, workers=2), 1), (PipelineOptions(batch_size=3), 2),
+     (PipelineOptions(batch_size=5, loader="process"), 1)],
+    ids=["threads", "replicas", "processes"],
+)
+def test_pipeline_gives_the_sequential_results_in_order(tiny_bundle, folder_with_one_corrupt, options, replicas):
+    root, bad = folder_with_one_corrupt
+    paths = expand_paths([root])[:40] + [bad]
+    bundle = Bundle.load(tiny_bundle)
+    classifiers = [Classifier.open(bundle, threads=1) for _ in range(replicas)]
+    expected = list(classify_sequential(classifiers[0], paths))
+    got = list(classify_paths(classifiers, paths, options))
+    assert [r.path for r in got] == paths
+    assert [r.error for r in got] == [r.error for r in expected]
+    assert [r.prediction.probabilities for r in got if r.ok] == [r.prediction.probabilities for r in expected if r.ok]
+
+
+def test_expand_paths_recurses_skips_hidden_and_keeps_named_files(tmp_path):
+    for rel in ["a/1.jpg", "a/b/2.PNG", "a/.hidden/3.jpg", "a/.4.jpg", "a/readme.md", "c.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    got = expand_paths([tmp_path / "a", tmp_path / "c.txt", tmp_path / "a" / "1.jpg", tmp_path / "gone.jpg"])
+    assert got == [tmp_path / "a/1.jpg", tmp_path / "a/b/2.PNG", tmp_path / "c.txt", tmp_path / "gone.jpg"]

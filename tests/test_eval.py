@@ -1,0 +1,108 @@
+"""`edge eval` end to end on a real int8 bundle, and the label matching it relies on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge.batch import classify_sequential
+from edge.bundle import Bundle
+from edge.errors import DataError
+from edge.images import images_in, labelled_images, normalize_label
+from edge.predict import Classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+# Folder spellings a lab might use for the synthetic classes.
+SPELLINGS = {"round": "Round", "lobed": "LOBED", "kidney": "kid-ney", "granular": "Granular_", "dense": "dense"}
+
+
+def edge(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def labelled(synthetic_split, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("labelled")
+    for name, spelled in SPELLINGS.items():
+        shutil.copytree(synthetic_split / "val" / name, root / spelled)
+    return root
+
+
+def test_eval_reports_metrics_throughput_and_a_plot(tiny_bundle, labelled, tmp_path):
+    out, plot = tmp_path / "eval.json", tmp_path / "confusion.png"
+    proc = edge("eval", tiny_bundle, labelled, "--json", out, "--plot", plot, "--baseline-images", "20")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    for key in ("accuracy", "macro_f1", "n", "labels", "per_class", "confusion", "images_per_second",
+                "uncertain_fraction", "confident_accuracy", "sequential_images_per_second", "speedup"):
+        assert key in report, key
+    bundle = Bundle.load(tiny_bundle)
+    paths, targets, _ = labelled_images(labelled, bundle.labels)
+    assert report["n"] == len(paths) == 40 and report["labels"] == bundle.labels
+    assert sum(map(sum, report["confusion"])) == 40
+    # Recompute from a plain sequential run: the pipeline must not change any answer.
+    results = list(classify_sequential(Classifier.open(bundle), paths))
+    hits = [bundle.labels.index(r.prediction.label) == t for r, t in zip(results, targets, strict=True)]
+    assert report["accuracy"] == pytest.approx(sum(hits) / len(hits))
+    flagged = [r.prediction.uncertain for r in results]
+    assert report["uncertain_fraction"] == pytest.approx(sum(flagged) / len(flagged))
+    confident = [h for h, f in zip(hits, flagged, strict=True) if not f]
+    assert report["confident_accuracy"] == pytest.approx(sum(confident) / len(confident) if confident else 0.0)
+    assert set(report["per_class"]["round"]) == {"precision", "recall", "f1", "specificity", "support"}
+    assert report["images_per_second"] > 0 and report["baseline_images"] == 20
+    assert report["speedup"] == pytest.approx(report["images_per_second"] / report["sequential_images_per_second"],
+                                              rel=1e-2)
+    image = cv2.imread(str(plot))
+    assert image is not None and image.shape[0] > 300 and image.shape[1] > 300
+    assert "accuracy" in proc.stdout and "images/s" in proc.stdout
+
+
+def test_unknown_class_folder_is_a_clear_error(tiny_bundle, labelled, tmp_path):
+    root = tmp_path / "mixed"
+    shutil.copytree(labelled, root)
+    shutil.copytree(labelled / "Round", root / "platelet")
+    proc = edge("eval", tiny_bundle, root)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert "platelet" in proc.stderr and "match no label" in proc.stderr and "round" in proc.stderr
+
+
+def test_eval_counts_unreadable_files_apart_and_exits_1(tiny_bundle, labelled, tmp_path):
+    root = tmp_path / "with-bad"
+    shutil.copytree(labelled, root)
+    (root / "dense" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    out = tmp_path / "eval.json"
+    proc = edge("eval", tiny_bundle, root, "--json", out, "--baseline-images", "0")
+    assert proc.returncode == 1
+    assert f"error: {root / 'dense' / 'broken.png'}: truncated PNG" in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 40 and report["n_failed"] == 1 and "speedup" not in report
+
+
+def test_label_matching_ignores_case_underscores_and_hyphens(tmp_path):
+    assert normalize_label("Seg-Neutrophil") == normalize_label("seg_neutrophil") == "segneutrophil"
+    labels = ["basophil", "seg_neutrophil"]
+    for folder in ("BASOPHIL", "Seg-Neutrophil"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(b"x")
+    paths, targets, folders = labelled_images(tmp_path, labels)
+    assert targets == [0, 1] and folders == ["BASOPHIL", "Seg-Neutrophil"]
+    (tmp_path / "lymphocyte").mkdir()
+    with pytest.raises(DataError, match="lymphocyte match no label"):
+        labelled_images(tmp_path, labels)
+
+
+def test_empty_or_missing_labelled_dir(tmp_path):
+    with pytest.raises(DataError, match="not a folder"):
+        labelled_images(tmp_path / "nope", ["a"])
+    (tmp_path / "a").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        labelled_images(tmp_path, ["a"])
+    assert images_in(tmp_path) == []
