@@ -157,6 +157,7 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     """Run one benchmark and return its result (the JSON shape documented in docs/bench.md)."""
     if config.runs < 1:
         raise ValueError("--runs must be at least 1")
+    load_before = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     t = _clock()
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
@@ -167,7 +168,9 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     try:
         source = open_source(config.source)  # after the backend, so a missing runtime fails fast
         try:
-            return _measure(config, bundle, backend, source, load_ms, init_ms, tick)
+            result = _measure(config, bundle, backend, source, load_ms, init_ms, tick)
+            result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
+            return result
         finally:
             source.close()
     finally:
