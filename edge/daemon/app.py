@@ -22,6 +22,7 @@ from edge.daemon.pipeline import CaptureThread, DropOldestQueue, Pipeline, Skipp
 from edge.daemon.sources import Frame, SourceError, open_source
 from edge.daemon.store import ResultRow, ResultStore
 from edge.daemon.telemetry import Telemetry
+from edge.errors import MissingExtraError
 from edge.predict import Classifier
 from edge.runtime import open_backend
 
@@ -95,7 +96,10 @@ class Daemon:
         listen = parse_listen(self.config.http.listen)
         if listen is None:
             return
-        from edge.daemon.web import WebServer
+        try:
+            from edge.daemon.web import WebServer
+        except ImportError as exc:  # flask, waitress, prometheus_client: the 'device' extra
+            raise MissingExtraError("edge run (page and metrics; or --http off)", "device", exc.name or str(exc)) from None
 
         try:
             self.web = WebServer(self, *listen, token=self.config.http.token)

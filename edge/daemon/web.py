@@ -4,6 +4,7 @@ in a thread. 127.0.0.1 by default; any other bind needs a token (checked in conf
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def create_app(daemon, token: str = "") -> Flask:
 
 class WebServer:
     def __init__(self, daemon, host: str, port: int, token: str = ""):
+        # waitress warns "Task queue depth is 2" whenever a browser opens a few requests at once: noise here.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self.server = create_server(create_app(daemon, token), host=host, port=port, threads=4,
                                     ident="edge-run", clear_untrusted_proxy_headers=True)
         self.host = host
