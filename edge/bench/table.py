@@ -33,47 +33,70 @@ def _threads(ctx: dict) -> str:
     return f"{ctx.get('threads')} thread{'s' if ctx.get('threads') != 1 else ''}"
 
 
+def _line(label: str, text: str) -> str:
+    return f"{label:<10}{text}"
+
+
 def format_result(r: dict) -> str:
     b, ctx, s, up, res = r["bundle"], r["context"], r["stages"], r["startup"], r["resources"]
-    source = r["source"]
-    src = " ".join(str(v) for k, v in source.items() if k in ("kind", "frame", "folder", "device"))
+    src = " ".join(str(v) for k, v in r["source"].items() if k in ("kind", "frame", "folder", "uri"))
     load = " ".join(str(v) for v in ctx.get("load_average") or []) or "?"
+    ratio = r.get("overhead_ratio")
+    verdict = "ok" if ratio is not None and ratio <= OVERHEAD_TARGET else "ABOVE TARGET"
+    table = grid(
+        ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
+        [
+            [name, str(s[name]["count"]), *(_ms(s[name][c]) for c in _COLUMNS[1:])]
+            for name in STAGES
+            if name in s
+        ],
+    )
     out = [
-        f"bundle   {b['name']}  {b.get('architecture') or '?'} {b.get('precision') or ''} "
-        f"{'x'.join(str(v) for v in b['input'][1:3])}  {b['model_size_mb']} MB  sha {b['sha256'][:12]}",
-        f"device   {ctx['device']}  ({ctx['machine']}, {ctx['cores']} cores, governor {ctx['governor'] or 'unknown'}, "
-        f"load {load})",
-        f"runtime  {ctx['backend']}: {ctx['runtime']} {ctx['runtime_version']}, delegate {ctx['delegate']}, "
-        f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}",
-        f"source   {src}   {r['runs']} runs after {r['warmup']} warm-up",
-        f"startup  bundle load {_ms(up['bundle_load_ms'])} ms  init {_ms(up['init_ms'])} ms  "
-        f"first inference {_ms(up['first_inference_ms'])} ms  warm-up invoke mean {_ms(up['warmup_invoke_mean_ms'])} ms",
-        "",
-        grid(
-            ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
-            [
-                [name, str(s[name]["count"]), *(_ms(s[name][c]) for c in _COLUMNS[1:])]
-                for name in STAGES
-                if name in s
-            ],
+        _line(
+            "bundle",
+            f"{b['name']}  {b.get('architecture') or '?'} {b.get('precision') or ''} "
+            f"{'x'.join(str(v) for v in b['input'][1:3])}  {b['model_size_mb']} MB  sha {b['sha256'][:12]}",
+        ),
+        _line(
+            "device",
+            f"{ctx['device']}  ({ctx['machine']}, {ctx['cores']} cores, "
+            f"governor {ctx['governor'] or 'unknown'}, load {load})",
+        ),
+        _line(
+            "runtime",
+            f"{ctx['backend']}: {ctx['runtime']} {ctx['runtime_version']}, delegate {ctx['delegate']}, "
+            f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}",
+        ),
+        _line("source", f"{src}   {r['runs']} runs after {r['warmup']} warm-up"),
+        _line(
+            "startup",
+            f"bundle load {_ms(up['bundle_load_ms'])} ms  init {_ms(up['init_ms'])} ms  "
+            f"first inference {_ms(up['first_inference_ms'])} ms  "
+            f"warm-up invoke mean {_ms(up['warmup_invoke_mean_ms'])} ms",
         ),
         "",
+        table,
+        "",
+        _line(
+            "result",
+            f"end_to_end p50 {_ms(s['end_to_end']['p50_ms'])} ms = invoke p50 {_ms(s['invoke']['p50_ms'])} ms "
+            f"x {ratio:.2f} overhead (target <= {OVERHEAD_TARGET}: {verdict})"
+            if ratio is not None
+            else "-",
+        ),
+        _line(
+            "fps",
+            f"{r['throughput_fps']:.1f} pipelined (capture + preprocess overlapped with invoke), "
+            f"{r['serial_fps']:.1f} serial",
+        ),
+        _line(
+            "memory",
+            f"peak RSS {res['peak_rss_mb']} MB   CPU {res['cpu_percent_serial']}% serial, "
+            f"{res['cpu_percent_pipelined']}% pipelined (100% = one core)",
+        ),
+        *format_reference(r.get("reference") or [], r),
+        *(_line("warning", w) for w in ctx.get("warnings") or []),
     ]
-    ratio = r.get("overhead_ratio")
-    verdict = "ok" if ratio is not None and ratio <= OVERHEAD_TARGET else "above target"
-    out.append(
-        f"overhead end_to_end p50 / invoke p50 = {ratio:.2f}  (target <= {OVERHEAD_TARGET}: {verdict})"
-        if ratio is not None
-        else "overhead -"
-    )
-    out.append(f"fps      pipelined {r['throughput_fps']:.1f}   serial {r['serial_fps']:.1f}")
-    out.append(
-        f"memory   peak RSS {res['peak_rss_mb']} MB   CPU {res['cpu_percent_serial']}% serial, "
-        f"{res['cpu_percent_pipelined']}% pipelined (100% = one core)"
-    )
-    out.extend(format_reference(r.get("reference") or [], r))
-    for w in ctx.get("warnings") or []:
-        out.append(f"warning  {w}")
     if r.get("profile"):
         out += ["", format_profile(r["profile"])]
     return "\n".join(out)
@@ -82,16 +105,18 @@ def format_result(r: dict) -> str:
 def format_reference(marks: list[dict], r: dict) -> list[str]:
     if not marks:
         b = r["bundle"]
-        return [
-            f"reference none published for this device / {r['context']['backend']} / {b.get('architecture') or b['name']}"
-        ]
+        what = f"{r['context']['backend']} / {b.get('architecture') or b['name']}"
+        return [_line("published", f"no reference number for this device / {what}")]
     lines = []
     for m in marks:
         rng = f"{m['low_ms']}" if m["low_ms"] == m["high_ms"] else f"{m['low_ms']}-{m['high_ms']}"
         verdict = "within ±30%" if m["within_tolerance"] else f"OUTSIDE ±{m['tolerance']:.0%}"
         lines.append(
-            f"reference {m['board']}: {rng} ms published, invoke p50 {_ms(m['measured_ms'])} ms "
-            f"= {m['ratio']:.2f}x  {verdict}"
+            _line(
+                "published",
+                f"{m['board']}: {rng} ms; invoke p50 {_ms(m['measured_ms'])} ms "
+                f"= {m['ratio']:.2f}x  {verdict}",
+            )
         )
     return lines
 
@@ -157,10 +182,10 @@ def format_matrix(results: list[dict]) -> str:
 
 
 def format_profile(p: dict) -> str:
-    lines = [f"profile  {p['note']}"]
+    lines = [_line("profile", p["note"])]
     if p.get("placement"):
         lines.append(
-            f"         {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels, "
+            f"          {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels, "
             f"{p['macs_total'] / 1e6:.0f} M multiply-accumulates (a static count from tensor shapes, not a timing)"
         )
         rows = [
