@@ -135,6 +135,14 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
     assert rows(db) == 150
     assert check_clean(db, labels_of(tiny_bundle)) == 150
     assert any("150 classified" in line for line in d.lines)
+    # Every uncertain cell is archived (the tiny model has no alert class) as JPEG + sidecar JSON.
+    with sqlite3.connect(db) as con:
+        uncertain = con.execute("SELECT COUNT(*) FROM results WHERE uncertain").fetchone()[0]
+    jpegs = sorted((tmp_path / "flagged").rglob("*.jpg"))
+    assert len(jpegs) == uncertain and all(p.with_suffix(".json").exists() for p in jpegs)
+    if jpegs:
+        meta = json.loads(jpegs[0].with_suffix(".json").read_text())
+        assert meta["reason"] == "uncertain" and meta["uncertain"] is True
 
 
 def test_kill_9_mid_run_leaves_a_clean_database_with_every_committed_row(tiny_bundle, replay_dir, tmp_path):
@@ -150,6 +158,25 @@ def test_kill_9_mid_run_leaves_a_clean_database_with_every_committed_row(tiny_bu
     assert n >= committed_before >= 20
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_kill_9_during_fast_commits_repeatedly(tiny_bundle, replay_dir, tmp_path):
+    # Unpaced replay commits hundreds of frames a second, so the kill lands inside or between
+    # transactions; the same database is reopened by the next run each time.
+    db = tmp_path / "results.db"
+    total = 0
+    for delay in (0.4, 0.9, 0.65):
+        d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--loop", "--db", db,
+                    "--http", "off"], tmp_path)
+        wait_rows(db, total + 1)
+        time.sleep(delay)
+        d.proc.send_signal(signal.SIGKILL)
+        d.wait()
+        n = check_clean(db, labels_of(tiny_bundle))
+        assert n > total
+        total = n
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 3
 
 
 def test_sigterm_drains_and_exits_0_within_5_s(tiny_bundle, replay_dir, tmp_path):

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -160,3 +161,16 @@ def test_opencv_gstreamer_and_device_arguments():
     assert capture_args("/dev/video2") == ("/dev/video2", cv2.CAP_V4L2)
     assert capture_args("gst:videotestsrc ! appsink") == ("videotestsrc ! appsink", cv2.CAP_GSTREAMER)
     assert capture_args("rtsp://cam/stream")[1] == cv2.CAP_ANY
+
+
+def test_idle_hot_folder_keeps_the_capture_heartbeat_fresh(tmp_path):
+    # The watchdog must tell an idle folder (normal) from a capture stuck in a driver call.
+    src = source_for(f"folder:{tmp_path}", folder={"poll_s": 0.05})
+    telemetry, stop, queue = Telemetry(), threading.Event(), DropOldestQueue(4)
+    capture = CaptureThread(src, queue, telemetry, stop)
+    capture.start()
+    time.sleep(0.6)
+    age = time.monotonic() - capture.heartbeat
+    stop.set()
+    capture.join(2)
+    assert age < 0.3 and telemetry.captured == 0

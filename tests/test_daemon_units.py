@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
 from edge.daemon.pipeline import DropOldestQueue, Skipped
 from edge.daemon.sources import Frame
+from edge.daemon.store import ResultRow, ResultStore
 from edge.preprocess import center_region
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,3 +181,39 @@ def test_unit_file_exposure_is_at_most_3():
     for setting in ("Type=notify", "WatchdogSec=", "User=edge-run", "ProtectSystem=strict", "NoNewPrivileges=yes",
                     "PrivateTmp=yes", "ReadWritePaths=/var/lib/edge-run", "char-video4linux", "char-apex", "char-usb_device"):
         assert setting in unit, setting
+
+
+def _row(label, uncertain=False):
+    return ResultRow(0, (0, 0, 8, 8), label, 0.9, {"a": 0.9, "b": 0.1}, uncertain, {"invoke": 1.0})
+
+
+def test_store_continues_a_session_after_a_restart(tmp_path):
+    db = tmp_path / "r.db"
+    store = ResultStore(db)
+    store.start_session("slide-7", "f" * 64, "bundle", "sim", "cell", {})
+    for i, label in enumerate(["a", "a", "b"]):
+        store.write_frame(store.next_frame_id(), 1.0 + i, "sim", f"sim:{i}", [_row(label, uncertain=i == 2)])
+    store.write_skipped(store.next_frame_id(), 5.0, "sim", "sim:bad", "truncated JPEG")
+    store.close()
+    again = ResultStore(db)
+    again.start_session("slide-7", "f" * 64, "bundle", "sim", "cell", {})
+    assert again.journal_mode() == "wal"
+    assert again.next_frame_id() == 4
+    assert again.session_counts() == ({"a": 2, "b": 1}, 1)
+    assert again.done_refs("sim") == {"sim:0", "sim:1", "sim:2", "sim:bad"}
+    d = DifferentialCount(DifferentialConfig(), ["a", "b"])
+    d.restore(*again.session_counts())
+    assert d.total == 3 and d.uncertain == 1
+    again.close()
+
+
+def test_a_frame_and_its_results_commit_together_or_not_at_all(tmp_path):
+    store = ResultStore(tmp_path / "r.db")
+    store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
+    bad = _row("a")
+    bad.probabilities = {"a": float("nan")}  # NaN is not valid JSON for SQLite's json_valid CHECK
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_frame(0, 1.0, "sim", "x", [_row("a"), bad])
+    assert store.db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
+    assert store.db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    store.close()

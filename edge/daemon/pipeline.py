@@ -82,8 +82,13 @@ class CaptureThread(threading.Thread):
         self.opened = opened
         self.log = log
         self.fatal: BaseException | None = None
-        self.heartbeat = time.monotonic()
+        self._beat = time.monotonic()
         self.finished = threading.Event()
+
+    @property
+    def heartbeat(self) -> float:
+        """Last sign of life: a loop turn, or the source polling while idle."""
+        return max(self._beat, self.source.heartbeat)
 
     def _backoff(self, delay: float) -> float:
         self.stop.wait(delay)
@@ -104,7 +109,7 @@ class CaptureThread(threading.Thread):
         delay = 0.5
         failed = not self.opened
         while not self.stop.is_set():
-            self.heartbeat = time.monotonic()
+            self._beat = time.monotonic()
             if not self.opened:
                 try:
                     self.source.open()

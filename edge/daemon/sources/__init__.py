@@ -57,6 +57,9 @@ class FrameSource(ABC):
 
     kind: str = "?"
     live: bool = True
+    # Sources that block inside read() while idle by design (the hot folder polling) refresh this,
+    # so the systemd watchdog tells "idle" from "stuck in a driver call".
+    heartbeat: float = 0.0
 
     def __init__(self, target: str, config: SourceConfig):
         self.target = target

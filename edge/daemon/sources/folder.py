@@ -63,6 +63,7 @@ class Source(FrameSource):
 
     def read(self) -> Frame | None:
         while not self._pending:
+            self.heartbeat = time.monotonic()
             if self.stop_event is not None and self.stop_event.is_set():
                 return None
             if not self.path.is_dir():
