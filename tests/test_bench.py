@@ -223,10 +223,14 @@ def test_op_placement_follows_delegate_partitions():
         op(3, "QUANTIZE", [3], [4]),
         op(4, "DELEGATE", [1, 9], [3]),
     ]
-    placed = {r["index"]: r["runs_on"] for r in op_placement(ops, "xnnpack")}
-    assert placed == {0: "cpu", 1: "xnnpack", 2: "xnnpack", 3: "cpu"}
+    placed = {r["index"]: r["runs_on"] for r in op_placement(ops)}
+    assert placed == {0: "cpu/builtin", 1: "cpu/xnnpack", 2: "cpu/xnnpack", 3: "cpu/builtin"}
     tpu = [op(0, "edgetpu-custom-op", [0], [1]), op(1, "SOFTMAX", [1], [2])]
-    assert [r["runs_on"] for r in op_placement(tpu)] == ["edgetpu", "cpu"]
+    assert [r["runs_on"] for r in op_placement(tpu)] == ["edgetpu", "cpu/builtin"]
+    # the Edge TPU delegate's partition is its custom op; XNNPACK takes CPU fallback ops
+    tpu.append(op(2, "DELEGATE", [1], [2]))
+    tpu.append(op(3, "DELEGATE", [0], [1]))
+    assert [r["runs_on"] for r in op_placement(tpu)] == ["edgetpu", "cpu/xnnpack"]
 
 
 def test_macs_are_counted_from_tensor_shapes():
@@ -255,3 +259,29 @@ def test_picamera2_source_goes_through_the_daemons_camera_code(tiny_bundle, tmp_
     r = json.loads(out.read_text())
     assert r["source"] == {"kind": "camera", "uri": "picamera2", "frame": "640x480"}  # the lores stream
     assert r["stages"]["capture"]["count"] == 2
+
+
+def test_edgetpu_backend_through_the_delegate_double(tiny_bundle, tmp_path, monkeypatch):
+    """The Edge TPU path with tests/fake_edgetpu.py (a real TfLiteDelegate struct that claims no nodes):
+    the bench opens model_edgetpu.tflite through load_delegate and records it in the context."""
+    from edge.bundle import CPU_MODEL, EDGETPU_MODEL, write_bundle
+    from tests.fake_edgetpu import FakeEdgeTpu
+
+    bundle = Bundle.load(tiny_bundle)
+    copy = tmp_path / "tpu"
+    model = (tiny_bundle / CPU_MODEL).read_bytes()
+    write_bundle(copy, {CPU_MODEL: model, EDGETPU_MODEL: model}, bundle.manifest)
+    fake = FakeEdgeTpu(devices=["usb:0"]).install(monkeypatch)
+    out = tmp_path / "tpu.json"
+    output, code = bench(copy, *FAST, "--backend", "edgetpu", "--device", "usb:0", "--profile", "--json", out)
+    assert code == 0, output
+    r = json.loads(out.read_text())
+    assert r["context"]["backend"] == "edgetpu" and r["context"]["delegate"].startswith("edgetpu")
+    assert r["bundle"]["model_file"] == EDGETPU_MODEL and r["invoke_scope"] == "interpreter.invoke()"
+    assert fake.calls == [("libedgetpu.so.1", {"device": "usb:0"})]
+    # the double claims no nodes, so every op shows as a CPU fallback
+    prof = r["profile"]
+    assert (
+        prof["ops_on_edgetpu"] == 0
+        and prof["ops_on_cpu_xnnpack"] + prof["ops_on_cpu_builtin"] == prof["ops_total"]
+    )

@@ -21,8 +21,13 @@ TIMINGS_UNAVAILABLE = (
 )
 
 
-def op_placement(ops: list[dict], delegate_name: str = "delegate") -> list[dict]:
-    """Each original op with `runs_on`: 'edgetpu', the delegate's name, or 'cpu' (interpreter kernels).
+EDGETPU, CPU_DELEGATE, CPU_BUILTIN = "edgetpu", "cpu/xnnpack", "cpu/builtin"
+
+
+def op_placement(ops: list[dict]) -> list[dict]:
+    """Each original op with `runs_on`: 'edgetpu' (the compiler's edgetpu-custom-op), 'cpu/xnnpack'
+    (in a partition of TFLite's default CPU delegate) or 'cpu/builtin' (the interpreter's own kernels).
+    On an Edge TPU, every op that is not 'edgetpu' is a CPU fallback.
 
     A DELEGATE node replaces a partition; its ops are those reached walking back from the node's
     outputs to its inputs through the tensors' producers.
@@ -41,13 +46,13 @@ def op_placement(ops: list[dict], delegate_name: str = "delegate") -> list[dict]
             if index is None or index in placed:
                 continue
             op = by_index[index]
-            placed[index] = "edgetpu" if "edgetpu" in op["op_name"].lower() else delegate_name
+            placed[index] = EDGETPU if "edgetpu" in op["op_name"].lower() else CPU_DELEGATE
             stack.extend(int(t) for t in op["inputs"] if int(t) >= 0 and int(t) not in boundary)
     rows = []
     for op in real:
         where = placed.get(op["index"])
         if where is None:
-            where = "edgetpu" if "edgetpu" in op["op_name"].lower() else "cpu"
+            where = EDGETPU if "edgetpu" in op["op_name"].lower() else CPU_BUILTIN
         rows.append({"index": int(op["index"]), "op": op["op_name"], "runs_on": where})
     return rows
 
@@ -103,17 +108,18 @@ def profile(model: StagedModel, description: dict) -> dict:
             "ops": [],
         }
     ops = get_ops()
-    rows = op_placement(ops, str(description.get("delegate") or "delegate"))
+    rows = op_placement(ops)
     shapes = {int(t["index"]): [int(v) for v in t["shape"]] for t in model.interpreter.get_tensor_details()}
     by_index = {int(op["index"]): op for op in ops}
     for r in rows:
         r["macs"] = op_macs(by_index[r["index"]], shapes)
-    on_cpu = [r for r in rows if r["runs_on"] == "cpu"]
     return {
         "op_timings": None,
         "note": note,
         "ops_total": len(rows),
-        "ops_on_cpu_kernels": len(on_cpu),
+        "ops_on_edgetpu": sum(r["runs_on"] == EDGETPU for r in rows),
+        "ops_on_cpu_xnnpack": sum(r["runs_on"] == CPU_DELEGATE for r in rows),
+        "ops_on_cpu_builtin": sum(r["runs_on"] == CPU_BUILTIN for r in rows),
         "macs_total": sum(r["macs"] for r in rows),
         "placement": summarize_placement(rows),
         "ops": rows,

@@ -185,7 +185,8 @@ def format_profile(p: dict) -> str:
     lines = [_line("profile", p["note"])]
     if p.get("placement"):
         lines.append(
-            f"          {p['ops_total']} ops, {p['ops_on_cpu_kernels']} on the interpreter's own CPU kernels, "
+            f"          {p['ops_total']} ops: {p['ops_on_edgetpu']} on the Edge TPU, {p['ops_on_cpu_xnnpack']} on the CPU "
+            f"through XNNPACK, {p['ops_on_cpu_builtin']} on the interpreter's built-in CPU kernels; "
             f"{p['macs_total'] / 1e6:.0f} M multiply-accumulates (a static count from tensor shapes, not a timing)"
         )
         rows = [
