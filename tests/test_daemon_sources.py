@@ -174,3 +174,13 @@ def test_idle_hot_folder_keeps_the_capture_heartbeat_fresh(tmp_path):
     stop.set()
     capture.join(2)
     assert age < 0.3 and telemetry.captured == 0
+
+
+def test_default_source_is_the_simulated_microscope(tiny_bundle, tmp_path):
+    db = tmp_path / "sim.db"
+    r = edge_run("--bundle", tiny_bundle, "--max-frames", 5, "--http", "off", "--db", db, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(db) as con:
+        refs = [row[0] for row in con.execute("SELECT source_ref FROM frames")]
+        source = con.execute("SELECT source FROM sessions").fetchone()[0]
+    assert source == "sim" and len(refs) >= 5 and all(ref.startswith("sim:") for ref in refs)

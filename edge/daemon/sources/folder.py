@@ -7,7 +7,6 @@ its frame row are committed together, so a restart neither skips nor double-coun
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -58,8 +57,8 @@ class Source(FrameSource):
             if seen is None or seen[:2] != key:
                 self._seen_stat[name] = (*key, now)
             elif now - seen[2] >= self.options.settle_s:
-                ready.append(name)
-        return sorted(ready, key=lambda n: (os.path.getmtime(self.path / n), n))
+                ready.append((st.st_mtime, name))
+        return [name for _, name in sorted(ready)]  # oldest first: the order the microscope saved them
 
     def read(self) -> Frame | None:
         while not self._pending:
