@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.batch import PipelineOptions, classify_paths, classify_sequential, default_workers, timed  # noqa: E402
 from edge.bundle import Bundle  # noqa: E402
+from edge.commands._device_options import pipeline_for  # noqa: E402
 from edge.images import expand_paths  # noqa: E402
 from edge.predict import Classifier  # noqa: E402
 from edge.runtime import open_backend  # noqa: E402
@@ -36,9 +37,13 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", default="auto")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None, help="threads per interpreter (default as edge eval: 1 per interpreter, one interpreter per core)")
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: free cores, at least 1)")
     ap.add_argument("--loader", choices=("thread", "process"), default="thread")
+    ap.add_argument("--replicas", type=int, default=None,
+                    help="interpreters working side by side (default: cores // threads, as edge eval does)")
+    ap.add_argument("--all-cores-baseline", action="store_true",
+                    help="when interpreters have fewer threads than cores, also time the sequential loop with all cores")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
@@ -46,29 +51,39 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     bundle = Bundle.load(args.bundle)
-    threads = args.threads or usable_cores()
-    backend = open_backend(bundle, args.backend, runtime=args.runtime, threads=threads, device=args.device)
-    classifier = Classifier(bundle, backend=backend)
     paths = expand_paths(args.images)
     if args.limit:
         paths = paths[: args.limit]
+    threads, replicas, _ = pipeline_for(args.backend, args.threads, args.batch, args.workers, len(paths))
+    replicas = args.replicas or replicas
+    classifiers = [Classifier(bundle, open_backend(bundle, args.backend, runtime=args.runtime, threads=threads,
+                                                   device=args.device)) for _ in range(replicas)]
+    classifier = classifiers[0]
+    all_cores = None
+    if args.all_cores_baseline and threads < usable_cores():
+        all_cores = Classifier(bundle, open_backend(bundle, args.backend, runtime=args.runtime, device=args.device))
     for p in paths:  # warm the page cache for both sides alike
         try:
             p.read_bytes()
         except OSError:
             pass
     options = PipelineOptions(batch_size=args.batch, workers=args.workers or default_workers(threads), loader=args.loader)
-    list(classify_sequential(classifier, paths[:8]))  # interpreter warm-up at batch 1 ...
-    list(classify_paths(classifier, paths[: 2 * args.batch], options))  # ... and at the pipeline's batch
+    for c in classifiers + ([all_cores] if all_cores else []):  # first invokes pack weights: not timed
+        list(classify_sequential(c, paths[:4]))
+        list(classify_paths(c, paths[: 2 * args.batch], options))
 
-    seq, pipe = [], []
+    seq, pipe, full = [], [], []
     for r in range(args.rounds):
         _, t_seq = timed(classify_sequential(classifier, paths))
-        _, t_pipe = timed(classify_paths(classifier, paths, options))
+        _, t_pipe = timed(classify_paths(classifiers, paths, options))
         seq.append(t_seq.images_per_second)
         pipe.append(t_pipe.images_per_second)
-        print(f"round {r + 1}: sequential {seq[-1]:7.1f} images/s   pipeline {pipe[-1]:7.1f} images/s"
-              f"   ratio {pipe[-1] / seq[-1]:.2f}x", flush=True)
+        line = (f"round {r + 1}: sequential {seq[-1]:7.1f} images/s   pipeline {pipe[-1]:7.1f} images/s"
+                f"   ratio {pipe[-1] / seq[-1]:.2f}x")
+        if all_cores:
+            full.append(timed(classify_sequential(all_cores, paths))[1].images_per_second)
+            line += f"   (sequential, all cores {full[-1]:.1f} images/s: {pipe[-1] / full[-1]:.2f}x)"
+        print(line, flush=True)
     s, p = statistics.median(seq), statistics.median(pipe)
     info = classifier.backend.describe()
     result = {
@@ -77,13 +92,20 @@ def main(argv=None) -> int:
         "sequential_images_per_second": round(s, 2),
         "pipeline_images_per_second": round(p, 2),
         "speedup": round(p / s, 3),
-        "pipeline": {"loader": options.loader, "workers": options.workers, "batch_size": options.batch_size},
+        "pipeline": {"replicas": replicas, "threads_per_interpreter": threads, "loader": options.loader,
+                     "workers": options.workers if replicas == 1 else 0, "batch_size": options.batch_size},
         "runtime": info,
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_average": os.getloadavg()},
     }
+    loaders = f"{options.workers} {options.loader} loader(s)" if replicas == 1 else "each decoding its own batches"
     print(f"median over {args.rounds} rounds, {len(paths)} images, {info['runtime']} {info['runtime_version']}, "
-          f"{threads} interpreter thread(s), {options.workers} {options.loader} loader(s), batch {options.batch_size}:")
+          f"{replicas} interpreter(s) x {threads} thread(s), {loaders}, batch {options.batch_size}:")
     print(f"  sequential {s:.1f} images/s   pipeline {p:.1f} images/s   ratio {p / s:.2f}x")
+    if full:
+        f = statistics.median(full)
+        result["sequential_all_cores_images_per_second"] = round(f, 2)
+        result["speedup_vs_all_cores"] = round(p / f, 3)
+        print(f"  sequential with all {usable_cores()} cores {f:.1f} images/s: pipeline ratio {p / f:.2f}x")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
     return 0

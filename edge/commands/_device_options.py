@@ -23,24 +23,37 @@ def runtime_options(func):
         click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
                      help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports."),
         click.option("--threads", type=click.IntRange(1, 256), default=None,
-                     help="Interpreter threads. Default: all cores. With fewer, one interpreter runs per "
-                          "group of THREADS cores, each decoding and classifying its own batches."),
+                     help="Threads per interpreter. Default: one single-threaded interpreter per core, each decoding "
+                          "and classifying its own batches (fastest for many files); for a few files, one interpreter "
+                          "with all cores. With --threads T: cores // T interpreters of T threads."),
         click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
                      help="Images per interpreter call."),
         click.option("--workers", type=click.IntRange(1, 64), default=None,
-                     help="Threads that decode and preprocess ahead of a single interpreter (default: 1)."),
+                     help="Threads that decode and preprocess ahead of the interpreter, when only one runs "
+                          "(default: the cores it leaves free, at least 1)."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def pipeline_for(backend: str, threads: int | None, batch_size: int, workers: int | None) -> tuple[int, int, PipelineOptions]:
-    """(interpreter threads, interpreter replicas, loader options) for this machine."""
+def pipeline_for(backend: str, threads: int | None, batch_size: int, workers: int | None,
+                 n_files: int | None = None) -> tuple[int, int, PipelineOptions]:
+    """(threads per interpreter, interpreter replicas, loader options) for this machine.
+
+    For many files on the CPU, throughput wins with one single-threaded interpreter per core, each
+    decoding its own batches (measured in docs/device.md): no XNNPACK thread synchronisation, and a
+    core is never idle while another decodes. A handful of files, --threads, or the Edge TPU (one
+    device, one interpreter) get a single interpreter with a loader thread beside it.
+    """
     cores = usable_cores()
-    threads = threads or cores
-    # One Edge TPU serves one interpreter; on the CPU, replicas fill the cores the threads leave free.
-    replicas = 1 if backend != "cpu" else max(1, cores // threads)
+    few = n_files is not None and n_files <= batch_size
+    if backend != "cpu":
+        threads, replicas = threads or cores, 1
+    elif threads is None:
+        threads, replicas = (cores, 1) if few else (1, cores)
+    else:
+        replicas = 1 if few else max(1, cores // threads)
     return threads, replicas, PipelineOptions(batch_size=batch_size, workers=workers or default_workers(threads))
 
 

@@ -78,8 +78,7 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
     if not files:
         raise DataError(f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(_suffixes()))})")
     rule = uncertainty_rule(model, threshold, margin)
-    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers)
-    replicas = min(replicas, max(1, -(-len(files) // batch_size)))  # no idle interpreters for a few files
+    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(files))
     classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=top_k,
                                    runtime=runtime, threads=threads, device=device)
     out = click.get_text_stream("stdout")

@@ -84,7 +84,7 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     labels = model.labels
     paths, targets, folders = labelled_images(labelled_dir, labels)
     rule = uncertainty_rule(model, threshold, margin)
-    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers)
+    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(paths))
     classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=min(3, len(labels)),
                                    runtime=runtime, threads=threads, device=device)
     _warm_up(classifiers, batch_size, paths[0])
