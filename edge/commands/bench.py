@@ -198,6 +198,9 @@ def bench(
         click.echo(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
         return
     old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
+    for option, path in (("--json", json_path), ("--csv", csv_path)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
     bundles = list(bundles) or [default_bundle()]
     if runtimes is None:
         runtimes = (
