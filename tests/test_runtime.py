@@ -190,3 +190,21 @@ def test_diagnosis_for_an_inaccessible_apex_node():
     )
     text = diagnose("pci:0", ValueError("Failed to load delegate from libedgetpu.so.1\n"), found)
     assert "apex" in text and "usermod" in text
+
+
+def test_classify_command_on_the_edgetpu_backend(tpu_bundle, val_files, monkeypatch, capsys):
+    from edge.cli import main
+
+    fake = FakeEdgeTpu(devices=["usb:0"]).install(monkeypatch)
+    with pytest.raises(SystemExit) as done:
+        main(["classify", str(tpu_bundle.path), *map(str, val_files[:10]), "--backend", "edgetpu", "--device", "usb:0",
+              "--json"])
+    assert done.value.code == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 10 and "edgetpu" in out.err
+    assert len(fake.delegates) == 1  # one interpreter for the device, built once, not per image
+    FakeEdgeTpu(devices=[]).install(monkeypatch)
+    with pytest.raises(SystemExit) as failed:
+        main(["classify", str(tpu_bundle.path), str(val_files[0]), "--backend", "edgetpu"])
+    assert failed.value.code == 5
+    assert capsys.readouterr().err.startswith("error: Edge TPU delegate failed for any device")
