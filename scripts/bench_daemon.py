@@ -7,7 +7,9 @@
    latency from the daemon's own summary: capture start -> result committed to SQLite;
 4. throughput: `edge run` unpaced (replay feeds as fast as the pipeline takes frames), sustained fps.
 
-Goal: latency p50 <= 1.3 x (raw capture + raw invoke).
+Goal: latency p50 <= 1.3 x (raw capture + raw invoke). On a machine shared with other jobs the raw
+numbers, measured minutes apart from the daemon run, drift; the daemon's summary therefore also gives
+the same-frame ratio: each frame's latency over that frame's own capture + invoke time.
 
     python scripts/bench_daemon.py --bundle models/mobilenetv2-int8 --source replay:../shared/data/bccd-frames/JPEGImages
 """
@@ -116,6 +118,7 @@ def main() -> None:
         "paced_fps": args.fps, "latency_ms": paced["latency_ms"], "stages_ms_p50": paced["stages_ms_p50"],
         "paced_dropped": paced["dropped"],
         "latency_ratio_p50": round(paced["latency_ms"]["p50"] / baseline, 3),
+        "same_frame_ratio_p50": paced["latency_over_capture_plus_invoke_p50"],
         "sustained_fps_unpaced": fast["sustained_fps"], "unpaced_latency_ms": fast["latency_ms"],
     }
     print(f"bundle {args.bundle} ({runtime['runtime']} {runtime['runtime_version']}, {runtime['threads']} threads), "
@@ -123,6 +126,7 @@ def main() -> None:
     print(f"raw capture p50 {capture:.2f} ms + raw invoke p50 {invoke:.2f} ms = {baseline:.2f} ms")
     print(f"daemon at {args.fps:g} fps: frame-to-result latency p50 {paced['latency_ms']['p50']} ms, "
           f"p95 {paced['latency_ms']['p95']} ms -> {result['latency_ratio_p50']}x the raw baseline (goal <= 1.3x)")
+    print(f"  same-frame ratio p50: latency / (that frame's capture + invoke) = {result['same_frame_ratio_p50']}x")
     print("  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in paced["stages_ms_p50"].items()))
     print(f"daemon unpaced: sustained {fast['sustained_fps']} fps over {args.frames} frames")
     if args.json:

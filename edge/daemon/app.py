@@ -241,6 +241,8 @@ class Daemon:
             "uncertain": t.uncertain,
             "sustained_fps": round(t.sustained_fps(), 2),
             "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 2), "p95": round(float(np.percentile(lat, 95)), 2)},
+            "latency_over_capture_plus_invoke_p50": round(float(np.median(t.all_overhead_ratio)), 3)
+            if t.all_overhead_ratio else None,
             "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
             "differential": {r["label"]: r["count"] for r in self.differential.table()},
             "alerts": [a.name for a in self.differential.alerts() if a.active],

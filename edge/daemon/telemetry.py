@@ -50,6 +50,9 @@ class Telemetry:
         self.processed_fps = RateMeter()
         self.stages = {name: deque(maxlen=window) for name in STAGES}
         self.all_latency: list[float] = []  # the whole run, for the summary
+        # latency / (capture + invoke) of the same frame: the daemon's overhead measured under the same
+        # load as its baseline (a shared machine makes separate raw measurements drift by 2x).
+        self.all_overhead_ratio: list[float] = []
         self.first_result_mono: float | None = None
         self.last_result_mono: float | None = None
         self.source_state = "starting"
@@ -89,6 +92,9 @@ class Telemetry:
                 if name in self.stages:
                     self.stages[name].append(value)
             self.all_latency.append(timings["latency"])
+            base = timings.get("capture", 0.0) + timings.get("invoke", 0.0)
+            if base > 0:
+                self.all_overhead_ratio.append(timings["latency"] / base)
             self.first_result_mono = self.first_result_mono or now
             self.last_result_mono = now
 
