@@ -50,7 +50,7 @@ def _text_line(result: ImageResult) -> str:
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(path_type=str))
 @click.option("--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included.")
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
 @click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True, help="How many labels to list per image.")

@@ -131,7 +131,8 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
     if usb and not isinstance(error, OSError):
         hints.append(
             "the USB Accelerator is present but could not be opened: check the udev rule that libedgetpu1-std installs "
-            "(/etc/udev/rules.d/99-edgetpu-accelerator.rules), that your user is in the plugdev group"
+            "(/lib/udev/rules.d/60-libedgetpu1-std.rules gives both USB ids to group plugdev), that your user is in "
+            "the plugdev group"
             + (" (it is not)" if found.in_plugdev is False else "")
             + ", then unplug and replug it; if it keeps failing, the port may not supply enough current"
         )
