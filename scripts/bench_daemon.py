@@ -60,7 +60,7 @@ def raw_capture_ms(uri: str, n: int) -> float:
     return median_ms(source.read, n)
 
 
-def raw_invoke_ms(bundle_path: str, uri: str, region: float, threads: int, n: int) -> tuple[float, dict]:
+def raw_invoke_ms(bundle_path: str, uri: str, region: float, region_px: int, threads: int, n: int) -> tuple[float, dict]:
     from edge.bundle import Bundle
     from edge.daemon.config import load_config
     from edge.daemon.modes import CellMode
@@ -72,7 +72,7 @@ def raw_invoke_ms(bundle_path: str, uri: str, region: float, threads: int, n: in
     backend = open_backend(bundle, "cpu", **({"threads": threads} if threads else {}))
     source = open_source(load_config(overrides={"source": {"uri": uri}}).source)
     source.open()
-    (crop,) = CellMode(region).crops(source.read().image)
+    (crop,) = CellMode(region, region_px).crops(source.read().image)
     tensor = preprocess(crop.image, bundle.preprocess_spec)[None]
     for _ in range(5):
         backend.invoke(tensor)
@@ -83,7 +83,7 @@ def run_daemon(args, extra: list[str], workdir: Path, name: str) -> dict:
     summary = workdir / f"{name}.json"
     cmd = [sys.executable, "-m", "edge.cli", "run", "--bundle", args.bundle, "--source", args.source,
            "--db", str(workdir / f"{name}.db"), "--http", "off", "--loop", "--region", str(args.region),
-           "--summary-json", str(summary), *extra]
+           "--region-px", str(args.region_px), "--summary-json", str(summary), *extra]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=20.0, help="paced rate for the latency run")
     ap.add_argument("--frames", type=int, default=300, help="frames per daemon run")
     ap.add_argument("--region", type=float, default=0.5)
+    ap.add_argument("--region-px", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=200, help="raw timing repetitions")
     ap.add_argument("--json", type=Path, help="write the results here")
@@ -107,7 +108,7 @@ def main() -> None:
         if not args.source:
             args.source = f"replay:{synthetic_frames(workdir / 'frames')}"
         capture = raw_capture_ms(args.source, args.repeat)
-        invoke, runtime = raw_invoke_ms(args.bundle, args.source, args.region, args.threads, args.repeat)
+        invoke, runtime = raw_invoke_ms(args.bundle, args.source, args.region, args.region_px, args.threads, args.repeat)
         paced = run_daemon(args, ["--fps", str(args.fps), "--max-frames", str(args.frames)], workdir, "paced")
         fast = run_daemon(args, ["--max-frames", str(args.frames)] + (["--fps", "1000"] if args.source == "sim" else []),
                           workdir, "unpaced")

@@ -217,3 +217,9 @@ def test_a_frame_and_its_results_commit_together_or_not_at_all(tmp_path):
     assert store.db.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
     assert store.db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
     store.close()
+
+
+def test_cell_mode_region_in_pixels_clips_to_the_frame():
+    img = np.zeros((480, 640, 3), np.uint8)
+    assert CellMode(0.5, 224).crops(img)[0].box == (208, 128, 224, 224)
+    assert CellMode(0.5, 1000).crops(img)[0].box == (80, 0, 480, 480)

@@ -14,7 +14,7 @@ def _overrides(**flags) -> dict:
     where = {
         "bundle": ("bundle",), "source": ("source", "uri"), "fps": ("source", "fps"), "loop": ("source", "loop"),
         "db": ("store", "db"), "session": ("store", "session"), "max_frames": ("pipeline", "max_frames"),
-        "duration": ("pipeline", "duration_s"), "mode": ("pipeline", "mode"), "region": ("pipeline", "region"),
+        "duration": ("pipeline", "duration_s"), "mode": ("pipeline", "mode"), "region": ("pipeline", "region"), "region_px": ("pipeline", "region_px"),
         "backend": ("pipeline", "backend"), "threads": ("pipeline", "threads"), "archive": ("archive", "dir"),
         "http": ("http", "listen"),
     }
@@ -59,6 +59,8 @@ def format_summary(s: dict) -> str:
 @click.option("--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time].")
 @click.option("--mode", type=click.Choice(["cell"]), help="cell: classify the centred region of each frame.")
 @click.option("--region", type=float, help="Cell mode: side of the centred square, as a fraction of the shorter side [0.5].")
+@click.option("--region-px", type=click.IntRange(min=0),
+              help="Cell mode: side of the centred square in pixels (wins over --region); the model's input size skips a resize.")
 @click.option("--max-frames", type=click.IntRange(min=0), help="Exit 0 after this many classified frames.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Exit 0 after this many seconds.")
 @click.option("--archive", type=click.Path(file_okay=False, path_type=Path),
@@ -67,7 +69,7 @@ def format_summary(s: dict) -> str:
 @click.option("--backend", type=click.Choice(["cpu", "edgetpu"]), help="Inference backend [default: cpu].")
 @click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the final summary here as JSON.")
-def run(config_file, bundle, source, fps, loop, db, session, mode, region, max_frames, duration, archive, http,
+def run(config_file, bundle, source, fps, loop, db, session, mode, region, region_px, max_frames, duration, archive, http,
         backend, threads, summary_json):
     """Classify cells from a camera continuously and keep every result.
 
@@ -88,7 +90,7 @@ def run(config_file, bundle, source, fps, loop, db, session, mode, region, max_f
     from edge.daemon.config import load_config
 
     overrides = _overrides(bundle=bundle, source=source, fps=fps, loop=loop, db=db, session=session, mode=mode,
-                           region=region, max_frames=max_frames, duration=duration, archive=archive, http=http,
+                           region=region, region_px=region_px, max_frames=max_frames, duration=duration, archive=archive, http=http,
                            backend=backend, threads=threads)
     if os.environ.get("EDGE_RUN_TOKEN"):
         overrides.setdefault("http", {})["token"] = os.environ["EDGE_RUN_TOKEN"]

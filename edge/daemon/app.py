@@ -62,7 +62,7 @@ class Daemon:
         # One throw-away inference: the first invoke() and the first CLAHE cost 10-100x a normal one,
         # and would otherwise land on the first real frame's latency.
         self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])
-        self.mode = CellMode(c.pipeline.region)
+        self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
         self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
         self.session_id = c.store.session or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.source = open_source(c.source, stop_event=self.stop, done_refs=None)
@@ -174,7 +174,7 @@ class Daemon:
                       "architecture": self.bundle.manifest.model.get("architecture", "?"),
                       "runtime": self.classifier.backend.describe()},
             "source": {**self.source.describe(), **snap.pop("source")},
-            "mode": {"name": self.mode.name, "region": self.mode.region},
+            "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},
             "database": str(self.store.path),
             **snap,
             "queue": {"size": self.config.source.queue_size},

@@ -90,6 +90,7 @@ class SourceConfig:
 class PipelineConfig:
     mode: str = "cell"
     region: float = 0.5  # cell mode: centred square, fraction of the frame's shorter side
+    region_px: int = 0  # or its side in pixels of the inference image (wins when > 0)
     max_frames: int = 0  # 0: unbounded
     duration_s: float = 0.0  # 0: unbounded
     backend: str = "cpu"
@@ -270,6 +271,7 @@ def validate(c: DaemonConfig) -> None:
     p = c.pipeline
     _check(p.mode == "cell", "pipeline.mode", f"only 'cell' is implemented (field mode comes later), got {p.mode!r}")
     _check(0 < p.region <= 1, "pipeline.region", f"must be in (0, 1], got {p.region}")
+    _check(p.region_px >= 0, "pipeline.region_px", f"must be >= 0, got {p.region_px}")
     _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
     _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
     _check(p.threads >= 0, "pipeline.threads", "must be >= 0")

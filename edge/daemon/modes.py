@@ -24,14 +24,26 @@ def center_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, 
     return (w - side) // 2, (h - side) // 2, side, side
 
 
+def center_box_px(shape: tuple[int, ...], side: int) -> tuple[int, int, int, int]:
+    """The centred square of `side` pixels (clipped to the frame)."""
+    h, w = shape[:2]
+    side = max(1, min(int(side), h, w))
+    return (w - side) // 2, (h - side) // 2, side, side
+
+
 class CellMode:
     name = "cell"
 
-    def __init__(self, region: float):
+    def __init__(self, region: float, region_px: int = 0):
+        # region_px equal to the model input (e.g. 224) skips the resize: ~1 ms less per frame here.
         self.region = region
+        self.region_px = region_px
 
     def crops(self, image: np.ndarray) -> list[Crop]:
-        x, y, w, h = center_box(image.shape, self.region)
+        if self.region_px:
+            x, y, w, h = center_box_px(image.shape, self.region_px)
+        else:
+            x, y, w, h = center_box(image.shape, self.region)
         return [Crop(image[y : y + h, x : x + w], (x, y, w, h))]
 
 
