@@ -69,7 +69,7 @@ def load_one(path: Path, spec: PreprocessSpec) -> LoadedImage:
     t1 = time.perf_counter()
     try:
         tensor = preprocess(image, spec)
-    except (ValueError, Exception) as exc:  # e.g. an unsupported bit depth; cv2.error is an Exception
+    except Exception as exc:  # an unsupported bit depth or channel count (ValueError), cv2.error
         return LoadedImage(path, error=f"cannot preprocess ({str(exc).splitlines()[0] if str(exc) else exc})")
     t2 = time.perf_counter()
     return LoadedImage(path, tensor, None, (t1 - t0) * 1000, (t2 - t1) * 1000)
