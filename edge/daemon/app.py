@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -63,7 +64,10 @@ class Daemon:
         # and would otherwise land on the first real frame's latency.
         self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])
         self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
-        self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
+        try:
+            self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
         self.session_id = c.store.session or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.source = open_source(c.source, stop_event=self.stop, done_refs=None)
         if self.source.kind == "folder":
