@@ -26,7 +26,7 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
 # USB Accelerator before its first use (the runtime uploads firmware) and after (it re-enumerates).
 USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (no firmware yet)", ("18d1", "9302"): "Coral USB Accelerator"}
 PCI_IDS = {("0x1ac1", "0x089a"): "Coral PCIe/M.2 Edge TPU"}
-CORAL_APT = "Coral's apt repository (see docs/device.md): sudo apt install libedgetpu1-std"
+CORAL_APT = "Coral's apt repository (README, device install): sudo apt install libedgetpu1-std"
 
 
 @dataclass
@@ -148,9 +148,10 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
                 "/dev/apex_0 exists but this user cannot open it: add a udev rule "
                 "SUBSYSTEM==\"apex\", MODE=\"0660\", GROUP=\"apex\" and `sudo usermod -aG apex $USER`, then log in again"
             )
-    elif want == "pci":
+    elif want == "pci" or (want == "" and not usb):
         hints.append(
-            "no PCIe/M.2 Edge TPU found (PCI id 1ac1:089a, /dev/apex_*): seat the card, enable PCIe on the board, "
+            ("for an M.2/PCIe card: " if want == "" else "")
+            + "no PCIe/M.2 Edge TPU found (PCI id 1ac1:089a, /dev/apex_*): seat the card, enable PCIe on the board, "
             "and install the gasket driver (gasket-dkms)"
         )
     if not hints:
