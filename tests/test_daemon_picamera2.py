@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+import subprocess
 import sys
 import threading
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -109,3 +115,31 @@ def test_busy_camera_is_a_source_error(camera):
     camera.Picamera2.fail_to_open = True
     with pytest.raises(SourceError, match="busy"):
         _source().open()
+
+
+def test_daemon_end_to_end_on_the_picamera2_double(tiny_bundle, tmp_path):
+    # `import picamera2` in the daemon subprocess finds a shim that re-exports the double.
+    shim = tmp_path / "shim" / "picamera2"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("from tests.fake_picamera2 import Picamera2  # noqa: F401\n")
+    root = Path(__file__).resolve().parents[1]
+    labels = json.loads((tiny_bundle / "manifest.json").read_text())["labels"]
+    config = tmp_path / "pi.toml"
+    config.write_text(
+        "[source]\nuri = \"picamera2\"\n"
+        "[source.picamera2]\nsettle_s = 0.1\nmain_size = [1280, 960]\nlores_size = [320, 240]\n"
+        f"[archive]\nalert_classes = {json.dumps(labels)}\n"  # archive every cell, to check the crops
+    )
+    env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{root}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--bundle", str(tiny_bundle),
+                        "--db", str(tmp_path / "pi.db"), "--max-frames", "10", "--http", "off"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "pi.db") as con:
+        assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 10
+        box = json.loads(con.execute("SELECT box FROM results LIMIT 1").fetchone()[0])
+    assert box == [100, 60, 120, 120]  # region 0.5 of the 320 x 240 lores stream
+    jpegs = sorted((tmp_path / "flagged").rglob("*.jpg"))
+    assert len(jpegs) == 10
+    # Archived from the full-resolution main stream: the same region, 4x larger.
+    assert cv2.imread(str(jpegs[0])).shape == (480, 480, 3)
