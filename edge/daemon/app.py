@@ -39,7 +39,6 @@ class LiveView:
 
     frame: Frame | None = None
     crops: list[dict] = dataclasses.field(default_factory=list)
-    alerts_fired: list[str] = dataclasses.field(default_factory=list)
 
 
 class Daemon:
@@ -69,14 +68,17 @@ class Daemon:
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
         self.session_id = c.store.session or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.source = open_source(c.source, stop_event=self.stop, done_refs=None)
-        if self.source.kind == "folder":
+        self.source = open_source(c.source, stop_event=self.stop)
+        if self.source.kind == "folder":  # the database remembers which files were already taken
             self.source.done |= self.store.done_refs(self.source.name)
         self.store.start_session(self.session_id, self.bundle.sha256, str(self.bundle.path), self.source.name,
                                  self.mode.name, dataclasses.asdict(c))
         self.differential = DifferentialCount(c.differential, self.bundle.labels)
         self.differential.restore(*self.store.session_counts())
-        self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)
+        try:
+            self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)
+        except OSError as exc:
+            raise ConfigError(f"archive.dir: cannot use {c.archive_dir} ({exc.strerror or exc})") from None
         unknown = sorted(set(c.archive.alert_classes) - set(self.bundle.labels))
         self.warnings = list(self.differential.warnings)
         if unknown:
