@@ -60,7 +60,9 @@ def raw_capture_ms(uri: str, n: int) -> float:
     return median_ms(source.read, n)
 
 
-def raw_invoke_ms(bundle_path: str, uri: str, region: float, region_px: int, threads: int, n: int) -> tuple[float, dict]:
+def raw_invoke_ms(
+    bundle_path: str, uri: str, region: float, region_px: int, threads: int, n: int
+) -> tuple[float, dict]:
     from edge.bundle import Bundle
     from edge.daemon.config import load_config
     from edge.daemon.modes import CellMode
@@ -81,13 +83,37 @@ def raw_invoke_ms(bundle_path: str, uri: str, region: float, region_px: int, thr
 
 def run_daemon(args, extra: list[str], workdir: Path, name: str) -> dict:
     summary = workdir / f"{name}.json"
-    cmd = [sys.executable, "-m", "edge.cli", "run", "--bundle", args.bundle, "--source", args.source,
-           "--db", str(workdir / f"{name}.db"), "--http", "off", "--loop", "--region", str(args.region),
-           "--region-px", str(args.region_px), "--summary-json", str(summary), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "run",
+        "--bundle",
+        args.bundle,
+        "--source",
+        args.source,
+        "--db",
+        str(workdir / f"{name}.db"),
+        "--http",
+        "off",
+        "--loop",
+        "--region",
+        str(args.region),
+        "--region-px",
+        str(args.region_px),
+        "--summary-json",
+        str(summary),
+        *extra,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    subprocess.run(
+        cmd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     return json.loads(summary.read_text())
 
 
@@ -108,26 +134,45 @@ def main() -> None:
         if not args.source:
             args.source = f"replay:{synthetic_frames(workdir / 'frames')}"
         capture = raw_capture_ms(args.source, args.repeat)
-        invoke, runtime = raw_invoke_ms(args.bundle, args.source, args.region, args.region_px, args.threads, args.repeat)
+        invoke, runtime = raw_invoke_ms(
+            args.bundle, args.source, args.region, args.region_px, args.threads, args.repeat
+        )
         paced = run_daemon(args, ["--fps", str(args.fps), "--max-frames", str(args.frames)], workdir, "paced")
-        fast = run_daemon(args, ["--max-frames", str(args.frames)] + (["--fps", "1000"] if args.source == "sim" else []),
-                          workdir, "unpaced")
+        fast = run_daemon(
+            args,
+            ["--max-frames", str(args.frames)] + (["--fps", "1000"] if args.source == "sim" else []),
+            workdir,
+            "unpaced",
+        )
     baseline = capture + invoke
     result = {
-        "bundle": args.bundle, "source": args.source, "runtime": runtime, "frames": args.frames,
-        "raw_capture_ms_p50": round(capture, 2), "raw_invoke_ms_p50": round(invoke, 2),
-        "paced_fps": args.fps, "latency_ms": paced["latency_ms"], "stages_ms_p50": paced["stages_ms_p50"],
+        "bundle": args.bundle,
+        "source": args.source,
+        "runtime": runtime,
+        "frames": args.frames,
+        "raw_capture_ms_p50": round(capture, 2),
+        "raw_invoke_ms_p50": round(invoke, 2),
+        "paced_fps": args.fps,
+        "latency_ms": paced["latency_ms"],
+        "stages_ms_p50": paced["stages_ms_p50"],
         "paced_dropped": paced["dropped"],
         "latency_ratio_p50": round(paced["latency_ms"]["p50"] / baseline, 3),
         "same_frame_ratio_p50": paced["latency_over_capture_plus_invoke_p50"],
-        "sustained_fps_unpaced": fast["sustained_fps"], "unpaced_latency_ms": fast["latency_ms"],
+        "sustained_fps_unpaced": fast["sustained_fps"],
+        "unpaced_latency_ms": fast["latency_ms"],
     }
-    print(f"bundle {args.bundle} ({runtime['runtime']} {runtime['runtime_version']}, {runtime['threads']} threads), "
-          f"source {args.source}")
+    print(
+        f"bundle {args.bundle} ({runtime['runtime']} {runtime['runtime_version']}, {runtime['threads']} threads), "
+        f"source {args.source}"
+    )
     print(f"raw capture p50 {capture:.2f} ms + raw invoke p50 {invoke:.2f} ms = {baseline:.2f} ms")
-    print(f"daemon at {args.fps:g} fps: frame-to-result latency p50 {paced['latency_ms']['p50']} ms, "
-          f"p95 {paced['latency_ms']['p95']} ms -> {result['latency_ratio_p50']}x the raw baseline (goal <= 1.3x)")
-    print(f"  same-frame ratio p50: latency / (that frame's capture + invoke) = {result['same_frame_ratio_p50']}x")
+    print(
+        f"daemon at {args.fps:g} fps: frame-to-result latency p50 {paced['latency_ms']['p50']} ms, "
+        f"p95 {paced['latency_ms']['p95']} ms -> {result['latency_ratio_p50']}x the raw baseline (goal <= 1.3x)"
+    )
+    print(
+        f"  same-frame ratio p50: latency / (that frame's capture + invoke) = {result['same_frame_ratio_p50']}x"
+    )
     print("  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in paced["stages_ms_p50"].items()))
     print(f"daemon unpaced: sustained {fast['sustained_fps']} fps over {args.frames} frames")
     if args.json:

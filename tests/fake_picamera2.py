@@ -48,16 +48,28 @@ class Picamera2:
             lores = {"format": "YUV420", **lores}
             if lores["size"][0] > main["size"][0] or lores["size"][1] > main["size"][1]:
                 raise RuntimeError("lores stream dimensions may not exceed main stream")
-        return {"use_case": kind, "main": main, "lores": lores, "raw": raw, "buffer_count": buffer_count,
-                "controls": dict(controls or {})}
+        return {
+            "use_case": kind,
+            "main": main,
+            "lores": lores,
+            "raw": raw,
+            "buffer_count": buffer_count,
+            "controls": dict(controls or {}),
+        }
 
-    def create_preview_configuration(self, main=None, lores=None, raw=None, buffer_count=4, controls=None, **kw):
+    def create_preview_configuration(
+        self, main=None, lores=None, raw=None, buffer_count=4, controls=None, **kw
+    ):
         return self._configuration("preview", main, lores, raw, buffer_count, controls, **kw)
 
-    def create_still_configuration(self, main=None, lores=None, raw=None, buffer_count=1, controls=None, **kw):
+    def create_still_configuration(
+        self, main=None, lores=None, raw=None, buffer_count=1, controls=None, **kw
+    ):
         return self._configuration("still", main, lores, raw, buffer_count, controls, **kw)
 
-    def create_video_configuration(self, main=None, lores=None, raw=None, buffer_count=6, controls=None, **kw):
+    def create_video_configuration(
+        self, main=None, lores=None, raw=None, buffer_count=6, controls=None, **kw
+    ):
         return self._configuration("video", main, lores, raw, buffer_count, controls, **kw)
 
     def configure(self, camera_config) -> None:
@@ -103,9 +115,18 @@ class Picamera2:
             self.exposure += (20000 - self.exposure) // 4
             self.gain += (2.5 - self.gain) / 4
         if self.awb:
-            self.gains = (self.gains[0] + (1.9 - self.gains[0]) / 4, self.gains[1] + (1.5 - self.gains[1]) / 4)
-        return {"ExposureTime": self.exposure, "AnalogueGain": self.gain, "ColourGains": self.gains,
-                "SensorTimestamp": 1_000_000 * self.frames, "FrameDuration": 33333, "Lux": 400.0}
+            self.gains = (
+                self.gains[0] + (1.9 - self.gains[0]) / 4,
+                self.gains[1] + (1.5 - self.gains[1]) / 4,
+            )
+        return {
+            "ExposureTime": self.exposure,
+            "AnalogueGain": self.gain,
+            "ColourGains": self.gains,
+            "SensorTimestamp": 1_000_000 * self.frames,
+            "FrameDuration": 33333,
+            "Lux": 400.0,
+        }
 
     def _make_array(self, name: str, bgr: np.ndarray) -> np.ndarray:
         stream = self.camera_config[name]

@@ -34,10 +34,20 @@ class Daemon:
     """`edge run ...` in a subprocess; collects stdout and the page address."""
 
     def __init__(self, args, cwd: Path, env: dict | None = None):
-        full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EDGE_RUN_TOKEN")}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EDGE_RUN_TOKEN")
+        }
         full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", *map(str, args)], cwd=cwd, env=full_env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: list[str] = []
         self.url: str | None = None
         self.has_url = threading.Event()
@@ -52,7 +62,9 @@ class Daemon:
                 self.has_url.set()
 
     def wait_url(self, timeout=60) -> str:
-        assert self.has_url.wait(timeout), f"no page address; stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        assert self.has_url.wait(timeout), (
+            f"no page address; stderr: {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        )
         return self.url
 
     def get(self, path: str, headers: dict | None = None) -> tuple[int, str, str]:
@@ -94,14 +106,20 @@ def check_clean(db: Path, labels: list[str]) -> int:
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     n = 0
     for label, conf, probs, unc, sha, timings, box in con.execute(
-            "SELECT label, confidence, probabilities, uncertain, model_sha, timings, box FROM results"):
+        "SELECT label, confidence, probabilities, uncertain, model_sha, timings, box FROM results"
+    ):
         probs = json.loads(probs)
         assert label in labels and sorted(probs) == sorted(labels) and 0 <= conf <= 1 and unc in (0, 1)
-        assert len(sha) == 64 and {"invoke", "preprocess", "capture"} <= set(json.loads(timings)) and len(json.loads(box)) == 4
+        assert (
+            len(sha) == 64
+            and {"invoke", "preprocess", "capture"} <= set(json.loads(timings))
+            and len(json.loads(box)) == 4
+        )
         n += 1
     mismatched = con.execute(
         "SELECT COUNT(*) FROM frames f WHERE f.status = 'classified' AND f.n_results !="
-        " (SELECT COUNT(*) FROM results r WHERE r.session_id = f.session_id AND r.frame_id = f.frame_id)").fetchone()[0]
+        " (SELECT COUNT(*) FROM results r WHERE r.session_id = f.session_id AND r.frame_id = f.frame_id)"
+    ).fetchone()[0]
     assert mismatched == 0
     con.close()
     return n
@@ -111,10 +129,27 @@ def labels_of(bundle: Path) -> list[str]:
     return json.loads((bundle / "manifest.json").read_text())["labels"]
 
 
-def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_metrics(tiny_bundle, replay_dir, tmp_path):
+def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_metrics(
+    tiny_bundle, replay_dir, tmp_path
+):
     db = tmp_path / "results.db"
-    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 40, "--db", db,
-                "--max-frames", 150, "--http", "127.0.0.1:0"], tmp_path)
+    d = Daemon(
+        [
+            "--bundle",
+            tiny_bundle,
+            "--source",
+            f"replay:{replay_dir}",
+            "--fps",
+            40,
+            "--db",
+            db,
+            "--max-frames",
+            150,
+            "--http",
+            "127.0.0.1:0",
+        ],
+        tmp_path,
+    )
     d.wait_url()
     wait_rows(db, 5)
     code, ctype, body = d.get("/api/status")
@@ -123,9 +158,18 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
     assert status["model"]["labels"] == labels_of(tiny_bundle) and status["frames"]["processed"] >= 5
     code, ctype, body = d.get("/metrics")
     assert code == 200 and ctype.startswith("text/plain")
-    families = {f.name: f for f in text_string_to_metric_families(body)}  # raises on malformed exposition text
-    for name in ("edge_inference_ms", "edge_camera_fps", "edge_processed_fps", "edge_frames_skipped",
-                 "edge_reconnects", "edge_uncertain_ratio", "edge_archive_state"):
+    families = {
+        f.name: f for f in text_string_to_metric_families(body)
+    }  # raises on malformed exposition text
+    for name in (
+        "edge_inference_ms",
+        "edge_camera_fps",
+        "edge_processed_fps",
+        "edge_frames_skipped",
+        "edge_reconnects",
+        "edge_uncertain_ratio",
+        "edge_archive_state",
+    ):
         assert name in families, name
     assert {s.labels["reason"] for s in families["edge_frames_skipped"].samples} == {"queue_full", "corrupt"}
     assert families["edge_inference_ms"].samples[0].value > 0
@@ -147,8 +191,22 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
 
 def test_kill_9_mid_run_leaves_a_clean_database_with_every_committed_row(tiny_bundle, replay_dir, tmp_path):
     db = tmp_path / "results.db"
-    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--loop", "--db", db,
-                "--http", "off"], tmp_path)
+    d = Daemon(
+        [
+            "--bundle",
+            tiny_bundle,
+            "--source",
+            f"replay:{replay_dir}",
+            "--fps",
+            20,
+            "--loop",
+            "--db",
+            db,
+            "--http",
+            "off",
+        ],
+        tmp_path,
+    )
     wait_rows(db, 1)
     time.sleep(2.5)  # a few seconds of steady commits, then pull the plug mid-stream
     committed_before = rows(db)
@@ -166,8 +224,20 @@ def test_kill_9_during_fast_commits_repeatedly(tiny_bundle, replay_dir, tmp_path
     db = tmp_path / "results.db"
     total = 0
     for delay in (0.4, 0.9, 0.65):
-        d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--loop", "--db", db,
-                    "--http", "off"], tmp_path)
+        d = Daemon(
+            [
+                "--bundle",
+                tiny_bundle,
+                "--source",
+                f"replay:{replay_dir}",
+                "--loop",
+                "--db",
+                db,
+                "--http",
+                "off",
+            ],
+            tmp_path,
+        )
         wait_rows(db, total + 1)
         time.sleep(delay)
         d.proc.send_signal(signal.SIGKILL)
@@ -181,8 +251,24 @@ def test_kill_9_during_fast_commits_repeatedly(tiny_bundle, replay_dir, tmp_path
 
 def test_sigterm_drains_and_exits_0_within_5_s(tiny_bundle, replay_dir, tmp_path):
     db = tmp_path / "results.db"
-    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--loop", "--db", db,
-                "--http", "127.0.0.1:0", "--summary-json", tmp_path / "summary.json"], tmp_path)
+    d = Daemon(
+        [
+            "--bundle",
+            tiny_bundle,
+            "--source",
+            f"replay:{replay_dir}",
+            "--fps",
+            20,
+            "--loop",
+            "--db",
+            db,
+            "--http",
+            "127.0.0.1:0",
+            "--summary-json",
+            tmp_path / "summary.json",
+        ],
+        tmp_path,
+    )
     d.wait_url()
     wait_rows(db, 10)
     t0 = time.monotonic()
@@ -204,10 +290,25 @@ def test_non_loopback_bind_needs_a_token_and_the_token_is_enforced(tiny_bundle, 
     assert r.returncode == 2 and "http.token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     token = "s3cret-token-for-the-lab"
     config = tmp_path / "edge.toml"
-    config.write_text('[archive]\nmin_free_mb = 1e12\n[source]\nfps = 20.0\nloop = true\n')
-    d = Daemon(["--config", config, "--bundle", tiny_bundle, "--source", f"replay:{replay_dir}",
-                "--db", tmp_path / "t.db", "--http", "127.0.0.1:0", "--max-frames", 60], tmp_path,
-               env={"EDGE_RUN_TOKEN": token})
+    config.write_text("[archive]\nmin_free_mb = 1e12\n[source]\nfps = 20.0\nloop = true\n")
+    d = Daemon(
+        [
+            "--config",
+            config,
+            "--bundle",
+            tiny_bundle,
+            "--source",
+            f"replay:{replay_dir}",
+            "--db",
+            tmp_path / "t.db",
+            "--http",
+            "127.0.0.1:0",
+            "--max-frames",
+            60,
+        ],
+        tmp_path,
+        env={"EDGE_RUN_TOKEN": token},
+    )
     d.wait_url()
     assert d.get("/api/status")[0] == 401
     code, _, body = d.get("/api/status", {"Authorization": f"Bearer {token}"})
@@ -223,9 +324,24 @@ def test_systemd_notify_ready_watchdog_stopping(tiny_bundle, replay_dir, tmp_pat
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
     sock.settimeout(0.2)
-    d = Daemon(["--bundle", tiny_bundle, "--source", f"replay:{replay_dir}", "--fps", 20, "--db", tmp_path / "n.db",
-                "--max-frames", 40, "--http", "off"], tmp_path,
-               env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    d = Daemon(
+        [
+            "--bundle",
+            tiny_bundle,
+            "--source",
+            f"replay:{replay_dir}",
+            "--fps",
+            20,
+            "--db",
+            tmp_path / "n.db",
+            "--max-frames",
+            40,
+            "--http",
+            "off",
+        ],
+        tmp_path,
+        env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"},
+    )
     messages = []
     while True:
         try:
@@ -241,8 +357,13 @@ def test_systemd_notify_ready_watchdog_stopping(tiny_bundle, replay_dir, tmp_pat
 
 def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", "edge.cli", "run", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
 
 
 def test_bundle_that_fails_to_load_is_one_line_and_non_zero(tmp_path, tiny_bundle):
@@ -251,7 +372,9 @@ def test_bundle_that_fails_to_load_is_one_line_and_non_zero(tmp_path, tiny_bundl
     (broken / "manifest.json").write_text((tiny_bundle / "manifest.json").read_text())
     (broken / "model.tflite").write_bytes(b"not a model")
     for bundle in (tmp_path / "missing", broken):
-        r = edge_run("--bundle", bundle, "--db", tmp_path / "b.db", "--http", "off", "--max-frames", 1, cwd=tmp_path)
+        r = edge_run(
+            "--bundle", bundle, "--db", tmp_path / "b.db", "--http", "off", "--max-frames", 1, cwd=tmp_path
+        )
         assert r.returncode == 3, r.stderr
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and str(bundle) in errors[0] and "Traceback" not in r.stderr

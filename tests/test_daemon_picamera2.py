@@ -67,7 +67,9 @@ def test_rgb888_is_bgr_in_memory_and_lores_yuv_comes_back_as_bgr(camera):
 
 
 def test_fixed_values_from_config_win_over_auto(camera):
-    source = _source(exposure_time_us=12000, analogue_gain=1.5, colour_gains=[2.0, 1.2], lock_white_balance=True)
+    source = _source(
+        exposure_time_us=12000, analogue_gain=1.5, colour_gains=[2.0, 1.2], lock_white_balance=True
+    )
     source.open()
     lock = camera.instances[-1].control_log[-1]
     assert lock["ExposureTime"] == 12000 and lock["AnalogueGain"] == 1.5 and lock["ColourGains"] == (2.0, 1.2)
@@ -108,7 +110,9 @@ def test_capture_failure_reconnects_with_backoff_and_counts(camera):
     stop.set()
     capture.join(5)
     assert telemetry.source_errors >= 2 and telemetry.reconnects >= 2
-    assert all(cam.closed for cam in camera.instances[:-1]), "a failed camera handle must be closed before reopening"
+    assert all(cam.closed for cam in camera.instances[:-1]), (
+        "a failed camera handle must be closed before reopening"
+    )
 
 
 def test_busy_camera_is_a_source_error(camera):
@@ -126,14 +130,34 @@ def test_daemon_end_to_end_on_the_picamera2_double(tiny_bundle, tmp_path):
     labels = json.loads((tiny_bundle / "manifest.json").read_text())["labels"]
     config = tmp_path / "pi.toml"
     config.write_text(
-        "[source]\nuri = \"picamera2\"\n"
+        '[source]\nuri = "picamera2"\n'
         "[source.picamera2]\nsettle_s = 0.1\nmain_size = [1280, 960]\nlores_size = [320, 240]\n"
         f"[archive]\nalert_classes = {json.dumps(labels)}\n"  # archive every cell, to check the crops
     )
     env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{root}", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config), "--bundle", str(tiny_bundle),
-                        "--db", str(tmp_path / "pi.db"), "--max-frames", "10", "--http", "off"],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            str(config),
+            "--bundle",
+            str(tiny_bundle),
+            "--db",
+            str(tmp_path / "pi.db"),
+            "--max-frames",
+            "10",
+            "--http",
+            "off",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     with sqlite3.connect(tmp_path / "pi.db") as con:
         assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 10

@@ -25,8 +25,14 @@ from edge.synthetic import make_dataset, render_cell
 def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run([sys.executable, "-m", "edge.cli", "run", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+    )
 
 
 def source_for(uri: str, **source):
@@ -57,13 +63,30 @@ def test_replay_skips_and_records_corrupt_files(tiny_bundle, tmp_path):
         truncate_jpeg(p)
     (frames / "round" / "empty.png").write_bytes(b"")
     db = tmp_path / "r.db"
-    r = edge_run("--bundle", tiny_bundle, "--source", f"replay:{frames}", "--db", db, "--http", "off",
-                 "--summary-json", tmp_path / "s.json", cwd=tmp_path)
+    r = edge_run(
+        "--bundle",
+        tiny_bundle,
+        "--source",
+        f"replay:{frames}",
+        "--db",
+        db,
+        "--http",
+        "off",
+        "--summary-json",
+        tmp_path / "s.json",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["ended_by"] == "source exhausted" and summary["corrupt"] == 3 and summary["frames_classified"] == 8
+    assert (
+        summary["ended_by"] == "source exhausted"
+        and summary["corrupt"] == 3
+        and summary["frames_classified"] == 8
+    )
     with sqlite3.connect(db) as con:
-        skipped = dict(con.execute("SELECT source_ref, detail FROM frames WHERE status = 'corrupt'").fetchall())
+        skipped = dict(
+            con.execute("SELECT source_ref, detail FROM frames WHERE status = 'corrupt'").fetchall()
+        )
         assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 8
     assert set(skipped) == {str(p.relative_to(frames)) for p in bad} | {"round/empty.png"}
     assert "truncated JPEG" in skipped[str(bad[0].relative_to(frames))]
@@ -83,7 +106,18 @@ def test_hot_folder_processes_each_file_once_across_restarts(tiny_bundle, tmp_pa
     config = tmp_path / "c.toml"
     config.write_text("[source.folder]\npoll_s = 0.05\nsettle_s = 0.1\n")
     db = tmp_path / "f.db"
-    common = ["--config", config, "--bundle", tiny_bundle, "--source", f"folder:{inbox}", "--db", db, "--http", "off"]
+    common = [
+        "--config",
+        config,
+        "--bundle",
+        tiny_bundle,
+        "--source",
+        f"folder:{inbox}",
+        "--db",
+        db,
+        "--http",
+        "off",
+    ]
     r1 = edge_run(*common, "--max-frames", 5, cwd=tmp_path)
     assert r1.returncode == 0, r1.stderr
     drop([f"b{i}.jpg" for i in range(3)])

@@ -26,20 +26,26 @@ from edge.preprocess import center_region
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("toml, key", [
-    ('[source]\nfps = "fast"', "source.fps: expected a number"),
-    ('[source]\nfsp = 10', "source.fsp: unknown key"),
-    ('[pipeline]\nregion = 1.5', "pipeline.region: must be in (0, 1]"),
-    ('[pipeline]\nmode = "field"', "pipeline.mode:"),
-    ('[store]\nsynchronous = "off"', "store.synchronous:"),
-    ('[[differential.alerts]]\nname = "x"\nclasses = []', "differential.alerts[0].classes:"),
-    ('[[differential.alerts]]\nname = "x"\nclasses = ["myeloblast"]\nmin_fraction = "20%"', "differential.alerts[0].min_fraction: expected a number"),
-    ('[source.picamera2]\nlores_size = [640]', "source.picamera2.lores_size:"),
-    ('[http]\nlisten = "0.0.0.0:8080"', "http.token:"),
-    ('[http]\nlisten = "localhost"', "http.listen:"),
-    ("source = 3", "source: expected a table"),
-    ("[source\n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "toml, key",
+    [
+        ('[source]\nfps = "fast"', "source.fps: expected a number"),
+        ("[source]\nfsp = 10", "source.fsp: unknown key"),
+        ("[pipeline]\nregion = 1.5", "pipeline.region: must be in (0, 1]"),
+        ('[pipeline]\nmode = "field"', "pipeline.mode:"),
+        ('[store]\nsynchronous = "off"', "store.synchronous:"),
+        ('[[differential.alerts]]\nname = "x"\nclasses = []', "differential.alerts[0].classes:"),
+        (
+            '[[differential.alerts]]\nname = "x"\nclasses = ["myeloblast"]\nmin_fraction = "20%"',
+            "differential.alerts[0].min_fraction: expected a number",
+        ),
+        ("[source.picamera2]\nlores_size = [640]", "source.picamera2.lores_size:"),
+        ('[http]\nlisten = "0.0.0.0:8080"', "http.token:"),
+        ('[http]\nlisten = "localhost"', "http.listen:"),
+        ("source = 3", "source: expected a table"),
+        ("[source\n", "not valid TOML"),
+    ],
+)
 def test_config_errors_name_the_key(tmp_path, toml, key):
     path = tmp_path / "c.toml"
     path.write_text(toml + "\n")
@@ -49,7 +55,9 @@ def test_config_errors_name_the_key(tmp_path, toml, key):
 
 
 def test_example_config_is_valid_and_flags_override_it():
-    c = load_config(ROOT / "systemd" / "edge-run.toml", {"source": {"uri": "sim", "fps": 5.0}, "http": {"listen": "off"}})
+    c = load_config(
+        ROOT / "systemd" / "edge-run.toml", {"source": {"uri": "sim", "fps": 5.0}, "http": {"listen": "off"}}
+    )
     assert c.source.uri == "sim" and c.source.fps == 5.0 and c.source.picamera2.lores_format == "YUV420"
     assert c.differential.alerts[0].classes == ["myeloblast"] and c.store.synchronous == "normal"
 
@@ -125,8 +133,12 @@ def test_archive_saves_flagged_crops_with_a_sidecar(tmp_path):
     a = FlaggedArchive(ArchiveConfig(alert_classes=["myeloblast"]), tmp_path, "s1")
     assert a.reason("myeloblast", False) == "alert_class" and a.reason("monocyte", True) == "uncertain"
     assert a.reason("monocyte", False) is None
-    name = a.save(np.full((50, 50, 3), 128, np.uint8), {"frame_id": 3, "crop_index": 0, "label": "myeloblast"})
-    assert (tmp_path / "s1" / name).stat().st_size > 0 and (tmp_path / "s1" / name.replace(".jpg", ".json")).exists()
+    name = a.save(
+        np.full((50, 50, 3), 128, np.uint8), {"frame_id": 3, "crop_index": 0, "label": "myeloblast"}
+    )
+    assert (tmp_path / "s1" / name).stat().st_size > 0 and (
+        tmp_path / "s1" / name.replace(".jpg", ".json")
+    ).exists()
     assert a.state().state == "active" and a.state().saved == 1
 
 
@@ -156,30 +168,53 @@ def test_sd_notify_is_a_no_op_outside_systemd():
 
 
 def test_watchdog_env_for_another_pid_is_ignored():
-    assert SystemdNotifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert (
+        SystemdNotifier(
+            {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}
+        ).watchdog_interval
+        is None
+    )
 
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed"
+)
 
 
 @needs_systemd_analyze
 def test_unit_file_verifies():
-    r = subprocess.run(["systemd-analyze", "verify", str(ROOT / "systemd" / "edge-run.service")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(ROOT / "systemd" / "edge-run.service")],
+        capture_output=True,
+        text=True,
+    )
     problems = [line for line in r.stderr.splitlines() if "edge-run.service" in line]
     assert r.returncode == 0 and not problems, r.stderr
 
 
 @needs_systemd_analyze
 def test_unit_file_exposure_is_at_most_3():
-    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / "edge-run.service")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(ROOT / "systemd" / "edge-run.service")],
+        capture_output=True,
+        text=True,
+    )
     line = next(line for line in r.stdout.splitlines() if "Overall exposure level" in line)
     score = float(line.split(":")[1].split()[0])
     assert score <= 3.0, line
     unit = (ROOT / "systemd" / "edge-run.service").read_text()
-    for setting in ("Type=notify", "WatchdogSec=", "User=edge-run", "ProtectSystem=strict", "NoNewPrivileges=yes",
-                    "PrivateTmp=yes", "ReadWritePaths=/var/lib/edge-run", "char-video4linux", "char-apex", "char-usb_device"):
+    for setting in (
+        "Type=notify",
+        "WatchdogSec=",
+        "User=edge-run",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/var/lib/edge-run",
+        "char-video4linux",
+        "char-apex",
+        "char-usb_device",
+    ):
         assert setting in unit, setting
 
 

@@ -12,10 +12,20 @@ import click
 def _overrides(**flags) -> dict:
     """Command-line flags that were given -> the nested config table they override."""
     where = {
-        "bundle": ("bundle",), "source": ("source", "uri"), "fps": ("source", "fps"), "loop": ("source", "loop"),
-        "db": ("store", "db"), "session": ("store", "session"), "max_frames": ("pipeline", "max_frames"),
-        "duration": ("pipeline", "duration_s"), "mode": ("pipeline", "mode"), "region": ("pipeline", "region"), "region_px": ("pipeline", "region_px"),
-        "backend": ("pipeline", "backend"), "threads": ("pipeline", "threads"), "archive": ("archive", "dir"),
+        "bundle": ("bundle",),
+        "source": ("source", "uri"),
+        "fps": ("source", "fps"),
+        "loop": ("source", "loop"),
+        "db": ("store", "db"),
+        "session": ("store", "session"),
+        "max_frames": ("pipeline", "max_frames"),
+        "duration": ("pipeline", "duration_s"),
+        "mode": ("pipeline", "mode"),
+        "region": ("pipeline", "region"),
+        "region_px": ("pipeline", "region_px"),
+        "backend": ("pipeline", "backend"),
+        "threads": ("pipeline", "threads"),
+        "archive": ("archive", "dir"),
         "http": ("http", "listen"),
     }
     table: dict = {}
@@ -49,28 +59,79 @@ def format_summary(s: dict) -> str:
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML config (see systemd/edge-run.toml). Flags below override it.")
-@click.option("--bundle", type=click.Path(path_type=Path), help="Model bundle directory [default: models/mobilenetv2-int8].")
-@click.option("--source", help="sim | replay:DIR|VIDEO | folder:DIR | opencv:INDEX|PATH|gst:PIPELINE | picamera2[:N]  [default: sim].")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config (see systemd/edge-run.toml). Flags below override it.",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    help="Model bundle directory [default: models/mobilenetv2-int8].",
+)
+@click.option(
+    "--source",
+    help="sim | replay:DIR|VIDEO | folder:DIR | opencv:INDEX|PATH|gst:PIPELINE | picamera2[:N]  [default: sim].",
+)
 @click.option("--fps", type=float, help="Frame rate for sim and replay (and requested from cameras).")
 @click.option("--loop", is_flag=True, default=None, help="Replay: start again at the end.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite results database [default: edge-run.db].")
-@click.option("--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time].")
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite results database [default: edge-run.db].",
+)
+@click.option(
+    "--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time]."
+)
 @click.option("--mode", type=click.Choice(["cell"]), help="cell: classify the centred region of each frame.")
-@click.option("--region", type=float, help="Cell mode: side of the centred square, as a fraction of the shorter side [0.5].")
-@click.option("--region-px", type=click.IntRange(min=0),
-              help="Cell mode: side of the centred square in pixels (wins over --region); the model's input size skips a resize.")
+@click.option(
+    "--region",
+    type=float,
+    help="Cell mode: side of the centred square, as a fraction of the shorter side [0.5].",
+)
+@click.option(
+    "--region-px",
+    type=click.IntRange(min=0),
+    help="Cell mode: side of the centred square in pixels (wins over --region); the model's input size skips a resize.",
+)
 @click.option("--max-frames", type=click.IntRange(min=0), help="Exit 0 after this many classified frames.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Exit 0 after this many seconds.")
-@click.option("--archive", type=click.Path(file_okay=False, path_type=Path),
-              help="Flagged-image archive directory [default: flagged/ next to the database].")
-@click.option("--http", help="Page and API address HOST:PORT, or off [default: 127.0.0.1:8080]; port 0 picks a free one.")
+@click.option(
+    "--archive",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Flagged-image archive directory [default: flagged/ next to the database].",
+)
+@click.option(
+    "--http",
+    help="Page and API address HOST:PORT, or off [default: 127.0.0.1:8080]; port 0 picks a free one.",
+)
 @click.option("--backend", type=click.Choice(["cpu", "edgetpu"]), help="Inference backend [default: cpu].")
 @click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the final summary here as JSON.")
-def run(config_file, bundle, source, fps, loop, db, session, mode, region, region_px, max_frames, duration, archive, http,
-        backend, threads, summary_json):
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the final summary here as JSON.",
+)
+def run(
+    config_file,
+    bundle,
+    source,
+    fps,
+    loop,
+    db,
+    session,
+    mode,
+    region,
+    region_px,
+    max_frames,
+    duration,
+    archive,
+    http,
+    backend,
+    threads,
+    summary_json,
+):
     """Classify cells from a camera continuously and keep every result.
 
     Frames go through a small queue (a live camera drops the oldest frame when inference falls
@@ -89,9 +150,23 @@ def run(config_file, bundle, source, fps, loop, db, session, mode, region, regio
     from edge.daemon.app import Daemon
     from edge.daemon.config import load_config
 
-    overrides = _overrides(bundle=bundle, source=source, fps=fps, loop=loop, db=db, session=session, mode=mode,
-                           region=region, region_px=region_px, max_frames=max_frames, duration=duration, archive=archive, http=http,
-                           backend=backend, threads=threads)
+    overrides = _overrides(
+        bundle=bundle,
+        source=source,
+        fps=fps,
+        loop=loop,
+        db=db,
+        session=session,
+        mode=mode,
+        region=region,
+        region_px=region_px,
+        max_frames=max_frames,
+        duration=duration,
+        archive=archive,
+        http=http,
+        backend=backend,
+        threads=threads,
+    )
     if os.environ.get("EDGE_RUN_TOKEN"):
         overrides.setdefault("http", {})["token"] = os.environ["EDGE_RUN_TOKEN"]
     config = load_config(config_file, overrides)

@@ -58,7 +58,9 @@ class Daemon:
         c = self.config
         self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
         options = {"threads": c.pipeline.threads} if c.pipeline.threads else {}
-        self.classifier = Classifier(self.bundle, backend=open_backend(self.bundle, c.pipeline.backend, **options))
+        self.classifier = Classifier(
+            self.bundle, backend=open_backend(self.bundle, c.pipeline.backend, **options)
+        )
         # One throw-away inference: the first invoke() and the first CLAHE cost 10-100x a normal one,
         # and would otherwise land on the first real frame's latency.
         self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])
@@ -71,8 +73,14 @@ class Daemon:
         self.source = open_source(c.source, stop_event=self.stop)
         if self.source.kind == "folder":  # the database remembers which files were already taken
             self.source.done |= self.store.done_refs(self.source.name)
-        self.store.start_session(self.session_id, self.bundle.sha256, str(self.bundle.path), self.source.name,
-                                 self.mode.name, dataclasses.asdict(c))
+        self.store.start_session(
+            self.session_id,
+            self.bundle.sha256,
+            str(self.bundle.path),
+            self.source.name,
+            self.mode.name,
+            dataclasses.asdict(c),
+        )
         self.differential = DifferentialCount(c.differential, self.bundle.labels)
         self.differential.restore(*self.store.session_counts())
         try:
@@ -105,12 +113,16 @@ class Daemon:
         try:
             from edge.daemon.web import WebServer
         except ImportError as exc:  # flask, waitress, prometheus_client: the 'device' extra
-            raise MissingExtraError("edge run (page and metrics; or --http off)", "device", exc.name or str(exc)) from None
+            raise MissingExtraError(
+                "edge run (page and metrics; or --http off)", "device", exc.name or str(exc)
+            ) from None
 
         try:
             self.web = WebServer(self, *listen, token=self.config.http.token)
         except OSError as exc:
-            raise ConfigError(f"http.listen: cannot listen on {self.config.http.listen} ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"http.listen: cannot listen on {self.config.http.listen} ({exc.strerror or exc})"
+            ) from None
         self.web.start()
         self.url = self.web.url
 
@@ -129,27 +141,48 @@ class Daemon:
             "result": (t_result - frame.t_capture_start) * 1000,
             "mode": (t0 - t_dequeued) * 1000,
         }
-        rows = [ResultRow(i, c.box, p.label, p.confidence, p.probabilities, p.uncertain, base)
-                for i, (c, p) in enumerate(zip(crops, preds, strict=True))]
+        rows = [
+            ResultRow(i, c.box, p.label, p.confidence, p.probabilities, p.uncertain, base)
+            for i, (c, p) in enumerate(zip(crops, preds, strict=True))
+        ]
         self.store.write_frame(frame.frame_id, frame.timestamp, self.source.name, frame.ref, rows)
         t_stored = time.perf_counter()
-        timings = {**base, "store": (t_stored - t_result) * 1000, "latency": (t_stored - frame.t_capture_start) * 1000}
+        timings = {
+            **base,
+            "store": (t_stored - t_result) * 1000,
+            "latency": (t_stored - frame.t_capture_start) * 1000,
+        }
         self.telemetry.on_processed(len(rows), sum(r.uncertain for r in rows), timings)
         live_crops = []
         for crop, row, pred in zip(crops, rows, preds, strict=True):
             for alert in self.differential.add(row.label, row.uncertain):
-                log(f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
-                    f" (threshold {alert.min_fraction:.0%})")
+                log(
+                    f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
+                    f" (threshold {alert.min_fraction:.0%})"
+                )
             box = scale_box(crop.box, frame.image.shape, frame.view.shape)
-            info = {"frame_id": frame.frame_id, "crop_index": row.crop_index, "label": row.label,
-                    "confidence": round(row.confidence, 4), "uncertain": row.uncertain, "box": list(box)}
+            info = {
+                "frame_id": frame.frame_id,
+                "crop_index": row.crop_index,
+                "label": row.label,
+                "confidence": round(row.confidence, 4),
+                "uncertain": row.uncertain,
+                "box": list(box),
+            }
             reason = self.archive.reason(row.label, row.uncertain)
             if reason:
                 x, y, w, h = box
-                meta = {**info, "reason": reason, "session_id": self.session_id, "source": self.source.name,
-                        "source_ref": frame.ref, "timestamp": frame.timestamp, "model_sha": self.bundle.sha256,
-                        "top_k": [[n, round(v, 4)] for n, v in pred.top_k],
-                        "probabilities": {k: round(v, 4) for k, v in pred.probabilities.items()}}
+                meta = {
+                    **info,
+                    "reason": reason,
+                    "session_id": self.session_id,
+                    "source": self.source.name,
+                    "source_ref": frame.ref,
+                    "timestamp": frame.timestamp,
+                    "model_sha": self.bundle.sha256,
+                    "top_k": [[n, round(v, 4)] for n, v in pred.top_k],
+                    "probabilities": {k: round(v, 4) for k, v in pred.probabilities.items()},
+                }
                 self.archive.save(frame.view[y : y + h, x : x + w], meta)
             live_crops.append(info)
         with self.live_lock:
@@ -164,7 +197,9 @@ class Daemon:
         if not self.notifier.enabled:
             return
         # A capture thread stuck in a driver call stops the pings, and systemd restarts us.
-        stalled = time.monotonic() - self.capture.heartbeat > max(10.0, (self.notifier.watchdog_interval or 5) * 1.5)
+        stalled = time.monotonic() - self.capture.heartbeat > max(
+            10.0, (self.notifier.watchdog_interval or 5) * 1.5
+        )
         if not stalled or self.capture.finished.is_set():
             self.notifier.watchdog()
 
@@ -176,17 +211,24 @@ class Daemon:
         archive = dataclasses.asdict(self.archive.state())
         return {
             "session_id": self.session_id,
-            "model": {"sha256": self.bundle.sha256, "path": str(self.bundle.path), "labels": self.bundle.labels,
-                      "architecture": self.bundle.manifest.model.get("architecture", "?"),
-                      "runtime": self.classifier.backend.describe()},
+            "model": {
+                "sha256": self.bundle.sha256,
+                "path": str(self.bundle.path),
+                "labels": self.bundle.labels,
+                "architecture": self.bundle.manifest.model.get("architecture", "?"),
+                "runtime": self.classifier.backend.describe(),
+            },
             "source": {**self.source.describe(), **snap.pop("source")},
             "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},
             "database": str(self.store.path),
             **snap,
             "queue": {"size": self.config.source.queue_size},
-            "differential": {"total": self.differential.total, "uncertain": self.differential.uncertain,
-                             "counts": self.differential.table(),
-                             "alerts": [dataclasses.asdict(a) for a in self.differential.alerts()]},
+            "differential": {
+                "total": self.differential.total,
+                "uncertain": self.differential.uncertain,
+                "counts": self.differential.table(),
+                "alerts": [dataclasses.asdict(a) for a in self.differential.alerts()],
+            },
             "archive": {**archive, "recent": list(self.archive.recent)},
             "last_result": last,
             "warnings": self.warnings,
@@ -212,16 +254,34 @@ class Daemon:
             self._start_web()
             opened = self._open_source_first_time()
             self.queue = DropOldestQueue(c.source.queue_size)
-            self.capture = CaptureThread(self.source, self.queue, self.telemetry, self.stop, c.source.reconnect_max_s,
-                                         first_frame_id=self.store.next_frame_id(), opened=opened, log=log)
+            self.capture = CaptureThread(
+                self.source,
+                self.queue,
+                self.telemetry,
+                self.stop,
+                c.source.reconnect_max_s,
+                first_frame_id=self.store.next_frame_id(),
+                opened=opened,
+                log=log,
+            )
             self._install_signals()
-            log(f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
-                f"({self.bundle.manifest.model.get('architecture', '?')}), source {self.source.name}, db {self.store.path}")
+            log(
+                f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
+                f"({self.bundle.manifest.model.get('architecture', '?')}), source {self.source.name}, db {self.store.path}"
+            )
             if self.url:
                 self.out(f"page: {self.url}")
             self.notifier.ready(f"classifying {self.source.name}")
-            pipeline = Pipeline(self.capture, self.queue, self.process_frame, self.record_skipped, self.stop,
-                                c.pipeline.max_frames, c.pipeline.duration_s, tick=self.tick)
+            pipeline = Pipeline(
+                self.capture,
+                self.queue,
+                self.process_frame,
+                self.record_skipped,
+                self.stop,
+                c.pipeline.max_frames,
+                c.pipeline.duration_s,
+                tick=self.tick,
+            )
             reason = pipeline.run()
         finally:
             self.notifier.stopping()
@@ -246,9 +306,13 @@ class Daemon:
             "reconnects": t.reconnects,
             "uncertain": t.uncertain,
             "sustained_fps": round(t.sustained_fps(), 2),
-            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 2), "p95": round(float(np.percentile(lat, 95)), 2)},
+            "latency_ms": {
+                "p50": round(float(np.percentile(lat, 50)), 2),
+                "p95": round(float(np.percentile(lat, 95)), 2),
+            },
             "latency_over_capture_plus_invoke_p50": round(float(np.median(t.all_overhead_ratio)), 3)
-            if t.all_overhead_ratio else None,
+            if t.all_overhead_ratio
+            else None,
             "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
             "differential": {r["label"]: r["count"] for r in self.differential.table()},
             "alerts": [a.name for a in self.differential.alerts() if a.active],
@@ -256,4 +320,3 @@ class Daemon:
             "database": str(self.store.path),
             "page": self.url,
         }
-

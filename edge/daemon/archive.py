@@ -80,8 +80,10 @@ class FlaggedArchive:
         self.paused = self.free_mb < self.config.min_free_mb
         if self.paused != was:
             verb = "paused" if self.paused else "resumed"
-            print(f"archive {verb}: {self.free_mb:.0f} MB free on {self.root} (threshold {self.config.min_free_mb:.0f} MB)",
-                  flush=True)
+            print(
+                f"archive {verb}: {self.free_mb:.0f} MB free on {self.root} (threshold {self.config.min_free_mb:.0f} MB)",
+                flush=True,
+            )
 
     def save(self, crop: np.ndarray, meta: dict) -> str | None:
         """Save a flagged crop; returns the file name, or None when archiving is paused or off."""
@@ -116,4 +118,6 @@ class FlaggedArchive:
             name = "error"
         else:
             name = "active"
-        return ArchiveState(name, round(self.free_mb, 1), self.saved, self.skipped_low_disk, self.errors, str(self.root))
+        return ArchiveState(
+            name, round(self.free_mb, 1), self.saved, self.skipped_low_disk, self.errors, str(self.root)
+        )

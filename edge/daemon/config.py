@@ -149,7 +149,9 @@ class DaemonConfig:
 
     @property
     def archive_dir(self) -> Path:
-        return Path(self.archive.dir) if self.archive.dir else Path(self.store.db).resolve().parent / "flagged"
+        return (
+            Path(self.archive.dir) if self.archive.dir else Path(self.store.db).resolve().parent / "flagged"
+        )
 
 
 def _describe(value) -> str:
@@ -193,14 +195,19 @@ def _build(cls, table: dict, prefix: str = ""):
         if key not in names:
             where = f"{prefix}.{key}" if prefix else key
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name) for name, value in table.items()}
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in table.items()
+    }
     return cls(**kwargs)
 
 
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -242,8 +249,11 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
     if listen.lower() in ("off", "none", ""):
         return None
     host, sep, port = listen.rpartition(":")
-    _check(bool(sep) and port.isdigit() and 0 <= int(port) <= 65535, "http.listen",
-           f"expected HOST:PORT (e.g. 127.0.0.1:8080) or off, got {listen!r}")
+    _check(
+        bool(sep) and port.isdigit() and 0 <= int(port) <= 65535,
+        "http.listen",
+        f"expected HOST:PORT (e.g. 127.0.0.1:8080) or off, got {listen!r}",
+    )
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -256,26 +266,55 @@ def validate(c: DaemonConfig) -> None:
     _check(1 <= s.queue_size <= 256, "source.queue_size", f"must be between 1 and 256, got {s.queue_size}")
     _check(s.reconnect_max_s > 0, "source.reconnect_max_s", "must be > 0")
     p2 = s.picamera2
-    _check(len(p2.main_size) == 2 and min(p2.main_size) > 0, "source.picamera2.main_size", "expected [width, height]")
-    _check(len(p2.lores_size) == 2 and min(p2.lores_size) > 0, "source.picamera2.lores_size", "expected [width, height]")
-    _check(p2.lores_format in ("YUV420", "RGB888", "BGR888", "XRGB8888", "XBGR8888"), "source.picamera2.lores_format",
-           f"expected YUV420, RGB888, BGR888, XRGB8888 or XBGR8888, got {p2.lores_format!r}")
-    _check(p2.colour_gains == [] or len(p2.colour_gains) == 2, "source.picamera2.colour_gains", "expected [] or [red, blue]")
+    _check(
+        len(p2.main_size) == 2 and min(p2.main_size) > 0,
+        "source.picamera2.main_size",
+        "expected [width, height]",
+    )
+    _check(
+        len(p2.lores_size) == 2 and min(p2.lores_size) > 0,
+        "source.picamera2.lores_size",
+        "expected [width, height]",
+    )
+    _check(
+        p2.lores_format in ("YUV420", "RGB888", "BGR888", "XRGB8888", "XBGR8888"),
+        "source.picamera2.lores_format",
+        f"expected YUV420, RGB888, BGR888, XRGB8888 or XBGR8888, got {p2.lores_format!r}",
+    )
+    _check(
+        p2.colour_gains == [] or len(p2.colour_gains) == 2,
+        "source.picamera2.colour_gains",
+        "expected [] or [red, blue]",
+    )
     _check(p2.settle_s >= 0, "source.picamera2.settle_s", "must be >= 0")
     _check(s.folder.poll_s > 0, "source.folder.poll_s", "must be > 0")
-    _check(s.sim.width >= 64 and s.sim.height >= 64, "source.sim.width", "sim frames must be at least 64 x 64")
+    _check(
+        s.sim.width >= 64 and s.sim.height >= 64, "source.sim.width", "sim frames must be at least 64 x 64"
+    )
     from edge.synthetic import CLASSES
 
     for i, name in enumerate(s.sim.classes):
-        _check(name in CLASSES, f"source.sim.classes[{i}]", f"unknown synthetic class {name!r} (choose from {', '.join(CLASSES)})")
+        _check(
+            name in CLASSES,
+            f"source.sim.classes[{i}]",
+            f"unknown synthetic class {name!r} (choose from {', '.join(CLASSES)})",
+        )
     p = c.pipeline
-    _check(p.mode == "cell", "pipeline.mode", f"only 'cell' is implemented (field mode comes later), got {p.mode!r}")
+    _check(
+        p.mode == "cell",
+        "pipeline.mode",
+        f"only 'cell' is implemented (field mode comes later), got {p.mode!r}",
+    )
     _check(0 < p.region <= 1, "pipeline.region", f"must be in (0, 1], got {p.region}")
     _check(p.region_px >= 0, "pipeline.region_px", f"must be >= 0, got {p.region_px}")
     _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
     _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
     _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
-    _check(c.store.synchronous in ("full", "normal"), "store.synchronous", f"expected full or normal, got {c.store.synchronous!r}")
+    _check(
+        c.store.synchronous in ("full", "normal"),
+        "store.synchronous",
+        f"expected full or normal, got {c.store.synchronous!r}",
+    )
     _check(bool(c.store.db), "store.db", "must name a database file")
     _check(c.store.fsync_interval_s >= 0, "store.fsync_interval_s", "must be >= 0")
     a = c.archive
@@ -285,9 +324,14 @@ def validate(c: DaemonConfig) -> None:
         key = f"differential.alerts[{i}]"
         _check(bool(rule.name), f"{key}.name", "must not be empty")
         _check(bool(rule.classes), f"{key}.classes", "must list at least one class")
-        _check(0 < rule.min_fraction <= 1, f"{key}.min_fraction", f"must be in (0, 1], got {rule.min_fraction}")
+        _check(
+            0 < rule.min_fraction <= 1, f"{key}.min_fraction", f"must be in (0, 1], got {rule.min_fraction}"
+        )
         _check(rule.min_cells >= 1, f"{key}.min_cells", "must be >= 1")
     listen = parse_listen(c.http.listen)
     if listen and not _is_loopback(listen[0]):
-        _check(len(c.http.token) >= 16, "http.token",
-               f"a non-loopback bind ({listen[0]}) needs a token of at least 16 characters (or set EDGE_RUN_TOKEN)")
+        _check(
+            len(c.http.token) >= 16,
+            "http.token",
+            f"a non-loopback bind ({listen[0]}) needs a token of at least 16 characters (or set EDGE_RUN_TOKEN)",
+        )

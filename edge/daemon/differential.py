@@ -33,7 +33,9 @@ class DifferentialCount:
         # A rule naming a class the model cannot output would silently never fire: say so.
         self.warnings = [
             f"differential alert {rule.name!r}: class {name!r} is not a label of this model ({', '.join(labels)})"
-            for rule in config.alerts for name in rule.classes if name not in labels
+            for rule in config.alerts
+            for name in rule.classes
+            if name not in labels
         ]
 
     def restore(self, counts: dict[str, int], uncertain: int) -> None:
@@ -65,7 +67,15 @@ class DifferentialCount:
         cells = sum(self.counts[c] for c in rule.classes)
         fraction = cells / total if total else 0.0
         active = total >= rule.min_cells and fraction >= rule.min_fraction
-        return AlertState(rule.name, list(rule.classes), round(fraction, 4), rule.min_fraction, total, rule.min_cells, active)
+        return AlertState(
+            rule.name,
+            list(rule.classes),
+            round(fraction, 4),
+            rule.min_fraction,
+            total,
+            rule.min_cells,
+            active,
+        )
 
     def alerts(self) -> list[AlertState]:
         return [self._evaluate(rule) for rule in self.config.alerts]
@@ -73,6 +83,12 @@ class DifferentialCount:
     def table(self) -> list[dict]:
         """Every label of the model (zeros included), with count and percentage, most frequent first."""
         total = self.total
-        rows = [{"label": name, "count": self.counts[name], "percent": round(100 * self.counts[name] / total, 1) if total else 0.0}
-                for name in self.labels]
+        rows = [
+            {
+                "label": name,
+                "count": self.counts[name],
+                "percent": round(100 * self.counts[name] / total, 1) if total else 0.0,
+            }
+            for name in self.labels
+        ]
         return sorted(rows, key=lambda r: (-r["count"], r["label"]))

@@ -73,8 +73,17 @@ class DropOldestQueue:
 class CaptureThread(threading.Thread):
     """Reads the source, reconnecting with exponential back-off, and feeds the queue."""
 
-    def __init__(self, source: FrameSource, queue: DropOldestQueue, telemetry: Telemetry, stop: threading.Event,
-                 reconnect_max_s: float = 10.0, first_frame_id: int = 0, opened: bool = False, log=print):
+    def __init__(
+        self,
+        source: FrameSource,
+        queue: DropOldestQueue,
+        telemetry: Telemetry,
+        stop: threading.Event,
+        reconnect_max_s: float = 10.0,
+        first_frame_id: int = 0,
+        opened: bool = False,
+        log=print,
+    ):
         super().__init__(name="capture", daemon=True)
         self.source, self.queue, self.telemetry, self.stop = source, queue, telemetry, stop
         self.reconnect_max_s = reconnect_max_s
@@ -129,7 +138,11 @@ class CaptureThread(threading.Thread):
                 frame = self.source.read()
             except CorruptFrame as exc:
                 self.telemetry.on_corrupt()
-                self.queue.put(Skipped(self._take_id(), exc.ref, exc.reason, time.time()), drop_oldest=False, stop=self.stop)
+                self.queue.put(
+                    Skipped(self._take_id(), exc.ref, exc.reason, time.time()),
+                    drop_oldest=False,
+                    stop=self.stop,
+                )
                 continue
             except SourceError as exc:
                 self.telemetry.on_source_error(str(exc))
@@ -163,8 +176,17 @@ class CaptureThread(threading.Thread):
 class Pipeline:
     """Runs in the main thread: takes frames off the queue, classifies, hands results to the sinks."""
 
-    def __init__(self, capture: CaptureThread, queue: DropOldestQueue, process_frame, record_skipped,
-                 stop: threading.Event, max_frames: int = 0, duration_s: float = 0.0, tick=None):
+    def __init__(
+        self,
+        capture: CaptureThread,
+        queue: DropOldestQueue,
+        process_frame,
+        record_skipped,
+        stop: threading.Event,
+        max_frames: int = 0,
+        duration_s: float = 0.0,
+        tick=None,
+    ):
         self.capture, self.queue = capture, queue
         self.process_frame, self.record_skipped = process_frame, record_skipped
         self.stop = stop

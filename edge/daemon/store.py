@@ -109,18 +109,31 @@ class ResultStore:
     def journal_mode(self) -> str:
         return self.db.execute("PRAGMA journal_mode").fetchone()[0]
 
-    def start_session(self, session_id: str, model_sha: str, bundle: str, source: str, mode: str, config: dict) -> None:
+    def start_session(
+        self, session_id: str, model_sha: str, bundle: str, source: str, mode: str, config: dict
+    ) -> None:
         """Create the session, or continue it (same slide after a restart): its counts carry on."""
         self.session_id, self.model_sha = session_id, model_sha
         with self.lock:
             self.db.execute(
                 "INSERT INTO sessions(id, started, model_sha, bundle, source, mode, host, config) VALUES (?,?,?,?,?,?,?,?)"
                 " ON CONFLICT(id) DO UPDATE SET ended = NULL",
-                (session_id, time.time(), model_sha, bundle, source, mode, socket.gethostname(), json.dumps(config)),
+                (
+                    session_id,
+                    time.time(),
+                    model_sha,
+                    bundle,
+                    source,
+                    mode,
+                    socket.gethostname(),
+                    json.dumps(config),
+                ),
             )
 
     def next_frame_id(self) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(frame_id), -1) FROM frames WHERE session_id = ?", (self.session_id,)).fetchone()
+        row = self.db.execute(
+            "SELECT COALESCE(MAX(frame_id), -1) FROM frames WHERE session_id = ?", (self.session_id,)
+        ).fetchone()
         return int(row[0]) + 1
 
     def done_refs(self, source: str) -> set[str]:
@@ -131,7 +144,8 @@ class ResultStore:
     def session_counts(self) -> tuple[dict[str, int], int]:
         """Label counts and the uncertain count recorded so far in this session."""
         rows = self.db.execute(
-            "SELECT label, COUNT(*), SUM(uncertain) FROM results WHERE session_id = ? GROUP BY label", (self.session_id,)
+            "SELECT label, COUNT(*), SUM(uncertain) FROM results WHERE session_id = ? GROUP BY label",
+            (self.session_id,),
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}, sum(int(r[2] or 0) for r in rows)
 
@@ -148,9 +162,19 @@ class ResultStore:
                     "INSERT INTO results(session_id, frame_id, crop_index, ts, box, label, confidence, probabilities,"
                     " uncertain, model_sha, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [
-                        (self.session_id, frame_id, r.crop_index, ts, json.dumps(list(r.box)), r.label,
-                         round(r.confidence, 6), json.dumps({k: round(v, 6) for k, v in r.probabilities.items()}),
-                         int(r.uncertain), self.model_sha, json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}))
+                        (
+                            self.session_id,
+                            frame_id,
+                            r.crop_index,
+                            ts,
+                            json.dumps(list(r.box)),
+                            r.label,
+                            round(r.confidence, 6),
+                            json.dumps({k: round(v, 6) for k, v in r.probabilities.items()}),
+                            int(r.uncertain),
+                            self.model_sha,
+                            json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}),
+                        )
                         for r in rows
                     ],
                 )

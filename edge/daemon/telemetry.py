@@ -103,22 +103,34 @@ class Telemetry:
         for name, values in self.stages.items():
             if values:
                 arr = np.fromiter(values, float)
-                out[name] = {"mean": round(float(arr.mean()), 3), "p50": round(float(np.percentile(arr, 50)), 3),
-                             "p95": round(float(np.percentile(arr, 95)), 3)}
+                out[name] = {
+                    "mean": round(float(arr.mean()), 3),
+                    "p50": round(float(np.percentile(arr, 50)), 3),
+                    "p95": round(float(np.percentile(arr, 95)), 3),
+                }
         return out
 
     def snapshot(self) -> dict:
         with self.lock:
             return {
                 "uptime_s": round(time.monotonic() - self.started_mono, 1),
-                "frames": {"captured": self.captured, "processed": self.processed, "results": self.results,
-                           "dropped": self.dropped, "corrupt": self.corrupt},
+                "frames": {
+                    "captured": self.captured,
+                    "processed": self.processed,
+                    "results": self.results,
+                    "dropped": self.dropped,
+                    "corrupt": self.corrupt,
+                },
                 "camera_fps": round(self.camera_fps.rate(), 2),
                 "processed_fps": round(self.processed_fps.rate(), 2),
                 "uncertain": self.uncertain,
                 "uncertain_rate": round(self.uncertain / self.results, 4) if self.results else 0.0,
-                "source": {"state": self.source_state, "errors": self.source_errors, "reconnects": self.reconnects,
-                           "last_error": self.source_error},
+                "source": {
+                    "state": self.source_state,
+                    "errors": self.source_errors,
+                    "reconnects": self.reconnects,
+                    "last_error": self.source_error,
+                },
                 "stages_ms": self.stage_ms(),
             }
 

@@ -30,16 +30,29 @@ class DaemonCollector:
         s = self.daemon.status()
         frames, stages = s["frames"], s["stages_ms"]
         g = GaugeMetricFamily
-        info = g("edge_model_info", "Model and source in use", labels=["sha256", "architecture", "source", "session"])
-        info.add_metric([s["model"]["sha256"], s["model"]["architecture"], s["source"]["source"], s["session_id"]], 1)
+        info = g(
+            "edge_model_info",
+            "Model and source in use",
+            labels=["sha256", "architecture", "source", "session"],
+        )
+        info.add_metric(
+            [s["model"]["sha256"], s["model"]["architecture"], s["source"]["source"], s["session_id"]], 1
+        )
         yield info
-        yield g("edge_inference_ms", "Mean invoke() time per frame over the recent window, ms",
-                value=stages.get("invoke", {}).get("mean", 0.0))
-        stage = g("edge_stage_ms", "Mean time per pipeline stage over the recent window, ms", labels=["stage"])
+        yield g(
+            "edge_inference_ms",
+            "Mean invoke() time per frame over the recent window, ms",
+            value=stages.get("invoke", {}).get("mean", 0.0),
+        )
+        stage = g(
+            "edge_stage_ms", "Mean time per pipeline stage over the recent window, ms", labels=["stage"]
+        )
         for name, v in stages.items():
             stage.add_metric([name], v["mean"])
         yield stage
-        yield g("edge_camera_fps", "Frames read from the source per second (10 s window)", value=s["camera_fps"])
+        yield g(
+            "edge_camera_fps", "Frames read from the source per second (10 s window)", value=s["camera_fps"]
+        )
         yield g("edge_processed_fps", "Frames classified per second (10 s window)", value=s["processed_fps"])
         c = CounterMetricFamily
         yield c("edge_frames_captured", "Frames read from the source", value=frames["captured"])
@@ -48,18 +61,33 @@ class DaemonCollector:
         skipped.add_metric(["queue_full"], frames["dropped"])
         skipped.add_metric(["corrupt"], frames["corrupt"])
         yield skipped
-        yield c("edge_source_errors", "Source failures (disconnects, device errors)", value=s["source"]["errors"])
+        yield c(
+            "edge_source_errors", "Source failures (disconnects, device errors)", value=s["source"]["errors"]
+        )
         yield c("edge_reconnects", "Successful reconnections to the source", value=s["source"]["reconnects"])
-        yield g("edge_uncertain_ratio", "Fraction of classified cells flagged uncertain", value=s["uncertain_rate"])
+        yield g(
+            "edge_uncertain_ratio",
+            "Fraction of classified cells flagged uncertain",
+            value=s["uncertain_rate"],
+        )
         a = s["archive"]
-        state = g("edge_archive_state", "Flagged-image archive state (1 for the current one)", labels=["state"])
+        state = g(
+            "edge_archive_state", "Flagged-image archive state (1 for the current one)", labels=["state"]
+        )
         for name in ARCHIVE_STATES:
             state.add_metric([name], float(a["state"] == name))
         yield state
-        yield g("edge_archive_free_bytes", "Free space where the archive writes", value=max(0.0, a["free_mb"] or 0.0) * 1e6)
+        yield g(
+            "edge_archive_free_bytes",
+            "Free space where the archive writes",
+            value=max(0.0, a["free_mb"] or 0.0) * 1e6,
+        )
         yield c("edge_archive_saved", "Flagged images saved", value=a["saved"])
-        yield c("edge_archive_skipped_low_disk", "Flagged images not saved for lack of disk space",
-                value=a["skipped_low_disk"])
+        yield c(
+            "edge_archive_skipped_low_disk",
+            "Flagged images not saved for lack of disk space",
+            value=a["skipped_low_disk"],
+        )
         diff = g("edge_differential_cells", "Cells counted this session per label", labels=["label"])
         for row in s["differential"]["counts"]:
             diff.add_metric([row["label"]], row["count"])
@@ -79,7 +107,9 @@ def render_preview(daemon) -> bytes | None:
         return None
     view = frame.view
     scale = min(1.0, PREVIEW_WIDTH / view.shape[1])
-    img = cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else view.copy()
+    img = (
+        cv2.resize(view, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else view.copy()
+    )
     for crop in crops:
         x, y, w, h = (int(round(v * scale)) for v in crop["box"])
         color = (0, 140, 255) if crop["uncertain"] else (60, 170, 40)
@@ -103,10 +133,15 @@ def create_app(daemon, token: str = "") -> Flask:
         if not token:
             return None
         header = request.headers.get("Authorization", "")
-        given = (header[7:] if header.startswith("Bearer ") else "") or request.args.get("token", "") \
+        given = (
+            (header[7:] if header.startswith("Bearer ") else "")
+            or request.args.get("token", "")
             or request.cookies.get("edge_token", "")
+        )
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return Response("token required (Authorization: Bearer TOKEN or ?token=TOKEN)\n", 401, mimetype="text/plain")
+            return Response(
+                "token required (Authorization: Bearer TOKEN or ?token=TOKEN)\n", 401, mimetype="text/plain"
+            )
         return None
 
     @app.after_request
@@ -157,8 +192,14 @@ class WebServer:
     def __init__(self, daemon, host: str, port: int, token: str = ""):
         # waitress warns "Task queue depth is 2" whenever a browser opens a few requests at once: noise here.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        self.server = create_server(create_app(daemon, token), host=host, port=port, threads=4,
-                                    ident="edge-run", clear_untrusted_proxy_headers=True)
+        self.server = create_server(
+            create_app(daemon, token),
+            host=host,
+            port=port,
+            threads=4,
+            ident="edge-run",
+            clear_untrusted_proxy_headers=True,
+        )
         self.host = host
         self.port = self.server.effective_port
         self.thread = threading.Thread(target=self._serve, name="http", daemon=True)

@@ -119,6 +119,8 @@ def open_source(config: SourceConfig, **context) -> FrameSource:
     """Build (not yet open) the source named by `config.uri`, e.g. `replay:/data/frames` or `opencv:0`."""
     scheme, _, target = config.uri.partition(":")
     if scheme not in SOURCES:
-        raise ConfigError(f"source.uri: unknown source {scheme!r} in {config.uri!r} (choose from {', '.join(SOURCES)})")
+        raise ConfigError(
+            f"source.uri: unknown source {scheme!r} in {config.uri!r} (choose from {', '.join(SOURCES)})"
+        )
     module = importlib.import_module(SOURCES[scheme])
     return module.Source(target, config, **context)

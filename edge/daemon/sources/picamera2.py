@@ -127,5 +127,7 @@ class Source(FrameSource):
         return Frame(image=image, display=main, ref=ref)
 
     def describe(self) -> dict:
-        return {**super().describe(), "locked_controls": {k: list(v) if isinstance(v, tuple) else v
-                                                          for k, v in self.locked.items()}}
+        return {
+            **super().describe(),
+            "locked_controls": {k: list(v) if isinstance(v, tuple) else v for k, v in self.locked.items()},
+        }

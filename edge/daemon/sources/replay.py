@@ -27,7 +27,9 @@ class Source(FrameSource):
         self.live = config.fps > 0
         self.files: list[Path] | None = None
         if self.path.is_dir():
-            self.files = sorted(p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            self.files = sorted(
+                p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
             if not self.files:
                 raise ConfigError(f"source.uri: no images in replay folder {self.path}")
         self.capture = None
