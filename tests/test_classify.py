@@ -117,3 +117,13 @@ def test_expand_paths_recurses_skips_hidden_and_keeps_named_files(tmp_path):
         (tmp_path / rel).write_bytes(b"x")
     got = expand_paths([tmp_path / "a", tmp_path / "c.txt", tmp_path / "a" / "1.jpg", tmp_path / "gone.jpg"])
     assert got == [tmp_path / "a/1.jpg", tmp_path / "a/b/2.PNG", tmp_path / "c.txt", tmp_path / "gone.jpg"]
+
+
+@pytest.mark.realdata
+def test_classify_real_microscope_jpegs(tiny_bundle, realdata):
+    files = sorted((realdata / "blood-5class" / "val" / "monocyte").glob("*.jpg"))[:12]
+    proc = edge("classify", tiny_bundle, *files, "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["path"] for r in records] == [str(f) for f in files]
+    assert all(r["timings_ms"]["decode"] > 0 and r["timings_ms"]["preprocess"] > 0 for r in records)
