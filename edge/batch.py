@@ -66,6 +66,8 @@ def load_one(path: Path, spec: PreprocessSpec) -> LoadedImage:
         image = load_image(path)
     except ImageLoadError as exc:
         return LoadedImage(path, error=exc.reason)
+    except Exception as exc:  # a decoder failing in a way load_image does not foresee: still one file's error
+        return LoadedImage(path, error=f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
     t1 = time.perf_counter()
     try:
         tensor = preprocess(image, spec)
