@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import secrets
 import signal
 import sqlite3
 import sys
@@ -69,7 +70,11 @@ class Daemon:
             self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
-        self.session_id = c.store.session or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # A new session per start unless one is named; the random suffix keeps two starts within a
+        # second (a crash loop, a quick restart) from silently merging into one session.
+        self.session_id = c.store.session or (
+            dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+        )
         self.source = open_source(c.source, stop_event=self.stop)
         if self.source.kind == "folder":  # the database remembers which files were already taken
             self.source.done |= self.store.done_refs(self.source.name)
