@@ -207,7 +207,7 @@ def test_idle_hot_folder_keeps_the_capture_heartbeat_fresh(tmp_path):
     age = time.monotonic() - capture.heartbeat
     stop.set()
     capture.join(2)
-    assert age < 0.3 and telemetry.captured == 0
+    assert age < 1.0 and telemetry.captured == 0  # the watchdog threshold is 10 s; polls are 0.05 s apart
 
 
 def test_default_source_is_the_simulated_microscope(tiny_bundle, tmp_path):
