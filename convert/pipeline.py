@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.train import TrainConfig, check_config, evaluate, fit_two_phase
+from convert.train import TrainConfig, check_config, evaluate, fit_two_phase, pooled_features
 from edge.errors import DataError
 
 
@@ -199,12 +199,22 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     labels = folder.labels
     built = build(cfg, resolved, len(labels))
     views = _views(built, images, cfg, cfg.augment == "seed", hashes, resolved, "views (all folds)")
+    # The pretrained frozen backbone is the same at the start of every fold: pool its features once.
+    pooled = pooled_features(built, views) if built.pretrained and cfg.epochs > 0 else None
     folds = []
     for k, (tr, va) in enumerate(stratified_kfold(folder.targets, cfg.folds, cfg.seed)):
         print(f"\n=== fold {k + 1}/{cfg.folds}: train {len(tr)}, val {len(va)} ===")
         fresh = build(cfg, resolved, len(labels)) if k else built
+        fold_pooled = (pooled[:, tr], pooled[0, va]) if pooled is not None else None
         fit = fit_two_phase(
-            cfg, fresh, views[:, tr], folder.targets[tr], views[:1, va], folder.targets[va], len(labels)
+            cfg,
+            fresh,
+            views[:, tr],
+            folder.targets[tr],
+            views[:1, va],
+            folder.targets[va],
+            len(labels),
+            fold_pooled,
         )
         report = evaluate(
             fit.top, views[0, va], folder.targets[va], labels, cfg.loss, f"evaluate fold {k + 1}"

@@ -134,11 +134,29 @@ class FitResult:
     best_epochs: dict
 
 
-def fit_two_phase(cfg: TrainConfig, built, train_views, y_train, val_views, y_val, n_classes) -> FitResult:
-    """Phase 1 (head on pooled frozen features) then phase 2 (top of the backbone) on cached views."""
+def pooled_features(built, views: np.ndarray, desc: str = "pooled features") -> np.ndarray:
+    """(V, N, C) global-average-pooled outputs of the (still frozen, pretrained) backbone per view."""
     import keras
 
-    from convert.features import make_sampler, predict_arrays
+    from convert.features import predict_arrays
+
+    model = built.model
+    boundary = model.get_layer(built.split_layer).output if built.split_layer else model.input
+    pooled = keras.Model(boundary, model.get_layer("head_pool").output)
+    flat = views.reshape(-1, *views.shape[2:])
+    return predict_arrays(pooled, flat, desc=desc).reshape(*views.shape[:2], -1)
+
+
+def fit_two_phase(
+    cfg: TrainConfig, built, train_views, y_train, val_views, y_val, n_classes, pooled=None
+) -> FitResult:
+    """Phase 1 (head on pooled frozen features) then phase 2 (top of the backbone) on cached views.
+
+    `pooled` = (train, val) pooled features, when the caller already has them (k-fold reuses them).
+    """
+    import keras
+
+    from convert.features import make_sampler
     from convert.models import set_trainable
 
     model, top = built.model, built.top
@@ -150,12 +168,12 @@ def fit_two_phase(cfg: TrainConfig, built, train_views, y_train, val_views, y_va
     keras.utils.set_random_seed(cfg.seed)
     if built.pretrained and cfg.epochs > 0:
         # Pooled features of the frozen top: computed once, then the head trains in seconds.
-        boundary = model.get_layer(built.split_layer).output if built.split_layer else model.input
-        pooled = keras.Model(boundary, model.get_layer("head_pool").output)
         head = keras.Model(model.get_layer("head_pool").output, model.output)
-        flat = train_views.reshape(-1, *train_views.shape[2:])
-        feats = predict_arrays(pooled, flat, desc="pooled features").reshape(*train_views.shape[:2], -1)
-        val_feats = predict_arrays(pooled, val_views[0], desc="pooled features (val)")
+        if pooled is None:
+            feats = pooled_features(built, train_views)
+            val_feats = pooled_features(built, val_views[:1], "pooled features (val)")[0]
+        else:
+            feats, val_feats = pooled
         sampler = make_sampler(feats, yt, cfg.batch_size, cfg.seed, weights)
         best["head"] = _fit(
             head, sampler, (val_feats, yv), cfg.epochs, cfg.lr, loss, cfg.patience, log, "phase 1 (head)"

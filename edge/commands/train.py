@@ -38,10 +38,10 @@ _CONFIGURABLE = (
 @click.argument("data_dir", required=False, type=click.Path(file_okay=False, path_type=str))
 @click.option(
     "--arch",
-    type=click.Choice(["mobilenetv2", "efficientnetb0"]),
+    type=click.Choice(["mobilenetv2", "efficientnetb0", "efficientnet-lite0"]),
     default="mobilenetv2",
     show_default=True,
-    help="Backbone from keras.applications.",
+    help="Backbone: keras.applications MobileNetV2 or EfficientNetB0, or EfficientNet-Lite0 (offline port).",
 )
 @click.option(
     "--out",

@@ -1,0 +1,176 @@
+"""`edge train` end to end on synthetic images: outputs, rerun from config, k-fold, corrupt files, B0."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge.cli import main  # noqa: E402
+from edge.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+# Small and quick: 64 px, few epochs; the ported ImageNet weights when installed (offline).
+QUICK = ["--img-size", "64", "--epochs", "8", "--fine-tune-epochs", "3", "--views", "2", "--batch-size", "16"]
+
+
+def _edge(args, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def run_dir(synthetic_split, tmp_path_factory):
+    """One real training run on synthetic_split (train/ + val/), with a corrupt JPEG and a stray file."""
+    data = tmp_path_factory.mktemp("data")
+    shutil.copytree(synthetic_split / "train", data / "train")
+    (data / "train" / "round" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    (data / "train" / "lobed" / "README.txt").write_text("notes")
+    out = tmp_path_factory.mktemp("runs") / "mnv2"
+    cache = tmp_path_factory.mktemp("cache")
+    args = [
+        "train",
+        str(data / "train"),
+        "--val-dir",
+        str(synthetic_split / "val"),
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+        *QUICK,
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        import sys
+        from io import StringIO
+
+        buf = StringIO()
+        mp.setattr(sys, "stdout", buf)
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+    assert exit_info.value.code == 0, buf.getvalue()[-2000:]
+    return out, buf.getvalue(), data, cache
+
+
+def test_run_writes_outputs_and_names_bad_files(run_dir):
+    out, log, _, _ = run_dir
+    for name in ("model.keras", "config.json", "report.json", "training_curves.png", "confusion_val.png"):
+        assert (out / name).is_file(), name
+    assert "broken.jpg" in log and "skipped" in log
+    assert "README.txt" in log and "ignored" in log
+    report = json.loads((out / "report.json").read_text())
+    assert [Path(s[0]).name for s in report["data"]["skipped"]] == ["broken.jpg"]
+    val = report["splits"]["val"]
+    assert val["n"] == 40 and set(val["per_class"]["round"]) >= {"precision", "recall", "f1", "specificity"}
+    assert val["accuracy"] >= 0.8, val  # synthetic classes are easy; a broken pipeline is at chance (0.2)
+    assert {"loss", "macro_f1", "confusion"} <= set(val)
+    assert {r["phase"].split(" ")[1] for r in report["history"]} >= {"1", "2"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["labels"] == report["labels"] == ["dense", "granular", "kidney", "lobed", "round"]
+    assert config["preprocess"] == PreprocessSpec(size=64).to_dict()
+    assert len(config["data_fingerprint"]) == 64 and config["weights"]["name"]
+
+
+def test_saved_model_reproduces_reported_val_accuracy(run_dir, synthetic_split):
+    import keras
+
+    out, _, _, _ = run_dir
+    report = json.loads((out / "report.json").read_text())
+    model = keras.models.load_model(out / "model.keras")
+    spec = PreprocessSpec.from_dict(report["preprocess"])
+    labels = report["labels"]
+    x, y = [], []
+    for i, name in enumerate(labels):
+        for f in sorted((synthetic_split / "val" / name).iterdir()):
+            x.append(preprocess_file(f, spec))
+            y.append(i)
+    pred = model.predict(np.stack(x).astype("float32"), verbose=0).argmax(1)
+    assert np.mean(pred == np.array(y)) == pytest.approx(report["splits"]["val"]["accuracy"])
+
+
+def test_rerun_from_config(run_dir, tmp_path, capsys):
+    out, _, _, _ = run_dir
+    again = tmp_path / "again"
+    code, stdout, _ = _edge(
+        ["train", "--config", str(out / "config.json"), "--out", str(again), "--fine-tune-epochs", "0", "--epochs", "2"],
+        capsys,
+    )
+    assert code == 0
+    first = json.loads((out / "config.json").read_text())["train"]
+    second = json.loads((again / "config.json").read_text())["train"]
+    changed = ("out", "fine_tune_epochs", "epochs")
+    assert second["fine_tune_epochs"] == 0 and second["epochs"] == 2 and second["out"] == str(again)
+    assert {k: v for k, v in first.items() if k not in changed} == {k: v for k, v in second.items() if k not in changed}
+    # preprocessed images and activations came from the cache the first run filled
+    assert "activations read from cache" in stdout
+
+
+def test_kfold_reports_mean_and_std(synthetic_split, tmp_path, capsys):
+    out = tmp_path / "folds"
+    code, stdout, _ = _edge(
+        [
+            "train",
+            str(synthetic_split / "train"),
+            "--folds",
+            "3",
+            "--max-per-class",
+            "9",
+            "--out",
+            str(out),
+            "--img-size",
+            "48",
+            "--epochs",
+            "3",
+            "--fine-tune-epochs",
+            "0",
+            "--views",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["k"] == 3 and len(report["folds"]) == 3
+    assert sum(f["val"]["n"] for f in report["folds"]) == 45
+    accs = [f["val"]["accuracy"] for f in report["folds"]]
+    assert report["summary"]["accuracy_mean"] == pytest.approx(np.mean(accs))
+    assert "±" in stdout
+
+
+def test_efficientnetb0_trains_end_to_end_from_scratch(synthetic_split, tmp_path, capsys):
+    out = tmp_path / "b0"
+    code, stdout, _ = _edge(
+        [
+            "train",
+            str(synthetic_split / "train"),
+            "--val-fraction",
+            "0.25",
+            "--arch",
+            "efficientnetb0",
+            "--weights",
+            "none",
+            "--out",
+            str(out),
+            "--img-size",
+            "32",
+            "--max-per-class",
+            "8",
+            "--fine-tune-epochs",
+            "1",
+            "--views",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["weights"]["name"] == "none" and report["fine_tune_from"] is None
+    assert report["splits"]["val"]["n"] == 10
+    assert (out / "model.keras").is_file()
