@@ -199,6 +199,7 @@ class WebServer:
             threads=4,
             ident="edge-run",
             clear_untrusted_proxy_headers=True,
+            asyncore_loop_timeout=0.25,  # how soon the serving loop notices stop()
         )
         self.host = host
         self.port = self.server.effective_port
@@ -219,5 +220,13 @@ class WebServer:
         self.thread.start()
 
     def stop(self) -> None:
+        # waitress's loop runs while any socket is in its map: close the listener and every open
+        # browser connection (keep-alive), or the loop, and the shutdown, would wait for them.
         self.server.close()
-        self.thread.join(timeout=2)
+        for channel in list(self.server._map.values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        self.server.task_dispatcher.shutdown(timeout=1)
+        self.thread.join(timeout=1)
