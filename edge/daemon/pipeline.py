@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
 from edge.daemon.telemetry import Telemetry
-from edge.errors import EdgeError
 
 
 @dataclass
@@ -221,13 +220,12 @@ class Pipeline:
                 self.end_reason = "max_frames"
                 break
             if not self._handle(self.queue.get(timeout=0.2)):
-                self.end_reason = "source exhausted"
+                # The capture thread also ends on a signal; say which it was.
+                self.end_reason = "signal" if self.stop.is_set() else "source exhausted"
                 break
         self.stop.set()
         self._drain()
-        if self.capture.fatal is not None and not isinstance(self.capture.fatal, EdgeError | SourceError):
-            raise self.capture.fatal
-        if isinstance(self.capture.fatal, EdgeError):
+        if self.capture.fatal is not None:  # e.g. a missing picamera2 on reconnect: one line, non-zero exit
             raise self.capture.fatal
         return self.end_reason
 
