@@ -198,6 +198,7 @@ def test_reference_table_marks_results_outside_30_percent():
     assert reference.mark(tpu, 5.8)["within_tolerance"] and not reference.mark(tpu, 6.0)["within_tolerance"]
     desktop = {"device": "Intel(R) Xeon(R)", "machine": "x86_64"}
     assert [r.low_ms for r in reference.applicable(desktop, "cpu", "mobilenetv2-int8", 224)] == [51.0]
+    assert len(reference.applicable(desktop, "cpu", "mobilenetv2_classifier", 224)) == 1  # Keras model name
     assert reference.applicable(desktop, "cpu", "mobilenetv2", 160) == []
     assert reference.applicable(desktop, "cpu", "tiny-cnn", 224) == []
     a53 = {"device": "Freescale i.MX8MQ Phanbell", "machine": "aarch64", "arm_cpu_parts": ["0xd03"]}

@@ -83,11 +83,13 @@ def device_tags(context: dict) -> set[str]:
 
 
 def applicable(context: dict, backend: str, architecture: str | None, size: int | None) -> list[Reference]:
+    """References for this device, backend, model and input size. The model matches by prefix, so a
+    Keras model name such as 'mobilenetv2_classifier' counts as MobileNetV2."""
     tags, model = device_tags(context), normalise_model(architecture)
     return [
         r
         for r in REFERENCES
-        if r.tag in tags and r.backend == backend and r.model == model and r.size == size
+        if r.tag in tags and r.backend == backend and model.startswith(r.model) and r.size == size
     ]
 
 
