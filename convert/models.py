@@ -160,11 +160,12 @@ def split_model(model, split_layer: str | None):
     return bottom, top
 
 
-def set_trainable(top, head_only: bool) -> int:
+def set_trainable(top, head_only: bool, freeze_bn: bool = True) -> int:
     """Freeze all but the head (phase 1) or all but BatchNorm (phase 2); returns trainable layer count.
 
-    BatchNorm layers stay frozen, which in Keras 3 also runs them in inference mode: their ImageNet
-    statistics are kept, as small fine-tuning batches would otherwise destroy them.
+    With pretrained weights BatchNorm layers stay frozen, which in Keras 3 also runs them in inference
+    mode: their ImageNet statistics are kept, as small fine-tuning batches would otherwise destroy
+    them. From random init (freeze_bn False) BatchNorm trains like everything else.
     """
     import keras
 
@@ -174,6 +175,6 @@ def set_trainable(top, head_only: bool) -> int:
         if head_only:
             layer.trainable = layer.name in head
         else:
-            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = not (freeze_bn and isinstance(layer, keras.layers.BatchNormalization))
         count += bool(layer.trainable and layer.weights)
     return count

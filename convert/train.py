@@ -179,7 +179,7 @@ def fit_two_phase(
             head, sampler, (val_feats, yv), cfg.epochs, cfg.lr, loss, cfg.patience, log, "phase 1 (head)"
         )
     if cfg.fine_tune_epochs > 0:
-        n = set_trainable(top, head_only=False)
+        n = set_trainable(top, head_only=False, freeze_bn=built.pretrained)
         lr = cfg.fine_tune_lr if built.pretrained else cfg.lr
         sampler = make_sampler(train_views, yt, cfg.batch_size, cfg.seed + 1, weights)
         what = f"phase 2 (fine-tune {n} layers above {built.split_layer or 'the input'})"
