@@ -108,7 +108,7 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
         f"{ok} classified, {uncertain} uncertain, {failed} failed in {seconds:.1f} s "
         f"({len(files) / seconds:.1f} images/s; {info['backend']}, {info['runtime']} {info['runtime_version']}, "
         f"{replicas} x {threads} thread(s); uncertain below {rule.min_confidence:.2f} confidence "
-        f"or {rule.min_margin:.2f} margin, {rule.source})",
+        f"or {rule.min_margin:.2f} margin, from {rule.source.split(':')[0]})",
         err=True,
     )
     sys.stdout.flush()
