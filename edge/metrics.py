@@ -65,6 +65,6 @@ def format_report(report: dict) -> str:
         )
     lines.append("confusion (rows: true, columns: predicted)")
     lines.append(" " * (width + 2) + " ".join(f"{x[:6]:>6}" for x in labels))
-    for name, row in zip(labels, report["confusion"]):
+    for name, row in zip(labels, report["confusion"], strict=True):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
     return "\n".join(lines)
