@@ -38,6 +38,11 @@ def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
         split = DEFAULT_SPLIT[cfg.arch] if cfg.fine_tune_from == "auto" else cfg.fine_tune_from
         if split == "input":
             split = None
+        elif split not in {layer.name for layer in model.layers}:
+            adds = [layer.name for layer in model.layers if layer.name.endswith("_add")]
+            raise DataError(
+                f"--fine-tune-from {split}: no such layer in {cfg.arch}; block boundaries: {', '.join(adds)}"
+            )
     bottom, top = split_model(model, split)
     return Built(model, bottom, top, split, resolved.pretrained)
 
