@@ -175,6 +175,10 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
     assert families["edge_inference_ms"].samples[0].value > 0
     code, ctype, body = d.get("/")
     assert code == 200 and "Differential count" in body
+    with urllib.request.urlopen(d.url + "frame.jpg", timeout=5) as r:
+        jpeg, crops = r.read(), json.loads(r.headers["X-Edge-Crops"])
+    assert r.headers["Content-Type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+    assert crops and crops[0]["label"] in labels_of(tiny_bundle)  # the caption of exactly this picture
     assert d.wait() == 0, d.stderr
     assert rows(db) == 150
     assert check_clean(db, labels_of(tiny_bundle)) == 150

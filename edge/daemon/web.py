@@ -4,6 +4,7 @@ in a thread. 127.0.0.1 by default; any other bind needs a token (checked in conf
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 from pathlib import Path
@@ -99,8 +100,9 @@ class DaemonCollector:
         yield g("edge_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
 
 
-def render_preview(daemon) -> bytes | None:
-    """The latest frame, scaled for a browser, with the region and the label drawn on it."""
+def render_preview(daemon) -> tuple[bytes, list[dict]] | None:
+    """The latest frame, scaled for a browser, with the region and the label drawn on it, and the
+    crops it shows (so the page's caption always matches the picture)."""
     with daemon.live_lock:
         frame, crops = daemon.live.frame, list(daemon.live.crops)
     if frame is None:
@@ -120,7 +122,7 @@ def render_preview(daemon) -> bytes | None:
         cv2.rectangle(img, (x, ty - th - 6), (x + tw + 8, ty + 4), color, -1)
         cv2.putText(img, text, (x + 4, ty), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     ok, jpeg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 80])
-    return jpeg.tobytes() if ok else None
+    return (jpeg.tobytes(), crops) if ok else None
 
 
 def create_app(daemon, token: str = "") -> Flask:
@@ -170,10 +172,11 @@ def create_app(daemon, token: str = "") -> Flask:
 
     @app.get("/frame.jpg")
     def frame():
-        data = render_preview(daemon)
-        if data is None:
+        preview = render_preview(daemon)
+        if preview is None:
             return Response(status=204)
-        return Response(data, mimetype="image/jpeg")
+        data, crops = preview
+        return Response(data, mimetype="image/jpeg", headers={"X-Edge-Crops": json.dumps(crops)})
 
     @app.get("/flagged/<path:name>")
     def flagged(name):
