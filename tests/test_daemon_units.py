@@ -140,6 +140,7 @@ def test_archive_saves_flagged_crops_with_a_sidecar(tmp_path):
         tmp_path / "s1" / name.replace(".jpg", ".json")
     ).exists()
     assert a.state().state == "active" and a.state().saved == 1
+    assert (tmp_path / "s1" / name).stat().st_mode & 0o777 == 0o640
 
 
 def test_disk_guard_pauses_archiving_not_classification(tmp_path):

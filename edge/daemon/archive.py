@@ -38,6 +38,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
     # A reader (the page) never sees half a JPEG, and a crash leaves no truncated file behind.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        # mkstemp makes 0600; the group (technicians added to edge-run) may read the archive.
+        os.fchmod(fd, 0o640)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
