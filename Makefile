@@ -20,8 +20,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
 
+# The daemon on its embedded default (reference bundle, simulated microscope) for 30 s; prints the
+# page address at start and the session summary at the end.
 demo: $(STAMP)
-	$(BIN)/edge info models/mobilenetv2-int8
+	$(BIN)/edge run --duration 30 --db runs/demo/results.db
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge convert calibration tests scripts
