@@ -25,6 +25,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/edge run --duration 30 --db runs/demo/results.db
 
+bench: $(STAMP)
+	$(BIN)/edge bench models/mobilenetv2-int8 --runs 200 --json runs/bench.json
+
 lint: $(STAMP)
 	$(BIN)/ruff check edge convert calibration tests scripts
 
