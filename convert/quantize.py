@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.bias_correction import corrected_copy, measure
 from calibration.fidelity import (
     DEFAULT_THRESHOLD_PP,
     FidelityReport,
@@ -47,6 +48,7 @@ class QuantizeRequest:
     debug_layers: bool = False
     threshold_pp: float = DEFAULT_THRESHOLD_PP
     seed: int = 0
+    bias_correction: bool = False
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
@@ -60,6 +62,8 @@ class QuantizeRequest:
             args += ["--calib-count", str(self.calib_count)]
         if self.seed:
             args += ["--seed", str(self.seed)]
+        if self.bias_correction:
+            args += ["--bias-correction"]
         return shlex.join(args)
 
 
@@ -132,8 +136,14 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     _say(
         f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
     )
+    to_convert, correction = src.model, None
+    if req.bias_correction and req.precision == "int8":
+        _say("measuring the int8 logit shift on the calibration images (bias correction)...")
+        correction = measure(src.model, calib.images)
+        to_convert = corrected_copy(src.model, correction)
+        _say(f"logit shift (int8 - float) per class: {[round(v, 3) for v in correction.shift]}")
     converter = make_converter(
-        src.model, req.precision, calib.generator() if req.precision == "int8" else None
+        to_convert, req.precision, calib.generator() if req.precision == "int8" else None
     )
     tflite = converter.convert()
 
@@ -152,7 +162,7 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
             else:
                 _say("running the quantization debugger (per-layer float vs int8)...")
                 fidelity.worst_layers = worst_layers(
-                    make_converter(src.model, "int8", calib.generator()), calib.images
+                    make_converter(to_convert, "int8", calib.generator()), calib.images
                 )
         flags = flag_stats(quant_p, ev.y, uncertainty)
         metrics = _metrics(fidelity, quant_p, ev.y, labels, flags, command)
@@ -187,6 +197,8 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     }
     inp, out = tensor_specs(tflite)
     model["quantization"] = _quantization_record(req.precision, tflite, inp, out)
+    if correction is not None:
+        model["quantization"]["bias_correction"] = correction.to_dict()
     bundle_from_tflite(
         req.out_dir,
         tflite,

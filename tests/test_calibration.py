@@ -156,3 +156,22 @@ def test_float_vs_int8_on_tiny_model(tiny_bundle, synthetic_split):
     layers = worst_layers(make_converter(model, "int8", calib.generator()), calib.images, top=3, max_images=8)
     assert 0 < len(layers) <= 3
     assert [x.rmse_over_scale for x in layers] == sorted((x.rmse_over_scale for x in layers), reverse=True)
+
+
+@pytest.mark.train
+def test_bias_correction_measures_and_leaves_the_original_alone(tiny_bundle, synthetic_split):
+    import keras
+
+    from calibration.bias_correction import corrected_copy, measure
+
+    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    before = [w.copy() for w in model.get_weights()]
+    calib = build_calibration_set(synthetic_split / "train", TINY_SPEC, LABELS, count=40)
+    correction = measure(model, calib.images)
+    assert len(correction.shift) == 5 and correction.n == 40
+    fixed = corrected_copy(model, correction)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    assert np.allclose(
+        fixed.layers[-1].get_weights()[1], before[-1] - np.asarray(correction.shift, np.float32)
+    )
+    assert correction.to_dict()["layer"] == model.layers[-1].name

@@ -61,7 +61,24 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="Warn loudly when the quantized model loses more than this many percentage points of accuracy.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
-def quantize(source, calib_dir, out_dir, eval_dir, precision, calib_count, debug_layers, threshold_pp, seed):
+@click.option(
+    "--bias-correction",
+    is_flag=True,
+    help="int8: measure the mean int8-vs-float logit shift on the calibration images and remove it "
+    "from the last layer's bias before converting (one extra conversion).",
+)
+def quantize(
+    source,
+    calib_dir,
+    out_dir,
+    eval_dir,
+    precision,
+    calib_count,
+    debug_layers,
+    threshold_pp,
+    seed,
+    bias_correction,
+):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
     \b
@@ -83,5 +100,6 @@ def quantize(source, calib_dir, out_dir, eval_dir, precision, calib_count, debug
         debug_layers=debug_layers,
         threshold_pp=threshold_pp,
         seed=seed,
+        bias_correction=bias_correction,
     )
     print_summary(run_quantize(request))
