@@ -43,7 +43,8 @@ def is_uncertain(probs: np.ndarray, rule: Uncertainty) -> tuple[bool, float]:
 
 
 def to_prediction(probs: np.ndarray, labels: list[str], rule: Uncertainty, top_k: int = 3) -> Prediction:
-    order = np.argsort(probs)[::-1]
+    # Stable sort of -p: on an exact tie (common with uint8 outputs) take the first class, as argmax does.
+    order = np.argsort(-probs, kind="stable")
     uncertain, margin = is_uncertain(probs, rule)
     return Prediction(
         label=labels[order[0]],

@@ -107,3 +107,13 @@ def test_center_region():
     region = center_region(frame, 0.5)
     assert region.shape == (50, 50)
     assert region[0, 0] == frame[25, 75]
+
+
+def test_prediction_breaks_ties_like_argmax():
+    from edge.bundle import Uncertainty
+    from edge.predict import to_prediction
+
+    probs = np.array([0.1, 0.45, 0.45], np.float32)
+    pred = to_prediction(probs, ["a", "b", "c"], Uncertainty())
+    assert pred.label == "b" == ["a", "b", "c"][int(np.argmax(probs))]
+    assert pred.uncertain and pred.margin == 0.0
