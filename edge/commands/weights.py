@@ -24,7 +24,7 @@ def weights():
 )
 @click.option("--force", is_flag=True, help="Convert again even if the cached result exists.")
 def import_(arch, source, force):
-    """Convert torchvision ImageNet weights into a cached Keras weights file.
+    """Convert torch ImageNet weights into a cached Keras weights file.
 
     The .pth is read with a restricted unpickler (no code from the file is ever run) and its sha256
     is checked. The result goes to $EDGE_CACHE/weights (default ~/.cache/edge-hemato/weights);
