@@ -44,9 +44,8 @@ def import_(arch, source, force):
     click.echo(f"source   {ported.source_path}")
     click.echo(f"sha256   {ported.sha256}")
     click.echo(f"keras    {ported.keras_path}")
-    click.echo(
-        f"input    0-255 RGB, ImageNet mean/std normalization inside the model ({ported.normalization})"
-    )
+    norm = {"imagenet": "ImageNet mean/std", "lite": "(x - 127) / 128"}[ported.normalization]
+    click.echo(f"input    0-255 RGB; {norm} normalization is a layer inside the model")
 
 
 @weights.command("show")
