@@ -9,7 +9,6 @@ per-layer `.npz` (Keras layer name -> arrays) under $EDGE_CACHE/weights (default
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.torch_file import WeightsError, read_torch_state_dict
+from edge.bundle import sha256_file
 
 __all__ = ["WeightsError", "read_torch_state_dict"]
 
@@ -69,14 +69,6 @@ EFFICIENTNET_LITE0 = WeightSource(
     normalization="lite",
 )
 SOURCES = {"mobilenetv2": MOBILENETV2_TORCHVISION, "efficientnet-lite0": EFFICIENTNET_LITE0}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -7,21 +7,10 @@ import json
 from pathlib import Path
 
 from edge.bench import STAGES
+from edge.bench.compare import CONTEXT_KEYS
 
-CSV_CONTEXT = (
-    "device",
-    "cores",
-    "governor",
-    "backend",
-    "runtime",
-    "runtime_version",
-    "delegate",
-    "threads",
-    "numpy",
-    "opencv",
-    "bundle_sha256",
-    "time",
-)
+# The comparison keys plus when it ran.
+CSV_CONTEXT = (*CONTEXT_KEYS, "time")
 CSV_STATS = ("count", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms")
 
 
