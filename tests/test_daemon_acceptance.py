@@ -30,6 +30,11 @@ def replay_dir(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("replay"), per_class=40, seed=5)
 
 
+def replay_args(bundle, replay_dir, db, *extra) -> list:
+    """The `edge run` arguments every test here shares: replay the images into `db`, then `extra`."""
+    return ["--bundle", bundle, "--source", f"replay:{replay_dir}", "--db", db, *extra]
+
+
 class Daemon:
     """`edge run ...` in a subprocess; collects stdout and the page address."""
 
@@ -134,20 +139,7 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
 ):
     db = tmp_path / "results.db"
     d = Daemon(
-        [
-            "--bundle",
-            tiny_bundle,
-            "--source",
-            f"replay:{replay_dir}",
-            "--fps",
-            40,
-            "--db",
-            db,
-            "--max-frames",
-            150,
-            "--http",
-            "127.0.0.1:0",
-        ],
+        replay_args(tiny_bundle, replay_dir, db, "--fps", 40, "--max-frames", 150, "--http", "127.0.0.1:0"),
         tmp_path,
     )
     d.wait_url()
@@ -196,19 +188,7 @@ def test_replay_200_with_max_frames_150_gives_150_rows_and_serves_status_and_met
 def test_kill_9_mid_run_leaves_a_clean_database_with_every_committed_row(tiny_bundle, replay_dir, tmp_path):
     db = tmp_path / "results.db"
     d = Daemon(
-        [
-            "--bundle",
-            tiny_bundle,
-            "--source",
-            f"replay:{replay_dir}",
-            "--fps",
-            20,
-            "--loop",
-            "--db",
-            db,
-            "--http",
-            "off",
-        ],
+        replay_args(tiny_bundle, replay_dir, db, "--fps", 20, "--loop", "--http", "off"),
         tmp_path,
     )
     wait_rows(db, 1)
@@ -229,17 +209,7 @@ def test_kill_9_during_fast_commits_repeatedly(tiny_bundle, replay_dir, tmp_path
     total = 0
     for delay in (0.4, 0.9, 0.65):
         d = Daemon(
-            [
-                "--bundle",
-                tiny_bundle,
-                "--source",
-                f"replay:{replay_dir}",
-                "--loop",
-                "--db",
-                db,
-                "--http",
-                "off",
-            ],
+            replay_args(tiny_bundle, replay_dir, db, "--loop", "--http", "off"),
             tmp_path,
         )
         wait_rows(db, total + 1)
@@ -256,21 +226,18 @@ def test_kill_9_during_fast_commits_repeatedly(tiny_bundle, replay_dir, tmp_path
 def test_sigterm_drains_and_exits_0_within_5_s(tiny_bundle, replay_dir, tmp_path):
     db = tmp_path / "results.db"
     d = Daemon(
-        [
-            "--bundle",
+        replay_args(
             tiny_bundle,
-            "--source",
-            f"replay:{replay_dir}",
+            replay_dir,
+            db,
             "--fps",
             20,
             "--loop",
-            "--db",
-            db,
             "--http",
             "127.0.0.1:0",
             "--summary-json",
             tmp_path / "summary.json",
-        ],
+        ),
         tmp_path,
     )
     d.wait_url()
@@ -296,20 +263,17 @@ def test_non_loopback_bind_needs_a_token_and_the_token_is_enforced(tiny_bundle, 
     config = tmp_path / "edge.toml"
     config.write_text("[archive]\nmin_free_mb = 1e12\n[source]\nfps = 20.0\nloop = true\n")
     d = Daemon(
-        [
+        replay_args(
+            tiny_bundle,
+            replay_dir,
+            tmp_path / "t.db",
             "--config",
             config,
-            "--bundle",
-            tiny_bundle,
-            "--source",
-            f"replay:{replay_dir}",
-            "--db",
-            tmp_path / "t.db",
             "--http",
             "127.0.0.1:0",
             "--max-frames",
             60,
-        ],
+        ),
         tmp_path,
         env={"EDGE_RUN_TOKEN": token},
     )
@@ -329,20 +293,9 @@ def test_systemd_notify_ready_watchdog_stopping(tiny_bundle, replay_dir, tmp_pat
     sock.bind(str(path))
     sock.settimeout(0.2)
     d = Daemon(
-        [
-            "--bundle",
-            tiny_bundle,
-            "--source",
-            f"replay:{replay_dir}",
-            "--fps",
-            20,
-            "--db",
-            tmp_path / "n.db",
-            "--max-frames",
-            40,
-            "--http",
-            "off",
-        ],
+        replay_args(
+            tiny_bundle, replay_dir, tmp_path / "n.db", "--fps", 20, "--max-frames", 40, "--http", "off"
+        ),
         tmp_path,
         env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"},
     )

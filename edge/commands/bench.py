@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from edge.runtime import BACKENDS
+
 REFERENCE_BUNDLE = Path("models") / "mobilenetv2-int8"
 # Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
 # unless the user names it with --runtime tensorflow.
@@ -74,7 +76,7 @@ def _progress(config, total):
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path), metavar="[BUNDLE]...")
 @click.option(
     "--backend",
-    type=click.Choice(["cpu", "edgetpu"]),
+    type=click.Choice(list(BACKENDS)),
     default="cpu",
     show_default=True,
     help="cpu (TFLite + XNNPACK) or edgetpu (Coral, model_edgetpu.tflite).",

@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.runtime import BACKENDS
 from edge.runtime.cpu_tflite import RUNTIME_CHOICES, RUNTIMES, import_runtime, usable_cores
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
@@ -194,7 +195,7 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
 
 @click.command()
 @click.argument("bundle", required=False, type=click.Path(path_type=str))
-@click.option("--backend", type=click.Choice(["cpu", "edgetpu"]), default="cpu", show_default=True,
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
               help="The setup to check: with edgetpu, a missing Edge TPU or libedgetpu is a failure.")
 @click.option("--device", default=None, metavar="DEV", help="Edge TPU device to try (usb:0, pci:0, ...).")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,

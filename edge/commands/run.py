@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edge.runtime import BACKENDS
+
 
 def _overrides(**flags) -> dict:
     """Command-line flags that were given -> the nested config table they override."""
@@ -106,7 +108,7 @@ def format_summary(s: dict) -> str:
     "--http",
     help="Page and API address HOST:PORT, or off [default: 127.0.0.1:8080]; port 0 picks a free one.",
 )
-@click.option("--backend", type=click.Choice(["cpu", "edgetpu"]), help="Inference backend [default: cpu].")
+@click.option("--backend", type=click.Choice(list(BACKENDS)), help="Inference backend [default: cpu].")
 @click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
 @click.option(
     "--summary-json",
