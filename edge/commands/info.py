@@ -21,9 +21,13 @@ def info(bundle, as_json):
         return
     p = m.preprocess
     q = f" scale={m.input.scale:g} zero_point={m.input.zero_point}" if m.input.scale else ""
+    weights = m.model.get("weights", "?")
+    if isinstance(weights, dict):  # training records name, file and hash; the name and hash say enough here
+        digest = weights.get("sha256") or ""
+        weights = weights.get("name", "?") + (f" (sha256 {digest[:8]}…)" if digest else "")
     lines = [
         f"bundle      {b.path}",
-        f"model       {m.model.get('architecture', '?')} ({m.model.get('precision', '?')}), weights: {m.model.get('weights', '?')}",
+        f"model       {m.model.get('architecture', '?')} ({m.model.get('precision', '?')}), weights: {weights}",
         f"labels      {', '.join(m.labels)}",
         f"input       {m.input.dtype} {'x'.join(map(str, m.input.shape))}{q}",
         f"preprocess  {p.size}px {p.aspect} {p.interpolation}, {p.color_order}, contrast={p.contrast}"
