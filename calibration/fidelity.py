@@ -62,6 +62,9 @@ class FidelityReport:
     per_class: list[ClassDelta]
     threshold_pp: float = DEFAULT_THRESHOLD_PP
     worst_layers: list[LayerError] = field(default_factory=list)
+    # Set when the converted float model differs from the trained one (head adaptation, bias correction).
+    trained_float_accuracy: float | None = None
+    agreement_with_trained_float: float | None = None
 
     @property
     def loss_pp(self) -> float:
@@ -207,6 +210,12 @@ def format_fidelity(report: FidelityReport) -> str:
         f"top-1 agreement {report.agreement * 100:.2f}%   mean |p_float - p_{q}| {report.mean_abs_prob_diff:.4f}",
         f"{'class':<16} {'n':>5} {'float':>8} {q:>8} {'delta pp':>9}",
     ]
+    if report.trained_float_accuracy is not None:
+        lines.insert(
+            2,
+            f"the trained float model before adaptation/correction: {report.trained_float_accuracy * 100:.2f}%, "
+            f"agreement with {q} {report.agreement_with_trained_float * 100:.2f}%",
+        )
     for c in report.per_class:
         lines.append(
             f"{c.label:<16} {c.n:5d} {c.float_accuracy * 100:7.2f}% {c.quant_accuracy * 100:7.2f}% {c.delta_pp:+9.2f}"

@@ -27,6 +27,7 @@ from calibration.fidelity import (
     worst_layers,
 )
 from calibration.folders import load_labelled, scan_classes
+from calibration.head_adaptation import adapt
 from calibration.representative import DEFAULT_COUNT, build_calibration_set
 from calibration.thresholds import derive_uncertainty, flag_stats
 from convert.run_source import load_source
@@ -49,6 +50,7 @@ class QuantizeRequest:
     threshold_pp: float = DEFAULT_THRESHOLD_PP
     seed: int = 0
     bias_correction: bool = False
+    adapt_head: bool = False
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
@@ -64,6 +66,8 @@ class QuantizeRequest:
             args += ["--seed", str(self.seed)]
         if self.bias_correction:
             args += ["--bias-correction"]
+        if self.adapt_head:
+            args += ["--adapt-head"]
         return shlex.join(args)
 
 
@@ -110,6 +114,11 @@ def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: s
         ("flagged_fraction", flags["flagged_fraction"]),
         ("accuracy_unflagged", flags["accuracy_unflagged"]),
     ]
+    if report.trained_float_accuracy is not None:
+        values += [
+            ("trained_float_accuracy", report.trained_float_accuracy),
+            ("top1_agreement_with_trained_float", report.agreement_with_trained_float),
+        ]
     return [Metric(name, round(float(v), 6), split, n, command) for name, v in values if np.isfinite(v)]
 
 
@@ -133,15 +142,27 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         f"calibration: {calib.description['count']} images from {calib.description['split']} {calib.description['per_class']}"
     )
 
+    to_convert, correction, adaptation = src.model, None, None
+    if req.adapt_head and req.precision == "int8":
+        train = load_labelled(req.calib_dir, src.spec, labels)
+        _say(
+            f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
+            f"(as they are and in augmented views; a few minutes for a 224 px model)..."
+        )
+        to_convert, adaptation = adapt(to_convert, calib.images, train.images, train.y, train.split, req.seed)
+        _say(
+            f"int8 backbone features differ from float by {adaptation.feature_rel_error * 100:.1f}% (median); "
+            f"adapted head on {train.split}: {adaptation.train_accuracy_float_features * 100:.2f}% from float "
+            f"features, {adaptation.train_accuracy_int8_features * 100:.2f}% from int8 features"
+        )
+    if req.bias_correction and req.precision == "int8":
+        _say("measuring the int8 logit shift on the calibration images (bias correction)...")
+        correction = measure(to_convert, calib.images)
+        to_convert = corrected_copy(to_convert, correction)
+        _say(f"logit shift (int8 - float) per class: {[round(v, 3) for v in correction.shift]}")
     _say(
         f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
     )
-    to_convert, correction = src.model, None
-    if req.bias_correction and req.precision == "int8":
-        _say("measuring the int8 logit shift on the calibration images (bias correction)...")
-        correction = measure(src.model, calib.images)
-        to_convert = corrected_copy(src.model, correction)
-        _say(f"logit shift (int8 - float) per class: {[round(v, 3) for v in correction.shift]}")
     converter = make_converter(
         to_convert, req.precision, calib.generator() if req.precision == "int8" else None
     )
@@ -151,11 +172,23 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     uncertainty = derive_uncertainty(calib_p, calib.description["split"])
 
     fidelity, metrics, messages = None, [], []
+    if req.precision != "int8":
+        messages += [
+            f"{flag} applies to int8 only; skipped"
+            for flag, on in (("--adapt-head", req.adapt_head), ("--bias-correction", req.bias_correction))
+            if on
+        ]
     if req.eval_dir:
         ev = load_labelled(req.eval_dir, src.spec, labels)
-        float_p = keras_probs(src.model, ev.images, desc=f"float on {ev.split}")
+        # Fidelity is measured against the float model that was converted; when that was changed on
+        # the way (head adaptation, bias correction), the trained model's numbers are reported too.
+        float_p = keras_probs(to_convert, ev.images, desc=f"float on {ev.split}")
         quant_p = tflite_probs(tflite, ev.images, desc=f"{req.precision} on {ev.split}")
         fidelity = compare(float_p, quant_p, ev.y, labels, ev.split, req.precision, req.threshold_pp)
+        if to_convert is not src.model:
+            trained_p = keras_probs(src.model, ev.images, desc=f"trained float on {ev.split}")
+            fidelity.trained_float_accuracy = float((trained_p.argmax(1) == ev.y).mean())
+            fidelity.agreement_with_trained_float = float((trained_p.argmax(1) == quant_p.argmax(1)).mean())
         if req.debug_layers:
             if req.precision != "int8":
                 messages.append("--debug-layers applies to int8 only; skipped")
@@ -199,6 +232,8 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     model["quantization"] = _quantization_record(req.precision, tflite, inp, out)
     if correction is not None:
         model["quantization"]["bias_correction"] = correction.to_dict()
+    if adaptation is not None:
+        model["quantization"]["head_adaptation"] = adaptation.to_dict()
     bundle_from_tflite(
         req.out_dir,
         tflite,

@@ -75,6 +75,8 @@ def test_json_csv_and_table_shape(tiny_bundle, tmp_path):
     assert {"bundle_load_ms", "init_ms", "first_inference_ms", "warmup_invoke_mean_ms"} <= set(r["startup"])
     assert r["bundle"]["model_size_mb"] > 0 and r["resources"]["peak_rss_mb"] > 0
     assert r["source"]["kind"] == "sim"
+    assert r["region"] == {"mode": "cell", "fraction": 0.5, "px": 0}  # edge run's default crop
+    assert "centred region 0.5" in output
     assert r["reference"] == []  # nothing is published for a tiny CNN
     # --profile: placement read from the real graph, and an honest "no per-op timings"
     prof = r["profile"]
@@ -152,9 +154,12 @@ def test_matrix_is_one_table_and_survives_a_missing_runtime(tiny_bundle, tmp_pat
 
 def test_replay_source_decodes_files(tiny_bundle, synthetic_split, tmp_path):
     out = tmp_path / "r.json"
-    output, code = bench(tiny_bundle, *FAST, "--source", f"replay:{synthetic_split / 'val'}", "--json", out)
+    output, code = bench(
+        tiny_bundle, *FAST, "--source", f"replay:{synthetic_split / 'val'}", "--region", "1.0", "--json", out
+    )
     assert code == 0, output
     r = json.loads(out.read_text())
+    assert r["region"]["fraction"] == 1.0 and "(whole frame)" in output
     assert r["source"]["kind"] == "replay" and r["source"]["files"] == 40
     assert r["stages"]["capture"]["count"] == 4
 

@@ -25,6 +25,8 @@ from edge.bench.sources import open_source
 from edge.bench.staged import StagedModel
 from edge.bench.stats import summarize
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, Bundle
+from edge.daemon.config import PipelineConfig
+from edge.daemon.modes import CellMode
 from edge.predict import to_prediction
 from edge.preprocess import preprocess
 from edge.runtime import open_backend
@@ -45,6 +47,9 @@ class BenchConfig:
     source: str = "sim"
     profile: bool = False
     device: str | None = None  # Edge TPU: usb, usb:0, pci:0 ...
+    # As `edge run`'s cell mode: the centred square classified in each frame (1.0: the whole frame).
+    region: float = PipelineConfig.region
+    region_px: int = 0
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -86,11 +91,15 @@ def _switch_interval(seconds: float):
 class _Pipeline:
     """The per-frame path, stage by stage. Every frame of every run goes through `frame()`."""
 
-    def __init__(self, source, bundle: Bundle, model: StagedModel):
-        self.source, self.model = source, model
+    def __init__(self, source, bundle: Bundle, model: StagedModel, mode: CellMode):
+        self.source, self.model, self.mode = source, model, mode
         self.spec = bundle.preprocess_spec
         self.labels = bundle.labels
         self.rule = bundle.manifest.uncertainty
+
+    def prepare(self, image):
+        """The `preprocess` stage, as the daemon does it: the region of the frame, then edge.preprocess."""
+        return preprocess(self.mode.crops(image)[0].image, self.spec)
 
     def frame(self) -> tuple[float, float, float, float, float]:
         """(capture, preprocess, invoke, postprocess, end_to_end) in ms; stages are contiguous slices
@@ -98,7 +107,7 @@ class _Pipeline:
         t0 = _clock()
         image = self.source.read()
         t1 = _clock()
-        self.model.set_input(preprocess(image, self.spec))
+        self.model.set_input(self.prepare(image))
         t2 = _clock()
         self.model.invoke()
         t3 = _clock()
@@ -115,7 +124,7 @@ class _Pipeline:
         def produce():
             try:
                 for _ in range(frames):
-                    tensors.put(preprocess(self.source.read(), self.spec))
+                    tensors.put(self.prepare(self.source.read()))
             except BaseException as exc:  # re-raised in the caller's thread
                 failure.append(exc)
             finally:
@@ -179,8 +188,8 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
 
 def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
     model = StagedModel(backend)
-    pipe = _Pipeline(source, bundle, model)
-    model.check_input(preprocess(source.read(), bundle.preprocess_spec))
+    pipe = _Pipeline(source, bundle, model, CellMode(config.region, config.region_px))
+    model.check_input(pipe.prepare(source.read()))
 
     first = pipe.frame()
     tick(1)
@@ -205,6 +214,7 @@ def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
         "schema": SCHEMA,
         "bundle": bundle_info(bundle, config.backend),
         "source": source.describe(),
+        "region": {"mode": "cell", "fraction": config.region, "px": config.region_px},
         "runs": config.runs,
         "warmup": config.warmup,
         "invoke_scope": model.scope,

@@ -10,6 +10,16 @@ OVERHEAD_TARGET = 1.3
 _COLUMNS = ("count", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms")
 
 
+def _region(r: dict) -> str:
+    """How much of each frame is classified, as `edge run --region/--region-px` says it."""
+    region = r.get("region")
+    if not region:
+        return ""
+    if region.get("px"):
+        return f", centred {region['px']} px region"
+    return " (whole frame)" if region["fraction"] >= 1.0 else f", centred region {region['fraction']:g} of the short side"
+
+
 def _ms(v) -> str:
     if v is None:
         return "-"
@@ -67,7 +77,7 @@ def format_result(r: dict) -> str:
             f"{ctx['backend']}: {ctx['runtime']} {ctx['runtime_version']}, delegate {ctx['delegate']}, "
             f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}",
         ),
-        _line("source", f"{src}   {r['runs']} runs after {r['warmup']} warm-up"),
+        _line("source", f"{src}{_region(r)}   {r['runs']} runs after {r['warmup']} warm-up"),
         _line(
             "startup",
             f"bundle load {_ms(up['bundle_load_ms'])} ms  init {_ms(up['init_ms'])} ms  "

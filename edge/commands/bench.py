@@ -11,7 +11,11 @@ from pathlib import Path
 
 import click
 
+from edge.daemon.config import PipelineConfig
 from edge.runtime import BACKENDS
+
+# The bench times what `edge run` does to each frame, so it crops as the daemon's defaults do.
+DEFAULT_REGION = PipelineConfig.region
 
 REFERENCE_BUNDLE = Path("models") / "mobilenetv2-int8"
 # Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
@@ -122,6 +126,21 @@ def _progress(config, total):
     "camera[:N|/dev/videoN], opencv:TARGET or picamera2[:N] (the cameras of edge run).",
 )
 @click.option(
+    "--region",
+    type=click.FloatRange(0.01, 1.0),
+    default=DEFAULT_REGION,
+    show_default=True,
+    help="As edge run's cell mode: classify the centred square of this fraction of the frame's shorter "
+    "side (1.0: the whole frame, e.g. for single-cell image folders).",
+)
+@click.option(
+    "--region-px",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="As edge run: the centred square of this many pixels instead (wins when > 0).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
 )
 @click.option(
@@ -156,6 +175,8 @@ def bench(
     runs,
     warmup,
     source,
+    region,
+    region_px,
     json_path,
     csv_path,
     compare_path,
@@ -214,7 +235,7 @@ def bench(
     if threads is None:
         threads = _matrix_threads() if matrix else [None]
     configs = [
-        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device)
+        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device, region, region_px)
         for b, rt, t in itertools.product(bundles, runtimes, threads)
     ]
     as_matrix = matrix or len(configs) > 1

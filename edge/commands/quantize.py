@@ -67,6 +67,12 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="int8: measure the mean int8-vs-float logit shift on the calibration images and remove it "
     "from the last layer's bias before converting (one extra conversion).",
 )
+@click.option(
+    "--adapt-head",
+    is_flag=True,
+    help="int8: fine-tune the classifier head on float and int8-backbone features of the --calib "
+    "folder's images, so its decisions survive int8 (a few minutes; backbone unchanged).",
+)
 def quantize(
     source,
     calib_dir,
@@ -78,6 +84,7 @@ def quantize(
     threshold_pp,
     seed,
     bias_correction,
+    adapt_head,
 ):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
@@ -101,5 +108,6 @@ def quantize(
         threshold_pp=threshold_pp,
         seed=seed,
         bias_correction=bias_correction,
+        adapt_head=adapt_head,
     )
     print_summary(run_quantize(request))
