@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -136,9 +138,14 @@ def _reference_preprocess(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(480, 640), (1080, 1920), (451, 449), (363, 360), (224, 224), (97, 131)])
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
-def test_row_band_parallel_path_is_byte_identical_to_whole_image_opencv(shape, order):
+@pytest.mark.parametrize("bands", ["1", "0"])
+def test_row_band_parallel_path_is_byte_identical_to_whole_image_opencv(shape, order, bands, monkeypatch):
     # edge.rowbands splits colour conversion and 2x area halving over two threads; the model must
     # still see exactly the bytes OpenCV gives when each step is one call on the whole image.
+    from edge import rowbands
+
+    monkeypatch.setenv("EDGE_ROW_BANDS", bands)
+    assert rowbands.enabled() == (bands == "1" and (os.cpu_count() or 1) > 1)
     rng = np.random.default_rng(sum(shape))
     frame = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (5, 5), 1.5)
     for size in (224, 96):
