@@ -248,6 +248,21 @@ def test_reference_bundle_top1_agreement():
     assert m.metric("trained_float_accuracy", "blood-5class/val") is not None
 
 
+B0 = ROOT / "models" / "efficientnetb0-int8"
+
+
+@pytest.mark.skipif(not (B0 / "manifest.json").exists(), reason="no EfficientNetB0 bundle committed")
+def test_committed_b0_bundle_is_within_the_commit_threshold():
+    # A B0 bundle is committed only if int8 is within 1 pp of its float model (see its MODEL_CARD.md).
+    from convert.edgetpu import preflight
+
+    m = Bundle.load(B0).manifest
+    split = "blood-5class/val"
+    assert m.model["architecture"] == "efficientnetb0" and m.input.dtype == "uint8"
+    assert (m.metric("float_accuracy", split).value - m.metric("accuracy", split).value) * 100 <= 1.0
+    assert preflight((B0 / "model.tflite").read_bytes()).fully_mappable
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not REFERENCE.exists(), reason="models/mobilenetv2-int8 not produced yet")
 def test_reference_bundle_reproduces_its_val_accuracy_on_device_path(realdata):
