@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.synthetic import make_dataset
+from tests.daemon_cli import edge_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,17 +311,6 @@ def test_systemd_notify_ready_watchdog_stopping(tiny_bundle, replay_dir, tmp_pat
     kinds = [m.splitlines()[0] for m in messages]
     assert kinds[0] == "READY=1" and kinds[-1] == "STOPPING=1"
     assert kinds.count("WATCHDOG=1") >= 2  # 40 frames at 20 fps, pinged every 0.2 s
-
-
-def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def test_bundle_that_fails_to_load_is_one_line_and_non_zero(tmp_path, tiny_bundle):

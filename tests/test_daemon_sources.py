@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,19 +17,7 @@ from edge.daemon.pipeline import END, CaptureThread, DropOldestQueue, Skipped
 from edge.daemon.sources import Frame, open_source
 from edge.daemon.telemetry import Telemetry
 from edge.synthetic import make_dataset, render_cell
-
-
-def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-    )
+from tests.daemon_cli import edge_run
 
 
 def source_for(uri: str, **source):

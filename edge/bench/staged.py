@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.runtime import InferenceBackend
+from edge.runtime import InferenceBackend, dequantize
 
 
 class StagedModel:
@@ -70,10 +70,5 @@ class StagedModel:
             return self._probs[0]
         raw = self.interpreter.get_tensor(self._out_index)[0]
         if raw.dtype in (np.uint8, np.int8):
-            scale, zero_point = self._out_quant
-            if not scale:
-                return raw.astype(np.float32)
-            # The same values as edge.runtime.dequantize, in plain Python: a handful of classes, and
-            # right after invoke() each NumPy call costs tens of microseconds of cold caches.
-            return np.array([scale * (v - zero_point) for v in raw.tolist()], np.float32)
+            return dequantize(raw, *self._out_quant)
         return raw.astype(np.float32)

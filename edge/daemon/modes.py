@@ -19,9 +19,7 @@ class Crop:
 
 def center_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
     """The box of edge.preprocess.center_region: the centred square of `fraction` of the shorter side."""
-    h, w = shape[:2]
-    side = max(1, int(round(min(h, w) * float(fraction))))
-    return (w - side) // 2, (h - side) // 2, side, side
+    return center_box_px(shape, int(round(min(shape[:2]) * float(fraction))))
 
 
 def center_box_px(shape: tuple[int, ...], side: int) -> tuple[int, int, int, int]:

@@ -11,6 +11,7 @@ from collections import deque
 import numpy as np
 
 STAGES = ("capture", "queue", "preprocess", "invoke", "result", "store", "latency")
+SUMMARY_FRAMES = 200_000  # 5.5 h at 10 fps; about 13 MB for the two series of Python floats
 
 
 class RateMeter:
@@ -49,10 +50,12 @@ class Telemetry:
         self.camera_fps = RateMeter()
         self.processed_fps = RateMeter()
         self.stages = {name: deque(maxlen=window) for name in STAGES}
-        self.all_latency: list[float] = []  # the whole run, for the summary
+        # For the end-of-run summary. Bounded: a service runs for months, and appending every frame
+        # to a list would grow by tens of MB a day; the summary covers the last SUMMARY_FRAMES.
+        self.all_latency: deque[float] = deque(maxlen=SUMMARY_FRAMES)
         # latency / (capture + invoke) of the same frame: the daemon's overhead measured under the same
         # load as its baseline (a shared machine makes separate raw measurements drift by 2x).
-        self.all_overhead_ratio: list[float] = []
+        self.all_overhead_ratio: deque[float] = deque(maxlen=SUMMARY_FRAMES)
         self.first_result_mono: float | None = None
         self.last_result_mono: float | None = None
         self.source_state = "starting"
