@@ -139,12 +139,16 @@ def _reference_preprocess(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(480, 640), (1080, 1920), (451, 449), (363, 360), (224, 224), (97, 131)])
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
 @pytest.mark.parametrize("bands", ["1", "0"])
-def test_row_band_parallel_path_is_byte_identical_to_whole_image_opencv(shape, order, bands, monkeypatch):
-    # edge.rowbands splits colour conversion and 2x area halving over two threads; the model must
-    # still see exactly the bytes OpenCV gives when each step is one call on the whole image.
-    from edge import rowbands
+@pytest.mark.parametrize("tables", ["1", "0"])
+def test_fast_paths_are_byte_identical_to_whole_image_opencv(shape, order, bands, tables, monkeypatch):
+    # edge.rowbands splits colour conversion and 2x area halving over two threads, edge.labtables
+    # replaces the colour conversions with lookups; the model must still see exactly the bytes
+    # OpenCV gives when each step is one call on the whole image.
+    from edge import labtables, rowbands
 
     monkeypatch.setenv("EDGE_ROW_BANDS", bands)
+    monkeypatch.setenv("EDGE_LAB_TABLES", tables)
+    assert (labtables.prepare() is not None) == (tables == "1" and labtables.enabled())
     assert rowbands.enabled() == (bands == "1" and (os.cpu_count() or 1) > 1)
     rng = np.random.default_rng(sum(shape))
     frame = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (5, 5), 1.5)
@@ -162,3 +166,66 @@ def test_row_bands_are_exact_when_several_threads_preprocess_at_once():
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(preprocess, frames * 3))
     assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3, strict=True))
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_lab_tables_match_opencv_for_every_24_bit_colour(order):
+    # All 2**24 colours in one 4096 x 4096 image, so every entry of the forward table and every
+    # (a, b) code of the inverse table is used, under CLAHE's local remapping of L.
+    from edge import labtables
+
+    bgr = np.arange(1 << 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3]
+    bgr = np.ascontiguousarray(np.random.default_rng(3).permutation(bgr.reshape(-1, 3)).reshape(4096, 4096, 3))
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
+    lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
+    expected = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB if order == "RGB" else cv2.COLOR_LAB2BGR)
+    tables = labtables.build()
+    assert tables.inverse.size == 256 * len(np.unique(lab[:, :, 1].astype(np.uint32) << 8 | lab[:, :, 2]))
+    assert np.array_equal(tables.clahe_on_l(bgr, clahe, order), expected)
+
+
+def test_lab_tables_switch_off(monkeypatch):
+    from edge import labtables
+
+    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
+    assert labtables.prepare() is not None and labtables.current() is not None
+    monkeypatch.setenv("EDGE_LAB_TABLES", "0")
+    assert labtables.prepare() is None and labtables.current() is None
+    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
+    monkeypatch.setattr(labtables, "MIN_RAM_BYTES", 1 << 60)  # a device too small for ~90 MB of tables
+    assert labtables.prepare() is None and labtables.current() is None
+
+
+def test_lab_tables_that_do_not_fit_leave_the_cvtcolor_path(monkeypatch, caplog):
+    from edge import labtables
+
+    def no_memory():
+        raise MemoryError
+
+    monkeypatch.setattr(labtables, "_tables", None)
+    monkeypatch.setattr(labtables, "_failed", False)
+    monkeypatch.setattr(labtables, "build", no_memory)
+    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
+    assert labtables.prepare() is None and labtables.current() is None
+    assert "not enough memory for the LAB lookup tables" in caplog.text
+    frame = np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    assert np.array_equal(preprocess(frame), _reference_preprocess(frame, PreprocessSpec()))
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "area", "cubic", "nearest"])
+@pytest.mark.parametrize("aspect", ["center_crop", "pad", "stretch"])
+def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, aspect, monkeypatch):
+    # With the tables the last resize runs on BGRA instead of BGR; every option must still give the
+    # bytes of the plain cvtColor path.
+    from edge import labtables
+
+    rng = np.random.default_rng(11)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (451, 613, 3), dtype=np.uint8), (5, 5), 1.5)
+    for size, antialias in ((224, True), (224, False), (96, True), (451, True)):
+        spec = PreprocessSpec(size=size, interpolation=interpolation, aspect=aspect, antialias=antialias)
+        monkeypatch.setenv("EDGE_LAB_TABLES", "0")
+        expected = preprocess(frame, spec)
+        monkeypatch.setenv("EDGE_LAB_TABLES", "1")
+        assert labtables.prepare() is not None
+        assert np.array_equal(preprocess(frame, spec), expected), (size, antialias)

@@ -96,6 +96,19 @@ def test_dequantize_uses_int64_like_pycoral():
     np.testing.assert_allclose(dequantize(np.array([-128, 127], np.int8), 0.1, -128), [0.0, 25.5], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_dequantize_small_python_path_gives_the_numpy_bits(dtype):
+    # One frame's scores take a plain-Python path; it must give exactly the float32 values of the
+    # NumPy path used for batches, for every raw value and awkward scales.
+    info = np.iinfo(dtype)
+    raw = np.arange(info.min, info.max + 1, dtype=dtype)
+    for scale, zero in ((1 / 256, 0), (0.00390625, -128), (0.1, 3), (0.0123456789, 17)):
+        expected = (scale * (raw.astype(np.int64) - zero)).astype(np.float32)
+        got = np.concatenate([dequantize(chunk, scale, zero) for chunk in np.split(raw, 8)])  # 32 each
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+        assert dequantize(raw[:5].reshape(1, 5), scale, zero).shape == (1, 5)
+
+
 # ---- Edge TPU, through the double ----------------------------------------------------------------
 
 

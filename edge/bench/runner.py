@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import bench
+from edge import bench, labtables
 from edge.bench import context as context_mod
 from edge.bench import profile as profile_mod
 from edge.bench import reference
@@ -187,6 +187,7 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
 
 
 def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
+    labtables.prepare()  # as `edge run` does at start-up, and before any clock runs
     model = StagedModel(backend)
     pipe = _Pipeline(source, bundle, model, CellMode(config.region, config.region_px))
     model.check_input(pipe.prepare(source.read()))

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from edge import labtables
 from edge.bundle import Bundle
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.config import ConfigError, DaemonConfig, parse_listen
@@ -62,6 +63,8 @@ class Daemon:
         self.classifier = Classifier(
             self.bundle, backend=open_backend(self.bundle, c.pipeline.backend, **options)
         )
+        # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
+        labtables.prepare()
         # One throw-away inference: the first invoke() and the first CLAHE cost 10-100x a normal one,
         # and would otherwise land on the first real frame's latency.
         self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from array import array
 
 import numpy as np
 
 from edge.bundle import Bundle
 from edge.errors import RuntimeUnavailableError
+
+SMALL_OUTPUT = 64  # elements: up to this, `dequantize` works in plain Python
 
 # name -> module; each module defines `Backend` (a subclass of InferenceBackend).
 BACKENDS = {
@@ -48,6 +51,12 @@ def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """uint8/int8 tensor -> float32, in int64 arithmetic as pycoral does (no overflow, no wrap)."""
     if not scale:
         return raw.astype(np.float32)
+    if raw.size <= SMALL_OUTPUT:
+        # One frame's class scores: the same float64 products rounded to float32 (array "f"), in
+        # plain Python; right after invoke() four NumPy calls cost ~0.06 ms, this ~0.025 ms.
+        zero = int(zero_point)
+        values = array("f", [scale * (v - zero) for v in raw.ravel().tolist()])
+        return np.frombuffer(values, np.float32).reshape(raw.shape)
     return (scale * (raw.astype(np.int64) - int(zero_point))).astype(np.float32)
 
 

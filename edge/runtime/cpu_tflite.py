@@ -153,7 +153,7 @@ class TFLiteBackend(InferenceBackend):
             self._resize(len(batch))
         self.interpreter.set_tensor(self._input["index"], self._to_input_dtype(batch))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._output["index"]).copy()
+        return self.interpreter.get_tensor(self._output["index"])  # already a copy, owned by the caller
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raw = self.invoke(batch)
