@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge import labtables
 from edge.bench import STAGES, reference
 from edge.bench import compare as compare_mod
 from edge.bench.profile import op_macs, op_placement
@@ -71,6 +72,8 @@ def test_json_csv_and_table_shape(tiny_bundle, tmp_path):
     assert CONTEXT_KEYS <= set(r["context"])
     assert r["context"]["bundle_sha256"] == Bundle.load(tiny_bundle).sha256 == r["bundle"]["sha256"]
     assert r["context"]["threads"] == 1 and r["context"]["runtime"] == "litert"
+    # The bench builds the LAB tables before timing, as `edge run` does, and says so.
+    assert r["context"]["preprocess"]["lab_tables"] == labtables.enabled()
     assert r["invoke_scope"] == "interpreter.invoke()"
     assert {"bundle_load_ms", "init_ms", "first_inference_ms", "warmup_invoke_mean_ms"} <= set(r["startup"])
     assert r["bundle"]["model_size_mb"] > 0 and r["resources"]["peak_rss_mb"] > 0

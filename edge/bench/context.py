@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import __version__
+from edge import __version__, labtables, rowbands
 
 _GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 _DT_MODEL = Path("/proc/device-tree/model")
@@ -96,6 +96,8 @@ def collect(backend_description: dict | None = None, bundle=None) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
+        # How preprocessing ran: both give the same bytes, not the same time.
+        "preprocess": {"lab_tables": labtables.current() is not None, "row_bands": rowbands.enabled()},
         "edge": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "warnings": warnings,

@@ -10,6 +10,13 @@ OVERHEAD_TARGET = 1.3
 _COLUMNS = ("count", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms")
 
 
+def _preprocess_path(ctx: dict) -> str:
+    path = ctx.get("preprocess")  # absent in JSON written before it was recorded (--compare)
+    if not path:
+        return ""
+    return f"  LAB tables {'on' if path['lab_tables'] else 'off'}"
+
+
 def _region(r: dict) -> str:
     """How much of each frame is classified, as `edge run --region/--region-px` says it."""
     region = r.get("region")
@@ -75,7 +82,7 @@ def format_result(r: dict) -> str:
         _line(
             "runtime",
             f"{ctx['backend']}: {ctx['runtime']} {ctx['runtime_version']}, delegate {ctx['delegate']}, "
-            f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}",
+            f"{_threads(ctx)}   numpy {ctx['numpy']}  opencv {ctx['opencv']}{_preprocess_path(ctx)}",
         ),
         _line("source", f"{src}{_region(r)}   {r['runs']} runs after {r['warmup']} warm-up"),
         _line(
