@@ -10,6 +10,11 @@ OVERHEAD_TARGET = 1.3
 _COLUMNS = ("count", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms")
 
 
+def _tables_ms(startup: dict) -> str:
+    ms = startup.get("lab_tables_ms")  # absent in JSON written before it was recorded
+    return f"LAB tables {_ms(ms)} ms  " if ms and ms >= 1 else ""
+
+
 def _preprocess_path(ctx: dict) -> str:
     path = ctx.get("preprocess")  # absent in JSON written before it was recorded (--compare)
     if not path:
@@ -88,6 +93,7 @@ def format_result(r: dict) -> str:
         _line(
             "startup",
             f"bundle load {_ms(up['bundle_load_ms'])} ms  init {_ms(up['init_ms'])} ms  "
+            f"{_tables_ms(up)}"
             f"first inference {_ms(up['first_inference_ms'])} ms  "
             f"warm-up invoke mean {_ms(up['warmup_invoke_mean_ms'])} ms",
         ),
