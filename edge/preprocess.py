@@ -220,9 +220,14 @@ def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str
     bgr = _square(to_bgr8(image, order), spec)
     if spec.contrast == "clahe":
         tables = labtables.current()
-        # Only for OpenCV's fixed-point (bit-exact) bilinear and nearest: its float cubic resize
-        # differs in the last bit between 3 and 4 channels (tests/test_preprocess.py).
-        to_bgra = tables is not None and spec.interpolation in ("linear", "nearest")
+        # For the NumPy passes over the tables, which read BGRA words (the C passes read BGR). Only
+        # for OpenCV's fixed-point (bit-exact) bilinear and nearest: its float cubic resize differs
+        # in the last bit between 3 and 4 channels (tests/test_preprocess.py).
+        to_bgra = (
+            tables is not None
+            and labtables.compiled_kernels() is None
+            and spec.interpolation in ("linear", "nearest")
+        )
         out = _clahe(_resize(bgr, spec, to_bgra), spec, tables)
     else:
         bgr = _resize(bgr, spec)

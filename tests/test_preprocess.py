@@ -169,11 +169,13 @@ def test_row_bands_are_exact_when_several_threads_preprocess_at_once():
 
 
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
-def test_lab_tables_match_opencv_for_every_24_bit_colour(order):
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_lab_tables_match_opencv_for_every_24_bit_colour(order, kernels, monkeypatch):
     # All 2**24 colours in one 4096 x 4096 image, so every entry of the forward table and every
     # (a, b) code of the inverse table is used, under CLAHE's local remapping of L.
     from edge import labtables
 
+    monkeypatch.setenv("EDGE_LAB_KERNELS", kernels)  # the C passes (where built) and the NumPy ones
     bgr = np.arange(1 << 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3]
     bgr = np.ascontiguousarray(np.random.default_rng(3).permutation(bgr.reshape(-1, 3)).reshape(4096, 4096, 3))
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
@@ -215,11 +217,13 @@ def test_lab_tables_that_do_not_fit_leave_the_cvtcolor_path(monkeypatch, caplog)
 
 @pytest.mark.parametrize("interpolation", ["linear", "area", "cubic", "nearest"])
 @pytest.mark.parametrize("aspect", ["center_crop", "pad", "stretch"])
-def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, aspect, monkeypatch):
+@pytest.mark.parametrize("kernels", ["1", "0"])
+def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, aspect, kernels, monkeypatch):
     # With the tables the last resize runs on BGRA instead of BGR; every option must still give the
     # bytes of the plain cvtColor path.
     from edge import labtables
 
+    monkeypatch.setenv("EDGE_LAB_KERNELS", kernels)
     rng = np.random.default_rng(11)
     frame = cv2.GaussianBlur(rng.integers(0, 256, (451, 613, 3), dtype=np.uint8), (5, 5), 1.5)
     for size, antialias in ((224, True), (224, False), (96, True), (451, True)):
@@ -229,3 +233,50 @@ def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, a
         monkeypatch.setenv("EDGE_LAB_TABLES", "1")
         assert labtables.prepare() is not None
         assert np.array_equal(preprocess(frame, spec), expected), (size, antialias)
+
+
+def test_lab_kernels_are_built_where_a_compiler_is(monkeypatch):
+    # setup.py builds edge._lab_kernels as an optional extension: a machine with a C compiler (CI,
+    # this one) must have it, or the fast path silently went missing.
+    import shutil
+    import sysconfig
+
+    from edge import labtables
+
+    if not (shutil.which("cc") or shutil.which("gcc")) or not os.path.exists(
+        os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    ):
+        pytest.skip("no C compiler or Python headers here: the NumPy passes are used")
+    monkeypatch.delenv("EDGE_LAB_KERNELS", raising=False)
+    assert labtables.compiled_kernels() is not None
+
+
+def test_lab_kernels_reject_mismatched_buffers_and_stay_inside_the_table():
+    from edge import labtables
+
+    kernels = labtables._compiled
+    if kernels is None:
+        pytest.skip("edge._lab_kernels is not built here")
+    bgrx = np.full(16, 0xFFFFFFFF, np.uint32)  # BGRA pixels: every index beyond a short table
+    table = np.arange(4, dtype=np.uint32)
+    lab, lightness = np.empty(16, np.uint32), np.empty(16, np.uint8)
+    kernels.to_lab(bgrx, table, lab, lightness)
+    assert (lab == 3).all() and (lightness == 3).all()  # clamped to the last entry, not read past it
+    out = np.empty((16, 3), np.uint8)
+    kernels.to_rgb(np.full(16, 0xFFFFFF00, np.uint32), lightness, np.array([0x030201], np.uint32), out, False)
+    assert (out == [1, 2, 3]).all()
+    kernels.to_rgb(np.zeros(16, np.uint32), np.zeros(16, np.uint8), np.array([0x030201], np.uint32), out, True)
+    assert (out == [3, 2, 1]).all()
+    with pytest.raises(ValueError, match="different lengths"):
+        kernels.to_lab(bgrx, table, np.empty(15, np.uint32), lightness)
+    with pytest.raises(ValueError, match="whole number"):
+        kernels.to_rgb(lab, lightness, table, np.empty(47, np.uint8), False)
+    with pytest.raises(ValueError, match="3 or 4 bytes"):
+        kernels.to_lab(np.zeros(32, np.uint8), table, lab, lightness)  # 2 bytes a pixel
+    bgr = np.array([[1, 2, 3]] * 16, np.uint8)  # 3 bytes a pixel (B 1, G 2, R 3): index 0x030201
+    kernels.to_lab(bgr, np.arange(1 << 24, dtype=np.uint32), lab, lightness)
+    assert (lab == 0x030201).all() and (lightness == 0x01).all()
+    readonly = np.empty(16, np.uint8)
+    readonly.setflags(write=False)
+    with pytest.raises((BufferError, ValueError)):  # NumPy refuses a writable view of a read-only array
+        kernels.to_lab(bgrx, table, lab, readonly)

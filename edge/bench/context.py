@@ -97,7 +97,11 @@ def collect(backend_description: dict | None = None, bundle=None) -> dict:
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         # How preprocessing ran: both give the same bytes, not the same time.
-        "preprocess": {"lab_tables": labtables.current() is not None, "row_bands": rowbands.enabled()},
+        "preprocess": {
+            "lab_tables": labtables.current() is not None,
+            "lab_kernels": labtables.current() is not None and labtables.compiled_kernels() is not None,
+            "row_bands": rowbands.enabled(),
+        },
         "edge": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "warnings": warnings,

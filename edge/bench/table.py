@@ -19,7 +19,9 @@ def _preprocess_path(ctx: dict) -> str:
     path = ctx.get("preprocess")  # absent in JSON written before it was recorded (--compare)
     if not path:
         return ""
-    return f"  LAB tables {'on' if path['lab_tables'] else 'off'}"
+    if not path["lab_tables"]:
+        return "  LAB tables off"
+    return f"  LAB tables on ({'C' if path.get('lab_kernels') else 'NumPy'} passes)"
 
 
 def _region(r: dict) -> str:

@@ -147,6 +147,20 @@ def check_cameras() -> list[Check]:
     return checks
 
 
+def check_preprocessing() -> Check:
+    """Which LAB path `edge run` will take: all give the same bytes, at different speeds."""
+    from edge import labtables
+
+    if not labtables.enabled():
+        return Check("preprocessing", INFO, "LAB lookup tables off (EDGE_LAB_TABLES=0, < 1 GiB RAM or big-endian): "
+                                            "cv2.cvtColor, the slowest path (docs/bench.md)")
+    if labtables.compiled_kernels() is None:
+        return Check("preprocessing", WARN, "LAB lookup tables on, C passes not built (no C compiler or Python "
+                                            "headers at install): NumPy passes, a little slower (docs/bench.md); "
+                                            "install gcc and python3-dev, then reinstall")
+    return Check("preprocessing", OK, "LAB lookup tables on (~90 MB, built at `edge run` start), C passes built")
+
+
 def check_system() -> list[Check]:
     checks = [Check("cpu", INFO, f"{usable_cores()} usable core(s) of {os.cpu_count()}")]
     governors = sorted({p.read_text().strip() for p in Path("/sys/devices/system/cpu").glob("cpu*/cpufreq/scaling_governor")
@@ -221,7 +235,7 @@ def doctor(bundle, backend, device, runtime, as_json):
             model = Path(bundle) / "model.tflite"
     checks.append(check_xnnpack(model, runtime) if runtime_ok else Check("xnnpack", INFO, "no runtime"))
     checks += check_edgetpu(backend == "edgetpu", device)
-    checks += check_cameras() + check_system()
+    checks += check_cameras() + [check_preprocessing()] + check_system()
     if bundle:
         checks += bundle_checks if runtime_ok else [Check("bundle", FAIL, "not tried: no TFLite runtime")]
     failed = [c for c in checks if c.status == FAIL]
