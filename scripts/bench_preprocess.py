@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Cost of edge.preprocess per frame, by input size and contrast method: CLAHE through the LAB
-lookup tables (edge.labtables), CLAHE through cvtColor, none (a benchmark, not a test).
+lookup tables (edge.labtables) with the C or the NumPy passes, CLAHE through cvtColor, none (a
+benchmark, not a test).
 
     python scripts/bench_preprocess.py [--runs 300]
     python scripts/bench_preprocess.py --after-invoke models/mobilenetv2-int8 [--runs 1000]
@@ -28,11 +29,20 @@ from edge.synthetic import render_field
 SIZES = [(400, 400), (640, 480), (1280, 960), (1920, 1080)]
 
 
-METHODS = (("clahe", "1"), ("clahe", "0"), ("none", "1"))  # contrast, EDGE_LAB_TABLES
+# (contrast, EDGE_LAB_TABLES, EDGE_LAB_KERNELS, label)
+METHODS = (
+    ("clahe", "1", "1", "clahe (tables, C)"),
+    ("clahe", "1", "0", "clahe (tables, NumPy)"),
+    ("clahe", "0", "1", "clahe (cvtColor)"),
+    ("none", "1", "1", "none"),
+)
 
 
-def _method(contrast: str, tables: str) -> str:
-    return contrast + (" (cvtColor)" if contrast == "clahe" and tables == "0" else "")
+def _use(method: tuple) -> str:
+    """Select the method through the environment, as a user would; returns its contrast."""
+    contrast, tables, kernels, _ = method
+    os.environ["EDGE_LAB_TABLES"], os.environ["EDGE_LAB_KERNELS"] = tables, kernels
+    return contrast
 
 
 def after_invoke(bundle_path: str, runs: int) -> None:
@@ -45,21 +55,21 @@ def after_invoke(bundle_path: str, runs: int) -> None:
     rng = np.random.default_rng(0)
     crops = [CellMode(0.5).crops(render_field(rng, 640, 480)[0])[0].image for _ in range(8)]
     tensor = preprocess(crops[0], bundle.preprocess_spec)[None]
-    specs = [PreprocessSpec(**{**bundle.preprocess_spec.to_dict(), "contrast": c}) for c, _ in METHODS]
+    specs = [PreprocessSpec(**{**bundle.preprocess_spec.to_dict(), "contrast": m[0]}) for m in METHODS]
     times: list[list[float]] = [[] for _ in METHODS]
     for i in range(runs * len(METHODS) + 10 * len(METHODS)):
         k = i % len(METHODS)
-        os.environ["EDGE_LAB_TABLES"] = METHODS[k][1]
+        _use(METHODS[k])
         backend.invoke(tensor)
         t0 = time.perf_counter()
         preprocess(crops[i % len(crops)], specs[k])
         if i >= 10 * len(METHODS):  # the first rounds warm up
             times[k].append((time.perf_counter() - t0) * 1000)
     print(f"right after invoke() of {bundle.path.name}, centred 240x240 of a 640x480 field, {runs} frames each")
-    print(f"{'contrast':>18} {'p50 ms':>8} {'p90 ms':>8}")
-    for (contrast, tables), t in zip(METHODS, times, strict=True):
+    print(f"{'contrast':>22} {'p50 ms':>8} {'p90 ms':>8}")
+    for method, t in zip(METHODS, times, strict=True):
         p50, p90 = np.percentile(t, [50, 90])
-        print(f"{_method(contrast, tables):>18} {p50:8.3f} {p90:8.3f}")
+        print(f"{method[3]:>22} {p50:8.3f} {p90:8.3f}")
 
 
 def main() -> None:
@@ -73,13 +83,11 @@ def main() -> None:
     if args.after_invoke:
         after_invoke(args.after_invoke, args.runs)
         return
-    print(f"{'input':>10} {'contrast':>18} {'p50 ms':>8} {'p90 ms':>8} {'frames/s':>9}")
+    print(f"{'input':>10} {'contrast':>22} {'p50 ms':>8} {'p90 ms':>8} {'frames/s':>9}")
     for w, h in SIZES:
         frame, _ = render_field(rng, w, h, center_class="lobed")
-        for contrast, tables in METHODS:
-            os.environ["EDGE_LAB_TABLES"] = tables
-            spec = PreprocessSpec(contrast=contrast)
-            method = _method(contrast, tables)
+        for method in METHODS:
+            spec = PreprocessSpec(contrast=_use(method))
             for _ in range(10):
                 preprocess(frame, spec)
             times = []
@@ -88,7 +96,7 @@ def main() -> None:
                 preprocess(frame, spec)
                 times.append((time.perf_counter() - t0) * 1000)
             p50, p90 = np.percentile(times, [50, 90])
-            print(f"{w}x{h:<5} {method:>18} {p50:8.3f} {p90:8.3f} {1000 / np.mean(times):9.0f}")
+            print(f"{w}x{h:<5} {method[3]:>22} {p50:8.3f} {p90:8.3f} {1000 / np.mean(times):9.0f}")
 
 
 if __name__ == "__main__":
