@@ -13,6 +13,9 @@ every (L, a, b) that can occur: 8-bit sRGB reaches only ~22,700 (a, b) pairs, so
 2**24 table the forward table stores a dense code for the pair next to L, and the inverse table is
 indexed by (code, L'). tests/test_preprocess.py checks the result against the two cvtColor calls.
 
+The two passes over the tables run as one C loop each (edge/_lab_kernels.c) where setup.py could
+compile it, and as a few NumPy calls each otherwise; `edge doctor` says which.
+
 Cost: 64 MB (forward) + 23 MB (inverse) of memory and ~1 s to build (in chunks, so the peak while
 building stays near the tables' own size). So they are built only by `prepare()`, which the
 per-frame pipelines call at start-up (`edge run`, `edge bench`); until then, and with
@@ -31,6 +34,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+try:
+    from edge import _lab_kernels as _compiled
+except ImportError:  # no compiler at install time: NumPy does the same passes
+    _compiled = None
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +134,6 @@ def compiled_kernels():
     if _compiled is None or os.environ.get("EDGE_LAB_KERNELS", "1") == "0":
         return None
     return _compiled
-
-
-try:
-    from edge import _lab_kernels as _compiled
-except ImportError:  # no compiler at install time: NumPy does the same passes
-    _compiled = None
 
 _lock = threading.Lock()
 _tables: LabTables | None = None
