@@ -13,46 +13,59 @@
 #include <Python.h>
 #include <stdint.h>
 
-static int get(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, const char *name)
+typedef struct {
+    const char *name;
+    Py_ssize_t itemsize;
+    int writable;
+    PyObject *obj;
+    Py_buffer view;
+} Arg;
+
+static void release(Arg *args, int n)
 {
-    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0)
-        return -1;
-    if (view->len % itemsize != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items",
-                     name, view->len, itemsize);
-        PyBuffer_Release(view);
-        return -1;
+    while (n-- > 0)
+        PyBuffer_Release(&args[n].view);
+}
+
+/* Every buffer C-contiguous, writable where it is written, a whole number of items; all or none held. */
+static int acquire(Arg *args, int n)
+{
+    for (int i = 0; i < n; i++) {
+        Arg *a = &args[i];
+        if (PyObject_GetBuffer(a->obj, &a->view, (a->writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) {
+            release(args, i);
+            return -1;
+        }
+        if (a->view.len % a->itemsize != 0) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte items",
+                         a->name, a->view.len, a->itemsize);
+            release(args, i + 1);
+            return -1;
+        }
     }
     return 0;
 }
 
 /* to_lab(pixels, forward, lab, l): lab[i] = forward[B | G << 8 | R << 16]; l[i] = lab[i] & 0xFF.
  * `pixels` is BGR (3 bytes a pixel) or BGRA (4, alpha ignored): the size of `lab` says which. */
-static PyObject *to_lab(PyObject *self, PyObject *args)
+static PyObject *to_lab(PyObject *self, PyObject *py_args)
 {
-    PyObject *a, *b, *c, *d;
-    Py_buffer src, table, lab, l;
-    if (!PyArg_ParseTuple(args, "OOOO", &a, &b, &c, &d))
+    Arg a[4] = {{.name = "pixels", .itemsize = 1}, {.name = "forward", .itemsize = 4},
+                {.name = "lab", .itemsize = 4, .writable = 1}, {.name = "l", .itemsize = 1, .writable = 1}};
+    if (!PyArg_ParseTuple(py_args, "OOOO", &a[0].obj, &a[1].obj, &a[2].obj, &a[3].obj) || acquire(a, 4) < 0)
         return NULL;
-    if (get(a, &src, 0, 1, "pixels") < 0)
-        return NULL;
-    if (get(b, &table, 0, 4, "forward") < 0)
-        goto fail_src;
-    if (get(c, &lab, 1, 4, "lab") < 0)
-        goto fail_table;
-    if (get(d, &l, 1, 1, "l") < 0)
-        goto fail_lab;
-    Py_ssize_t n = lab.len / 4, size = table.len / 4;
-    Py_ssize_t cn = n ? src.len / n : 0;
-    if (l.len != n || (cn != 3 && cn != 4) || src.len != cn * n || size == 0) {
+    Py_ssize_t n = a[2].view.len / 4, size = a[1].view.len / 4;
+    Py_ssize_t cn = n ? a[0].view.len / n : 0;
+    if (a[3].view.len != n || (cn != 3 && cn != 4) || a[0].view.len != cn * n || size == 0) {
         PyErr_SetString(PyExc_ValueError,
                         "to_lab: buffers of different lengths (pixels must be 3 or 4 bytes each), or an empty table");
-        goto fail_l;
+        release(a, 4);
+        return NULL;
     }
-    const uint8_t *p = src.buf;
-    const uint32_t *t = table.buf;
-    uint32_t *o = lab.buf;
-    uint8_t *lo = l.buf;
+    const uint8_t *p = a[0].view.buf;
+    const uint32_t *t = a[1].view.buf;
+    uint32_t *o = a[2].view.buf;
+    uint8_t *lo = a[3].view.buf;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++, p += cn) {
         Py_ssize_t k = (Py_ssize_t)p[0] | (Py_ssize_t)p[1] << 8 | (Py_ssize_t)p[2] << 16;
@@ -61,47 +74,28 @@ static PyObject *to_lab(PyObject *self, PyObject *args)
         lo[i] = (uint8_t)v;
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&l);
-    PyBuffer_Release(&lab);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&src);
+    release(a, 4);
     Py_RETURN_NONE;
-fail_l:
-    PyBuffer_Release(&l);
-fail_lab:
-    PyBuffer_Release(&lab);
-fail_table:
-    PyBuffer_Release(&table);
-fail_src:
-    PyBuffer_Release(&src);
-    return NULL;
 }
 
 /* to_rgb(lab, l, inverse, out, swap): v = inverse[(lab[i] & ~0xFF) | l[i]] (bytes R, G, B, 0);
  * out[3i..3i+2] = R, G, B, or B, G, R when swap. */
-static PyObject *to_rgb(PyObject *self, PyObject *args)
+static PyObject *to_rgb(PyObject *self, PyObject *py_args)
 {
-    PyObject *a, *b, *c, *d;
+    Arg a[4] = {{.name = "lab", .itemsize = 4}, {.name = "l", .itemsize = 1}, {.name = "inverse", .itemsize = 4},
+                {.name = "out", .itemsize = 3, .writable = 1}};
     int swap;
-    Py_buffer lab, l, table, out;
-    if (!PyArg_ParseTuple(args, "OOOOp", &a, &b, &c, &d, &swap))
+    if (!PyArg_ParseTuple(py_args, "OOOOp", &a[0].obj, &a[1].obj, &a[2].obj, &a[3].obj, &swap) || acquire(a, 4) < 0)
         return NULL;
-    if (get(a, &lab, 0, 4, "lab") < 0)
-        return NULL;
-    if (get(b, &l, 0, 1, "l") < 0)
-        goto fail_lab;
-    if (get(c, &table, 0, 4, "inverse") < 0)
-        goto fail_l;
-    if (get(d, &out, 1, 3, "out") < 0)
-        goto fail_table;
-    Py_ssize_t n = lab.len / 4, size = table.len / 4;
-    if (l.len != n || out.len / 3 != n || size == 0) {
+    Py_ssize_t n = a[0].view.len / 4, size = a[2].view.len / 4;
+    if (a[1].view.len != n || a[3].view.len / 3 != n || size == 0) {
         PyErr_SetString(PyExc_ValueError, "to_rgb: buffers of different lengths, or an empty table");
-        goto fail_out;
+        release(a, 4);
+        return NULL;
     }
-    const uint32_t *s = lab.buf, *t = table.buf;
-    const uint8_t *li = l.buf;
-    uint8_t *o = out.buf;
+    const uint32_t *s = a[0].view.buf, *t = a[2].view.buf;
+    const uint8_t *li = a[1].view.buf;
+    uint8_t *o = a[3].view.buf;
     const int first = swap ? 16 : 0, last = swap ? 0 : 16;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -112,20 +106,8 @@ static PyObject *to_rgb(PyObject *self, PyObject *args)
         o[3 * i + 2] = (uint8_t)(v >> last);
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&l);
-    PyBuffer_Release(&lab);
+    release(a, 4);
     Py_RETURN_NONE;
-fail_out:
-    PyBuffer_Release(&out);
-fail_table:
-    PyBuffer_Release(&table);
-fail_l:
-    PyBuffer_Release(&l);
-fail_lab:
-    PyBuffer_Release(&lab);
-    return NULL;
 }
 
 static PyMethodDef methods[] = {
