@@ -54,10 +54,6 @@ class LabTables:
     # index L | code(a, b) << 8 -> value R | G << 8 | B << 16
     inverse: np.ndarray
 
-    @property
-    def nbytes(self) -> int:
-        return self.forward.nbytes + self.inverse.nbytes
-
     def clahe_on_l(self, image: np.ndarray, clahe: cv2.CLAHE, color_order: str = "RGB") -> np.ndarray:
         """uint8 H x W x 3 BGR -> CLAHE on L of LAB, in `color_order`. A 4-channel BGRA `image`
         (alpha ignored) is used as scratch space and overwritten: preprocess hands over its own.
