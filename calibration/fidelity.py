@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from edge.runtime import dequantize
-
 DEFAULT_THRESHOLD_PP = 1.0
 
 REMEDIES = (
@@ -97,37 +95,20 @@ def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "fl
 
 
 def tflite_probs(
-    tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model"
+    tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model", output: int = 0
 ) -> np.ndarray:
-    """Dequantized probabilities of a TFLite model (uint8, int8 or float input) for uint8 images."""
+    """Float32 output `output` of a TFLite model (uint8, int8 or float input) for uint8 images, run
+    through edge.runtime.tflite: the device's own input quantization and dequantization."""
     from tqdm import tqdm
 
-    from edge.runtime.cpu_tflite import import_runtime
+    from edge.runtime.tflite import TFLiteModel
 
-    interp = import_runtime().interpreter_class(model_content=tflite_bytes)
-    inp = interp.get_input_details()[0]
-    dtype = np.dtype(inp["dtype"])
+    model = TFLiteModel(tflite_bytes)
     out = []
-    current = None
     for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
-        batch = images[a:b]
-        if current != len(batch):
-            interp.resize_tensor_input(inp["index"], [len(batch), *images.shape[1:]])
-            interp.allocate_tensors()
-            current = len(batch)
-        if dtype == np.int8:
-            scale, zero = inp["quantization"]
-            batch = np.clip(np.rint(batch / scale + zero), -128, 127).astype(np.int8)
-        else:
-            batch = batch.astype(dtype)
-        interp.set_tensor(inp["index"], batch)
-        interp.invoke()
-        det = interp.get_output_details()[0]
-        raw = interp.get_tensor(det["index"])
-        scale, zero = det.get("quantization", (0.0, 0))
-        out.append(
-            dequantize(raw, scale, zero) if raw.dtype in (np.uint8, np.int8) else raw.astype(np.float32)
-        )
+        model.set_input(images[a:b])
+        model.invoke()
+        out.append(model.output(output))
     return np.concatenate(out)
 
 

@@ -13,15 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.folders import (
-    LabelledImages,
-    check_classes,
-    file_sha256,
-    load_images,
-    scan_classes,
-    split_name,
-)
+from edge.dataset import ImageSet, LabelledImages, load_labelled, require_classes, scan_labelled
 from edge.errors import DataError
+from edge.hashing import FINGERPRINT_METHOD
 from edge.preprocess import PreprocessSpec
 
 DEFAULT_COUNT = 300
@@ -56,24 +50,18 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def _eval_hashes(eval_dirs: list[Path]) -> set[str]:
-    hashes = set()
-    for root in eval_dirs:
-        for files in scan_classes(root).values():
-            hashes.update(file_sha256(f) for f in files)
-    return hashes
-
-
-def balanced_sample(classes: dict[str, list[Path]], count: int, seed: int) -> dict[str, list[Path]]:
-    """`count // n_classes` files per class (all of them where a class has fewer), chosen with `seed`."""
+def balanced_sample(images: ImageSet, count: int, seed: int) -> ImageSet:
+    """`count // n_classes` images per class (all of them where a class has fewer), chosen with
+    `seed` over each class's files in scan order."""
     rng = np.random.default_rng(seed)
-    per_class = max(1, count // len(classes))
-    chosen = {}
-    for name, files in classes.items():
-        k = min(per_class, len(files))
-        idx = np.sort(rng.choice(len(files), size=k, replace=False))
-        chosen[name] = [files[i] for i in idx]
-    return chosen
+    per_class = max(1, count // len(images.labels))
+    targets = images.targets
+    chosen = []
+    for label in range(len(images.labels)):
+        members = np.flatnonzero(targets == label)
+        k = min(per_class, len(members))
+        chosen += members[np.sort(rng.choice(len(members), size=k, replace=False))].tolist()
+    return images.subset(chosen)
 
 
 def build_calibration_set(
@@ -83,6 +71,7 @@ def build_calibration_set(
     count: int = DEFAULT_COUNT,
     seed: int = 0,
     eval_dirs: list[str | os.PathLike] = (),
+    progress=None,
 ) -> CalibrationSet:
     """Sample, preprocess and describe the calibration images.
 
@@ -99,34 +88,30 @@ def build_calibration_set(
             )
     if count < 1:
         raise DataError(f"--calib-count must be at least 1, not {count}")
-    classes = scan_classes(root)
-    check_classes(list(classes), labels, root, exact=True)
-    chosen = balanced_sample(classes, count, seed)
-    eval_hashes = _eval_hashes(eval_paths) if eval_paths else set()
-    dropped = 0
-    pairs = []
-    for name in labels:
-        for f in chosen[name]:
-            if eval_hashes and file_sha256(f) in eval_hashes:
-                dropped += 1
-                continue
-            pairs.append((f, labels.index(name)))
-    data = load_images(pairs, spec, labels, root, desc="calibration images")
+    available = scan_labelled(root, labels)
+    require_classes(available, root, "calibration needs every class")
+    chosen = balanced_sample(available, count, seed)
+    eval_hashes = set()
+    for ev in eval_paths:
+        eval_hashes.update(scan_labelled(ev, labels).hashes())
+    keep = [k for k, sha in enumerate(chosen.hashes()) if sha not in eval_hashes]
+    dropped = len(chosen) - len(keep)
+    data = load_labelled(chosen.subset(keep), spec, progress=progress)
     per_class = {name: int((data.y == i).sum()) for i, name in enumerate(labels)}
     description = {
-        "split": split_name(root),
+        "split": data.split,
         "source": str(root),
         "count": len(data),
         "requested": int(count),
         "per_class": per_class,
-        "available": {name: len(files) for name, files in classes.items()},
-        "selection": f"class-balanced: {max(1, count // len(classes))} per class, "
-        f"numpy default_rng({seed}) over each class's files sorted by name",
+        "available": available.counts(),
+        "selection": f"class-balanced: {max(1, count // len(labels))} per class, "
+        f"numpy default_rng({seed}) over each class's files in edge.dataset scan order",
         "seed": int(seed),
-        "preprocess": "edge.preprocess.preprocess_file with the bundle's preprocess spec (uint8 RGB 0-255)",
+        "preprocess": "edge.preprocess.preprocess with the bundle's preprocess spec (uint8 RGB 0-255)",
         "dropped_eval_duplicates": dropped,
         "skipped_unreadable": data.skipped,
         "fingerprint": data.fingerprint,
-        "fingerprint_method": "sha256 over sorted (relative path, file sha256) pairs + preprocess spec",
+        "fingerprint_method": FINGERPRINT_METHOD,
     }
     return CalibrationSet(data, description)

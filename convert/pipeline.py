@@ -47,14 +47,6 @@ def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
     return Built(model, bottom, top, split, resolved.pretrained)
 
 
-def _hashes(files, desc):
-    from tqdm import tqdm
-
-    from convert.data import file_sha256
-
-    return [file_sha256(p) for p in tqdm(files, desc=desc, unit="file")]
-
-
 def _limit(folder, n: int, seed: int):
     if n <= 0:
         return folder
@@ -73,14 +65,12 @@ def _load(folder, cfg, desc):
 
     for path in folder.ignored:
         print(f"warning: {path}: not an image file (by suffix), ignored")
-    hashes = _hashes(folder.files, f"hash {desc}")
+    hashes = folder.hashes()
     cached = load_images(folder.files, hashes, cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
-    for path, reason in cached.skipped:
-        print(f"skipped: {path}: {reason}")
     folder = folder.subset(cached.ok)
     if len(np.unique(folder.targets)) < len(folder.labels):
         missing = [n for i, n in enumerate(folder.labels) if i not in set(folder.targets.tolist())]
-        raise DataError(f"{folder.root}: no readable images left in class(es) {missing}")
+        raise DataError(f"{folder.split}: no readable images left in class(es) {missing}")
     return folder, cached.images, [hashes[i] for i in cached.ok], cached.skipped
 
 
@@ -128,25 +118,37 @@ def _dedupe_check(train_f, train_img, val_f, val_img, remove: bool):
     return train_f, train_img, [p.__dict__ for p in pairs], dropped
 
 
+def scan_splits(cfg: TrainConfig):
+    """(all training-folder images, the --val-dir images or None), scanned before anything slow, so a
+    bad folder fails in a second."""
+    from edge.dataset import require_classes, scan_labelled
+
+    folder = _limit(scan_labelled(cfg.data_dir), cfg.max_per_class, cfg.seed)
+    if not cfg.val_dir:
+        return folder, None
+    val_folder = scan_labelled(cfg.val_dir, folder.labels)
+    require_classes(val_folder, cfg.val_dir, "its classes do not match the training classes")
+    return folder, _limit(val_folder, cfg.max_per_class, cfg.seed)
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train per `cfg` and write RUN_DIR; returns the report dict."""
     from convert import report as reporting
-    from convert.data import fingerprint, scan_folder, stratified_split
+    from convert.data import stratified_split
     from convert.weights import resolve_weights
 
     check_config(cfg)
     started = time.perf_counter()
+    folder, val_folder = scan_splits(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    folder = _limit(scan_folder(cfg.data_dir), cfg.max_per_class, cfg.seed)
     labels = folder.labels
     print(f"data: {cfg.data_dir}: {len(folder)} images in {len(labels)} classes {folder.counts()}")
     resolved = resolve_weights(cfg.arch, cfg.weights, int(cfg.img_size))
     print(f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else ""))
     if cfg.folds:
         return _run_folds(cfg, folder, resolved, started)
-    if cfg.val_dir:
-        val_folder = _limit(scan_folder(cfg.val_dir, labels), cfg.max_per_class, cfg.seed)
+    if val_folder is not None:
         train_folder = folder
     else:
         tr, va = stratified_split(folder.targets, cfg.val_fraction, cfg.seed)
@@ -156,13 +158,13 @@ def run(cfg: TrainConfig) -> dict:
     )
     train_folder, train_img, train_hash, skipped = _load(train_folder, cfg, "train")
     val_folder, val_img, val_hash, skipped_val = _load(val_folder, cfg, "val")
-    fp = {"train": fingerprint(train_folder, train_hash), "val": fingerprint(val_folder, val_hash)}
+    fp = {"train": train_folder.fingerprint(), "val": val_folder.fingerprint()}
     train_folder, train_img, dups, dropped = _dedupe_check(
         train_folder, train_img, val_folder, val_img, cfg.dedupe
     )
     if dropped:
-        train_hash = _hashes(train_folder.files, "hash train")
-        fp["train"] = fingerprint(train_folder, train_hash)
+        train_hash = train_folder.hashes()
+        fp["train"] = train_folder.fingerprint()
     built = build(cfg, resolved, len(labels))
     augment = cfg.augment == "seed"
     train_views = _views(built, train_img, cfg, augment, train_hash, resolved, "train views")
@@ -197,10 +199,10 @@ def run(cfg: TrainConfig) -> dict:
 def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     """Stratified k-fold on DATA_DIR: views are computed once for all images, each fold trains afresh."""
     from convert import report as reporting
-    from convert.data import fingerprint, stratified_kfold
+    from convert.data import stratified_kfold
 
     folder, images, hashes, skipped = _load(folder, cfg, "all")
-    fp = fingerprint(folder, hashes)
+    fp = folder.fingerprint()
     labels = folder.labels
     built = build(cfg, resolved, len(labels))
     views = _views(built, images, cfg, cfg.augment == "seed", hashes, resolved, "views (all folds)")

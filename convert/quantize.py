@@ -1,9 +1,14 @@
 """`edge quantize`: a trained Keras model -> a verified TFLite bundle (int8 by default).
 
-Steps: load the run (or bare model) -> class-balanced calibration set from the training split ->
-convert (full-integer int8 with uint8 I/O, or float16 / float32) -> uncertainty thresholds from
-the quantized model on the calibration images -> fidelity (float vs quantized) on --eval ->
-bundle with everything recorded in the manifest.
+A sequence of steps, each returning a record, then one manifest builder:
+
+    source      the run directory (or bare model), its labels and preprocessing
+    calibration a class-balanced set from the training split, through edge.preprocess
+    fixes       optional float-side fixes for int8: head adaptation, last-layer bias correction
+    conversion  full-integer int8 with uint8 I/O, or float16 / float32
+    thresholds  the uncertainty rule from the quantized model on the calibration images
+    fidelity    float vs quantized on --eval, measured through the device's runtime layer
+    manifest    everything above, recorded; the bundle is written and loaded back as the device will
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.bias_correction import corrected_copy, measure
 from calibration.fidelity import (
     DEFAULT_THRESHOLD_PP,
     FidelityReport,
@@ -26,14 +30,13 @@ from calibration.fidelity import (
     tflite_probs,
     worst_layers,
 )
-from calibration.folders import load_labelled, scan_classes
-from calibration.head_adaptation import adapt
-from calibration.representative import DEFAULT_COUNT, build_calibration_set
+from calibration.representative import DEFAULT_COUNT, CalibrationSet, build_calibration_set
 from calibration.thresholds import derive_uncertainty, flag_stats
-from convert.run_source import load_source
+from convert.run_source import ModelSource, load_source
 from convert.tflite_export import INT8_SETTINGS, PRECISIONS, bundle_from_tflite, make_converter, tensor_specs
 from convert.tflite_graph import per_channel_ops, read_graph
-from edge.bundle import Bundle, Manifest, Metric, TensorSpec
+from edge.bundle import Bundle, Manifest, Metric, TensorSpec, Uncertainty
+from edge.dataset import load_labelled, scan_labelled
 from edge.errors import DataError
 from edge.metrics import classification_report
 
@@ -72,6 +75,26 @@ class QuantizeRequest:
 
 
 @dataclass
+class Fixes:
+    """The float model that is converted, and what was done to the trained one to get it."""
+
+    model: object
+    adaptation: object | None = None  # convert.head_adaptation.HeadAdaptation
+    correction: object | None = None  # convert.bias_correction.BiasCorrection
+
+    @property
+    def changed(self) -> bool:
+        return self.adaptation is not None or self.correction is not None
+
+
+@dataclass
+class Fidelity:
+    report: FidelityReport
+    metrics: list[Metric]
+    evaluation: dict  # split, fingerprint, n, skipped
+
+
+@dataclass
 class QuantizeResult:
     manifest: Manifest
     out_dir: Path
@@ -83,23 +106,93 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _quantization_record(
-    precision: str, tflite: bytes, manifest_input: TensorSpec, manifest_output: TensorSpec
-) -> dict:
-    if precision == "int8":
-        return {
-            **INT8_SETTINGS,
-            "per_op_weights": per_channel_ops(read_graph(tflite)),
-            "input_scale": manifest_input.scale,
-            "input_zero_point": manifest_input.zero_point,
-            "output_scale": manifest_output.scale,
-            "output_zero_point": manifest_output.zero_point,
-        }
-    if precision == "float16":
-        return {
-            "method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"
-        }
-    return {"method": "none (float32)"}
+# --- the steps -------------------------------------------------------------------------------------
+
+
+def source_step(req: QuantizeRequest) -> ModelSource:
+    if req.precision not in PRECISIONS:
+        raise DataError(f"--precision must be one of {PRECISIONS}")
+    src = load_source(req.source)
+    if src.labels is None:  # a bare model: its labels are the calibration folder's classes
+        src.labels = scan_labelled(req.calib_dir).labels
+    if len(src.labels) != src.info["n_outputs"]:
+        raise DataError(
+            f"{req.calib_dir}: {len(src.labels)} class folders {src.labels} but the model outputs "
+            f"{src.info['n_outputs']} classes"
+        )
+    _say(f"model: {src.model_path} ({src.info['architecture']}, {len(src.labels)} classes, input {src.spec.size} px)")
+    return src
+
+
+def calibration_step(req: QuantizeRequest, src: ModelSource) -> CalibrationSet:
+    calib = build_calibration_set(
+        req.calib_dir, src.spec, src.labels, req.calib_count, req.seed, [req.eval_dir] if req.eval_dir else []
+    )
+    d = calib.description
+    _say(f"calibration: {d['count']} images from {d['split']} {d['per_class']}")
+    return calib
+
+
+def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) -> Fixes:
+    fixes = Fixes(src.model)
+    if req.precision != "int8":
+        return fixes
+    if req.adapt_head:
+        from convert.head_adaptation import adapt
+
+        train = load_labelled(req.calib_dir, src.spec, src.labels)
+        _say(
+            f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
+            f"(as they are and in augmented views; a few minutes for a 224 px model)..."
+        )
+        fixes.model, fixes.adaptation = adapt(fixes.model, calib.images, train.images, train.y, train.split, req.seed)
+        a = fixes.adaptation
+        _say(
+            f"int8 backbone features differ from float by {a.feature_rel_error * 100:.1f}% (median); "
+            f"adapted head on {train.split}: {a.train_accuracy_float_features * 100:.2f}% from float "
+            f"features, {a.train_accuracy_int8_features * 100:.2f}% from int8 features"
+        )
+    if req.bias_correction:
+        from convert.bias_correction import corrected_copy, measure
+
+        _say("measuring the int8 logit shift on the calibration images (bias correction)...")
+        fixes.correction = measure(fixes.model, calib.images)
+        fixes.model = corrected_copy(fixes.model, fixes.correction)
+        _say(f"logit shift (int8 - float) per class: {[round(v, 3) for v in fixes.correction.shift]}")
+    return fixes
+
+
+def conversion_step(req: QuantizeRequest, fixes: Fixes, calib: CalibrationSet) -> bytes:
+    _say(f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)...")
+    return make_converter(fixes.model, req.precision, calib.generator() if req.precision == "int8" else None).convert()
+
+
+def thresholds_step(req: QuantizeRequest, tflite: bytes, calib: CalibrationSet) -> Uncertainty:
+    probs = tflite_probs(tflite, calib.images, desc=f"{req.precision} on calibration images")
+    return derive_uncertainty(probs, calib.description["split"])
+
+
+def fidelity_step(
+    req: QuantizeRequest, src: ModelSource, fixes: Fixes, tflite: bytes, calib: CalibrationSet, uncertainty: Uncertainty
+) -> Fidelity | None:
+    if not req.eval_dir:
+        return None
+    ev = load_labelled(req.eval_dir, src.spec, src.labels)
+    # Fidelity is measured against the float model that was converted; when that was changed on
+    # the way (head adaptation, bias correction), the trained model's numbers are reported too.
+    float_p = keras_probs(fixes.model, ev.images, desc=f"float on {ev.split}")
+    quant_p = tflite_probs(tflite, ev.images, desc=f"{req.precision} on {ev.split}")
+    report = compare(float_p, quant_p, ev.y, src.labels, ev.split, req.precision, req.threshold_pp)
+    if fixes.changed:
+        trained_p = keras_probs(src.model, ev.images, desc=f"trained float on {ev.split}")
+        report.trained_float_accuracy = float((trained_p.argmax(1) == ev.y).mean())
+        report.agreement_with_trained_float = float((trained_p.argmax(1) == quant_p.argmax(1)).mean())
+    if req.debug_layers and req.precision == "int8":
+        _say("running the quantization debugger (per-layer float vs int8)...")
+        report.worst_layers = worst_layers(make_converter(fixes.model, "int8", calib.generator()), calib.images)
+    flags = flag_stats(quant_p, ev.y, uncertainty)
+    metrics = _metrics(report, quant_p, ev.y, src.labels, flags, req.command_line())
+    return Fidelity(report, metrics, {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped})
 
 
 def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: str) -> list[Metric]:
@@ -122,131 +215,89 @@ def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: s
     return [Metric(name, round(float(v), 6), split, n, command) for name, v in values if np.isfinite(v)]
 
 
-def quantize(req: QuantizeRequest) -> QuantizeResult:
-    if req.precision not in PRECISIONS:
-        raise DataError(f"--precision must be one of {PRECISIONS}")
-    command = req.command_line()
-    src = load_source(req.source)
-    labels = src.labels or sorted(scan_classes(req.calib_dir))
-    if len(labels) != src.info["n_outputs"]:
-        raise DataError(
-            f"{req.calib_dir}: {len(labels)} class folders {labels} but the model outputs {src.info['n_outputs']} classes"
-        )
-    _say(
-        f"model: {src.model_path} ({src.info['architecture']}, {len(labels)} classes, input {src.spec.size} px)"
-    )
-    calib = build_calibration_set(
-        req.calib_dir, src.spec, labels, req.calib_count, req.seed, [req.eval_dir] if req.eval_dir else []
-    )
-    _say(
-        f"calibration: {calib.description['count']} images from {calib.description['split']} {calib.description['per_class']}"
-    )
+# --- the manifest ----------------------------------------------------------------------------------
 
-    to_convert, correction, adaptation = src.model, None, None
-    if req.adapt_head and req.precision == "int8":
-        train = load_labelled(req.calib_dir, src.spec, labels)
-        _say(
-            f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
-            f"(as they are and in augmented views; a few minutes for a 224 px model)..."
-        )
-        to_convert, adaptation = adapt(to_convert, calib.images, train.images, train.y, train.split, req.seed)
-        _say(
-            f"int8 backbone features differ from float by {adaptation.feature_rel_error * 100:.1f}% (median); "
-            f"adapted head on {train.split}: {adaptation.train_accuracy_float_features * 100:.2f}% from float "
-            f"features, {adaptation.train_accuracy_int8_features * 100:.2f}% from int8 features"
-        )
-    if req.bias_correction and req.precision == "int8":
-        _say("measuring the int8 logit shift on the calibration images (bias correction)...")
-        correction = measure(to_convert, calib.images)
-        to_convert = corrected_copy(to_convert, correction)
-        _say(f"logit shift (int8 - float) per class: {[round(v, 3) for v in correction.shift]}")
-    _say(
-        f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
-    )
-    converter = make_converter(
-        to_convert, req.precision, calib.generator() if req.precision == "int8" else None
-    )
-    tflite = converter.convert()
 
-    calib_p = tflite_probs(tflite, calib.images, desc=f"{req.precision} on calibration images")
-    uncertainty = derive_uncertainty(calib_p, calib.description["split"])
-
-    fidelity, metrics, messages = None, [], []
-    if req.precision != "int8":
-        messages += [
-            f"{flag} applies to int8 only; skipped"
-            for flag, on in (("--adapt-head", req.adapt_head), ("--bias-correction", req.bias_correction))
-            if on
-        ]
-    if req.eval_dir:
-        ev = load_labelled(req.eval_dir, src.spec, labels)
-        # Fidelity is measured against the float model that was converted; when that was changed on
-        # the way (head adaptation, bias correction), the trained model's numbers are reported too.
-        float_p = keras_probs(to_convert, ev.images, desc=f"float on {ev.split}")
-        quant_p = tflite_probs(tflite, ev.images, desc=f"{req.precision} on {ev.split}")
-        fidelity = compare(float_p, quant_p, ev.y, labels, ev.split, req.precision, req.threshold_pp)
-        if to_convert is not src.model:
-            trained_p = keras_probs(src.model, ev.images, desc=f"trained float on {ev.split}")
-            fidelity.trained_float_accuracy = float((trained_p.argmax(1) == ev.y).mean())
-            fidelity.agreement_with_trained_float = float((trained_p.argmax(1) == quant_p.argmax(1)).mean())
-        if req.debug_layers:
-            if req.precision != "int8":
-                messages.append("--debug-layers applies to int8 only; skipped")
-            else:
-                _say("running the quantization debugger (per-layer float vs int8)...")
-                fidelity.worst_layers = worst_layers(
-                    make_converter(to_convert, "int8", calib.generator()), calib.images
-                )
-        flags = flag_stats(quant_p, ev.y, uncertainty)
-        metrics = _metrics(fidelity, quant_p, ev.y, labels, flags, command)
-        eval_record = {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped}
-    else:
-        messages.append(
-            "no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity"
-        )
-        eval_record = None
-
-    info = src.info
-    calibration = {
-        **calib.description,
-        "uncertainty_derivation": uncertainty.source,
-        "command": command,
+def _quantization_record(precision: str, tflite: bytes, inp: TensorSpec, out: TensorSpec, fixes: Fixes) -> dict:
+    if precision == "float16":
+        return {"method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"}
+    if precision != "int8":
+        return {"method": "none (float32)"}
+    record = {
+        **INT8_SETTINGS,
+        "per_op_weights": per_channel_ops(read_graph(tflite)),
+        "input_scale": inp.scale,
+        "input_zero_point": inp.zero_point,
+        "output_scale": out.scale,
+        "output_zero_point": out.zero_point,
     }
+    if fixes.correction is not None:
+        record["bias_correction"] = fixes.correction.to_dict()
+    if fixes.adaptation is not None:
+        record["head_adaptation"] = fixes.adaptation.to_dict()
+    return record
+
+
+def manifest_fields(
+    req: QuantizeRequest, src: ModelSource, calib: CalibrationSet, fixes: Fixes, tflite: bytes,
+    uncertainty: Uncertainty, fidelity: Fidelity | None,
+) -> dict:
+    """model / training / calibration / metrics / uncertainty for edge.bundle.Manifest."""
+    info = src.info
+    calibration = {**calib.description, "uncertainty_derivation": uncertainty.source, "command": req.command_line()}
     if fidelity is not None:
-        calibration["fidelity"] = fidelity.to_dict()
-        calibration["evaluation"] = eval_record
+        calibration["fidelity"] = fidelity.report.to_dict()
+        calibration["evaluation"] = fidelity.evaluation
     training = {
         "data_fingerprint": info.get("data_fingerprint"),
         "run_dir": info.get("run_dir"),
         "run_val_accuracy": info.get("run_val_accuracy"),
         "run_config": info.get("run_config"),
     }
+    inp, out = tensor_specs(tflite)
     model = {
         "architecture": info["architecture"],
         "weights": info["weights"],
         "precision": req.precision,
         "source": info["source"],
         "source_sha256": info["source_sha256"],
+        "quantization": _quantization_record(req.precision, tflite, inp, out, fixes),
     }
-    inp, out = tensor_specs(tflite)
-    model["quantization"] = _quantization_record(req.precision, tflite, inp, out)
-    if correction is not None:
-        model["quantization"]["bias_correction"] = correction.to_dict()
-    if adaptation is not None:
-        model["quantization"]["head_adaptation"] = adaptation.to_dict()
-    bundle_from_tflite(
-        req.out_dir,
-        tflite,
-        labels,
-        src.spec,
-        model=model,
-        training={k: v for k, v in training.items() if v is not None},
-        calibration=calibration,
-        metrics=metrics,
-        uncertainty=uncertainty,
-    )
+    return {
+        "model": model,
+        "training": {k: v for k, v in training.items() if v is not None},
+        "calibration": calibration,
+        "metrics": fidelity.metrics if fidelity is not None else [],
+        "uncertainty": uncertainty,
+    }
+
+
+def quantize(req: QuantizeRequest) -> QuantizeResult:
+    src = source_step(req)
+    calib = calibration_step(req, src)
+    fixes = fixes_step(req, src, calib)
+    tflite = conversion_step(req, fixes, calib)
+    uncertainty = thresholds_step(req, tflite, calib)
+    fidelity = fidelity_step(req, src, fixes, tflite, calib, uncertainty)
+    bundle_from_tflite(req.out_dir, tflite, src.labels, src.spec,
+                       **manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity))
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
-    return QuantizeResult(bundle.manifest, Path(req.out_dir), fidelity, messages)
+    return QuantizeResult(bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None,
+                          _messages(req))
+
+
+def _messages(req: QuantizeRequest) -> list[str]:
+    messages = []
+    if req.precision != "int8":
+        messages += [
+            f"{flag} applies to int8 only; skipped"
+            for flag, on in (("--adapt-head", req.adapt_head), ("--bias-correction", req.bias_correction),
+                             ("--debug-layers", req.debug_layers and req.eval_dir))
+            if on
+        ]
+    if not req.eval_dir:
+        messages.append("no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity")
+    return messages
 
 
 def summary(result: QuantizeResult) -> str:
@@ -269,7 +320,6 @@ def summary(result: QuantizeResult) -> str:
 
 
 def print_summary(result: QuantizeResult) -> None:
-    text = summary(result)
-    print(text)
+    print(summary(result))
     if result.fidelity is not None and result.fidelity.exceeds_threshold:
         print(loss_warning(result.fidelity), file=sys.stderr)

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.bundle import sha256_file
 from edge.errors import DataError
+from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
 
 MODEL_FILE = "model.keras"

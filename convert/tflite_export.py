@@ -92,21 +92,18 @@ def to_tflite(
 
 def tensor_specs(tflite_bytes: bytes) -> tuple[TensorSpec, TensorSpec]:
     """Input and output TensorSpec (with quantization) read from the converted model."""
-    from edge.runtime.cpu_tflite import import_runtime
+    from edge.runtime.tflite import model_io
 
-    interp = import_runtime().interpreter_class(model_content=tflite_bytes)
-    specs = []
-    for d in (interp.get_input_details()[0], interp.get_output_details()[0]):
-        scale, zero = d.get("quantization", (0.0, 0))
-        specs.append(
-            TensorSpec(
-                shape=[int(v) for v in d["shape"]],
-                dtype=np.dtype(d["dtype"]).name,
-                scale=float(scale) if scale else None,
-                zero_point=int(zero) if scale else None,
-            )
+    inputs, outputs = model_io(tflite_bytes)
+    return tuple(
+        TensorSpec(
+            shape=list(t.shape),
+            dtype=t.dtype.name,
+            scale=t.scale if t.quantized else None,
+            zero_point=t.zero_point if t.quantized else None,
         )
-    return specs[0], specs[1]
+        for t in (inputs[0], outputs[0])
+    )
 
 
 def bundle_from_tflite(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -220,7 +220,3 @@ def check_config(cfg: TrainConfig) -> None:
         raise DataError("views and batch size must be >= 1, epochs >= 0")
     if cfg.folds and cfg.val_dir:
         raise DataError("--folds splits DATA_DIR itself; leave out --val-dir")
-
-
-def config_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from convert.torch_file import WeightsError, read_torch_state_dict
-from edge.bundle import sha256_file
+from edge.hashing import sha256_file
 
 __all__ = ["WeightsError", "read_torch_state_dict"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-import multiprocessing
 import os
 import queue
 import time
@@ -20,22 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ImageLoadError
+from edge.dataset import LoadedImage, load_one
 from edge.predict import Classifier, Prediction
-from edge.preprocess import PreprocessSpec, load_image, preprocess
-
-LOADERS = ("thread", "process")
-
-
-@dataclass
-class LoadedImage:
-    """One file after decode + preprocess, or the reason it could not be read."""
-
-    path: Path
-    tensor: np.ndarray | None = None
-    error: str | None = None
-    decode_ms: float = 0.0
-    preprocess_ms: float = 0.0
+from edge.preprocess import PreprocessSpec
 
 
 @dataclass
@@ -55,43 +41,14 @@ class ImageResult:
 class PipelineOptions:
     batch_size: int = 8
     workers: int = 1  # decode/preprocess workers beside the interpreter
-    loader: str = "thread"
-    prefetch: int = 0  # images decoded ahead; 0 = 2 batches per worker
-
-
-def load_one(path: Path, spec: PreprocessSpec) -> LoadedImage:
-    """Decode and preprocess one file; a bad file becomes an error naming the reason, never an exception."""
-    t0 = time.perf_counter()
-    try:
-        image = load_image(path)
-    except ImageLoadError as exc:
-        return LoadedImage(path, error=exc.reason)
-    except Exception as exc:  # a decoder failing in a way load_image does not foresee: still one file's error
-        return LoadedImage(path, error=f"cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-    t1 = time.perf_counter()
-    try:
-        tensor = preprocess(image, spec)
-    except Exception as exc:  # an unsupported bit depth or channel count (ValueError), cv2.error
-        return LoadedImage(path, error=f"cannot preprocess ({str(exc).splitlines()[0] if str(exc) else exc})")
-    t2 = time.perf_counter()
-    return LoadedImage(path, tensor, None, (t1 - t0) * 1000, (t2 - t1) * 1000)
-
-
-def _executor(options: PipelineOptions) -> cf.Executor:
-    if options.loader == "process":
-        # spawn, not fork: forking after the interpreter started its thread pool can deadlock.
-        return cf.ProcessPoolExecutor(options.workers, mp_context=multiprocessing.get_context("spawn"))
-    if options.loader != "thread":
-        raise ValueError(f"loader must be one of {LOADERS}, not {options.loader!r}")
-    return cf.ThreadPoolExecutor(options.workers, thread_name_prefix="edge-load")
 
 
 def iter_loaded(paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions) -> Iterator[LoadedImage]:
-    """Loaded images in input order, decoded `prefetch` ahead by the worker pool."""
-    ahead = options.prefetch or 2 * options.batch_size * max(1, options.workers)
+    """Loaded images in input order, decoded two batches per worker ahead by the worker pool."""
+    ahead = 2 * options.batch_size * max(1, options.workers)
     pending: collections.deque[cf.Future] = collections.deque()
     paths = iter(paths)
-    with _executor(options) as pool:
+    with cf.ThreadPoolExecutor(options.workers, thread_name_prefix="edge-load") as pool:
         for path in paths:
             pending.append(pool.submit(load_one, Path(path), spec))
             if len(pending) >= ahead:

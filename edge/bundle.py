@@ -17,6 +17,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge.errors import BundleError
+from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
@@ -96,14 +97,6 @@ class Manifest:
         return None
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -164,11 +157,8 @@ class Bundle:
             raise BundleError(f"{self.path}: bundle has no {name}{hint}")
         return self.path / name
 
-    def save_manifest(self) -> None:
-        write_bundle(self.path, {}, self.manifest)
-
     @classmethod
-    def load(cls, path: str | os.PathLike, check_model: bool = True) -> Bundle:
+    def load(cls, path: str | os.PathLike) -> Bundle:
         """Load and verify a bundle directory. Raises BundleError with one line naming file and reason."""
         root = Path(path)
         if not root.exists():
@@ -207,24 +197,4 @@ class Bundle:
         n_out = manifest.output.shape[-1] if manifest.output.shape else None
         if not manifest.labels or n_out != len(manifest.labels):
             raise BundleError(f"{manifest_path}: {len(manifest.labels)} labels but the model output has {n_out} classes")
-        bundle = cls(root, manifest)
-        if check_model:
-            bundle._check_model_output()
-        return bundle
-
-    def _check_model_output(self) -> None:
-        # The manifest could be edited without touching the model; ask the model itself when a
-        # TFLite runtime is present (it always is on a device; a bare `pip install .` may lack one).
-        from edge.runtime.cpu_tflite import read_model_io
-
-        try:
-            io = read_model_io(self.path / CPU_MODEL)
-        except ImportError:
-            return
-        except Exception as exc:  # the runtime's own error for a file that is not a TFLite model
-            raise BundleError(f"{self.path / CPU_MODEL}: not a loadable TFLite model ({exc})") from None
-        n_model = io["output_shape"][-1]
-        if n_model != len(self.labels):
-            raise BundleError(
-                f"{self.path / MANIFEST}: {len(self.labels)} labels but {CPU_MODEL} outputs {n_model} classes"
-            )
+        return cls(root, manifest)

@@ -1,10 +1,9 @@
 """CLAHE on L of LAB through two lookup tables filled by OpenCV itself: the same bytes as
-cvtColor(BGR -> LAB), CLAHE on L, cvtColor(LAB -> RGB), in about half the time.
+cvtColor(BGR -> LAB), CLAHE on L, cvtColor(LAB -> RGB), in less time (docs/bench.md).
 
-Why: at the model's 224 x 224, the two 8-bit LAB conversions cost ~1 ms of a ~5.5 ms invoke() on
-this machine (OpenCV computes each pixel with fixed-point arithmetic and table lookups, ~10 ns a
-pixel), and preprocessing sits on the critical path of every frame. A gather from a table costs
-~2 ns a pixel.
+Why: at the model's 224 x 224 the two 8-bit LAB conversions are a large part of preprocessing,
+which sits on the critical path of every frame. OpenCV computes each pixel with fixed-point
+arithmetic; a gather from a table is cheaper.
 
 Exact by construction: OpenCV's 8-bit colour conversion is a pure function of a pixel's three
 bytes. `forward` holds cvtColor(BGR -> LAB) of all 2**24 colours, computed once by the installed
@@ -13,14 +12,9 @@ every (L, a, b) that can occur: 8-bit sRGB reaches only ~22,700 (a, b) pairs, so
 2**24 table the forward table stores a dense code for the pair next to L, and the inverse table is
 indexed by (code, L'). tests/test_preprocess.py checks the result against the two cvtColor calls.
 
-The two passes over the tables run as one C loop each (edge/_lab_kernels.c) where setup.py could
-compile it, and as a few NumPy calls each otherwise; `edge doctor` says which.
-
-Cost: 64 MB (forward) + 23 MB (inverse) of memory and ~1 s to build (in chunks, so the peak while
-building stays near the tables' own size). So they are built only by `prepare()`, which the
-per-frame pipelines call at start-up (`edge run`, `edge bench`); until then, and with
-`EDGE_LAB_TABLES=0`, on machines with under 1 GiB of RAM, or big-endian ones (the packing reads
-bytes as little-endian uint32), preprocessing takes the cvtColor path, with the same bytes.
+Cost: 64 MB (forward) + 23 MB (inverse) of memory and about a second to build. So nothing builds
+them but the per-frame pipelines (`edge run`, `edge bench`), once at start-up (`choose`), and they
+are passed to `edge.preprocess.preprocess` as its `lab` strategy; one-shot commands keep cvtColor.
 """
 
 from __future__ import annotations
@@ -29,22 +23,19 @@ import functools
 import logging
 import os
 import sys
-import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-try:
-    from edge import _lab_kernels as _compiled
-except ImportError:  # no compiler at install time: NumPy does the same passes
-    _compiled = None
+from edge.preprocess import CVTCOLOR
 
 log = logging.getLogger(__name__)
 
 MIN_RAM_BYTES = 1 << 30
 _COLOURS = 1 << 24
 _CHUNK_ROWS = 256  # converted 256 rows of 4096 colours (1M) at a time
+STRATEGIES = ("auto", "tables", "cvtcolor")
 
 
 @dataclass(frozen=True)
@@ -53,26 +44,13 @@ class LabTables:
     forward: np.ndarray
     # index L | code(a, b) << 8 -> value R | G << 8 | B << 16
     inverse: np.ndarray
+    name = "tables"
 
     def clahe_on_l(self, image: np.ndarray, clahe: cv2.CLAHE, color_order: str = "RGB") -> np.ndarray:
-        """uint8 H x W x 3 BGR -> CLAHE on L of LAB, in `color_order`. A 4-channel BGRA `image`
-        (alpha ignored) is used as scratch space and overwritten: preprocess hands over its own.
-
-        Same bytes as `edge.preprocess`'s cvtColor path. One thread: splitting the gathers into two
-        row bands (edge.rowbands) measured slower right after invoke() (preprocess p50 1.86 vs
-        1.53 ms, frames interleaved in one process)."""
-        kernels = compiled_kernels()
-        if kernels is not None:  # the same passes as below, one C loop each, on BGR or BGRA
-            h, w = image.shape[:2]
-            lab, lightness = np.empty((h, w), np.uint32), np.empty((h, w), np.uint8)
-            kernels.to_lab(np.ascontiguousarray(image), self.forward, lab, lightness)
-            out = np.empty((h, w, 3), np.uint8)
-            kernels.to_rgb(lab, clahe.apply(lightness), self.inverse, out, color_order != "RGB")
-            return out
-        if image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+        """uint8 H x W x 3 BGR -> CLAHE on L of LAB, in `color_order`; the same bytes as CVTCOLOR's."""
+        bgra = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
         # B | G<<8 | R<<16 | alpha<<24 as one little-endian word; the mask drops alpha.
-        packed = np.ascontiguousarray(image).view(np.uint32)
+        packed = bgra.view(np.uint32)
         np.bitwise_and(packed, _COLOURS - 1, out=packed)  # in place: the freshly written pixels are in cache
         # mode="clip" skips the bounds check; every index is in range by construction.
         lab = self.forward.take(packed, mode="clip").view(np.uint8)  # H x W x 4: L, then the (a, b) code
@@ -80,7 +58,6 @@ class LabTables:
         rgbx = self.inverse.take(lab.view(np.uint32), mode="clip").view(np.uint8)  # R, G, B, 0
         # BGRA2BGR only drops the 4th byte (R, G, B stay in place); BGRA2RGB also swaps to B, G, R.
         return cv2.cvtColor(rgbx, cv2.COLOR_BGRA2BGR if color_order == "RGB" else cv2.COLOR_BGRA2RGB)
-
 
 def build() -> LabTables:
     """Fill both tables from this process's OpenCV (~1 s; chunked, so building needs little more
@@ -111,11 +88,6 @@ def build() -> LabTables:
     return LabTables(forward=forward.reshape(-1), inverse=inverse.view(np.uint32).reshape(-1))
 
 
-def enabled() -> bool:
-    """Tables unless EDGE_LAB_TABLES=0, the machine is big-endian, or it has under 1 GiB of RAM."""
-    return os.environ.get("EDGE_LAB_TABLES", "1") != "0" and sys.byteorder == "little" and _ram_bytes() >= MIN_RAM_BYTES
-
-
 @functools.cache
 def _ram_bytes() -> int:
     try:
@@ -124,36 +96,27 @@ def _ram_bytes() -> int:
         return 1 << 40
 
 
-def compiled_kernels():
-    """edge._lab_kernels (setup.py builds it where a C compiler is at hand), unless
-    EDGE_LAB_KERNELS=0; None otherwise, and the NumPy passes run instead."""
-    if _compiled is None or os.environ.get("EDGE_LAB_KERNELS", "1") == "0":
-        return None
-    return _compiled
-
-_lock = threading.Lock()
-_tables: LabTables | None = None
-_failed = False
+def not_here() -> str | None:
+    """Why `choose("auto")` keeps cvtColor on this machine, or None when it builds the tables."""
+    if sys.byteorder != "little":
+        return "a big-endian machine"
+    if _ram_bytes() < MIN_RAM_BYTES:
+        return f"under {MIN_RAM_BYTES >> 30} GiB of RAM"
+    return None
 
 
-def prepare() -> LabTables | None:
-    """Build the tables now, once per process, unless `enabled()` says no. Per-frame pipelines
-    (`edge run`, `edge bench`) call this at start-up; one-shot commands do not, because the ~1 s
-    build would cost more than the lookups save on a few images. Thread-safe."""
-    global _tables, _failed
-    if not enabled() or _failed:
-        return None
-    with _lock:
-        if _tables is None and not _failed:
-            try:
-                _tables = build()
-            except MemoryError:  # a busy small device: keep to the cvtColor path, say so once
-                _failed = True
-                log.warning("not enough memory for the LAB lookup tables (~90 MB); using cvtColor")
-    return current()
-
-
-def current() -> LabTables | None:
-    """The tables, if `prepare()` built them and EDGE_LAB_TABLES is not 0 (checked on every call,
-    so an A/B run can switch them off)."""
-    return _tables if _tables is not None and enabled() else None
+def choose(strategy: str = "auto"):
+    """The LAB strategy a per-frame pipeline uses, decided once at start-up: the tables, unless
+    `strategy` is "cvtcolor", the machine has under 1 GiB of RAM or is big-endian (the packing reads
+    bytes as little-endian words), or building them runs out of memory. Same bytes either way."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"LAB strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if strategy == "cvtcolor":
+        return CVTCOLOR
+    if strategy == "auto" and not_here():
+        return CVTCOLOR
+    try:
+        return build()
+    except MemoryError:  # a busy small device: keep to cvtColor, say so once
+        log.warning("not enough memory for the LAB lookup tables (~90 MB); using cvtColor")
+        return CVTCOLOR

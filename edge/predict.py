@@ -78,42 +78,60 @@ def uncertainty_rule(
 
 
 class Classifier:
-    """A bundle, its backend and its preprocessing, built once; call `classify_frames` per batch."""
+    """A bundle, its backend, its preprocessing and its uncertainty rule, built once.
+
+    `lab` is the preprocessing's LAB strategy (edge.preprocess.CVTCOLOR unless a per-frame pipeline
+    built edge.labtables at start-up); it changes the time, never the bytes.
+    """
 
     def __init__(self, bundle: Bundle, backend: InferenceBackend | None = None, uncertainty: Uncertainty | None = None,
-                 top_k: int = 3, **backend_options):
+                 top_k: int = 3, lab=None):
         self.bundle = bundle
-        self.backend = backend or open_backend(bundle, **backend_options)
+        self.backend = backend or open_backend(bundle)
         self.spec = bundle.preprocess_spec
         self.labels = bundle.labels
         self.uncertainty = uncertainty or bundle.manifest.uncertainty
         self.top_k = top_k
+        self.lab = lab
 
     @classmethod
     def open(cls, bundle: Bundle, backend_name: str = "cpu", uncertainty: Uncertainty | None = None, top_k: int = 3,
-             **backend_options) -> Classifier:
+             lab=None, **backend_options) -> Classifier:
         """Open the named backend ("cpu", "edgetpu") with its options (runtime, threads, device, ...)."""
-        return cls(bundle, open_backend(bundle, backend_name, **backend_options), uncertainty, top_k)
+        return cls(bundle, open_backend(bundle, backend_name, **backend_options), uncertainty, top_k, lab)
 
     def preprocess(self, frame: np.ndarray, order: str = "BGR") -> np.ndarray:
-        return preprocess(frame, self.spec, order)
+        return preprocess(frame, self.spec, order, lab=self.lab)
+
+    def _predictions(self, probs: np.ndarray) -> list[Prediction]:
+        return [to_prediction(p, self.labels, self.uncertainty, self.top_k) for p in probs]
 
     def classify_tensors(self, batch: np.ndarray) -> list[Prediction]:
         """uint8 N x H x W x 3, already preprocessed -> one Prediction each (with invoke time)."""
         t0 = time.perf_counter()
         probs = self.backend.run(batch)
         invoke_ms = (time.perf_counter() - t0) * 1000 / max(1, len(batch))
-        preds = [to_prediction(p, self.labels, self.uncertainty, self.top_k) for p in probs]
+        preds = self._predictions(probs)
         for p in preds:
             p.timings_ms["invoke"] = invoke_ms
         return preds
 
-    def classify_frames(self, frames: list[np.ndarray], order: str = "BGR") -> list[Prediction]:
-        """Raw frames (any size, BGR by default) -> predictions with preprocess and invoke times."""
+    def classify_images(self, images: list[np.ndarray], order: str = "BGR") -> tuple[list[Prediction], dict[str, float]]:
+        """Raw crops or frames (any size, BGR by default) -> predictions, and the time of each stage
+        for the whole batch: preprocess (including the copy into the model's input), invoke,
+        postprocess (reading and dequantizing the scores, label, top-k, uncertain flag)."""
         t0 = time.perf_counter()
-        batch = np.stack([self.preprocess(f, order) for f in frames])
-        pre_ms = (time.perf_counter() - t0) * 1000 / max(1, len(frames))
-        preds = self.classify_tensors(batch)
+        self.backend.set_input(np.stack([self.preprocess(f, order) for f in images]))
+        t1 = time.perf_counter()
+        self.backend.invoke()
+        t2 = time.perf_counter()
+        preds = self._predictions(self.backend.scores())
+        t3 = time.perf_counter()
+        return preds, {"preprocess": (t1 - t0) * 1000, "invoke": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
+
+    def classify_frames(self, frames: list[np.ndarray], order: str = "BGR") -> list[Prediction]:
+        """Raw frames -> predictions carrying their share of the preprocess and invoke time."""
+        preds, stages = self.classify_images(frames, order)
         for p in preds:
-            p.timings_ms["preprocess"] = pre_ms
+            p.timings_ms.update(preprocess=stages["preprocess"] / len(preds), invoke=stages["invoke"] / len(preds))
         return preds

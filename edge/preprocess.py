@@ -15,10 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import labtables, rowbands
 from edge.errors import ImageLoadError
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 _INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
@@ -147,44 +144,25 @@ def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(v, v, v))
 
 
-def _resize(image: np.ndarray, spec: PreprocessSpec, to_bgra: bool = False) -> np.ndarray:
+def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     size = int(spec.size)
     if spec.antialias and spec.interpolation != "area":
         # Halve with exact 2x INTER_AREA (OpenCV's fast path) while the image is >= 2x the target,
         # so the final interpolation never skips pixels (no aliasing of fine granules).
         while image.shape[0] >= 2 * size and image.shape[1] >= 2 * size:
             h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-            half = np.empty((h // 2, w // 2, *image.shape[2:]), np.uint8)
-            image = rowbands.by_rows(_area_halve, image[:h, :w], half, src_rows_per_dst_row=2)
-    if to_bgra:
-        # edge.labtables reads pixels as 32-bit BGRA words. Converting before the last resize saves
-        # a pass over the output: every channel is resized alike, so B, G, R come out the same.
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+            image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
     if image.shape[0] != size or image.shape[1] != size:
         image = cv2.resize(image, (size, size), interpolation=_INTERPOLATIONS[spec.interpolation])
     return image
 
 
-def _area_halve(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    # Each output pixel is the mean of one 2x2 block: exact when split at an even source row.
-    return cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_AREA)
-
-
-def _converter(code: int):
-    return lambda src, dst: cv2.cvtColor(src, code, dst=dst)
-
-
-_TO_LAB = _converter(cv2.COLOR_BGR2LAB)
-_FROM_LAB = {"RGB": _converter(cv2.COLOR_LAB2RGB), "BGR": _converter(cv2.COLOR_LAB2BGR)}
-
-
 _per_thread = threading.local()
 
 
-def _clahe_object(clip_limit: float, grid: int) -> cv2.CLAHE:
+def clahe_object(clip_limit: float, grid: int) -> cv2.CLAHE:
     """One CLAHE object per thread and setting, reused: a new one allocates its buffers on first
-    apply, which cost ~0.07 ms a frame right after invoke(). Per thread, because apply() writes
-    into those buffers."""
+    apply (docs/bench.md). Per thread, because apply() writes into those buffers."""
     cache = getattr(_per_thread, "clahe", None)
     if cache is None:
         cache = _per_thread.clahe = {}
@@ -194,43 +172,38 @@ def _clahe_object(clip_limit: float, grid: int) -> cv2.CLAHE:
     return cache[key]
 
 
-def _clahe(bgr: np.ndarray, spec: PreprocessSpec, tables: labtables.LabTables | None) -> np.ndarray:
-    """CLAHE on L of LAB; returns the image directly in spec.color_order (saves one conversion).
+class CvtColorLab:
+    """CLAHE on L of LAB with OpenCV's own colour conversions: the reference way, and the default.
 
-    With `tables` (edge.labtables: same bytes, about half the time) the colour conversions are
-    lookups. Without them (EDGE_LAB_TABLES=0, small devices) the per-pixel conversions run as two
-    row bands at once (edge.rowbands). CLAHE itself is multi-threaded inside OpenCV."""
-    clahe = _clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
-    if tables is not None:
-        return tables.clahe_on_l(bgr, clahe, spec.color_order)
-    lab = rowbands.by_rows(_TO_LAB, bgr, np.empty_like(bgr))
-    cv2.insertChannel(clahe.apply(cv2.extractChannel(lab, 0)), lab, 0)
-    return rowbands.by_rows(_FROM_LAB[spec.color_order], lab, np.empty_like(lab))
+    A preprocessing strategy is any object with this `clahe_on_l`; edge.labtables.LabTables gives the
+    same bytes faster, for the per-frame pipelines that build it at start-up and pass it in."""
+
+    name = "cvtcolor"
+
+    def clahe_on_l(self, bgr: np.ndarray, clahe: cv2.CLAHE, color_order: str) -> np.ndarray:
+        lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
+        cv2.insertChannel(clahe.apply(cv2.extractChannel(lab, 0)), lab, 0)
+        return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB if color_order == "RGB" else cv2.COLOR_LAB2BGR)
 
 
-def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR") -> np.ndarray:
+CVTCOLOR = CvtColorLab()
+
+
+def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR", lab=None) -> np.ndarray:
     """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
 
     Steps: 8-bit BGR -> centred square (or pad) -> resize (2x area steps, then bilinear) -> CLAHE on
-    L of LAB -> colour order.
+    L of LAB -> colour order. `lab` is the strategy for the LAB round trip (CVTCOLOR by default;
+    the same bytes whichever is passed).
     Deterministic: the same input gives the same bytes on every call and every machine with the
     same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
     """
     spec = spec or PreprocessSpec()
-    bgr = _square(to_bgr8(image, order), spec)
+    bgr = _resize(_square(to_bgr8(image, order), spec), spec)
     if spec.contrast == "clahe":
-        tables = labtables.current()
-        # For the NumPy passes over the tables, which read BGRA words (the C passes read BGR). Only
-        # for OpenCV's fixed-point (bit-exact) bilinear and nearest: its float cubic resize differs
-        # in the last bit between 3 and 4 channels (tests/test_preprocess.py).
-        to_bgra = (
-            tables is not None
-            and labtables.compiled_kernels() is None
-            and spec.interpolation in ("linear", "nearest")
-        )
-        out = _clahe(_resize(bgr, spec, to_bgra), spec, tables)
+        clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
+        out = (lab or CVTCOLOR).clahe_on_l(bgr, clahe, spec.color_order)
     else:
-        bgr = _resize(bgr, spec)
         out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else bgr
     return np.ascontiguousarray(out, dtype=np.uint8)
 

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.augment import throughput  # noqa: E402
-from edge.preprocess import IMAGE_SUFFIXES, PreprocessSpec, preprocess_file  # noqa: E402
+from edge.dataset import IMAGE_SUFFIXES
+from edge.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
 from edge.synthetic import make_dataset  # noqa: E402
 
 

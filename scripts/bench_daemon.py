@@ -79,11 +79,12 @@ def raw_invoke_ms(
     source.open()
     (crop,) = CellMode(region, region_px).crops(source.read().image)
     tensor = preprocess(crop.image, bundle.preprocess_spec)[None]
+    backend.set_input(tensor)
     for _ in range(5):
-        backend.invoke(tensor)
+        backend.invoke()
     # Back to back (caches and XNNPACK's worker threads hot), and spaced at the camera rate (as in the daemon).
-    hot = median_ms(lambda: backend.invoke(tensor), n)
-    paced = median_ms(lambda: backend.invoke(tensor), min(n, 100), fps)
+    hot = median_ms(backend.invoke, n)
+    paced = median_ms(backend.invoke, min(n, 100), fps)
     return hot, paced, backend.describe()
 
 

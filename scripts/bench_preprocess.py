@@ -1,7 +1,6 @@
 #!/usr/bin/env python3
-"""Cost of edge.preprocess per frame, by input size and contrast method: CLAHE through the LAB
-lookup tables (edge.labtables) with the C or the NumPy passes, CLAHE through cvtColor, none (a
-benchmark, not a test).
+"""Cost of edge.preprocess per frame, by input size and LAB strategy: CLAHE through the lookup tables
+(edge.labtables), CLAHE through cvtColor, no contrast step (a benchmark, not a test).
 
     python scripts/bench_preprocess.py [--runs 300]
     python scripts/bench_preprocess.py --after-invoke models/mobilenetv2-int8 [--runs 1000]
@@ -15,7 +14,6 @@ frame so that a noisy machine slows them all alike.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 
@@ -23,26 +21,16 @@ import cv2
 import numpy as np
 
 from edge import labtables
-from edge.preprocess import PreprocessSpec, preprocess
+from edge.preprocess import CVTCOLOR, PreprocessSpec, preprocess
 from edge.synthetic import render_field
 
 SIZES = [(400, 400), (640, 480), (1280, 960), (1920, 1080)]
 
 
-# (contrast, EDGE_LAB_TABLES, EDGE_LAB_KERNELS, label)
-METHODS = (
-    ("clahe", "1", "1", "clahe (tables, C)"),
-    ("clahe", "1", "0", "clahe (tables, NumPy)"),
-    ("clahe", "0", "1", "clahe (cvtColor)"),
-    ("none", "1", "1", "none"),
-)
-
-
-def _use(method: tuple) -> str:
-    """Select the method through the environment, as a user would; returns its contrast."""
-    contrast, tables, kernels, _ = method
-    os.environ["EDGE_LAB_TABLES"], os.environ["EDGE_LAB_KERNELS"] = tables, kernels
-    return contrast
+def methods() -> list[tuple[str, object, str]]:
+    """(contrast, LAB strategy, label)."""
+    return [("clahe", labtables.build(), "clahe (tables)"), ("clahe", CVTCOLOR, "clahe (cvtColor)"),
+            ("none", CVTCOLOR, "none")]
 
 
 def after_invoke(bundle_path: str, runs: int) -> None:
@@ -54,22 +42,22 @@ def after_invoke(bundle_path: str, runs: int) -> None:
     backend = open_backend(bundle, "cpu")
     rng = np.random.default_rng(0)
     crops = [CellMode(0.5).crops(render_field(rng, 640, 480)[0])[0].image for _ in range(8)]
-    tensor = preprocess(crops[0], bundle.preprocess_spec)[None]
-    specs = [PreprocessSpec(**{**bundle.preprocess_spec.to_dict(), "contrast": m[0]}) for m in METHODS]
-    times: list[list[float]] = [[] for _ in METHODS]
-    for i in range(runs * len(METHODS) + 10 * len(METHODS)):
-        k = i % len(METHODS)
-        _use(METHODS[k])
-        backend.invoke(tensor)
+    backend.set_input(preprocess(crops[0], bundle.preprocess_spec)[None])
+    chosen = methods()
+    specs = [PreprocessSpec(**{**bundle.preprocess_spec.to_dict(), "contrast": m[0]}) for m in chosen]
+    times: list[list[float]] = [[] for _ in chosen]
+    for i in range(runs * len(chosen) + 10 * len(chosen)):
+        k = i % len(chosen)
+        backend.invoke()
         t0 = time.perf_counter()
-        preprocess(crops[i % len(crops)], specs[k])
-        if i >= 10 * len(METHODS):  # the first rounds warm up
+        preprocess(crops[i % len(crops)], specs[k], lab=chosen[k][1])
+        if i >= 10 * len(chosen):  # the first rounds warm up
             times[k].append((time.perf_counter() - t0) * 1000)
     print(f"right after invoke() of {bundle.path.name}, centred 240x240 of a 640x480 field, {runs} frames each")
     print(f"{'contrast':>22} {'p50 ms':>8} {'p90 ms':>8}")
-    for method, t in zip(METHODS, times, strict=True):
+    for method, t in zip(chosen, times, strict=True):
         p50, p90 = np.percentile(t, [50, 90])
-        print(f"{method[3]:>22} {p50:8.3f} {p90:8.3f}")
+        print(f"{method[2]:>22} {p50:8.3f} {p90:8.3f}")
 
 
 def main() -> None:
@@ -79,24 +67,24 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     print(f"{platform.processor() or platform.machine()}, OpenCV {cv2.__version__}, cv2 threads {cv2.getNumThreads()}")
-    labtables.prepare()  # as edge run and edge bench do; EDGE_LAB_TABLES=0 below selects the cvtColor path
     if args.after_invoke:
         after_invoke(args.after_invoke, args.runs)
         return
     print(f"{'input':>10} {'contrast':>22} {'p50 ms':>8} {'p90 ms':>8} {'frames/s':>9}")
+    chosen = methods()
     for w, h in SIZES:
         frame, _ = render_field(rng, w, h, center_class="lobed")
-        for method in METHODS:
-            spec = PreprocessSpec(contrast=_use(method))
+        for contrast, lab, label in chosen:
+            spec = PreprocessSpec(contrast=contrast)
             for _ in range(10):
-                preprocess(frame, spec)
+                preprocess(frame, spec, lab=lab)
             times = []
             for _ in range(args.runs):
                 t0 = time.perf_counter()
-                preprocess(frame, spec)
+                preprocess(frame, spec, lab=lab)
                 times.append((time.perf_counter() - t0) * 1000)
             p50, p90 = np.percentile(times, [50, 90])
-            print(f"{w}x{h:<5} {method[3]:>22} {p50:8.3f} {p90:8.3f} {1000 / np.mean(times):9.0f}")
+            print(f"{w}x{h:<5} {label:>22} {p50:8.3f} {p90:8.3f} {1000 / np.mean(times):9.0f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Overlapped pipeline vs a plain sequential loop, on the same images, runtime and threads, in one run.
 
-    python scripts/throughput.py BUNDLE IMAGES... [--threads N] [--workers W] [--loader thread|process]
+    python scripts/throughput.py BUNDLE IMAGES... [--threads N] [--workers W]
                                  [--batch B] [--rounds R] [--limit N] [--json FILE]
 
 Each round runs the sequential loop (decode -> preprocess -> invoke, one image at a time) and then
@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge.batch import PipelineOptions, classify_paths, classify_sequential, default_workers, timed  # noqa: E402
 from edge.bundle import Bundle  # noqa: E402
 from edge.commands._device_options import pipeline_for  # noqa: E402
-from edge.images import expand_paths  # noqa: E402
+from edge.dataset import expand_paths  # noqa: E402
 from edge.predict import Classifier  # noqa: E402
 from edge.runtime import open_backend  # noqa: E402
-from edge.runtime.cpu_tflite import usable_cores  # noqa: E402
+from edge.runtime.tflite import usable_cores  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,7 +39,6 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="threads per interpreter (default as edge eval: 1 per interpreter, one interpreter per core)")
     ap.add_argument("--workers", type=int, default=None, help="loader workers (default: free cores, at least 1)")
-    ap.add_argument("--loader", choices=("thread", "process"), default="thread")
     ap.add_argument("--replicas", type=int, default=None,
                     help="interpreters working side by side (default: cores // threads, as edge eval does)")
     ap.add_argument("--all-cores-baseline", action="store_true",
@@ -67,7 +66,7 @@ def main(argv=None) -> int:
             p.read_bytes()
         except OSError:
             pass
-    options = PipelineOptions(batch_size=args.batch, workers=args.workers or default_workers(threads), loader=args.loader)
+    options = PipelineOptions(batch_size=args.batch, workers=args.workers or default_workers(threads))
     for c in classifiers + ([all_cores] if all_cores else []):  # first invokes pack weights: not timed
         list(classify_sequential(c, paths[:4]))
         list(classify_paths(c, paths[: 2 * args.batch], options))
@@ -92,12 +91,11 @@ def main(argv=None) -> int:
         "sequential_images_per_second": round(s, 2),
         "pipeline_images_per_second": round(p, 2),
         "speedup": round(p / s, 3),
-        "pipeline": {"replicas": replicas, "threads_per_interpreter": threads, "loader": options.loader,
-                     "workers": options.workers if replicas == 1 else 0, "batch_size": options.batch_size},
+        "pipeline": {"replicas": replicas, "threads_per_interpreter": threads, "workers": options.workers if replicas == 1 else 0, "batch_size": options.batch_size},
         "runtime": info,
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_average": os.getloadavg()},
     }
-    loaders = f"{options.workers} {options.loader} loader(s)" if replicas == 1 else "each decoding its own batches"
+    loaders = f"{options.workers} loader thread(s)" if replicas == 1 else "each decoding its own batches"
     print(f"median over {args.rounds} rounds, {len(paths)} images, {info['runtime']} {info['runtime_version']}, "
           f"{replicas} interpreter(s) x {threads} thread(s), {loaders}, batch {options.batch_size}:")
     print(f"  sequential {s:.1f} images/s   pipeline {p:.1f} images/s   ratio {p / s:.2f}x")

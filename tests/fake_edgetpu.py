@@ -21,7 +21,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass, field
 
-import edge.runtime.cpu_tflite as cpu_tflite
+from edge.runtime import tflite
 
 LIBRARY = "libedgetpu.so.1"
 
@@ -95,7 +95,7 @@ class FakeEdgeTpu:
 
     def install(self, monkeypatch) -> FakeEdgeTpu:
         """Replace `load_delegate` in the module of every TFLite runtime that imports here."""
-        for module_name, _ in cpu_tflite.RUNTIMES.values():
+        for module_name, _ in tflite.RUNTIMES.values():
             if module_name.startswith("tensorflow"):
                 continue  # importing TensorFlow just to patch it would cost seconds; LiteRT is the device runtime
             try:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from calibration.fidelity import ClassDelta, FidelityReport, compare, format_fidelity, loss_warning
-from calibration.folders import load_labelled, scan_classes, split_name
 from calibration.representative import balanced_sample, build_calibration_set
 from calibration.thresholds import derive_uncertainty, flag_stats
 from edge.bundle import Uncertainty
+from edge.dataset import load_labelled, scan_labelled, split_name
 from edge.errors import DataError
 from edge.preprocess import preprocess_file
 from tests.tiny_model import TINY_SPEC
@@ -33,9 +33,9 @@ def test_balanced_and_deterministic(synthetic_split):
 
 
 def test_more_than_available_takes_every_image(synthetic_split):
-    classes = scan_classes(synthetic_split / "train")
-    chosen = balanced_sample(classes, count=10_000, seed=0)
-    assert {k: len(v) for k, v in chosen.items()} == {k: len(v) for k, v in classes.items()}
+    available = scan_labelled(synthetic_split / "train")
+    chosen = balanced_sample(available, count=10_000, seed=0)
+    assert chosen.counts() == available.counts()
 
 
 def test_images_are_exactly_edge_preprocess(synthetic_split):
@@ -73,12 +73,12 @@ def test_fingerprint_follows_content(synthetic_split, tmp_path):
 
 
 def test_unknown_or_missing_classes(synthetic_split, tmp_path):
-    with pytest.raises(DataError, match="not labels of the model"):
+    with pytest.raises(DataError, match="match no label"):
         build_calibration_set(synthetic_split / "train", TINY_SPEC, ["dense", "granular"])
     with pytest.raises(DataError, match="calibration needs every class"):
         build_calibration_set(synthetic_split / "train", TINY_SPEC, [*LABELS, "blast"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no class folders"):
+    with pytest.raises(DataError, match="no class subfolders"):
         build_calibration_set(tmp_path / "empty", TINY_SPEC, LABELS)
 
 
@@ -162,7 +162,7 @@ def test_float_vs_int8_on_tiny_model(tiny_bundle, synthetic_split):
 def test_bias_correction_measures_and_leaves_the_original_alone(tiny_bundle, synthetic_split):
     import keras
 
-    from calibration.bias_correction import corrected_copy, measure
+    from convert.bias_correction import corrected_copy, measure
 
     model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
     before = [w.copy() for w in model.get_weights()]

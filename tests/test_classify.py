@@ -15,7 +15,7 @@ import pytest
 
 from edge.batch import PipelineOptions, classify_paths, classify_sequential
 from edge.bundle import Bundle
-from edge.images import expand_paths, images_in
+from edge.dataset import expand_paths, images_in
 from edge.predict import Classifier
 from edge.synthetic import CLASSES, render_cell
 
@@ -95,9 +95,8 @@ def test_classify_bad_bundle_and_empty_folder_are_one_line_errors(tiny_bundle, t
 
 @pytest.mark.parametrize(
     "options, replicas",
-    [(PipelineOptions(batch_size=4, workers=2), 1), (PipelineOptions(batch_size=3), 2),
-     (PipelineOptions(batch_size=5, loader="process"), 1)],
-    ids=["threads", "replicas", "processes"],
+    [(PipelineOptions(batch_size=4, workers=2), 1), (PipelineOptions(batch_size=3), 2)],
+    ids=["threads", "replicas"],
 )
 def test_pipeline_gives_the_sequential_results_in_order(tiny_bundle, folder_with_one_corrupt, options, replicas):
     root, bad = folder_with_one_corrupt

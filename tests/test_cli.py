@@ -53,7 +53,7 @@ def test_device_only_venv_has_no_tensorflow(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     tmp = tmp_path_factory.mktemp("cwd")  # run outside the repo, so the installed package is what runs
     check = subprocess.run(
-        [py, "-c", "import importlib.util as u, sys, edge, edge.preprocess, edge.bundle, edge.predict, edge.runtime.cpu_tflite;"
+        [py, "-c", "import importlib.util as u, sys, edge, edge.preprocess, edge.bundle, edge.predict, edge.runtime.tflite, edge.runtime.cpu_tflite;"
          "print(u.find_spec('tensorflow') is None, 'tensorflow' in sys.modules)"],
         capture_output=True, text=True, cwd=tmp, env=env,
     )

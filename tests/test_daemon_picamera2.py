@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.daemon.capture import CaptureThread, DropOldestQueue
 from edge.daemon.config import load_config
-from edge.daemon.pipeline import CaptureThread, DropOldestQueue
 from edge.daemon.sources import Frame, SourceError, open_source
 from edge.daemon.sources.picamera2 import lores_to_bgr
 from edge.daemon.telemetry import Telemetry

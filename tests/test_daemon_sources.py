@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.daemon.capture import END, CaptureThread, DropOldestQueue, Skipped
 from edge.daemon.config import ConfigError, load_config
-from edge.daemon.pipeline import END, CaptureThread, DropOldestQueue, Skipped
 from edge.daemon.sources import Frame, open_source
 from edge.daemon.telemetry import Telemetry
 from edge.synthetic import make_dataset, render_cell

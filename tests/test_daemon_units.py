@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from edge.daemon.archive import FlaggedArchive
+from edge.daemon.capture import DropOldestQueue, Skipped
 from edge.daemon.config import AlertRule, ArchiveConfig, ConfigError, DifferentialConfig, load_config
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
-from edge.daemon.pipeline import DropOldestQueue, Skipped
 from edge.daemon.sources import Frame
 from edge.daemon.store import ResultRow, ResultStore
 from edge.preprocess import center_region

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 
 from convert.cache import load_images
-from convert.data import (
-    fingerprint,
-    near_duplicates,
-    perceptual_hashes,
-    scan_folder,
-    stratified_kfold,
-    stratified_split,
-)
+from convert.data import near_duplicates, perceptual_hashes, stratified_kfold, stratified_split
+from edge.dataset import scan_labelled
 from edge.errors import DataError
 from edge.preprocess import PreprocessSpec, load_image, preprocess_file
 from edge.synthetic import make_dataset
@@ -41,7 +35,7 @@ def small(tmp_path) -> Path:
 
 def test_scan_counts_and_ignores_non_images(small):
     (small / "round" / "notes.txt").write_text("not an image")
-    folder = scan_folder(small)
+    folder = scan_labelled(small)
     assert folder.labels == sorted(p.name for p in small.iterdir())
     assert set(folder.counts().values()) == {6}
     assert [p.name for p in folder.ignored] == ["notes.txt"]
@@ -61,14 +55,17 @@ def test_scan_fatal_cases(tmp_path, make, message):
     root.mkdir()
     make(root)
     with pytest.raises(DataError, match=message):
-        scan_folder(root)
+        scan_labelled(root)
 
 
 def test_val_folder_must_have_the_training_classes(small, tmp_path):
     make_dataset(tmp_path / "v", per_class=2, seed=9)
     shutil.rmtree(tmp_path / "v" / "round")
+    from convert.pipeline import scan_splits
+    from convert.train import TrainConfig
+
     with pytest.raises(DataError, match="do not match"):
-        scan_folder(tmp_path / "v", scan_folder(small).labels)
+        scan_splits(TrainConfig(data_dir=str(small), out=str(tmp_path / "run"), val_dir=str(tmp_path / "v")))
 
 
 def test_stratified_split_and_kfold_keep_proportions():
@@ -85,12 +82,12 @@ def test_stratified_split_and_kfold_keep_proportions():
 
 
 def test_fingerprint_changes_with_content(small):
-    folder = scan_folder(small)
-    before = fingerprint(folder)
-    assert fingerprint(scan_folder(small)) == before
+    folder = scan_labelled(small)
+    before = folder.fingerprint()
+    assert scan_labelled(small).fingerprint() == before
     victim = folder.files[0]
     victim.write_bytes(victim.read_bytes() + b"\0")
-    assert fingerprint(scan_folder(small)) != before
+    assert scan_labelled(small).fingerprint() != before
 
 
 def test_near_duplicates_found_across_splits(tmp_path):
@@ -99,7 +96,7 @@ def test_near_duplicates_found_across_splits(tmp_path):
     copied = sorted((tmp_path / "train" / "lobed").iterdir())[0]
     shutil.copy(copied, tmp_path / "val" / "lobed" / "copy.png")
     spec = PreprocessSpec(size=64)
-    tr, va = scan_folder(tmp_path / "train"), scan_folder(tmp_path / "val")
+    tr, va = scan_labelled(tmp_path / "train"), scan_labelled(tmp_path / "val")
     tr_img = load_images(tr.files, _hashes(tr.files), spec).images
     va_img = load_images(va.files, _hashes(va.files), spec).images
     pairs = near_duplicates(perceptual_hashes(tr_img), perceptual_hashes(va_img), tr.files, va.files)
@@ -115,7 +112,7 @@ def test_cache_skips_corrupt_and_reuses_arrays(small, tmp_path):
 
     ok, buf = cv2.imencode(".jpg", load_image(good_jpeg))
     bad.write_bytes(buf.tobytes()[: len(buf) // 2])  # truncated JPEG
-    folder = scan_folder(small)
+    folder = scan_labelled(small)
     spec = PreprocessSpec(size=48)
     first = load_images(folder.files, _hashes(folder.files), spec, tmp_path / "cache")
     assert [Path(f).name for f, _ in first.skipped] == ["broken.jpg"]
@@ -145,7 +142,7 @@ def _classifier(bundle_dir):
 
 
 def test_training_and_device_preprocessing_bit_identical(synthetic_split, tiny_bundle):
-    _assert_identical(scan_folder(synthetic_split / "val").files[:10], _classifier(tiny_bundle))
+    _assert_identical(scan_labelled(synthetic_split / "val").files[:10], _classifier(tiny_bundle))
 
 
 @pytest.mark.realdata

@@ -13,8 +13,8 @@ import pytest
 
 from edge.batch import classify_sequential
 from edge.bundle import Bundle
+from edge.dataset import images_in, normalize_label, scan_labelled
 from edge.errors import DataError
-from edge.images import images_in, labelled_images, normalize_label
 from edge.predict import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,8 @@ def test_eval_reports_metrics_throughput_and_a_plot(tiny_bundle, labelled, tmp_p
                 "uncertain_fraction", "confident_accuracy", "sequential_images_per_second", "speedup"):
         assert key in report, key
     bundle = Bundle.load(tiny_bundle)
-    paths, targets, _ = labelled_images(labelled, bundle.labels)
+    images = scan_labelled(labelled, bundle.labels)
+    paths, targets = images.files, images.targets.tolist()
     assert report["n"] == len(paths) == 40 and report["labels"] == bundle.labels
     assert sum(map(sum, report["confusion"])) == 40
     # Recompute from a plain sequential run: the pipeline must not change any answer.
@@ -92,17 +93,17 @@ def test_label_matching_ignores_case_underscores_and_hyphens(tmp_path):
     for folder in ("BASOPHIL", "Seg-Neutrophil"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "a.jpg").write_bytes(b"x")
-    paths, targets, folders = labelled_images(tmp_path, labels)
-    assert targets == [0, 1] and folders == ["BASOPHIL", "Seg-Neutrophil"]
+    images = scan_labelled(tmp_path, labels)
+    assert images.targets.tolist() == [0, 1] and [i.folder for i in images.items] == ["BASOPHIL", "Seg-Neutrophil"]
     (tmp_path / "lymphocyte").mkdir()
     with pytest.raises(DataError, match="lymphocyte match no label"):
-        labelled_images(tmp_path, labels)
+        scan_labelled(tmp_path, labels)
 
 
 def test_empty_or_missing_labelled_dir(tmp_path):
     with pytest.raises(DataError, match="not a folder"):
-        labelled_images(tmp_path / "nope", ["a"])
+        scan_labelled(tmp_path / "nope", ["a"])
     (tmp_path / "a").mkdir()
     with pytest.raises(DataError, match="no images found"):
-        labelled_images(tmp_path, ["a"])
+        scan_labelled(tmp_path, ["a"])
     assert images_in(tmp_path) == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 import pytest
@@ -136,147 +134,87 @@ def _reference_preprocess(bgr: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB if spec.color_order == "RGB" else cv2.COLOR_LAB2BGR)
 
 
+@pytest.fixture(scope="module")
+def lab_tables():
+    from edge import labtables
+
+    return labtables.build()
+
+
 @pytest.mark.parametrize("shape", [(480, 640), (1080, 1920), (451, 449), (363, 360), (224, 224), (97, 131)])
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
-@pytest.mark.parametrize("bands", ["1", "0"])
-@pytest.mark.parametrize("tables", ["1", "0"])
-def test_fast_paths_are_byte_identical_to_whole_image_opencv(shape, order, bands, tables, monkeypatch):
-    # edge.rowbands splits colour conversion and 2x area halving over two threads, edge.labtables
-    # replaces the colour conversions with lookups; the model must still see exactly the bytes
-    # OpenCV gives when each step is one call on the whole image.
-    from edge import labtables, rowbands
+@pytest.mark.parametrize("strategy", ["cvtcolor", "tables"])
+def test_lab_strategies_are_byte_identical_to_whole_image_opencv(shape, order, strategy, lab_tables):
+    # edge.labtables replaces the colour conversions with lookups; the model must still see exactly
+    # the bytes OpenCV gives when each step is one call on the whole image.
+    from edge.preprocess import CVTCOLOR
 
-    monkeypatch.setenv("EDGE_ROW_BANDS", bands)
-    monkeypatch.setenv("EDGE_LAB_TABLES", tables)
-    assert (labtables.prepare() is not None) == (tables == "1" and labtables.enabled())
-    assert rowbands.enabled() == (bands == "1" and (os.cpu_count() or 1) > 1)
+    lab = lab_tables if strategy == "tables" else CVTCOLOR
     rng = np.random.default_rng(sum(shape))
     frame = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (5, 5), 1.5)
     for size in (224, 96):
         spec = PreprocessSpec(size=size, color_order=order)
-        assert np.array_equal(preprocess(frame, spec), _reference_preprocess(frame, spec)), (shape, size)
+        assert np.array_equal(preprocess(frame, spec, lab=lab), _reference_preprocess(frame, spec)), (shape, size)
 
 
-def test_row_bands_are_exact_when_several_threads_preprocess_at_once():
+def test_exact_when_several_threads_preprocess_at_once(lab_tables):
     from concurrent.futures import ThreadPoolExecutor
 
     rng = np.random.default_rng(7)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(8)]
     expected = [_reference_preprocess(f, PreprocessSpec()) for f in frames]
     with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(preprocess, frames * 3))
+        got = list(pool.map(lambda f: preprocess(f, lab=lab_tables), frames * 3))
     assert all(np.array_equal(g, e) for g, e in zip(got, expected * 3, strict=True))
 
 
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
-@pytest.mark.parametrize("kernels", ["1", "0"])
-def test_lab_tables_match_opencv_for_every_24_bit_colour(order, kernels, monkeypatch):
+def test_lab_tables_match_opencv_for_every_24_bit_colour(order, lab_tables):
     # All 2**24 colours in one 4096 x 4096 image, so every entry of the forward table and every
     # (a, b) code of the inverse table is used, under CLAHE's local remapping of L.
-    from edge import labtables
-
-    monkeypatch.setenv("EDGE_LAB_KERNELS", kernels)  # the C passes (where built) and the NumPy ones
     bgr = np.arange(1 << 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3]
     bgr = np.ascontiguousarray(np.random.default_rng(3).permutation(bgr.reshape(-1, 3)).reshape(4096, 4096, 3))
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
     lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
     lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
     expected = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB if order == "RGB" else cv2.COLOR_LAB2BGR)
-    tables = labtables.build()
-    assert tables.inverse.size == 256 * len(np.unique(lab[:, :, 1].astype(np.uint32) << 8 | lab[:, :, 2]))
-    assert np.array_equal(tables.clahe_on_l(bgr, clahe, order), expected)
+    assert lab_tables.inverse.size == 256 * len(np.unique(lab[:, :, 1].astype(np.uint32) << 8 | lab[:, :, 2]))
+    assert np.array_equal(lab_tables.clahe_on_l(bgr, clahe, order), expected)
 
 
-def test_lab_tables_switch_off(monkeypatch):
+def test_lab_strategy_is_chosen_once_at_start_up(monkeypatch):
     from edge import labtables
+    from edge.preprocess import CVTCOLOR
 
-    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
-    assert labtables.prepare() is not None and labtables.current() is not None
-    monkeypatch.setenv("EDGE_LAB_TABLES", "0")
-    assert labtables.prepare() is None and labtables.current() is None
-    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
+    assert labtables.choose("cvtcolor") is CVTCOLOR
+    assert isinstance(labtables.choose("auto"), labtables.LabTables)
     monkeypatch.setattr(labtables, "MIN_RAM_BYTES", 1 << 60)  # a device too small for ~90 MB of tables
-    assert labtables.prepare() is None and labtables.current() is None
+    assert labtables.choose("auto") is CVTCOLOR
+    assert isinstance(labtables.choose("tables"), labtables.LabTables)  # asked for explicitly
+    with pytest.raises(ValueError, match="must be one of"):
+        labtables.choose("fast")
 
 
 def test_lab_tables_that_do_not_fit_leave_the_cvtcolor_path(monkeypatch, caplog):
     from edge import labtables
+    from edge.preprocess import CVTCOLOR
 
     def no_memory():
         raise MemoryError
 
-    monkeypatch.setattr(labtables, "_tables", None)
-    monkeypatch.setattr(labtables, "_failed", False)
     monkeypatch.setattr(labtables, "build", no_memory)
-    monkeypatch.setenv("EDGE_LAB_TABLES", "1")
-    assert labtables.prepare() is None and labtables.current() is None
+    lab = labtables.choose("auto")
+    assert lab is CVTCOLOR
     assert "not enough memory for the LAB lookup tables" in caplog.text
     frame = np.random.default_rng(5).integers(0, 256, (300, 400, 3), dtype=np.uint8)
-    assert np.array_equal(preprocess(frame), _reference_preprocess(frame, PreprocessSpec()))
+    assert np.array_equal(preprocess(frame, lab=lab), _reference_preprocess(frame, PreprocessSpec()))
 
 
 @pytest.mark.parametrize("interpolation", ["linear", "area", "cubic", "nearest"])
 @pytest.mark.parametrize("aspect", ["center_crop", "pad", "stretch"])
-@pytest.mark.parametrize("kernels", ["1", "0"])
-def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, aspect, kernels, monkeypatch):
-    # With the tables the last resize runs on BGRA instead of BGR; every option must still give the
-    # bytes of the plain cvtColor path.
-    from edge import labtables
-
-    monkeypatch.setenv("EDGE_LAB_KERNELS", kernels)
+def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, aspect, lab_tables):
     rng = np.random.default_rng(11)
     frame = cv2.GaussianBlur(rng.integers(0, 256, (451, 613, 3), dtype=np.uint8), (5, 5), 1.5)
     for size, antialias in ((224, True), (224, False), (96, True), (451, True)):
         spec = PreprocessSpec(size=size, interpolation=interpolation, aspect=aspect, antialias=antialias)
-        monkeypatch.setenv("EDGE_LAB_TABLES", "0")
-        expected = preprocess(frame, spec)
-        monkeypatch.setenv("EDGE_LAB_TABLES", "1")
-        assert labtables.prepare() is not None
-        assert np.array_equal(preprocess(frame, spec), expected), (size, antialias)
-
-
-def test_lab_kernels_are_built_where_a_compiler_is(monkeypatch):
-    # setup.py builds edge._lab_kernels as an optional extension: a machine with a C compiler (CI,
-    # this one) must have it, or the fast path silently went missing.
-    import shutil
-    import sysconfig
-
-    from edge import labtables
-
-    if not (shutil.which("cc") or shutil.which("gcc")) or not os.path.exists(
-        os.path.join(sysconfig.get_paths()["include"], "Python.h")
-    ):
-        pytest.skip("no C compiler or Python headers here: the NumPy passes are used")
-    monkeypatch.delenv("EDGE_LAB_KERNELS", raising=False)
-    assert labtables.compiled_kernels() is not None
-
-
-def test_lab_kernels_reject_mismatched_buffers_and_stay_inside_the_table():
-    from edge import labtables
-
-    kernels = labtables._compiled
-    if kernels is None:
-        pytest.skip("edge._lab_kernels is not built here")
-    bgrx = np.full(16, 0xFFFFFFFF, np.uint32)  # BGRA pixels: every index beyond a short table
-    table = np.arange(4, dtype=np.uint32)
-    lab, lightness = np.empty(16, np.uint32), np.empty(16, np.uint8)
-    kernels.to_lab(bgrx, table, lab, lightness)
-    assert (lab == 3).all() and (lightness == 3).all()  # clamped to the last entry, not read past it
-    out = np.empty((16, 3), np.uint8)
-    kernels.to_rgb(np.full(16, 0xFFFFFF00, np.uint32), lightness, np.array([0x030201], np.uint32), out, False)
-    assert (out == [1, 2, 3]).all()
-    kernels.to_rgb(np.zeros(16, np.uint32), np.zeros(16, np.uint8), np.array([0x030201], np.uint32), out, True)
-    assert (out == [3, 2, 1]).all()
-    with pytest.raises(ValueError, match="different lengths"):
-        kernels.to_lab(bgrx, table, np.empty(15, np.uint32), lightness)
-    with pytest.raises(ValueError, match="whole number"):
-        kernels.to_rgb(lab, lightness, table, np.empty(47, np.uint8), False)
-    with pytest.raises(ValueError, match="3 or 4 bytes"):
-        kernels.to_lab(np.zeros(32, np.uint8), table, lab, lightness)  # 2 bytes a pixel
-    bgr = np.array([[1, 2, 3]] * 16, np.uint8)  # 3 bytes a pixel (B 1, G 2, R 3): index 0x030201
-    kernels.to_lab(bgr, np.arange(1 << 24, dtype=np.uint32), lab, lightness)
-    assert (lab == 0x030201).all() and (lightness == 0x01).all()
-    readonly = np.empty(16, np.uint8)
-    readonly.setflags(write=False)
-    with pytest.raises((BufferError, ValueError)):  # NumPy refuses a writable view of a read-only array
-        kernels.to_lab(bgrx, table, lab, readonly)
+        assert np.array_equal(preprocess(frame, spec, lab=lab_tables), preprocess(frame, spec)), (size, antialias)

@@ -73,7 +73,7 @@ def test_int8_bundle_records_everything(int8_bundle, synthetic_split):
 def test_int8_bundle_on_the_device_runtime_matches_the_manifest(int8_bundle, tiny_bundle, synthetic_split):
     import keras
 
-    from calibration.folders import load_labelled
+    from edge.dataset import load_labelled
     from edge.runtime import open_backend
 
     bundle = Bundle.load(int8_bundle)
@@ -129,7 +129,7 @@ def test_float16_bundle(tiny_bundle, synthetic_split, tmp_path, capsys):
 def test_adapt_head_trains_only_the_head_and_records_both_float_models(tiny_bundle, synthetic_split, tmp_path, capsys):
     import keras
 
-    from calibration.head_adaptation import adapt, split_at_features
+    from convert.head_adaptation import adapt, split_at_features
     from tests.tiny_model import load_folder
 
     model = keras.saving.load_model(tiny_bundle / "float.keras", compile=False)
@@ -267,7 +267,7 @@ def test_committed_b0_bundle_is_within_the_commit_threshold():
 @pytest.mark.skipif(not REFERENCE.exists(), reason="models/mobilenetv2-int8 not produced yet")
 def test_reference_bundle_reproduces_its_val_accuracy_on_device_path(realdata):
     """The device path (edge.preprocess + LiteRT) gives exactly the accuracy the manifest claims."""
-    from calibration.folders import load_labelled
+    from edge.dataset import load_labelled
     from edge.runtime import open_backend
 
     bundle = Bundle.load(REFERENCE)

@@ -12,13 +12,13 @@ import pytest
 
 from edge.batch import classify_paths
 from edge.bundle import EDGETPU_MODEL, Bundle, write_bundle
+from edge.dataset import images_in
 from edge.errors import BundleError, RuntimeUnavailableError
-from edge.images import images_in
 from edge.predict import Classifier
 from edge.preprocess import preprocess_file
 from edge.runtime import dequantize, open_backend
-from edge.runtime.cpu_tflite import import_runtime, usable_cores
 from edge.runtime.edgetpu import EdgeTpuProbe, diagnose, probe
+from edge.runtime.tflite import import_runtime, usable_cores
 from tests.fake_edgetpu import LIBRARY, FakeEdgeTpu
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.preprocess import IMAGE_SUFFIXES, PreprocessSpec, preprocess_file
+from edge.dataset import IMAGE_SUFFIXES
+from edge.preprocess import PreprocessSpec, preprocess_file
 
 TINY_SPEC = PreprocessSpec(size=64)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import __version__, labtables, rowbands
+from edge import __version__
 
 _GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 _DT_MODEL = Path("/proc/device-tree/model")
@@ -60,7 +60,7 @@ def soc_temperature_c() -> float | None:
         return None
 
 
-def collect(backend_description: dict | None = None, bundle=None) -> dict:
+def collect(backend_description: dict | None = None, bundle=None, lab=None) -> dict:
     """The context dict stored under "context" in the JSON (plus "warnings" for what skews numbers)."""
     gov = governor()
     warnings = []
@@ -96,12 +96,8 @@ def collect(backend_description: dict | None = None, bundle=None) -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "opencv": cv2.__version__,
-        # How preprocessing ran: both give the same bytes, not the same time.
-        "preprocess": {
-            "lab_tables": labtables.current() is not None,
-            "lab_kernels": labtables.current() is not None and labtables.compiled_kernels() is not None,
-            "row_bands": rowbands.enabled(),
-        },
+        # How preprocessing ran (edge.labtables or cvtColor): the same bytes, not the same time.
+        "preprocess": {"lab": getattr(lab, "name", "cvtcolor"), "lab_tables": getattr(lab, "name", "") == "tables"},
         "edge": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "warnings": warnings,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.bench.staged import StagedModel
-
 TIMINGS_UNAVAILABLE = (
     "per-op timings are not exposed by {runtime} {version} to Python (no profiler API); use TFLite's "
     "C++ benchmark_model --enable_op_profiling=true for them. Placement below is read from the graph."
@@ -97,10 +95,11 @@ def summarize_placement(rows: list[dict]) -> list[dict]:
     return sorted(groups.values(), key=lambda g: (-g["macs"], -g["count"], g["op"]))
 
 
-def profile(model: StagedModel, description: dict) -> dict:
+def profile(model, description: dict) -> dict:
+    """`model`: the backend's edge.runtime.tflite.TFLiteModel, or None for a backend without one."""
     runtime = f"{description.get('runtime', '?')}"
     note = TIMINGS_UNAVAILABLE.format(runtime=runtime, version=description.get("runtime_version", "?"))
-    get_ops = getattr(model.interpreter, "_get_ops_details", None) if model.split else None
+    get_ops = getattr(model.interpreter, "_get_ops_details", None) if model is not None else None
     if get_ops is None:
         return {
             "op_timings": None,

@@ -1,14 +1,17 @@
 """One benchmark run: a bundle on one backend / runtime / thread count, fed by one frame source.
 
-Order, as in TFLite's benchmark_model: load, init, first inference, warm-up, steady state; then a
-pipelined pass (capture + preprocess in a thread, overlapping invoke) for throughput.
+It times what `edge run` does: the daemon's own sources (edge/daemon/sources), its FrameProcessor
+and its Pipeline, with a sink that only records timings instead of the database, archive and page.
+Order, as in TFLite's benchmark_model: load, init, first inference, warm-up, steady state (the
+inline layout: one thread reads, then classifies); then the threaded layout (a capture thread
+overlapping inference) for throughput. `edge run --layout auto` keeps whichever is faster.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import queue
+import re
 import resource
 import sys
 import threading
@@ -21,14 +24,18 @@ from edge import bench, labtables
 from edge.bench import context as context_mod
 from edge.bench import profile as profile_mod
 from edge.bench import reference
-from edge.bench.sources import open_source
-from edge.bench.staged import StagedModel
 from edge.bench.stats import summarize
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, Bundle
-from edge.daemon.config import PipelineConfig
+from edge.daemon.capture import Capturer, Skipped
+from edge.daemon.config import ConfigError, PipelineConfig, SimOptions, SourceConfig
 from edge.daemon.modes import CellMode
-from edge.predict import to_prediction
-from edge.preprocess import preprocess
+from edge.daemon.pipeline import Pipeline
+from edge.daemon.processor import FrameProcessor, FrameResult
+from edge.daemon.sinks import Sink, SinkChain
+from edge.daemon.sources import SourceError, open_source
+from edge.daemon.telemetry import Telemetry
+from edge.errors import EdgeError
+from edge.predict import Classifier
 from edge.runtime import open_backend
 
 SCHEMA = "edge-bench/1"
@@ -50,6 +57,7 @@ class BenchConfig:
     # As `edge run`'s cell mode: the centred square classified in each frame (1.0: the whole frame).
     region: float = PipelineConfig.region
     region_px: int = 0
+    lab: str = "auto"  # the LAB strategy (edge.labtables.choose): auto, tables or cvtcolor, for A/B runs
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -88,64 +96,6 @@ def _switch_interval(seconds: float):
         sys.setswitchinterval(previous)
 
 
-class _Pipeline:
-    """The per-frame path, stage by stage. Every frame of every run goes through `frame()`."""
-
-    def __init__(self, source, bundle: Bundle, model: StagedModel, mode: CellMode):
-        self.source, self.model, self.mode = source, model, mode
-        self.spec = bundle.preprocess_spec
-        self.labels = bundle.labels
-        self.rule = bundle.manifest.uncertainty
-
-    def prepare(self, image):
-        """The `preprocess` stage, as the daemon does it: the region of the frame, then edge.preprocess."""
-        return preprocess(self.mode.crops(image)[0].image, self.spec)
-
-    def frame(self) -> tuple[float, float, float, float, float]:
-        """(capture, preprocess, invoke, postprocess, end_to_end) in ms; stages are contiguous slices
-        of one clock, so end_to_end is the frame's whole latency."""
-        t0 = _clock()
-        image = self.source.read()
-        t1 = _clock()
-        self.model.set_input(self.prepare(image))
-        t2 = _clock()
-        self.model.invoke()
-        t3 = _clock()
-        to_prediction(self.model.output(), self.labels, self.rule)
-        t4 = _clock()
-        return tuple((b - a) * 1000.0 for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t0, t4)))
-
-    def pipelined(self, frames: int, tick: Callable[[int], None]) -> tuple[float, float | None]:
-        """Frames per second with capture + preprocess in a producer thread (OpenCV and the
-        interpreter release the GIL), invoke + postprocess here; and the CPU % meanwhile."""
-        tensors: queue.Queue = queue.Queue(maxsize=2)
-        failure: list[BaseException] = []
-
-        def produce():
-            try:
-                for _ in range(frames):
-                    tensors.put(self.prepare(self.source.read()))
-            except BaseException as exc:  # re-raised in the caller's thread
-                failure.append(exc)
-            finally:
-                tensors.put(None)
-
-        done = 0
-        with _switch_interval(PIPELINE_SWITCH_INTERVAL_S), _CpuMeter() as meter:
-            producer = threading.Thread(target=produce, name="bench-producer", daemon=True)
-            producer.start()
-            while (tensor := tensors.get()) is not None:
-                self.model.set_input(tensor)
-                self.model.invoke()
-                to_prediction(self.model.output(), self.labels, self.rule)
-                done += 1
-                tick(1)
-            producer.join()
-        if failure:
-            raise failure[0]
-        return done / meter.wall_s, meter.percent
-
-
 def bundle_info(bundle: Bundle, backend: str) -> dict:
     model_file = bundle.path / (EDGETPU_MODEL if backend == "edgetpu" else CPU_MODEL)
     size = model_file.stat().st_size if model_file.exists() else None
@@ -162,6 +112,105 @@ def bundle_info(bundle: Bundle, backend: str) -> dict:
     }
 
 
+
+
+class BenchSourceError(EdgeError):
+    """A --source that cannot be parsed or opened."""
+
+    exit_code = 2
+
+
+SIM_POOL = 8  # distinct pre-rendered fields, so caches do not see the same bytes every frame
+
+
+def source_config(spec: str) -> SourceConfig:
+    """`sim[:WxH]`, `replay:DIR`, `camera[:N|/dev/videoN]`, `opencv:TARGET`, `picamera2[:N]` -> the
+    daemon's SourceConfig, unpaced: frames as fast as the pipeline takes them, never dropped."""
+    kind, _, arg = spec.partition(":")
+    if kind == "sim":
+        width, height = 640, 480
+        if arg:
+            match = re.fullmatch(r"(\d+)x(\d+)", arg)
+            if not match or not (64 <= int(match.group(1)) <= 8192 and 64 <= int(match.group(2)) <= 8192):
+                raise BenchSourceError(f"--source {spec}: expected sim or sim:WIDTHxHEIGHT, e.g. sim:1280x720")
+            width, height = int(match.group(1)), int(match.group(2))
+        sim = SimOptions(width=width, height=height, dwell_s=0.1, prerender=SIM_POOL, paced=False)
+        return SourceConfig(uri="sim", sim=sim)
+    if kind == "replay":
+        if not arg:
+            raise BenchSourceError("--source replay needs a folder: replay:DIR")
+        return SourceConfig(uri=spec, loop=True)
+    if kind in ("camera", "opencv"):
+        return SourceConfig(uri=f"opencv:{arg or '0'}")
+    if kind == "picamera2":
+        return SourceConfig(uri=spec)
+    raise BenchSourceError(
+        f"--source {spec}: unknown source; use sim, sim:WxH, replay:DIR, camera[:N|/dev/videoN], opencv:TARGET "
+        "or picamera2[:N]"
+    )
+
+
+def open_bench_source(spec: str, stop: threading.Event):
+    """The daemon's source for `spec`, opened here so that a missing camera fails the bench at once."""
+    try:
+        source = open_source(source_config(spec), stop_event=stop)
+        source.open()
+    except (ConfigError, SourceError) as exc:
+        raise BenchSourceError(f"--source {spec}: {str(exc).removeprefix('source.uri: ')}") from None
+    return source
+
+
+def describe_source(spec: str, source, frame_shape) -> dict:
+    """What the JSON records of the source (kind, and the frame size, folder or camera)."""
+    kind = "camera" if source.kind in ("opencv", "picamera2") else source.kind
+    info: dict = {"kind": kind}
+    if kind == "camera":
+        info["uri"] = spec if source.kind == "picamera2" else source.name
+    if kind == "replay":
+        info.update(folder=str(source.path), files=len(source.files or []))
+    if frame_shape is not None:
+        info["frame"] = f"{frame_shape[1]}x{frame_shape[0]}"
+    if kind == "sim":
+        info["note"] = f"{SIM_POOL} pre-rendered synthetic fields"
+    return info
+
+
+class Recorder(Sink):
+    """The bench's only sink: per-frame stage times, as contiguous slices of one clock."""
+
+    name = "bench"
+
+    def __init__(self, tick: Callable[[int], None]):
+        self.samples: list[tuple[float, float, float, float, float]] = []
+        self.corrupt = 0
+        self.frame_shape = None
+        self.stamps: list[float] = []  # when each frame's results were out
+        self.tick = tick
+
+    def on_frame(self, result: FrameResult) -> None:
+        t = result.timings
+        # preprocess includes cropping the region, as the daemon's mode step does
+        self.samples.append((t["capture"], t["mode"] + t["preprocess"], t["invoke"], t["postprocess"], t["result"]))
+        self.frame_shape = result.frame.image.shape
+        self.stamps.append(_clock())
+        self.tick(1)
+
+    def on_skipped(self, item: Skipped, source: str) -> None:
+        self.corrupt += 1
+
+
+def _pass(source, processor, layout: str, frames: int, tick, stop: threading.Event) -> tuple[Recorder, _CpuMeter]:
+    """`frames` frames through the daemon's Pipeline in one layout."""
+    recorder = Recorder(tick)
+    capturer = Capturer(source, Telemetry(), stop, opened=True, log=lambda *_: None, keep_open=True)
+    pipeline = Pipeline(capturer, processor, SinkChain([recorder]), stop, max_frames=frames, layout=layout)
+    with _CpuMeter() as meter:
+        pipeline.run()
+    if len(recorder.samples) < frames:
+        raise BenchSourceError(f"the source gave {len(recorder.samples)} frames of {frames} ({recorder.corrupt} corrupt)")
+    return recorder, meter
+
+
 def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> dict:
     """Run one benchmark and return its result (the JSON shape documented in docs/bench.md)."""
     if config.runs < 1:
@@ -171,56 +220,51 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
     t = _clock()
-    options = {"device": config.device} if config.device else {}
-    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads, **options)
+    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads,
+                           device=config.device)
     init_ms = (_clock() - t) * 1000
     try:
-        source = open_source(config.source)  # after the backend, so a missing runtime fails fast
-        try:
-            result = _measure(config, bundle, backend, source, load_ms, init_ms, tick)
-            result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
-            return result
-        finally:
-            source.close()
+        t = _clock()
+        lab = labtables.choose(config.lab)  # as `edge run` does at start-up
+        tables_ms = (_clock() - t) * 1000
+        processor = FrameProcessor(CellMode(config.region, config.region_px), Classifier(bundle, backend, lab=lab))
+        with _switch_interval(PIPELINE_SWITCH_INTERVAL_S):
+            result = _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick)
+        result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
+        return result
     finally:
         backend.close()
 
 
-def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
-    t = _clock()
-    labtables.prepare()  # as `edge run` does at start-up; once per process (0 ms in later matrix runs)
-    tables_ms = (_clock() - t) * 1000
-    model = StagedModel(backend)
-    pipe = _Pipeline(source, bundle, model, CellMode(config.region, config.region_px))
-    model.check_input(pipe.prepare(source.read()))
-
-    first = pipe.frame()
-    tick(1)
-    warm = []
-    for _ in range(config.warmup):
-        warm.append(pipe.frame())
-        tick(1)
-    samples = []
-    with _CpuMeter() as serial:
-        for _ in range(config.runs):
-            samples.append(pipe.frame())
-            tick(1)
-    fps, pipelined_cpu = pipe.pipelined(config.runs, tick)
-
+def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick) -> dict:
+    stop = threading.Event()
+    source = open_bench_source(config.source, stop)  # after the backend, so a missing runtime fails fast
+    try:
+        serial, serial_cpu = _pass(source, processor, "inline", 1 + config.warmup + config.runs, tick, stop)
+        threaded, threaded_cpu = _pass(source, processor, "threaded", config.runs, tick, threading.Event())
+    finally:
+        source.close()
+    first, warm, samples = serial.samples[0], serial.samples[1 : 1 + config.warmup], serial.samples[1 + config.warmup :]
     stages = {
         name: summarize(col).to_dict()
         for name, col in zip(bench.STAGES, zip(*samples, strict=True), strict=True)
     }
     invoke_p50 = stages["invoke"]["p50_ms"]
+    # the steady-state frames only: from the end of the last warm-up frame to the end of the last one
+    serial_fps = config.runs / (serial.stamps[-1] - serial.stamps[config.warmup])
+    threaded_fps = config.runs / threaded_cpu.wall_s
     description = backend.describe()
+    source_info = describe_source(config.source, source, serial.frame_shape)
+    if serial.corrupt + threaded.corrupt:
+        source_info["corrupt_frames_skipped"] = serial.corrupt + threaded.corrupt
     result = {
         "schema": SCHEMA,
         "bundle": bundle_info(bundle, config.backend),
-        "source": source.describe(),
+        "source": source_info,
         "region": {"mode": "cell", "fraction": config.region, "px": config.region_px},
         "runs": config.runs,
         "warmup": config.warmup,
-        "invoke_scope": model.scope,
+        "invoke_scope": "interpreter.invoke()" if hasattr(backend, "model") else "backend.invoke()",
         "startup": {
             "bundle_load_ms": round(load_ms, 3),
             "init_ms": round(init_ms, 3),
@@ -231,17 +275,20 @@ def _measure(config, bundle, backend, source, load_ms, init_ms, tick) -> dict:
         },
         "stages": stages,
         "overhead_ratio": round(stages["end_to_end"]["p50_ms"] / invoke_p50, 4) if invoke_p50 > 0 else None,
-        "serial_fps": round(config.runs / serial.wall_s, 2),
-        "throughput_fps": round(fps, 2),
+        "serial_fps": round(serial_fps, 2),
+        "threaded_fps": round(threaded_fps, 2),
+        # what `edge run` sustains: its `auto` layout keeps the faster of the two (edge/daemon/pipeline.py)
+        "throughput_fps": round(max(serial_fps, threaded_fps), 2),
+        "layout": "threaded" if threaded_fps > serial_fps else "inline",
         "resources": {
             "peak_rss_mb": peak_rss_mb(),
-            "cpu_percent_serial": serial.percent,
-            "cpu_percent_pipelined": pipelined_cpu,
+            "cpu_percent_serial": serial_cpu.percent,
+            "cpu_percent_pipelined": threaded_cpu.percent,
         },
-        "context": context_mod.collect(description, bundle),
+        "context": context_mod.collect(description, bundle, processor.classifier.lab),
         "backend": description,
     }
     result["reference"] = reference.check(result)
     if config.profile:
-        result["profile"] = profile_mod.profile(model, description)
+        result["profile"] = profile_mod.profile(getattr(backend, "model", None), description)
     return result

@@ -10,7 +10,7 @@ from edge.batch import PipelineOptions, default_workers
 from edge.bundle import Bundle
 from edge.predict import Classifier
 from edge.runtime import BACKENDS
-from edge.runtime.cpu_tflite import RUNTIME_CHOICES, usable_cores
+from edge.runtime.tflite import RUNTIME_CHOICES, usable_cores
 
 
 def runtime_options(func):

@@ -141,6 +141,14 @@ def _progress(config, total):
     help="As edge run: the centred square of this many pixels instead (wins when > 0).",
 )
 @click.option(
+    "--lab",
+    type=click.Choice(["auto", "tables", "cvtcolor"]),
+    default="auto",
+    show_default=True,
+    help="How preprocessing does CLAHE's LAB round trip: auto (the lookup tables edge run builds, where "
+    "RAM allows), tables, or cvtcolor (OpenCV's conversions). The same bytes; for A/B runs.",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results as JSON."
 )
 @click.option(
@@ -177,6 +185,7 @@ def bench(
     source,
     region,
     region_px,
+    lab,
     json_path,
     csv_path,
     compare_path,
@@ -235,7 +244,7 @@ def bench(
     if threads is None:
         threads = _matrix_threads() if matrix else [None]
     configs = [
-        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device, region, region_px)
+        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device, region, region_px, lab)
         for b, rt, t in itertools.product(bundles, runtimes, threads)
     ]
     as_matrix = matrix or len(configs) > 1
@@ -243,7 +252,7 @@ def bench(
     results = []
     for config in configs:
         try:
-            with _progress(config, 1 + warmup + 2 * runs) as bar:
+            with _progress(config, 1 + warmup + 2 * runs) as bar:  # the inline pass, then the threaded one
                 results.append(run_bench(config, tick=bar.update))
         except (RuntimeUnavailableError, BundleError) as exc:  # one bad cell must not sink a matrix
             if not as_matrix:

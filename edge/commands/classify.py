@@ -12,8 +12,8 @@ import click
 from edge.batch import ImageResult, classify_paths
 from edge.bundle import Bundle
 from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
+from edge.dataset import IMAGE_SUFFIXES, expand_paths
 from edge.errors import DataError
-from edge.images import expand_paths
 from edge.predict import uncertainty_rule
 
 CSV_FIELDS = ["path", "label", "confidence", "margin", "uncertain", "top_k",
@@ -76,7 +76,7 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
     model = Bundle.load(bundle)
     files = expand_paths(paths)
     if not files:
-        raise DataError(f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(_suffixes()))})")
+        raise DataError(f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     rule = uncertainty_rule(model, threshold, margin)
     threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(files))
     classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=top_k,
@@ -113,9 +113,3 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
     )
     sys.stdout.flush()
     return 1 if failed else 0
-
-
-def _suffixes():
-    from edge.preprocess import IMAGE_SUFFIXES
-
-    return IMAGE_SUFFIXES

@@ -19,14 +19,14 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.runtime import BACKENDS
-from edge.runtime.cpu_tflite import RUNTIME_CHOICES, RUNTIMES, import_runtime, usable_cores
+from edge.runtime.tflite import RUNTIME_CHOICES, RUNTIMES, import_runtime, usable_cores
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 
 # Run in a child process: the runtime logs "Created TensorFlow Lite XNNPACK delegate" once per process, to fd 2.
 _XNNPACK_PROBE = """
 import sys
-from edge.runtime.cpu_tflite import import_runtime
+from edge.runtime.tflite import import_runtime
 rt = import_runtime(sys.argv[2])
 it = rt.interpreter_class(model_path=sys.argv[1], num_threads=1)
 it.allocate_tensors()
@@ -151,14 +151,11 @@ def check_preprocessing() -> Check:
     """Which LAB path `edge run` will take: all give the same bytes, at different speeds."""
     from edge import labtables
 
-    if not labtables.enabled():
-        return Check("preprocessing", INFO, "LAB lookup tables off (EDGE_LAB_TABLES=0, < 1 GiB RAM or big-endian): "
-                                            "cv2.cvtColor, the slowest path (docs/bench.md)")
-    if labtables.compiled_kernels() is None:
-        return Check("preprocessing", WARN, "LAB lookup tables on, C passes not built (no C compiler or Python "
-                                            "headers at install): NumPy passes, a little slower (docs/bench.md); "
-                                            "install gcc and python3-dev, then reinstall")
-    return Check("preprocessing", OK, "LAB lookup tables on (~90 MB, built at `edge run` start), C passes built")
+    why = labtables.not_here()
+    if why:
+        return Check("preprocessing", INFO, f"LAB lookup tables off ({why}): cv2.cvtColor, the slower path with "
+                                            "the same bytes (docs/bench.md)")
+    return Check("preprocessing", OK, "LAB lookup tables on (~90 MB, built at `edge run` / `edge bench` start)")
 
 
 def check_system() -> list[Check]:

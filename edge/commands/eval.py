@@ -11,14 +11,14 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.batch import ImageResult, Throughput, classify_paths, classify_sequential, load_one, timed
+from edge.batch import ImageResult, Throughput, classify_paths, classify_sequential, timed
 from edge.bundle import Bundle
 from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
+from edge.dataset import load_one, scan_labelled
 from edge.errors import EdgeError
-from edge.images import labelled_images
 from edge.metrics import classification_report, format_report
 from edge.predict import Classifier, uncertainty_rule
-from edge.runtime.cpu_tflite import usable_cores
+from edge.runtime.tflite import usable_cores
 
 
 def _warm_up(classifiers: list[Classifier], batch_size: int, first: Path | None = None) -> None:
@@ -82,7 +82,9 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     """
     model = Bundle.load(bundle)
     labels = model.labels
-    paths, targets, folders = labelled_images(labelled_dir, labels)
+    images = scan_labelled(labelled_dir, labels)
+    paths, targets = images.files, images.targets.tolist()
+    folders = sorted({i.folder for i in images.items})
     rule = uncertainty_rule(model, threshold, margin)
     threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(paths))
     classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=min(3, len(labels)),

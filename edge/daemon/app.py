@@ -17,30 +17,24 @@ import numpy as np
 from edge import labtables
 from edge.bundle import Bundle
 from edge.daemon.archive import FlaggedArchive
+from edge.daemon.capture import Capturer
 from edge.daemon.config import ConfigError, DaemonConfig, parse_listen
 from edge.daemon.differential import DifferentialCount
-from edge.daemon.modes import CellMode, scale_box
+from edge.daemon.modes import CellMode
 from edge.daemon.notify import SystemdNotifier
-from edge.daemon.pipeline import CaptureThread, DropOldestQueue, Pipeline, Skipped
-from edge.daemon.sources import Frame, SourceError, open_source
-from edge.daemon.store import ResultRow, ResultStore
+from edge.daemon.pipeline import Pipeline
+from edge.daemon.processor import FrameProcessor
+from edge.daemon.sinks import ArchiveSink, DifferentialSink, LiveView, SinkChain, StoreSink, TelemetrySink
+from edge.daemon.sources import SourceError, open_source
+from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
 from edge.predict import Classifier
-from edge.runtime import open_backend
 
 
 def log(message: str) -> None:
     stamp = dt.datetime.now().strftime("%H:%M:%S")
     print(f"{stamp} {message}", file=sys.stderr, flush=True)
-
-
-@dataclasses.dataclass
-class LiveView:
-    """The latest frame and its predictions, for the page. Encoded only when someone asks."""
-
-    frame: Frame | None = None
-    crops: list[dict] = dataclasses.field(default_factory=list)
 
 
 class Daemon:
@@ -50,7 +44,6 @@ class Daemon:
         self.stop = threading.Event()
         self.telemetry = Telemetry()
         self.live = LiveView()
-        self.live_lock = threading.Lock()
         self.notifier = SystemdNotifier()
         self.web = None
         self.url = None
@@ -59,16 +52,12 @@ class Daemon:
     def _load(self) -> None:
         c = self.config
         self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
-        options = {"threads": c.pipeline.threads} if c.pipeline.threads else {}
-        self.classifier = Classifier(
-            self.bundle, backend=open_backend(self.bundle, c.pipeline.backend, **options)
-        )
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
-        labtables.prepare()
-        # One throw-away inference: the first invoke() and the first CLAHE cost 10-100x a normal one,
-        # and would otherwise land on the first real frame's latency.
-        self.classifier.classify_frames([np.zeros((64, 64, 3), np.uint8)])
+        self.classifier = Classifier.open(self.bundle, c.pipeline.backend, lab=labtables.choose(c.pipeline.lab),
+                                          threads=c.pipeline.threads or None)
         self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
+        self.processor = FrameProcessor(self.mode, self.classifier)
+        self.processor.warm_up()
         try:
             self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
         except (sqlite3.Error, OSError) as exc:
@@ -135,87 +124,32 @@ class Daemon:
         self.url = self.web.url
 
     # -- per frame ----------------------------------------------------------------------------
-    def process_frame(self, frame: Frame) -> None:
-        t_dequeued = time.perf_counter()
-        crops = self.mode.crops(frame.image)
-        t0 = time.perf_counter()
-        preds = self.classifier.classify_frames([c.image for c in crops]) if crops else []
-        t_result = time.perf_counter()
-        base = {
-            "capture": (frame.t_captured - frame.t_capture_start) * 1000,
-            "queue": (t_dequeued - frame.t_captured) * 1000,
-            "preprocess": (preds[0].timings_ms["preprocess"] * len(preds)) if preds else 0.0,
-            "invoke": (preds[0].timings_ms["invoke"] * len(preds)) if preds else 0.0,
-            "result": (t_result - frame.t_capture_start) * 1000,
-            "mode": (t0 - t_dequeued) * 1000,
-        }
-        rows = [
-            ResultRow(i, c.box, p.label, p.confidence, p.probabilities, p.uncertain, base)
-            for i, (c, p) in enumerate(zip(crops, preds, strict=True))
-        ]
-        self.store.write_frame(frame.frame_id, frame.timestamp, self.source.name, frame.ref, rows)
-        t_stored = time.perf_counter()
-        timings = {
-            **base,
-            "store": (t_stored - t_result) * 1000,
-            "latency": (t_stored - frame.t_capture_start) * 1000,
-        }
-        self.telemetry.on_processed(len(rows), sum(r.uncertain for r in rows), timings)
-        live_crops = []
-        for crop, row, pred in zip(crops, rows, preds, strict=True):
-            for alert in self.differential.add(row.label, row.uncertain):
-                log(
-                    f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
-                    f" (threshold {alert.min_fraction:.0%})"
-                )
-            box = scale_box(crop.box, frame.image.shape, frame.view.shape)
-            info = {
-                "frame_id": frame.frame_id,
-                "crop_index": row.crop_index,
-                "label": row.label,
-                "confidence": round(row.confidence, 4),
-                "uncertain": row.uncertain,
-                "box": list(box),
-            }
-            reason = self.archive.reason(row.label, row.uncertain)
-            if reason:
-                x, y, w, h = box
-                meta = {
-                    **info,
-                    "reason": reason,
-                    "session_id": self.session_id,
-                    "source": self.source.name,
-                    "source_ref": frame.ref,
-                    "timestamp": frame.timestamp,
-                    "model_sha": self.bundle.sha256,
-                    "top_k": [[n, round(v, 4)] for n, v in pred.top_k],
-                    "probabilities": {k: round(v, 4) for k, v in pred.probabilities.items()},
-                }
-                self.archive.save(frame.view[y : y + h, x : x + w], meta)
-            live_crops.append(info)
-        with self.live_lock:
-            self.live.frame, self.live.crops = frame, live_crops
-
-    def record_skipped(self, item: Skipped) -> None:
-        log(f"skipped corrupt frame {item.ref}: {item.reason}")
-        self.store.write_skipped(item.frame_id, item.timestamp, self.source.name, item.ref, item.reason)
+    def _sinks(self) -> SinkChain:
+        return SinkChain([
+            StoreSink(self.store, self.source.name, log),
+            TelemetrySink(self.telemetry),
+            ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
+            DifferentialSink(self.differential, log),
+            self.live,
+        ])
 
     def tick(self) -> None:
         """Called by the pipeline loop several times a second: watchdog pings while healthy."""
         if not self.notifier.enabled:
             return
-        # A capture thread stuck in a driver call stops the pings, and systemd restarts us.
-        stalled = time.monotonic() - self.capture.heartbeat > max(
+        # A capture stuck in a driver call stops the pings, and systemd restarts us.
+        stalled = time.monotonic() - self.pipeline.heartbeat > max(
             10.0, (self.notifier.watchdog_interval or 5) * 1.5
         )
-        if not stalled or self.capture.finished.is_set():
+        capture = self.pipeline.capture
+        if not stalled or (capture is not None and capture.finished.is_set()):
             self.notifier.watchdog()
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict:
         snap = self.telemetry.snapshot()
-        with self.live_lock:
-            last = self.live.crops[0] if self.live.crops else None
+        _, cells = self.live.snapshot()
+        last = cells[0] if cells else None
         archive = dataclasses.asdict(self.archive.state())
         return {
             "session_id": self.session_id,
@@ -261,17 +195,11 @@ class Daemon:
         try:
             self._start_web()
             opened = self._open_source_first_time()
-            self.queue = DropOldestQueue(c.source.queue_size)
-            self.capture = CaptureThread(
-                self.source,
-                self.queue,
-                self.telemetry,
-                self.stop,
-                c.source.reconnect_max_s,
-                first_frame_id=self.store.next_frame_id(),
-                opened=opened,
-                log=log,
-            )
+            capturer = Capturer(self.source, self.telemetry, self.stop, c.source.reconnect_max_s,
+                                first_frame_id=self.store.next_frame_id(), opened=opened, log=log)
+            self.pipeline = Pipeline(capturer, self.processor, self._sinks(), self.stop, c.source.queue_size,
+                                     c.pipeline.max_frames, c.pipeline.duration_s, c.pipeline.layout,
+                                     tick=self.tick, log=log)
             self._install_signals()
             log(
                 f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
@@ -280,17 +208,7 @@ class Daemon:
             if self.url:
                 self.out(f"page: {self.url}")
             self.notifier.ready(f"classifying {self.source.name}")
-            pipeline = Pipeline(
-                self.capture,
-                self.queue,
-                self.process_frame,
-                self.record_skipped,
-                self.stop,
-                c.pipeline.max_frames,
-                c.pipeline.duration_s,
-                tick=self.tick,
-            )
-            reason = pipeline.run()
+            reason = self.pipeline.run()
         finally:
             self.notifier.stopping()
             self.store.close()
@@ -327,4 +245,9 @@ class Daemon:
             "archive": dataclasses.asdict(self.archive.state()),
             "database": str(self.store.path),
             "page": self.url,
+            "pipeline": {
+                "layout": self.pipeline.layout if self.pipeline.layout != "ended" else self.pipeline.requested,
+                "trial_ms_per_frame": {k: round(v * 1000, 3) for k, v in self.pipeline.trial.items()},
+                "lab": getattr(self.classifier.lab, "name", "cvtcolor"),
+            },
         }

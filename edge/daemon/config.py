@@ -71,6 +71,11 @@ class SimOptions:
     dwell_s: float = 1.0  # how long the "technician" keeps one cell centred
     seed: int = 0
     classes: list[str] = field(default_factory=list)  # empty: the synthetic classes
+    # For benchmarks: render this many fields once at open and cycle them (0: a new field per frame),
+    # so that `capture` costs what handing over a camera buffer costs, not the renderer.
+    prerender: int = 0
+    # false: frames as fast as the pipeline takes them (a benchmark feed), never dropped
+    paced: bool = True
 
 
 @dataclass
@@ -95,6 +100,10 @@ class PipelineConfig:
     duration_s: float = 0.0  # 0: unbounded
     backend: str = "cpu"
     threads: int = 0  # 0: all cores
+    # auto: a capture thread for live sources; file sources try both and keep the faster (pipeline.py)
+    layout: str = "auto"
+    # LAB round trip of the preprocessing: auto (lookup tables where RAM allows), tables, cvtcolor
+    lab: str = "auto"
 
 
 @dataclass
@@ -310,6 +319,9 @@ def validate(c: DaemonConfig) -> None:
     _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
     _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
     _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
+    _check(p.layout in ("auto", "threaded", "inline"), "pipeline.layout",
+           f"expected auto, threaded or inline, got {p.layout!r}")
+    _check(p.lab in ("auto", "tables", "cvtcolor"), "pipeline.lab", f"expected auto, tables or cvtcolor, got {p.lab!r}")
     _check(
         c.store.synchronous in ("full", "normal"),
         "store.synchronous",

@@ -103,8 +103,7 @@ class DaemonCollector:
 def render_preview(daemon) -> tuple[bytes, list[dict]] | None:
     """The latest frame, scaled for a browser, with the region and the label drawn on it, and the
     crops it shows (so the page's caption always matches the picture)."""
-    with daemon.live_lock:
-        frame, crops = daemon.live.frame, list(daemon.live.crops)
+    frame, crops = daemon.live.snapshot()
     if frame is None:
         return None
     view = frame.view

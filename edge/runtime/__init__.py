@@ -1,43 +1,79 @@
-"""Inference backends behind one small interface (DESIGN.md principle 4).
+"""Inference backends behind one small interface, one module per backend (frigate's detector plugins).
 
-One module per backend, like frigate's detector plugins. `open_backend` picks one by name; a
-backend whose runtime is missing raises RuntimeUnavailableError with what to install.
+Each backend module defines `Options` (a dataclass of what it can be told: runtime, threads, device,
+...) and `Backend` (a subclass of InferenceBackend). `open_backend` picks one by name, parses the
+options into its `Options` (an unknown option is an error, not silently dropped), and checks that
+the model's output fits the bundle's labels. A backend whose runtime is missing raises
+RuntimeUnavailableError with what to install.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
-from array import array
 
 import numpy as np
 
 from edge.bundle import Bundle
-from edge.errors import RuntimeUnavailableError
+from edge.errors import BundleError, EdgeError, RuntimeUnavailableError
+from edge.runtime.tflite import dequantize
 
-SMALL_OUTPUT = 64  # elements: up to this, `dequantize` works in plain Python
+__all__ = ["BACKENDS", "BackendOptionError", "InferenceBackend", "dequantize", "open_backend", "parse_options"]
 
-# name -> module; each module defines `Backend` (a subclass of InferenceBackend).
+# name -> module; each module defines `Options` and `Backend`.
 BACKENDS = {
     "cpu": "edge.runtime.cpu_tflite",
     "edgetpu": "edge.runtime.edgetpu",
 }
 
 
-class InferenceBackend(ABC):
-    """Load a bundle once, then classify uint8 batches.
+class BackendOptionError(EdgeError):
+    """An option the chosen backend does not have, or a value it cannot take."""
 
-    `run` takes uint8 N x H x W x 3 in the bundle's colour order and returns float32 N x C
-    probabilities, already dequantized with the output tensor's scale and zero point.
-    """
+    exit_code = 2
+
+
+def parse_options(cls, backend: str, options: dict):
+    """`options` -> the backend's Options dataclass. None means "not given" and is left out; any
+    other key the dataclass does not declare is an error naming the backend's options."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BackendOptionError(
+            f"the {backend} backend has no option {', '.join(unknown)} (it takes {', '.join(sorted(known))})"
+        )
+    return cls(**given)
+
+
+class InferenceBackend(ABC):
+    """Load a bundle once, then classify uint8 batches in three steps that can be timed apart:
+    `set_input` (uint8 N x H x W x 3 in the bundle's colour order), `invoke`, `scores` (float32
+    N x C probabilities, dequantized with the output tensor's scale and zero point).
+    `run` does all three."""
 
     name: str = "?"
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
 
+    input_shape: tuple[int, ...] = ()  # H x W x C of one image
+    n_outputs: int = 0  # classes the model outputs
+
     @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def set_input(self, batch: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def invoke(self) -> None: ...
+
+    @abstractmethod
+    def scores(self) -> np.ndarray: ...
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.set_input(batch)
+        self.invoke()
+        return self.scores()
 
     @abstractmethod
     def describe(self) -> dict:
@@ -47,25 +83,21 @@ class InferenceBackend(ABC):
         pass
 
 
-def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """uint8/int8 tensor -> float32, in int64 arithmetic as pycoral does (no overflow, no wrap)."""
-    if not scale:
-        return raw.astype(np.float32)
-    if raw.size <= SMALL_OUTPUT:
-        # One frame's class scores: the same float64 products rounded to float32 (array "f"), in
-        # plain Python; right after invoke() four NumPy calls cost ~0.06 ms, this ~0.025 ms.
-        zero = int(zero_point)
-        values = array("f", [scale * (v - zero) for v in raw.ravel().tolist()])
-        return np.frombuffer(values, np.float32).reshape(raw.shape)
-    return (scale * (raw.astype(np.int64) - int(zero_point))).astype(np.float32)
-
-
 def open_backend(bundle: Bundle, backend: str = "cpu", **options) -> InferenceBackend:
-    """Build the named backend for `bundle` (options: runtime, threads, device, ...)."""
+    """Build the named backend for `bundle` with its options (cpu: runtime, threads, xnnpack;
+    edgetpu: device, runtime, threads)."""
     if backend not in BACKENDS:
         raise RuntimeUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:
         module = importlib.import_module(BACKENDS[backend])
     except ImportError as exc:
         raise RuntimeUnavailableError(f"backend {backend!r} is not available here: {exc}") from None
-    return module.Backend(bundle, **options)
+    opened = module.Backend(bundle, parse_options(module.Options, backend, options))
+    # The manifest could be edited without touching the model: ask the model itself.
+    if opened.n_outputs != len(bundle.labels):
+        opened.close()
+        raise BundleError(
+            f"{bundle.path / 'manifest.json'}: {len(bundle.labels)} labels but the model outputs "
+            f"{opened.n_outputs} classes"
+        )
+    return opened

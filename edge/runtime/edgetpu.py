@@ -18,6 +18,7 @@ from pathlib import Path
 from edge.bundle import Bundle
 from edge.errors import RuntimeUnavailableError
 from edge.runtime.cpu_tflite import TFLiteBackend
+from edge.runtime.tflite import import_runtime
 
 # pycoral's names for the runtime library on each system.
 EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}.get(
@@ -161,27 +162,34 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
     return f"Edge TPU delegate failed for {target} ({first}). Check: " + "; ".join(hints) + ". `edge doctor` shows more."
 
 
+@dataclass
+class Options:
+    device: str | None = None  # "usb", "usb:0", "pci:0", ...; None: the first Edge TPU found
+    runtime: str = "auto"
+    threads: int | None = None  # CPU threads for the ops the Edge TPU does not run
+
+
 class Backend(TFLiteBackend):
-    """The bundle's model_edgetpu.tflite with the Edge TPU delegate; `device` is "usb", "usb:0", "pci:0", ..."""
+    """The bundle's model_edgetpu.tflite with the Edge TPU delegate."""
 
     name = "edgetpu"
     resizable_batch = False  # the compiled model has a fixed input shape
 
-    def __init__(self, bundle: Bundle, device: str | None = None, **options):
-        self.device = device or None
-        self.model_file = bundle.model_path(edgetpu=True)  # BundleError when the bundle was never compiled
-        super().__init__(bundle, **options)
-
-    def _make_interpreter(self):
-        options = {"device": self.device} if self.device else {}
+    def __init__(self, bundle: Bundle, options: Options | None = None):
+        options = options or Options()
+        self.device = options.device or None
+        model_file = bundle.model_path(edgetpu=True)  # BundleError when the bundle was never compiled
         try:
-            delegate = self.rt.load_delegate(EDGETPU_LIBRARY, options)
+            runtime = import_runtime(options.runtime or "auto")
+        except ImportError as exc:
+            raise RuntimeUnavailableError(str(exc)) from None
+        delegate_options = {"device": self.device} if self.device else {}
+        try:
+            delegate = runtime.load_delegate(EDGETPU_LIBRARY, delegate_options)
         except (ValueError, OSError) as exc:  # ValueError: no device; OSError: no libedgetpu
             raise RuntimeUnavailableError(diagnose(self.device, exc)) from None
         self.delegate = delegate  # the interpreter must not outlive it
-        return self.rt.interpreter_class(
-            model_path=str(self.model_file), experimental_delegates=[delegate], num_threads=self.threads
-        )
+        super().__init__(bundle, model_file, [delegate], options.runtime, options.threads)
 
     def _allocation_error(self, exc: Exception) -> Exception:
         return RuntimeUnavailableError(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
+from edge.dataset import IMAGE_SUFFIXES
 from edge.errors import ImageLoadError
-from edge.preprocess import IMAGE_SUFFIXES, load_image, to_bgr8
+from edge.preprocess import load_image, to_bgr8
 
 
 class Source(FrameSource):

@@ -12,8 +12,9 @@ import cv2
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, Pacer, SourceError
+from edge.dataset import IMAGE_SUFFIXES
 from edge.errors import ImageLoadError
-from edge.preprocess import IMAGE_SUFFIXES, load_image, to_bgr8
+from edge.preprocess import load_image, to_bgr8
 
 
 class Source(FrameSource):
