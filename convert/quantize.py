@@ -120,7 +120,9 @@ def source_step(req: QuantizeRequest) -> ModelSource:
             f"{req.calib_dir}: {len(src.labels)} class folders {src.labels} but the model outputs "
             f"{src.info['n_outputs']} classes"
         )
-    _say(f"model: {src.model_path} ({src.info['architecture']}, {len(src.labels)} classes, input {src.spec.size} px)")
+    _say(
+        f"model: {src.model_path} ({src.info['architecture']}, {len(src.labels)} classes, input {src.spec.size} px)"
+    )
     return src
 
 
@@ -145,7 +147,9 @@ def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) ->
             f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
             f"(as they are and in augmented views; a few minutes for a 224 px model)..."
         )
-        fixes.model, fixes.adaptation = adapt(fixes.model, calib.images, train.images, train.y, train.split, req.seed)
+        fixes.model, fixes.adaptation = adapt(
+            fixes.model, calib.images, train.images, train.y, train.split, req.seed
+        )
         a = fixes.adaptation
         _say(
             f"int8 backbone features differ from float by {a.feature_rel_error * 100:.1f}% (median); "
@@ -163,8 +167,12 @@ def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) ->
 
 
 def conversion_step(req: QuantizeRequest, fixes: Fixes, calib: CalibrationSet) -> bytes:
-    _say(f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)...")
-    return make_converter(fixes.model, req.precision, calib.generator() if req.precision == "int8" else None).convert()
+    _say(
+        f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
+    )
+    return make_converter(
+        fixes.model, req.precision, calib.generator() if req.precision == "int8" else None
+    ).convert()
 
 
 def thresholds_step(req: QuantizeRequest, tflite: bytes, calib: CalibrationSet) -> Uncertainty:
@@ -173,7 +181,12 @@ def thresholds_step(req: QuantizeRequest, tflite: bytes, calib: CalibrationSet) 
 
 
 def fidelity_step(
-    req: QuantizeRequest, src: ModelSource, fixes: Fixes, tflite: bytes, calib: CalibrationSet, uncertainty: Uncertainty
+    req: QuantizeRequest,
+    src: ModelSource,
+    fixes: Fixes,
+    tflite: bytes,
+    calib: CalibrationSet,
+    uncertainty: Uncertainty,
 ) -> Fidelity | None:
     if not req.eval_dir:
         return None
@@ -189,10 +202,16 @@ def fidelity_step(
         report.agreement_with_trained_float = float((trained_p.argmax(1) == quant_p.argmax(1)).mean())
     if req.debug_layers and req.precision == "int8":
         _say("running the quantization debugger (per-layer float vs int8)...")
-        report.worst_layers = worst_layers(make_converter(fixes.model, "int8", calib.generator()), calib.images)
+        report.worst_layers = worst_layers(
+            make_converter(fixes.model, "int8", calib.generator()), calib.images
+        )
     flags = flag_stats(quant_p, ev.y, uncertainty)
     metrics = _metrics(report, quant_p, ev.y, src.labels, flags, req.command_line())
-    return Fidelity(report, metrics, {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped})
+    return Fidelity(
+        report,
+        metrics,
+        {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped},
+    )
 
 
 def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: str) -> list[Metric]:
@@ -218,9 +237,13 @@ def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: s
 # --- the manifest ----------------------------------------------------------------------------------
 
 
-def _quantization_record(precision: str, tflite: bytes, inp: TensorSpec, out: TensorSpec, fixes: Fixes) -> dict:
+def _quantization_record(
+    precision: str, tflite: bytes, inp: TensorSpec, out: TensorSpec, fixes: Fixes
+) -> dict:
     if precision == "float16":
-        return {"method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"}
+        return {
+            "method": "float16 weights (Optimize.DEFAULT, supported_types float16); float32 input, output and compute"
+        }
     if precision != "int8":
         return {"method": "none (float32)"}
     record = {
@@ -239,12 +262,21 @@ def _quantization_record(precision: str, tflite: bytes, inp: TensorSpec, out: Te
 
 
 def manifest_fields(
-    req: QuantizeRequest, src: ModelSource, calib: CalibrationSet, fixes: Fixes, tflite: bytes,
-    uncertainty: Uncertainty, fidelity: Fidelity | None,
+    req: QuantizeRequest,
+    src: ModelSource,
+    calib: CalibrationSet,
+    fixes: Fixes,
+    tflite: bytes,
+    uncertainty: Uncertainty,
+    fidelity: Fidelity | None,
 ) -> dict:
     """model / training / calibration / metrics / uncertainty for edge.bundle.Manifest."""
     info = src.info
-    calibration = {**calib.description, "uncertainty_derivation": uncertainty.source, "command": req.command_line()}
+    calibration = {
+        **calib.description,
+        "uncertainty_derivation": uncertainty.source,
+        "command": req.command_line(),
+    }
     if fidelity is not None:
         calibration["fidelity"] = fidelity.report.to_dict()
         calibration["evaluation"] = fidelity.evaluation
@@ -279,11 +311,17 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     tflite = conversion_step(req, fixes, calib)
     uncertainty = thresholds_step(req, tflite, calib)
     fidelity = fidelity_step(req, src, fixes, tflite, calib, uncertainty)
-    bundle_from_tflite(req.out_dir, tflite, src.labels, src.spec,
-                       **manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity))
+    bundle_from_tflite(
+        req.out_dir,
+        tflite,
+        src.labels,
+        src.spec,
+        **manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity),
+    )
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
-    return QuantizeResult(bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None,
-                          _messages(req))
+    return QuantizeResult(
+        bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None, _messages(req)
+    )
 
 
 def _messages(req: QuantizeRequest) -> list[str]:
@@ -291,12 +329,17 @@ def _messages(req: QuantizeRequest) -> list[str]:
     if req.precision != "int8":
         messages += [
             f"{flag} applies to int8 only; skipped"
-            for flag, on in (("--adapt-head", req.adapt_head), ("--bias-correction", req.bias_correction),
-                             ("--debug-layers", req.debug_layers and req.eval_dir))
+            for flag, on in (
+                ("--adapt-head", req.adapt_head),
+                ("--bias-correction", req.bias_correction),
+                ("--debug-layers", req.debug_layers and req.eval_dir),
+            )
             if on
         ]
     if not req.eval_dir:
-        messages.append("no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity")
+        messages.append(
+            "no --eval given: the manifest holds no accuracy; pass --eval <data>/val to measure fidelity"
+        )
     return messages
 
 

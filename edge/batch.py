@@ -43,7 +43,9 @@ class PipelineOptions:
     workers: int = 1  # decode/preprocess workers beside the interpreter
 
 
-def iter_loaded(paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions) -> Iterator[LoadedImage]:
+def iter_loaded(
+    paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions
+) -> Iterator[LoadedImage]:
     """Loaded images in input order, decoded two batches per worker ahead by the worker pool."""
     ahead = 2 * options.batch_size * max(1, options.workers)
     pending: collections.deque[cf.Future] = collections.deque()

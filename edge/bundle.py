@@ -164,7 +164,9 @@ class Bundle:
         if not root.exists():
             raise BundleError(f"{root}: bundle not found")
         if root.is_file():
-            raise BundleError(f"{root}: expected a bundle directory (model.tflite + manifest.json), got a file")
+            raise BundleError(
+                f"{root}: expected a bundle directory (model.tflite + manifest.json), got a file"
+            )
         manifest_path = root / MANIFEST
         if not manifest_path.exists():
             raise BundleError(f"{manifest_path}: missing manifest")
@@ -196,5 +198,7 @@ class Bundle:
                 )
         n_out = manifest.output.shape[-1] if manifest.output.shape else None
         if not manifest.labels or n_out != len(manifest.labels):
-            raise BundleError(f"{manifest_path}: {len(manifest.labels)} labels but the model output has {n_out} classes")
+            raise BundleError(
+                f"{manifest_path}: {len(manifest.labels)} labels but the model output has {n_out} classes"
+            )
         return cls(root, manifest)

@@ -35,7 +35,16 @@ def draw_confusion(confusion, labels: list[str], title: str = "", cell: int = 72
     img[top - label_w : top, left : left + n * cell] = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
     for i, name in enumerate(labels):
         w, h = _text_size(name, scale)
-        cv2.putText(img, name, (left - w - 8, top + i * cell + (cell + h) // 2), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            name,
+            (left - w - 8, top + i * cell + (cell + h) // 2),
+            _FONT,
+            scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         for j in range(n):
             x0, y0 = left + j * cell, top + i * cell
             shade = int(round(255 * (1 - frac[i, j])))  # white (0) to deep blue (all of the row)
@@ -45,8 +54,19 @@ def draw_confusion(confusion, labels: list[str], title: str = "", cell: int = 72
             text = str(int(cm[i, j]))
             tw, th = _text_size(text, 0.5)
             ink = (255, 255, 255) if frac[i, j] > 0.55 else (0, 0, 0)
-            cv2.putText(img, text, (x0 + (cell - tw) // 2, y0 + (cell + th) // 2), _FONT, 0.5, ink, 1, cv2.LINE_AA)
-    cv2.putText(img, "rows: true class, columns: predicted", (left, height - 14), _FONT, 0.42, (60, 60, 60), 1, cv2.LINE_AA)
+            cv2.putText(
+                img, text, (x0 + (cell - tw) // 2, y0 + (cell + th) // 2), _FONT, 0.5, ink, 1, cv2.LINE_AA
+            )
+    cv2.putText(
+        img,
+        "rows: true class, columns: predicted",
+        (left, height - 14),
+        _FONT,
+        0.42,
+        (60, 60, 60),
+        1,
+        cv2.LINE_AA,
+    )
     return img
 
 

@@ -128,9 +128,13 @@ class ImageSet:
     items: list[LabelledImage]
     roots: list[Path]
     ignored: list[Path] = field(default_factory=list)  # non-image files, warned about
-    unknown_folders: list[str] = field(default_factory=list)  # kept with label -1 (eval's "should be rejected")
+    unknown_folders: list[str] = field(
+        default_factory=list
+    )  # kept with label -1 (eval's "should be rejected")
     duplicates: list[tuple[str, str]] = field(default_factory=list)  # (kept, dropped): same bytes, same label
-    conflicts: list[tuple[str, ...]] = field(default_factory=list)  # same bytes, different labels: all dropped
+    conflicts: list[tuple[str, ...]] = field(
+        default_factory=list
+    )  # same bytes, different labels: all dropped
     _hashes: dict[Path, str] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -154,8 +158,16 @@ class ImageSet:
 
     def subset(self, index) -> ImageSet:
         items = [self.items[i] for i in np.asarray(index, int)]
-        return ImageSet(self.labels, items, self.roots, [], self.unknown_folders, self.duplicates,
-                        self.conflicts, self._hashes)
+        return ImageSet(
+            self.labels,
+            items,
+            self.roots,
+            [],
+            self.unknown_folders,
+            self.duplicates,
+            self.conflicts,
+            self._hashes,
+        )
 
     def hashes(self) -> list[str]:
         """sha256 of every file (computed once per file and kept)."""
@@ -173,9 +185,16 @@ class ImageSet:
         out = []
         for root in self.roots:
             part = self.subset([k for k, i in enumerate(self.items) if Path(i.source) == root])
-            out.append({"path": str(root), "split": split_name(root), "n": len(part),
-                        "per_class": {k: v for k, v in part.counts().items() if v},
-                        "fingerprint": part.fingerprint(), "fingerprint_method": FINGERPRINT_METHOD})
+            out.append(
+                {
+                    "path": str(root),
+                    "split": split_name(root),
+                    "n": len(part),
+                    "per_class": {k: v for k, v in part.counts().items() if v},
+                    "fingerprint": part.fingerprint(),
+                    "fingerprint_method": FINGERPRINT_METHOD,
+                }
+            )
         return out
 
 
@@ -219,7 +238,9 @@ def scan_labelled(
     index = {normalize_label(name): i for i, name in enumerate(labels)}
     unknown = sorted({f.name for _, f, name in found if normalize_label(name) not in index})
     if unknown and not keep_unknown:
-        raise DataError(f"{', '.join(map(str, roots))}: folder(s) {', '.join(unknown)} match no label ({', '.join(labels)})")
+        raise DataError(
+            f"{', '.join(map(str, roots))}: folder(s) {', '.join(unknown)} match no label ({', '.join(labels)})"
+        )
     items, ignored = [], []
     for root, folder, name in found:
         label = index.get(normalize_label(name), -1)
@@ -245,7 +266,9 @@ def _deduplicated(images: ImageSet) -> ImageSet:
     for group in by_hash.values():
         first = images.items[group[0]]
         if len({images.items[k].label for k in group}) > 1:
-            images.conflicts.append(tuple(f"{images.items[k].path} ({images.items[k].folder})" for k in group))
+            images.conflicts.append(
+                tuple(f"{images.items[k].path} ({images.items[k].folder})" for k in group)
+            )
             continue
         keep.append(group[0])
         images.duplicates += [(str(first.path), str(images.items[k].path)) for k in group[1:]]
@@ -347,7 +370,9 @@ class LabelledImages:
 
 
 def load_labelled(
-    source: str | os.PathLike | ImageSet, spec: PreprocessSpec, labels: list[str] | None = None,
+    source: str | os.PathLike | ImageSet,
+    spec: PreprocessSpec,
+    labels: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LabelledImages:
     """Every readable image of a labelled folder (or ImageSet), preprocessed, in `labels` order.

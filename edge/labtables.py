@@ -59,6 +59,7 @@ class LabTables:
         # BGRA2BGR only drops the 4th byte (R, G, B stay in place); BGRA2RGB also swaps to B, G, R.
         return cv2.cvtColor(rgbx, cv2.COLOR_BGRA2BGR if color_order == "RGB" else cv2.COLOR_BGRA2RGB)
 
+
 def build() -> LabTables:
     """Fill both tables from this process's OpenCV (~1 s; chunked, so building needs little more
     memory than the 87 MB of tables)."""

@@ -84,8 +84,14 @@ class Classifier:
     built edge.labtables at start-up); it changes the time, never the bytes.
     """
 
-    def __init__(self, bundle: Bundle, backend: InferenceBackend | None = None, uncertainty: Uncertainty | None = None,
-                 top_k: int = 3, lab=None):
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: InferenceBackend | None = None,
+        uncertainty: Uncertainty | None = None,
+        top_k: int = 3,
+        lab=None,
+    ):
         self.bundle = bundle
         self.backend = backend or open_backend(bundle)
         self.spec = bundle.preprocess_spec
@@ -95,8 +101,15 @@ class Classifier:
         self.lab = lab
 
     @classmethod
-    def open(cls, bundle: Bundle, backend_name: str = "cpu", uncertainty: Uncertainty | None = None, top_k: int = 3,
-             lab=None, **backend_options) -> Classifier:
+    def open(
+        cls,
+        bundle: Bundle,
+        backend_name: str = "cpu",
+        uncertainty: Uncertainty | None = None,
+        top_k: int = 3,
+        lab=None,
+        **backend_options,
+    ) -> Classifier:
         """Open the named backend ("cpu", "edgetpu") with its options (runtime, threads, device, ...)."""
         return cls(bundle, open_backend(bundle, backend_name, **backend_options), uncertainty, top_k, lab)
 
@@ -116,7 +129,9 @@ class Classifier:
             p.timings_ms["invoke"] = invoke_ms
         return preds
 
-    def classify_images(self, images: list[np.ndarray], order: str = "BGR") -> tuple[list[Prediction], dict[str, float]]:
+    def classify_images(
+        self, images: list[np.ndarray], order: str = "BGR"
+    ) -> tuple[list[Prediction], dict[str, float]]:
         """Raw crops or frames (any size, BGR by default) -> predictions, and the time of each stage
         for the whole batch: preprocess (including the copy into the model's input), invoke,
         postprocess (reading and dequantizing the scores, label, top-k, uncertain flag)."""
@@ -127,11 +142,17 @@ class Classifier:
         t2 = time.perf_counter()
         preds = self._predictions(self.backend.scores())
         t3 = time.perf_counter()
-        return preds, {"preprocess": (t1 - t0) * 1000, "invoke": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000}
+        return preds, {
+            "preprocess": (t1 - t0) * 1000,
+            "invoke": (t2 - t1) * 1000,
+            "postprocess": (t3 - t2) * 1000,
+        }
 
     def classify_frames(self, frames: list[np.ndarray], order: str = "BGR") -> list[Prediction]:
         """Raw frames -> predictions carrying their share of the preprocess and invoke time."""
         preds, stages = self.classify_images(frames, order)
         for p in preds:
-            p.timings_ms.update(preprocess=stages["preprocess"] / len(preds), invoke=stages["invoke"] / len(preds))
+            p.timings_ms.update(
+                preprocess=stages["preprocess"] / len(preds), invoke=stages["invoke"] / len(preds)
+            )
         return preds

@@ -53,7 +53,9 @@ class PreprocessSpec:
 
     def __post_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}"
+            )
         if self.aspect not in _ASPECTS:
             raise ValueError(f"aspect must be one of {_ASPECTS}, not {self.aspect!r}")
         if self.contrast not in _CONTRASTS:
@@ -141,7 +143,9 @@ def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
     v = int(spec.pad_value)
-    return cv2.copyMakeBorder(image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(v, v, v))
+    return cv2.copyMakeBorder(
+        image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=(v, v, v)
+    )
 
 
 def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -189,7 +193,9 @@ class CvtColorLab:
 CVTCOLOR = CvtColorLab()
 
 
-def preprocess(image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR", lab=None) -> np.ndarray:
+def preprocess(
+    image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR", lab=None
+) -> np.ndarray:
     """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
 
     Steps: 8-bit BGR -> centred square (or pad) -> resize (2x area steps, then bilinear) -> CLAHE on

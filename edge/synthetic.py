@@ -54,7 +54,9 @@ def draw_cell(img, center, radius, class_name, rng):
             p = (int(cx + radius * 0.4 * np.cos(a)), int(cy + radius * 0.4 * np.sin(a)))
             cv2.circle(img, p, int(radius * 0.24), nuc, -1, cv2.LINE_AA)
     elif class_name == "kidney":
-        cv2.ellipse(img, (cx, cy), (int(radius * 0.62), int(radius * 0.38)), angle, 20, 340, nuc, -1, cv2.LINE_AA)
+        cv2.ellipse(
+            img, (cx, cy), (int(radius * 0.62), int(radius * 0.38)), angle, 20, 340, nuc, -1, cv2.LINE_AA
+        )
         a = np.deg2rad(angle)
         notch = (int(cx + radius * 0.45 * np.cos(a)), int(cy + radius * 0.45 * np.sin(a)))
         cv2.circle(img, notch, int(radius * 0.22), cyto, -1, cv2.LINE_AA)
@@ -77,7 +79,10 @@ def render_cell(class_name: str, rng: np.random.Generator, size: int = 128) -> n
     scale = 0.55 if class_name == "dense" else 1.0
     radius = int(size * rng.uniform(0.28, 0.34) * scale)
     shift = size // 16
-    center = (size // 2 + int(rng.integers(-shift, shift + 1)), size // 2 + int(rng.integers(-shift, shift + 1)))
+    center = (
+        size // 2 + int(rng.integers(-shift, shift + 1)),
+        size // 2 + int(rng.integers(-shift, shift + 1)),
+    )
     draw_cell(img, center, radius, class_name, rng)
     img = cv2.GaussianBlur(img, (3, 3), float(rng.uniform(0.3, 1.0)))
     noise = rng.normal(0, 3, img.shape)
@@ -85,7 +90,11 @@ def render_cell(class_name: str, rng: np.random.Generator, size: int = 128) -> n
 
 
 def render_field(
-    rng: np.random.Generator, width: int = 640, height: int = 480, center_class: str | None = None, n_extra: int = 0
+    rng: np.random.Generator,
+    width: int = 640,
+    height: int = 480,
+    center_class: str | None = None,
+    n_extra: int = 0,
 ) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
     """A microscope field (BGR): red cells, one white cell centred (if `center_class`), `n_extra` elsewhere.
 
@@ -96,7 +105,12 @@ def render_field(
     truth = []
     cells = [(center_class, (width // 2, height // 2))] if center_class else []
     for _ in range(n_extra):
-        cells.append((CLASSES[int(rng.integers(len(CLASSES)))], (int(rng.integers(60, width - 60)), int(rng.integers(60, height - 60)))))
+        cells.append(
+            (
+                CLASSES[int(rng.integers(len(CLASSES)))],
+                (int(rng.integers(60, width - 60)), int(rng.integers(60, height - 60))),
+            )
+        )
     for name, (cx, cy) in cells:
         radius = int(min(width, height) * rng.uniform(0.12, 0.15) * (0.55 if name == "dense" else 1.0))
         draw_cell(img, (cx, cy), radius, name, rng)

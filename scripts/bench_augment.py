@@ -25,7 +25,9 @@ from edge.synthetic import make_dataset  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("image_dir", nargs="?", help="folder searched recursively for images")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--n", type=int, default=200, help="number of images")

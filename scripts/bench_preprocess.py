@@ -29,8 +29,11 @@ SIZES = [(400, 400), (640, 480), (1280, 960), (1920, 1080)]
 
 def methods() -> list[tuple[str, object, str]]:
     """(contrast, LAB strategy, label)."""
-    return [("clahe", labtables.build(), "clahe (tables)"), ("clahe", CVTCOLOR, "clahe (cvtColor)"),
-            ("none", CVTCOLOR, "none")]
+    return [
+        ("clahe", labtables.build(), "clahe (tables)"),
+        ("clahe", CVTCOLOR, "clahe (cvtColor)"),
+        ("none", CVTCOLOR, "none"),
+    ]
 
 
 def after_invoke(bundle_path: str, runs: int) -> None:
@@ -53,7 +56,9 @@ def after_invoke(bundle_path: str, runs: int) -> None:
         preprocess(crops[i % len(crops)], specs[k], lab=chosen[k][1])
         if i >= 10 * len(chosen):  # the first rounds warm up
             times[k].append((time.perf_counter() - t0) * 1000)
-    print(f"right after invoke() of {bundle.path.name}, centred 240x240 of a 640x480 field, {runs} frames each")
+    print(
+        f"right after invoke() of {bundle.path.name}, centred 240x240 of a 640x480 field, {runs} frames each"
+    )
     print(f"{'contrast':>22} {'p50 ms':>8} {'p90 ms':>8}")
     for method, t in zip(chosen, times, strict=True):
         p50, p90 = np.percentile(t, [50, 90])
@@ -63,10 +68,14 @@ def after_invoke(bundle_path: str, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--after-invoke", metavar="BUNDLE", help="time each frame right after an invoke() of BUNDLE")
+    parser.add_argument(
+        "--after-invoke", metavar="BUNDLE", help="time each frame right after an invoke() of BUNDLE"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"{platform.processor() or platform.machine()}, OpenCV {cv2.__version__}, cv2 threads {cv2.getNumThreads()}")
+    print(
+        f"{platform.processor() or platform.machine()}, OpenCV {cv2.__version__}, cv2 threads {cv2.getNumThreads()}"
+    )
     if args.after_invoke:
         after_invoke(args.after_invoke, args.runs)
         return

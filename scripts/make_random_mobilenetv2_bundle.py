@@ -34,14 +34,21 @@ def main(argv=None) -> int:
     size = args.size
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False, weights=None, pooling="avg")(x)
+    x = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, weights=None, pooling="avg"
+    )(x)
     model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax")(x))
     spec = PreprocessSpec(size=size)
     rng = np.random.default_rng(0)
     calibration = np.stack([preprocess(render_cell(CLASSES[i % 5], rng, size), spec) for i in range(16)])
     labels = ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
-    bundle_from_tflite(args.out, to_tflite(model, "int8", calibration), labels, spec,
-                       model={"architecture": "mobilenetv2", "weights": "random (throughput only)", "precision": "int8"})
+    bundle_from_tflite(
+        args.out,
+        to_tflite(model, "int8", calibration),
+        labels,
+        spec,
+        model={"architecture": "mobilenetv2", "weights": "random (throughput only)", "precision": "int8"},
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -37,12 +37,26 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", default="auto")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None, help="threads per interpreter (default as edge eval: 1 per interpreter, one interpreter per core)")
-    ap.add_argument("--workers", type=int, default=None, help="loader workers (default: free cores, at least 1)")
-    ap.add_argument("--replicas", type=int, default=None,
-                    help="interpreters working side by side (default: cores // threads, as edge eval does)")
-    ap.add_argument("--all-cores-baseline", action="store_true",
-                    help="when interpreters have fewer threads than cores, also time the sequential loop with all cores")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per interpreter (default as edge eval: 1 per interpreter, one interpreter per core)",
+    )
+    ap.add_argument(
+        "--workers", type=int, default=None, help="loader workers (default: free cores, at least 1)"
+    )
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="interpreters working side by side (default: cores // threads, as edge eval does)",
+    )
+    ap.add_argument(
+        "--all-cores-baseline",
+        action="store_true",
+        help="when interpreters have fewer threads than cores, also time the sequential loop with all cores",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
@@ -55,12 +69,19 @@ def main(argv=None) -> int:
         paths = paths[: args.limit]
     threads, replicas, _ = pipeline_for(args.backend, args.threads, args.batch, args.workers, len(paths))
     replicas = args.replicas or replicas
-    classifiers = [Classifier(bundle, open_backend(bundle, args.backend, runtime=args.runtime, threads=threads,
-                                                   device=args.device)) for _ in range(replicas)]
+    classifiers = [
+        Classifier(
+            bundle,
+            open_backend(bundle, args.backend, runtime=args.runtime, threads=threads, device=args.device),
+        )
+        for _ in range(replicas)
+    ]
     classifier = classifiers[0]
     all_cores = None
     if args.all_cores_baseline and threads < usable_cores():
-        all_cores = Classifier(bundle, open_backend(bundle, args.backend, runtime=args.runtime, device=args.device))
+        all_cores = Classifier(
+            bundle, open_backend(bundle, args.backend, runtime=args.runtime, device=args.device)
+        )
     for p in paths:  # warm the page cache for both sides alike
         try:
             p.read_bytes()
@@ -77,8 +98,10 @@ def main(argv=None) -> int:
         _, t_pipe = timed(classify_paths(classifiers, paths, options))
         seq.append(t_seq.images_per_second)
         pipe.append(t_pipe.images_per_second)
-        line = (f"round {r + 1}: sequential {seq[-1]:7.1f} images/s   pipeline {pipe[-1]:7.1f} images/s"
-                f"   ratio {pipe[-1] / seq[-1]:.2f}x")
+        line = (
+            f"round {r + 1}: sequential {seq[-1]:7.1f} images/s   pipeline {pipe[-1]:7.1f} images/s"
+            f"   ratio {pipe[-1] / seq[-1]:.2f}x"
+        )
         if all_cores:
             full.append(timed(classify_sequential(all_cores, paths))[1].images_per_second)
             line += f"   (sequential, all cores {full[-1]:.1f} images/s: {pipe[-1] / full[-1]:.2f}x)"
@@ -91,13 +114,20 @@ def main(argv=None) -> int:
         "sequential_images_per_second": round(s, 2),
         "pipeline_images_per_second": round(p, 2),
         "speedup": round(p / s, 3),
-        "pipeline": {"replicas": replicas, "threads_per_interpreter": threads, "workers": options.workers if replicas == 1 else 0, "batch_size": options.batch_size},
+        "pipeline": {
+            "replicas": replicas,
+            "threads_per_interpreter": threads,
+            "workers": options.workers if replicas == 1 else 0,
+            "batch_size": options.batch_size,
+        },
         "runtime": info,
         "machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "load_average": os.getloadavg()},
     }
     loaders = f"{options.workers} loader thread(s)" if replicas == 1 else "each decoding its own batches"
-    print(f"median over {args.rounds} rounds, {len(paths)} images, {info['runtime']} {info['runtime_version']}, "
-          f"{replicas} interpreter(s) x {threads} thread(s), {loaders}, batch {options.batch_size}:")
+    print(
+        f"median over {args.rounds} rounds, {len(paths)} images, {info['runtime']} {info['runtime_version']}, "
+        f"{replicas} interpreter(s) x {threads} thread(s), {loaders}, batch {options.batch_size}:"
+    )
     print(f"  sequential {s:.1f} images/s   pipeline {p:.1f} images/s   ratio {p / s:.2f}x")
     if full:
         f = statistics.median(full)

@@ -76,13 +76,17 @@ def test_edge_info_on_tampered_model_is_one_line(tiny_bundle, tmp_path):
     copy = shutil.copytree(tiny_bundle, tmp_path / "tampered")
     with open(copy / CPU_MODEL, "ab") as fh:
         fh.write(b"\0")
-    result = subprocess.run([sys.executable, "-m", "edge.cli", "info", str(copy)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "info", str(copy)], capture_output=True, text=True
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "sha256 mismatch" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_edge_info_summarises(tiny_bundle):
-    result = subprocess.run([sys.executable, "-m", "edge.cli", "info", str(tiny_bundle)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "info", str(tiny_bundle)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "labels" in result.stdout and "uint8 1x64x64x3" in result.stdout

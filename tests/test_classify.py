@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def edge(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,9 @@ def folder_with_one_corrupt(tmp_path_factory) -> tuple[Path, Path]:
     return root, bad
 
 
-def test_classify_names_the_corrupt_file_classifies_the_rest_and_exits_1(tiny_bundle, folder_with_one_corrupt):
+def test_classify_names_the_corrupt_file_classifies_the_rest_and_exits_1(
+    tiny_bundle, folder_with_one_corrupt
+):
     root, bad = folder_with_one_corrupt
     proc = edge("classify", tiny_bundle, root, "--json")
     assert proc.returncode == 1, proc.stderr
@@ -69,7 +76,9 @@ def test_classify_csv_top_k_and_threshold(tiny_bundle, synthetic_split):
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(io.StringIO(proc.stdout)))
     assert len(rows) == len(images_in(folder))
-    assert all(row["uncertain"] == "1" for row in rows)  # nothing reaches probability 1.0 in int8 softmax here
+    assert all(
+        row["uncertain"] == "1" for row in rows
+    )  # nothing reaches probability 1.0 in int8 softmax here
     assert all(len(row["top_k"].split(";")) == 2 and row["error"] == "" for row in rows)
     relaxed = edge("classify", tiny_bundle, folder, "--csv", "--threshold", "0", "--margin", "0")
     assert all(row["uncertain"] == "0" for row in csv.DictReader(io.StringIO(relaxed.stdout)))
@@ -87,7 +96,11 @@ def test_classify_text_output_files_and_missing_paths(tiny_bundle, synthetic_spl
 
 def test_classify_bad_bundle_and_empty_folder_are_one_line_errors(tiny_bundle, tmp_path):
     proc = edge("classify", tmp_path / "nope", tmp_path)
-    assert proc.returncode == 3 and proc.stderr.strip().startswith("error:") and "bundle not found" in proc.stderr
+    assert (
+        proc.returncode == 3
+        and proc.stderr.strip().startswith("error:")
+        and "bundle not found" in proc.stderr
+    )
     (tmp_path / "empty").mkdir()
     proc = edge("classify", tiny_bundle, tmp_path / "empty")
     assert proc.returncode == 2 and "no images found" in proc.stderr and "Traceback" not in proc.stderr
@@ -98,7 +111,9 @@ def test_classify_bad_bundle_and_empty_folder_are_one_line_errors(tiny_bundle, t
     [(PipelineOptions(batch_size=4, workers=2), 1), (PipelineOptions(batch_size=3), 2)],
     ids=["threads", "replicas"],
 )
-def test_pipeline_gives_the_sequential_results_in_order(tiny_bundle, folder_with_one_corrupt, options, replicas):
+def test_pipeline_gives_the_sequential_results_in_order(
+    tiny_bundle, folder_with_one_corrupt, options, replicas
+):
     root, bad = folder_with_one_corrupt
     paths = expand_paths([root])[:40] + [bad]
     bundle = Bundle.load(tiny_bundle)
@@ -107,7 +122,9 @@ def test_pipeline_gives_the_sequential_results_in_order(tiny_bundle, folder_with
     got = list(classify_paths(classifiers, paths, options))
     assert [r.path for r in got] == paths
     assert [r.error for r in got] == [r.error for r in expected]
-    assert [r.prediction.probabilities for r in got if r.ok] == [r.prediction.probabilities for r in expected if r.ok]
+    assert [r.prediction.probabilities for r in got if r.ok] == [
+        r.prediction.probabilities for r in expected if r.ok
+    ]
 
 
 def test_expand_paths_recurses_skips_hidden_and_keeps_named_files(tmp_path):

@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def edge(*args, python=sys.executable, env=None):
-    return subprocess.run([python, "-m", "edge.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run(
+        [python, "-m", "edge.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
 
 
 def test_help_lists_every_command():
@@ -48,14 +50,23 @@ def test_device_only_venv_has_no_tensorflow(tmp_path_factory):
     env_dir = tmp_path_factory.mktemp("devvenv")
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py = str(env_dir / "bin" / "python")
-    pip = subprocess.run([py, "-m", "pip", "install", "--quiet", f"{ROOT}[device]"], capture_output=True, text=True)
+    pip = subprocess.run(
+        [py, "-m", "pip", "install", "--quiet", f"{ROOT}[device]"], capture_output=True, text=True
+    )
     assert pip.returncode == 0, pip.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     tmp = tmp_path_factory.mktemp("cwd")  # run outside the repo, so the installed package is what runs
     check = subprocess.run(
-        [py, "-c", "import importlib.util as u, sys, edge, edge.preprocess, edge.bundle, edge.predict, edge.runtime.tflite, edge.runtime.cpu_tflite;"
-         "print(u.find_spec('tensorflow') is None, 'tensorflow' in sys.modules)"],
-        capture_output=True, text=True, cwd=tmp, env=env,
+        [
+            py,
+            "-c",
+            "import importlib.util as u, sys, edge, edge.preprocess, edge.bundle, edge.predict, edge.runtime.tflite, edge.runtime.cpu_tflite;"
+            "print(u.find_spec('tensorflow') is None, 'tensorflow' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=env,
     )
     assert check.stdout.split() == ["True", "False"], check.stderr
     edge_bin = str(env_dir / "bin" / "edge")

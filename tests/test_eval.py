@@ -19,12 +19,23 @@ from edge.predict import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 # Folder spellings a lab might use for the synthetic classes.
-SPELLINGS = {"round": "Round", "lobed": "LOBED", "kidney": "kid-ney", "granular": "Granular_", "dense": "dense"}
+SPELLINGS = {
+    "round": "Round",
+    "lobed": "LOBED",
+    "kidney": "kid-ney",
+    "granular": "Granular_",
+    "dense": "dense",
+}
 
 
 def edge(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +51,19 @@ def test_eval_reports_metrics_throughput_and_a_plot(tiny_bundle, labelled, tmp_p
     proc = edge("eval", tiny_bundle, labelled, "--json", out, "--plot", plot, "--baseline-images", "20")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
-    for key in ("accuracy", "macro_f1", "n", "labels", "per_class", "confusion", "images_per_second",
-                "uncertain_fraction", "confident_accuracy", "sequential_images_per_second", "speedup"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "n",
+        "labels",
+        "per_class",
+        "confusion",
+        "images_per_second",
+        "uncertain_fraction",
+        "confident_accuracy",
+        "sequential_images_per_second",
+        "speedup",
+    ):
         assert key in report, key
     bundle = Bundle.load(tiny_bundle)
     images = scan_labelled(labelled, bundle.labels)
@@ -55,11 +77,14 @@ def test_eval_reports_metrics_throughput_and_a_plot(tiny_bundle, labelled, tmp_p
     flagged = [r.prediction.uncertain for r in results]
     assert report["uncertain_fraction"] == pytest.approx(sum(flagged) / len(flagged))
     confident = [h for h, f in zip(hits, flagged, strict=True) if not f]
-    assert report["confident_accuracy"] == pytest.approx(sum(confident) / len(confident) if confident else 0.0)
+    assert report["confident_accuracy"] == pytest.approx(
+        sum(confident) / len(confident) if confident else 0.0
+    )
     assert set(report["per_class"]["round"]) == {"precision", "recall", "f1", "specificity", "support"}
     assert report["images_per_second"] > 0 and report["baseline_images"] == 20
-    assert report["speedup"] == pytest.approx(report["images_per_second"] / report["sequential_images_per_second"],
-                                              rel=1e-2)
+    assert report["speedup"] == pytest.approx(
+        report["images_per_second"] / report["sequential_images_per_second"], rel=1e-2
+    )
     image = cv2.imread(str(plot))
     assert image is not None and image.shape[0] > 300 and image.shape[1] > 300
     assert "accuracy" in proc.stdout and "images/s" in proc.stdout
@@ -94,7 +119,10 @@ def test_label_matching_ignores_case_underscores_and_hyphens(tmp_path):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "a.jpg").write_bytes(b"x")
     images = scan_labelled(tmp_path, labels)
-    assert images.targets.tolist() == [0, 1] and [i.folder for i in images.items] == ["BASOPHIL", "Seg-Neutrophil"]
+    assert images.targets.tolist() == [0, 1] and [i.folder for i in images.items] == [
+        "BASOPHIL",
+        "Seg-Neutrophil",
+    ]
     (tmp_path / "lymphocyte").mkdir()
     with pytest.raises(DataError, match="lymphocyte match no label"):
         scan_labelled(tmp_path, labels)

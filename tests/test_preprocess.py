@@ -154,7 +154,10 @@ def test_lab_strategies_are_byte_identical_to_whole_image_opencv(shape, order, s
     frame = cv2.GaussianBlur(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), (5, 5), 1.5)
     for size in (224, 96):
         spec = PreprocessSpec(size=size, color_order=order)
-        assert np.array_equal(preprocess(frame, spec, lab=lab), _reference_preprocess(frame, spec)), (shape, size)
+        assert np.array_equal(preprocess(frame, spec, lab=lab), _reference_preprocess(frame, spec)), (
+            shape,
+            size,
+        )
 
 
 def test_exact_when_several_threads_preprocess_at_once(lab_tables):
@@ -173,7 +176,9 @@ def test_lab_tables_match_opencv_for_every_24_bit_colour(order, lab_tables):
     # All 2**24 colours in one 4096 x 4096 image, so every entry of the forward table and every
     # (a, b) code of the inverse table is used, under CLAHE's local remapping of L.
     bgr = np.arange(1 << 24, dtype=np.uint32).view(np.uint8).reshape(4096, 4096, 4)[..., :3]
-    bgr = np.ascontiguousarray(np.random.default_rng(3).permutation(bgr.reshape(-1, 3)).reshape(4096, 4096, 3))
+    bgr = np.ascontiguousarray(
+        np.random.default_rng(3).permutation(bgr.reshape(-1, 3)).reshape(4096, 4096, 3)
+    )
     clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
     lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
     lab[:, :, 0] = clahe.apply(np.ascontiguousarray(lab[:, :, 0]))
@@ -217,4 +222,7 @@ def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, a
     frame = cv2.GaussianBlur(rng.integers(0, 256, (451, 613, 3), dtype=np.uint8), (5, 5), 1.5)
     for size, antialias in ((224, True), (224, False), (96, True), (451, True)):
         spec = PreprocessSpec(size=size, interpolation=interpolation, aspect=aspect, antialias=antialias)
-        assert np.array_equal(preprocess(frame, spec, lab=lab_tables), preprocess(frame, spec)), (size, antialias)
+        assert np.array_equal(preprocess(frame, spec, lab=lab_tables), preprocess(frame, spec)), (
+            size,
+            antialias,
+        )

@@ -126,7 +126,9 @@ def test_float16_bundle(tiny_bundle, synthetic_split, tmp_path, capsys):
 
 
 @pytest.mark.train
-def test_adapt_head_trains_only_the_head_and_records_both_float_models(tiny_bundle, synthetic_split, tmp_path, capsys):
+def test_adapt_head_trains_only_the_head_and_records_both_float_models(
+    tiny_bundle, synthetic_split, tmp_path, capsys
+):
     import keras
 
     from convert.head_adaptation import adapt, split_at_features
@@ -145,8 +147,19 @@ def test_adapt_head_trains_only_the_head_and_records_both_float_models(tiny_bund
 
     out = tmp_path / "adapted"
     code, stdout, err = _run(
-        ["quantize", str(tiny_bundle / "float.keras"), "--calib", str(synthetic_split / "train"),
-         "--eval", str(synthetic_split / "val"), "--out", str(out), "--calib-count", "20", "--adapt-head"],
+        [
+            "quantize",
+            str(tiny_bundle / "float.keras"),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--eval",
+            str(synthetic_split / "val"),
+            "--out",
+            str(out),
+            "--calib-count",
+            "20",
+            "--adapt-head",
+        ],
         capsys,
     )
     assert code == 0, err

@@ -197,7 +197,11 @@ def test_diagnosis_for_an_inaccessible_apex_node():
     from edge.runtime.edgetpu import EdgeTpuDevice
 
     found = EdgeTpuProbe(
-        devices=[EdgeTpuDevice("pci", "Coral PCIe/M.2 Edge TPU", "/dev/apex_0", node="/dev/apex_0", accessible=False)],
+        devices=[
+            EdgeTpuDevice(
+                "pci", "Coral PCIe/M.2 Edge TPU", "/dev/apex_0", node="/dev/apex_0", accessible=False
+            )
+        ],
         library="/usr/lib/libedgetpu.so.1",
         apex_nodes=["/dev/apex_0"],
     )
@@ -210,8 +214,18 @@ def test_classify_command_on_the_edgetpu_backend(tpu_bundle, val_files, monkeypa
 
     fake = FakeEdgeTpu(devices=["usb:0"]).install(monkeypatch)
     with pytest.raises(SystemExit) as done:
-        main(["classify", str(tpu_bundle.path), *map(str, val_files[:10]), "--backend", "edgetpu", "--device", "usb:0",
-              "--json"])
+        main(
+            [
+                "classify",
+                str(tpu_bundle.path),
+                *map(str, val_files[:10]),
+                "--backend",
+                "edgetpu",
+                "--device",
+                "usb:0",
+                "--json",
+            ]
+        )
     assert done.value.code == 0
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 10 and "edgetpu" in out.err

@@ -99,7 +99,17 @@ def test_rerun_from_config(run_dir, tmp_path, capsys):
     out, _, _, _ = run_dir
     again = tmp_path / "again"
     code, stdout, _ = _edge(
-        ["train", "--config", str(out / "config.json"), "--out", str(again), "--fine-tune-epochs", "0", "--epochs", "2"],
+        [
+            "train",
+            "--config",
+            str(out / "config.json"),
+            "--out",
+            str(again),
+            "--fine-tune-epochs",
+            "0",
+            "--epochs",
+            "2",
+        ],
         capsys,
     )
     assert code == 0
@@ -107,7 +117,9 @@ def test_rerun_from_config(run_dir, tmp_path, capsys):
     second = json.loads((again / "config.json").read_text())["train"]
     changed = ("out", "fine_tune_epochs", "epochs")
     assert second["fine_tune_epochs"] == 0 and second["epochs"] == 2 and second["out"] == str(again)
-    assert {k: v for k, v in first.items() if k not in changed} == {k: v for k, v in second.items() if k not in changed}
+    assert {k: v for k, v in first.items() if k not in changed} == {
+        k: v for k, v in second.items() if k not in changed
+    }
     # preprocessed images and activations came from the cache the first run filled
     assert "activations read from cache" in stdout
 

@@ -43,7 +43,9 @@ def build_tiny_bundle(train_dir: Path, out_dir: Path, epochs: int = 15) -> Path:
     keras.utils.set_random_seed(0)
     x, y, labels = load_folder(Path(train_dir))
     model = build_tiny_keras(len(labels))
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(x.astype("float32"), y, epochs=epochs, batch_size=16, verbose=0)
     tfl = to_tflite(model, "int8", x[:40])
     bundle_from_tflite(

@@ -97,7 +97,10 @@ def collect(backend_description: dict | None = None, bundle=None, lab=None) -> d
         "numpy": np.__version__,
         "opencv": cv2.__version__,
         # How preprocessing ran (edge.labtables or cvtColor): the same bytes, not the same time.
-        "preprocess": {"lab": getattr(lab, "name", "cvtcolor"), "lab_tables": getattr(lab, "name", "") == "tables"},
+        "preprocess": {
+            "lab": getattr(lab, "name", "cvtcolor"),
+            "lab_tables": getattr(lab, "name", "") == "tables",
+        },
         "edge": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "warnings": warnings,

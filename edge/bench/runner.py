@@ -112,8 +112,6 @@ def bundle_info(bundle: Bundle, backend: str) -> dict:
     }
 
 
-
-
 class BenchSourceError(EdgeError):
     """A --source that cannot be parsed or opened."""
 
@@ -132,7 +130,9 @@ def source_config(spec: str) -> SourceConfig:
         if arg:
             match = re.fullmatch(r"(\d+)x(\d+)", arg)
             if not match or not (64 <= int(match.group(1)) <= 8192 and 64 <= int(match.group(2)) <= 8192):
-                raise BenchSourceError(f"--source {spec}: expected sim or sim:WIDTHxHEIGHT, e.g. sim:1280x720")
+                raise BenchSourceError(
+                    f"--source {spec}: expected sim or sim:WIDTHxHEIGHT, e.g. sim:1280x720"
+                )
             width, height = int(match.group(1)), int(match.group(2))
         sim = SimOptions(width=width, height=height, dwell_s=0.1, prerender=SIM_POOL, paced=False)
         return SourceConfig(uri="sim", sim=sim)
@@ -190,7 +190,9 @@ class Recorder(Sink):
     def on_frame(self, result: FrameResult) -> None:
         t = result.timings
         # preprocess includes cropping the region, as the daemon's mode step does
-        self.samples.append((t["capture"], t["mode"] + t["preprocess"], t["invoke"], t["postprocess"], t["result"]))
+        self.samples.append(
+            (t["capture"], t["mode"] + t["preprocess"], t["invoke"], t["postprocess"], t["result"])
+        )
         self.frame_shape = result.frame.image.shape
         self.stamps.append(_clock())
         self.tick(1)
@@ -199,7 +201,9 @@ class Recorder(Sink):
         self.corrupt += 1
 
 
-def _pass(source, processor, layout: str, frames: int, tick, stop: threading.Event) -> tuple[Recorder, _CpuMeter]:
+def _pass(
+    source, processor, layout: str, frames: int, tick, stop: threading.Event
+) -> tuple[Recorder, _CpuMeter]:
     """`frames` frames through the daemon's Pipeline in one layout."""
     recorder = Recorder(tick)
     capturer = Capturer(source, Telemetry(), stop, opened=True, log=lambda *_: None, keep_open=True)
@@ -207,7 +211,9 @@ def _pass(source, processor, layout: str, frames: int, tick, stop: threading.Eve
     with _CpuMeter() as meter:
         pipeline.run()
     if len(recorder.samples) < frames:
-        raise BenchSourceError(f"the source gave {len(recorder.samples)} frames of {frames} ({recorder.corrupt} corrupt)")
+        raise BenchSourceError(
+            f"the source gave {len(recorder.samples)} frames of {frames} ({recorder.corrupt} corrupt)"
+        )
     return recorder, meter
 
 
@@ -220,14 +226,17 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
     t = _clock()
-    backend = open_backend(bundle, config.backend, runtime=config.runtime, threads=config.threads,
-                           device=config.device)
+    backend = open_backend(
+        bundle, config.backend, runtime=config.runtime, threads=config.threads, device=config.device
+    )
     init_ms = (_clock() - t) * 1000
     try:
         t = _clock()
         lab = labtables.choose(config.lab)  # as `edge run` does at start-up
         tables_ms = (_clock() - t) * 1000
-        processor = FrameProcessor(CellMode(config.region, config.region_px), Classifier(bundle, backend, lab=lab))
+        processor = FrameProcessor(
+            CellMode(config.region, config.region_px), Classifier(bundle, backend, lab=lab)
+        )
         with _switch_interval(PIPELINE_SWITCH_INTERVAL_S):
             result = _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick)
         result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
@@ -244,7 +253,11 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         threaded, threaded_cpu = _pass(source, processor, "threaded", config.runs, tick, threading.Event())
     finally:
         source.close()
-    first, warm, samples = serial.samples[0], serial.samples[1 : 1 + config.warmup], serial.samples[1 + config.warmup :]
+    first, warm, samples = (
+        serial.samples[0],
+        serial.samples[1 : 1 + config.warmup],
+        serial.samples[1 + config.warmup :],
+    )
     stages = {
         name: summarize(col).to_dict()
         for name, col in zip(bench.STAGES, zip(*samples, strict=True), strict=True)

@@ -29,7 +29,11 @@ def _region(r: dict) -> str:
         return ""
     if region.get("px"):
         return f", centred {region['px']} px region"
-    return " (whole frame)" if region["fraction"] >= 1.0 else f", centred region {region['fraction']:g} of the short side"
+    return (
+        " (whole frame)"
+        if region["fraction"] >= 1.0
+        else f", centred region {region['fraction']:g} of the short side"
+    )
 
 
 def _ms(v) -> str:

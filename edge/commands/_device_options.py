@@ -16,29 +16,57 @@ from edge.runtime.tflite import RUNTIME_CHOICES, usable_cores
 def runtime_options(func):
     """--backend, --device, --runtime, --threads, --batch-size, --workers."""
     options = [
-        click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
-                     help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU."),
-        click.option("--device", default=None, metavar="DEV",
-                     help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found)."),
-        click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
-                     help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports."),
-        click.option("--threads", type=click.IntRange(1, 256), default=None,
-                     help="Threads per interpreter. Default: one single-threaded interpreter per core, each decoding "
-                          "and classifying its own batches (fastest for many files); for a few files, one interpreter "
-                          "with all cores. With --threads T: cores // T interpreters of T threads."),
-        click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
-                     help="Images per interpreter call."),
-        click.option("--workers", type=click.IntRange(1, 64), default=None,
-                     help="Threads that decode and preprocess ahead of the interpreter, when only one runs "
-                          "(default: the cores it leaves free, at least 1)."),
+        click.option(
+            "--backend",
+            type=click.Choice(list(BACKENDS)),
+            default="cpu",
+            show_default=True,
+            help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU.",
+        ),
+        click.option(
+            "--device",
+            default=None,
+            metavar="DEV",
+            help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found).",
+        ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIME_CHOICES),
+            default="auto",
+            show_default=True,
+            help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, 256),
+            default=None,
+            help="Threads per interpreter. Default: one single-threaded interpreter per core, each decoding "
+            "and classifying its own batches (fastest for many files); for a few files, one interpreter "
+            "with all cores. With --threads T: cores // T interpreters of T threads.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(1, 256),
+            default=8,
+            show_default=True,
+            help="Images per interpreter call.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="Threads that decode and preprocess ahead of the interpreter, when only one runs "
+            "(default: the cores it leaves free, at least 1).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
     return func
 
 
-def pipeline_for(backend: str, threads: int | None, batch_size: int, workers: int | None,
-                 n_files: int | None = None) -> tuple[int, int, PipelineOptions]:
+def pipeline_for(
+    backend: str, threads: int | None, batch_size: int, workers: int | None, n_files: int | None = None
+) -> tuple[int, int, PipelineOptions]:
     """(threads per interpreter, interpreter replicas, loader options) for this machine.
 
     For many files on the CPU, throughput wins with one single-threaded interpreter per core, each
@@ -54,7 +82,11 @@ def pipeline_for(backend: str, threads: int | None, batch_size: int, workers: in
         threads, replicas = (cores, 1) if few else (1, cores)
     else:
         replicas = 1 if few else max(1, cores // threads)
-    return threads, replicas, PipelineOptions(batch_size=batch_size, workers=workers or default_workers(threads))
+    return (
+        threads,
+        replicas,
+        PipelineOptions(batch_size=batch_size, workers=workers or default_workers(threads)),
+    )
 
 
 def open_classifiers(bundle: Bundle, backend: str, replicas: int, **options) -> list[Classifier]:
@@ -80,4 +112,3 @@ class _Plain:
 
     def __exit__(self, *exc):
         return False
-

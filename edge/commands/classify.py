@@ -16,8 +16,18 @@ from edge.dataset import IMAGE_SUFFIXES, expand_paths
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
 
-CSV_FIELDS = ["path", "label", "confidence", "margin", "uncertain", "top_k",
-              "decode_ms", "preprocess_ms", "invoke_ms", "error"]
+CSV_FIELDS = [
+    "path",
+    "label",
+    "confidence",
+    "margin",
+    "uncertain",
+    "top_k",
+    "decode_ms",
+    "preprocess_ms",
+    "invoke_ms",
+    "error",
+]
 
 
 def _record(result: ImageResult) -> dict:
@@ -32,10 +42,16 @@ def _csv_row(result: ImageResult) -> dict:
     p = result.prediction
     t = p.timings_ms
     return {
-        "path": str(result.path), "label": p.label, "confidence": f"{p.confidence:.6f}", "margin": f"{p.margin:.6f}",
-        "uncertain": int(p.uncertain), "top_k": ";".join(f"{name}:{prob:.6f}" for name, prob in p.top_k),
-        "decode_ms": f"{t.get('decode', 0):.3f}", "preprocess_ms": f"{t.get('preprocess', 0):.3f}",
-        "invoke_ms": f"{t.get('invoke', 0):.3f}", "error": "",
+        "path": str(result.path),
+        "label": p.label,
+        "confidence": f"{p.confidence:.6f}",
+        "margin": f"{p.margin:.6f}",
+        "uncertain": int(p.uncertain),
+        "top_k": ";".join(f"{name}:{prob:.6f}" for name, prob in p.top_k),
+        "decode_ms": f"{t.get('decode', 0):.3f}",
+        "preprocess_ms": f"{t.get('preprocess', 0):.3f}",
+        "invoke_ms": f"{t.get('invoke', 0):.3f}",
+        "error": "",
     }
 
 
@@ -51,15 +67,33 @@ def _text_line(result: ImageResult) -> str:
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(path_type=str))
-@click.option("--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included.")
+@click.option(
+    "--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included."
+)
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
-@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True, help="How many labels to list per image.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Flag an image as uncertain when its top probability is below this. Default: the bundle's calibrated value.")
-@click.option("--margin", type=click.FloatRange(0, 1), default=None,
-              help="Flag an image as uncertain when top-1 minus top-2 probability is below this. Default: the bundle's.")
+@click.option(
+    "--top-k",
+    type=click.IntRange(1, 100),
+    default=3,
+    show_default=True,
+    help="How many labels to list per image.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Flag an image as uncertain when its top probability is below this. Default: the bundle's calibrated value.",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Flag an image as uncertain when top-1 minus top-2 probability is below this. Default: the bundle's.",
+)
 @runtime_options
-def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runtime, threads, batch_size, workers):
+def classify(
+    bundle, paths, fmt, top_k, threshold, margin, backend, device, runtime, threads, batch_size, workers
+):
     """Classify the images in PATH... (files, or folders searched recursively) with the model BUNDLE.
 
     \b
@@ -76,11 +110,21 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
     model = Bundle.load(bundle)
     files = expand_paths(paths)
     if not files:
-        raise DataError(f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(
+            f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     rule = uncertainty_rule(model, threshold, margin)
     threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(files))
-    classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=top_k,
-                                   runtime=runtime, threads=threads, device=device)
+    classifiers = open_classifiers(
+        model,
+        backend,
+        replicas,
+        uncertainty=rule,
+        top_k=top_k,
+        runtime=runtime,
+        threads=threads,
+        device=device,
+    )
     out = click.get_text_stream("stdout")
     writer = None
     if fmt == "csv":
@@ -88,7 +132,9 @@ def classify(bundle, paths, fmt, top_k, threshold, margin, backend, device, runt
         writer.writeheader()
     failed = uncertain = 0
     t0 = time.perf_counter()
-    with progress(classify_paths(classifiers, files, options), len(files), "classifying", fmt is None) as results:
+    with progress(
+        classify_paths(classifiers, files, options), len(files), "classifying", fmt is None
+    ) as results:
         for result in results:
             if not result.ok:
                 failed += 1

@@ -51,8 +51,11 @@ def _version(dist: str) -> str | None:
 def check_python() -> list[Check]:
     major = int(np.__version__.split(".")[0])
     return [
-        Check("python", OK if sys.version_info >= (3, 10) else FAIL,
-              f"Python {platform.python_version()} on {platform.machine()} ({platform.system()})"),
+        Check(
+            "python",
+            OK if sys.version_info >= (3, 10) else FAIL,
+            f"Python {platform.python_version()} on {platform.machine()} ({platform.system()})",
+        ),
         Check("numpy", OK, f"NumPy {np.__version__}" + (" (2.x)" if major >= 2 else "")),
     ]
 
@@ -71,15 +74,21 @@ def check_runtimes(preference: str) -> list[Check]:
             continue
         if name == "tensorflow" and preference != "tensorflow" and usable:
             # Importing TensorFlow takes seconds and is never needed when another runtime works.
-            checks.append(Check(f"runtime {name}", INFO, f"{dist_version} installed (not imported: {usable[0]} is used)"))
+            checks.append(
+                Check(
+                    f"runtime {name}", INFO, f"{dist_version} installed (not imported: {usable[0]} is used)"
+                )
+            )
             continue
         try:
             rt = import_runtime(name)
         except ImportError as exc:
             detail = str(exc).split("(", 1)[-1].rstrip(")").split(". Install")[0]
             if name == "tflite-runtime" and numpy2:
-                detail = (f"{dist_version} installed but fails beside NumPy {np.__version__}: its last release (2.14) "
-                          "was built for NumPy 1. Use ai-edge-litert (pip install '.[device]') or pin numpy<2")
+                detail = (
+                    f"{dist_version} installed but fails beside NumPy {np.__version__}: its last release (2.14) "
+                    "was built for NumPy 1. Use ai-edge-litert (pip install '.[device]') or pin numpy<2"
+                )
             checks.append(Check(f"runtime {name}", WARN, detail))
             continue
         usable.append(name)
@@ -87,7 +96,9 @@ def check_runtimes(preference: str) -> list[Check]:
     if preference != "auto" and preference not in usable:
         checks.append(Check("runtime", FAIL, f"--runtime {preference} was asked for but cannot be imported"))
     elif not usable:
-        checks.append(Check("runtime", FAIL, "no TFLite runtime imports: pip install '.[device]' (ai-edge-litert)"))
+        checks.append(
+            Check("runtime", FAIL, "no TFLite runtime imports: pip install '.[device]' (ai-edge-litert)")
+        )
     else:
         chosen = preference if preference != "auto" else usable[0]
         checks.append(Check("runtime", OK, f"using {chosen}"))
@@ -101,15 +112,22 @@ def check_xnnpack(model: Path | None, preference: str) -> Check:
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        proc = subprocess.run([sys.executable, "-c", _XNNPACK_PROBE, str(model), preference],
-                              capture_output=True, text=True, timeout=120, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", _XNNPACK_PROBE, str(model), preference],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         return Check("xnnpack", WARN, f"could not run the probe ({exc})")
     if "XNNPACK delegate" in proc.stderr:
         return Check("xnnpack", OK, "the runtime applies the XNNPACK delegate to the model")
     if proc.returncode != 0:
         return Check("xnnpack", WARN, "probe failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1])
-    return Check("xnnpack", WARN, "the runtime did not report XNNPACK: inference runs on the slower built-in kernels")
+    return Check(
+        "xnnpack", WARN, "the runtime did not report XNNPACK: inference runs on the slower built-in kernels"
+    )
 
 
 def check_edgetpu(wanted: bool, device: str | None, root: str = "/") -> list[Check]:
@@ -122,26 +140,48 @@ def check_edgetpu(wanted: bool, device: str | None, root: str = "/") -> list[Che
         for d in found.devices:
             extra = ""
             if d.usb_speed_mbps:
-                extra = f", {d.usb_speed_mbps} Mbit/s" + (" (USB2: use a USB3 port)" if d.usb_speed_mbps < 5000 else "")
+                extra = f", {d.usb_speed_mbps} Mbit/s" + (
+                    " (USB2: use a USB3 port)" if d.usb_speed_mbps < 5000 else ""
+                )
             if d.node:
-                extra += f", {d.node}" + ("" if d.accessible else " (not accessible to this user: apex group / udev rule)")
+                extra += f", {d.node}" + (
+                    "" if d.accessible else " (not accessible to this user: apex group / udev rule)"
+                )
             status = OK if (d.accessible is not False and (d.usb_speed_mbps or 5000) >= 5000) else WARN
             checks.append(Check("edgetpu device", status, f"{d.name} at {d.where}{extra}"))
     else:
-        checks.append(Check("edgetpu device", miss, "none found (USB 1a6e:089a / 18d1:9302, PCIe 1ac1:089a, /dev/apex_*)"))
+        checks.append(
+            Check(
+                "edgetpu device", miss, "none found (USB 1a6e:089a / 18d1:9302, PCIe 1ac1:089a, /dev/apex_*)"
+            )
+        )
     if found.library:
         checks.append(Check("libedgetpu", OK, found.library))
     else:
-        checks.append(Check("libedgetpu", miss, f"{EDGETPU_LIBRARY} not found: libedgetpu1-std from Coral's apt repository"))
+        checks.append(
+            Check(
+                "libedgetpu",
+                miss,
+                f"{EDGETPU_LIBRARY} not found: libedgetpu1-std from Coral's apt repository",
+            )
+        )
     return checks
 
 
 def check_cameras() -> list[Check]:
     videos = sorted(str(p) for p in Path("/dev").glob("video*"))
-    checks = [Check("camera", OK if videos else INFO, ", ".join(videos) if videos else "no /dev/video* devices")]
+    checks = [
+        Check("camera", OK if videos else INFO, ", ".join(videos) if videos else "no /dev/video* devices")
+    ]
     if importlib.util.find_spec("picamera2") is None:
-        checks.append(Check("picamera2", INFO, "not importable (Raspberry Pi OS: sudo apt install python3-picamera2, "
-                                                 "venv with --system-site-packages)"))
+        checks.append(
+            Check(
+                "picamera2",
+                INFO,
+                "not importable (Raspberry Pi OS: sudo apt install python3-picamera2, "
+                "venv with --system-site-packages)",
+            )
+        )
     else:
         checks.append(Check("picamera2", OK, f"importable ({_version('picamera2') or 'system package'})"))
     return checks
@@ -153,25 +193,51 @@ def check_preprocessing() -> Check:
 
     why = labtables.not_here()
     if why:
-        return Check("preprocessing", INFO, f"LAB lookup tables off ({why}): cv2.cvtColor, the slower path with "
-                                            "the same bytes (docs/bench.md)")
-    return Check("preprocessing", OK, "LAB lookup tables on (~90 MB, built at `edge run` / `edge bench` start)")
+        return Check(
+            "preprocessing",
+            INFO,
+            f"LAB lookup tables off ({why}): cv2.cvtColor, the slower path with "
+            "the same bytes (docs/bench.md)",
+        )
+    return Check(
+        "preprocessing", OK, "LAB lookup tables on (~90 MB, built at `edge run` / `edge bench` start)"
+    )
 
 
 def check_system() -> list[Check]:
     checks = [Check("cpu", INFO, f"{usable_cores()} usable core(s) of {os.cpu_count()}")]
-    governors = sorted({p.read_text().strip() for p in Path("/sys/devices/system/cpu").glob("cpu*/cpufreq/scaling_governor")
-                        if p.is_file()})
+    governors = sorted(
+        {
+            p.read_text().strip()
+            for p in Path("/sys/devices/system/cpu").glob("cpu*/cpufreq/scaling_governor")
+            if p.is_file()
+        }
+    )
     if governors:
         slow = [g for g in governors if g in ("powersave", "ondemand", "conservative")]
-        checks.append(Check("cpu governor", WARN if slow else OK, ", ".join(governors)
-                            + (" (for steady timings: echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor)"
-                               if slow else "")))
+        checks.append(
+            Check(
+                "cpu governor",
+                WARN if slow else OK,
+                ", ".join(governors)
+                + (
+                    " (for steady timings: echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor)"
+                    if slow
+                    else ""
+                ),
+            )
+        )
     else:
         checks.append(Check("cpu governor", INFO, "not exposed here (VM or container)"))
     free = shutil.disk_usage(Path.cwd()).free / 2**30
-    checks.append(Check("disk", OK if free >= 1 else WARN, f"{free:.1f} GiB free in {Path.cwd()}"
-                        + ("" if free >= 1 else ": results and flagged images need space")))
+    checks.append(
+        Check(
+            "disk",
+            OK if free >= 1 else WARN,
+            f"{free:.1f} GiB free in {Path.cwd()}"
+            + ("" if free >= 1 else ": results and flagged images need space"),
+        )
+    )
     return checks
 
 
@@ -184,8 +250,14 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
     except EdgeError as exc:
         return [Check("bundle", FAIL, str(exc))]
     m = bundle.manifest
-    checks = [Check("bundle", OK, f"{path}: {len(m.labels)} labels, {m.model.get('architecture', '?')} "
-                                  f"{m.model.get('precision', '')}, input {m.input.shape} {m.input.dtype}")]
+    checks = [
+        Check(
+            "bundle",
+            OK,
+            f"{path}: {len(m.labels)} labels, {m.model.get('architecture', '?')} "
+            f"{m.model.get('precision', '')}, input {m.input.shape} {m.input.dtype}",
+        )
+    ]
     try:
         classifier = Classifier.open(bundle, backend, runtime=runtime, device=device)
         x = np.zeros((1, *classifier.backend.input_shape), np.uint8)
@@ -199,18 +271,34 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
     except Exception as exc:  # the runtime's own error: say it, do not crash the doctor
         return [*checks, Check("bundle runs", FAIL, f"{type(exc).__name__}: {exc}")]
     info = classifier.backend.describe()
-    checks.append(Check("bundle runs", OK, f"{backend} on {info['runtime']} {info['runtime_version']}, "
-                                           f"{info['threads']} thread(s): {ms:.1f} ms per image"))
+    checks.append(
+        Check(
+            "bundle runs",
+            OK,
+            f"{backend} on {info['runtime']} {info['runtime_version']}, "
+            f"{info['threads']} thread(s): {ms:.1f} ms per image",
+        )
+    )
     return checks
 
 
 @click.command()
 @click.argument("bundle", required=False, type=click.Path(path_type=str))
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True,
-              help="The setup to check: with edgetpu, a missing Edge TPU or libedgetpu is a failure.")
+@click.option(
+    "--backend",
+    type=click.Choice(list(BACKENDS)),
+    default="cpu",
+    show_default=True,
+    help="The setup to check: with edgetpu, a missing Edge TPU or libedgetpu is a failure.",
+)
 @click.option("--device", default=None, metavar="DEV", help="Edge TPU device to try (usb:0, pci:0, ...).")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True,
-              help="TFLite runtime to check for.")
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIME_CHOICES),
+    default="auto",
+    show_default=True,
+    help="TFLite runtime to check for.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(bundle, backend, device, runtime, as_json):
     """Check that this machine can classify: Python and NumPy, TFLite runtimes, XNNPACK, Edge TPU
@@ -242,5 +330,9 @@ def doctor(bundle, backend, device, runtime, as_json):
         width = max(len(c.area) for c in checks)
         for c in checks:
             click.echo(f"{c.status:>4}  {c.area:<{width}}  {c.detail}")
-        click.echo(f"\n{len(failed)} problem(s): this setup cannot run." if failed else "\nready: this setup can classify.")
+        click.echo(
+            f"\n{len(failed)} problem(s): this setup cannot run."
+            if failed
+            else "\nready: this setup can classify."
+        )
     return 1 if failed else 0

@@ -54,20 +54,56 @@ def _confident_stats(results: list[ImageResult], targets: list[int], labels: lis
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("labelled_dir", type=click.Path(path_type=str))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write every number (and the per-image errors) to this JSON file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the confusion matrix as a PNG picture.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
-              help="Uncertain below this top probability. Default: the bundle's calibrated value.")
-@click.option("--margin", type=click.FloatRange(0, 1), default=None,
-              help="Uncertain below this top-1 minus top-2 margin. Default: the bundle's.")
-@click.option("--baseline-images", type=click.IntRange(0, None), default=300, show_default=True,
-              help="Also time a plain sequential loop (decode, preprocess, invoke one image at a time, same "
-                   "runtime and threads) on this many of the images, to report the pipeline's speed-up. 0: skip.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write every number (and the per-image errors) to this JSON file.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the confusion matrix as a PNG picture.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Uncertain below this top probability. Default: the bundle's calibrated value.",
+)
+@click.option(
+    "--margin",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Uncertain below this top-1 minus top-2 margin. Default: the bundle's.",
+)
+@click.option(
+    "--baseline-images",
+    type=click.IntRange(0, None),
+    default=300,
+    show_default=True,
+    help="Also time a plain sequential loop (decode, preprocess, invoke one image at a time, same "
+    "runtime and threads) on this many of the images, to report the pipeline's speed-up. 0: skip.",
+)
 @runtime_options
-def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baseline_images,
-          backend, device, runtime, threads, batch_size, workers):
+def eval_(
+    bundle,
+    labelled_dir,
+    json_path,
+    plot_path,
+    threshold,
+    margin,
+    baseline_images,
+    backend,
+    device,
+    runtime,
+    threads,
+    batch_size,
+    workers,
+):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
 
     \b
@@ -87,8 +123,16 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     folders = sorted({i.folder for i in images.items})
     rule = uncertainty_rule(model, threshold, margin)
     threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(paths))
-    classifiers = open_classifiers(model, backend, replicas, uncertainty=rule, top_k=min(3, len(labels)),
-                                   runtime=runtime, threads=threads, device=device)
+    classifiers = open_classifiers(
+        model,
+        backend,
+        replicas,
+        uncertainty=rule,
+        top_k=min(3, len(labels)),
+        runtime=runtime,
+        threads=threads,
+        device=device,
+    )
     _warm_up(classifiers, batch_size, paths[0])
 
     with progress(classify_paths(classifiers, paths, options), len(paths), "evaluating") as stream:
@@ -108,7 +152,9 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     baseline = None
     if baseline_images:
         sample = _baseline_sample(paths, baseline_images)
-        with progress(classify_sequential(classifiers[0], sample), len(sample), "sequential baseline") as stream:
+        with progress(
+            classify_sequential(classifiers[0], sample), len(sample), "sequential baseline"
+        ) as stream:
             _, baseline = timed(stream)
         report["sequential_images_per_second"] = round(baseline.images_per_second, 2)
         report["speedup"] = round(pipeline.images_per_second / baseline.images_per_second, 3)
@@ -119,7 +165,9 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
             _warm_up([full], 1)
             _, all_cores = timed(classify_sequential(full, sample))
             report["sequential_all_cores_images_per_second"] = round(all_cores.images_per_second, 2)
-            report["speedup_vs_all_cores"] = round(pipeline.images_per_second / all_cores.images_per_second, 3)
+            report["speedup_vs_all_cores"] = round(
+                pipeline.images_per_second / all_cores.images_per_second, 3
+            )
 
     info = classifiers[0].backend.describe()
     report.update(
@@ -129,12 +177,25 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
         folders=folders,
         dataset=str(Path(labelled_dir)),
         bundle={"path": str(model.path), "sha256": model.sha256, "model": model.manifest.model},
-        uncertainty={"min_confidence": rule.min_confidence, "min_margin": rule.min_margin, "source": rule.source},
+        uncertainty={
+            "min_confidence": rule.min_confidence,
+            "min_margin": rule.min_margin,
+            "source": rule.source,
+        },
         runtime=info,
-        pipeline={"replicas": replicas, "threads_per_interpreter": threads, "batch_size": options.batch_size,
-                  "loader_workers": options.workers if replicas == 1 else 0, "seconds": round(pipeline.seconds, 3)},
-        machine={"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                 "load_average": [round(x, 2) for x in os.getloadavg()]},
+        pipeline={
+            "replicas": replicas,
+            "threads_per_interpreter": threads,
+            "batch_size": options.batch_size,
+            "loader_workers": options.workers if replicas == 1 else 0,
+            "seconds": round(pipeline.seconds, 3),
+        },
+        machine={
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
         command="edge eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
     )
 
@@ -145,7 +206,9 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     )
     click.echo(_throughput_line(pipeline, baseline, report, info, replicas, threads))
     if errors:
-        click.echo(f"{len(errors)} of {len(paths)} files could not be read (listed above; not counted in the metrics)")
+        click.echo(
+            f"{len(errors)} of {len(paths)} files could not be read (listed above; not counted in the metrics)"
+        )
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
@@ -158,14 +221,21 @@ def eval_(bundle, labelled_dir, json_path, plot_path, threshold, margin, baselin
     return 1 if errors else 0
 
 
-def _throughput_line(pipeline: Throughput, baseline: Throughput | None, report: dict, info: dict,
-                     replicas: int, threads: int) -> str:
-    line = (f"throughput {pipeline.images_per_second:.1f} images/s end to end "
-            f"({info['runtime']} {info['runtime_version']}, {replicas} interpreter(s) x {threads} thread(s))")
+def _throughput_line(
+    pipeline: Throughput, baseline: Throughput | None, report: dict, info: dict, replicas: int, threads: int
+) -> str:
+    line = (
+        f"throughput {pipeline.images_per_second:.1f} images/s end to end "
+        f"({info['runtime']} {info['runtime_version']}, {replicas} interpreter(s) x {threads} thread(s))"
+    )
     if baseline is not None:
-        line += (f"; plain sequential loop {baseline.images_per_second:.1f} images/s on {report['baseline_images']} "
-                 f"of them: {report['speedup']:.2f}x")
+        line += (
+            f"; plain sequential loop {baseline.images_per_second:.1f} images/s on {report['baseline_images']} "
+            f"of them: {report['speedup']:.2f}x"
+        )
     if "sequential_all_cores_images_per_second" in report:
-        line += (f"; sequential with all cores {report['sequential_all_cores_images_per_second']:.1f} images/s: "
-                 f"{report['speedup_vs_all_cores']:.2f}x")
+        line += (
+            f"; sequential with all cores {report['sequential_all_cores_images_per_second']:.1f} images/s: "
+            f"{report['speedup_vs_all_cores']:.2f}x"
+        )
     return line

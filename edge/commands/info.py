@@ -31,7 +31,11 @@ def info(bundle, as_json):
         f"labels      {', '.join(m.labels)}",
         f"input       {m.input.dtype} {'x'.join(map(str, m.input.shape))}{q}",
         f"preprocess  {p.size}px {p.aspect} {p.interpolation}, {p.color_order}, contrast={p.contrast}"
-        + (f" (clip {p.clahe_clip_limit:g}, tiles {p.clahe_tile_grid}x{p.clahe_tile_grid})" if p.contrast == "clahe" else ""),
+        + (
+            f" (clip {p.clahe_clip_limit:g}, tiles {p.clahe_tile_grid}x{p.clahe_tile_grid})"
+            if p.contrast == "clahe"
+            else ""
+        ),
         f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})",
     ]
     if m.training.get("data_fingerprint"):
@@ -43,5 +47,7 @@ def info(bundle, as_json):
         lines.append(f"file        {name}  sha256 {digest[:16]}…")
     if m.edgetpu:
         lines.append(f"edgetpu     {json.dumps(m.edgetpu)[:120]}")
-    lines.append(f"written by  {m.writer.get('name', '?')} {m.writer.get('version', '?')} at {m.writer.get('time', '?')}")
+    lines.append(
+        f"written by  {m.writer.get('name', '?')} {m.writer.get('version', '?')} at {m.writer.get('time', '?')}"
+    )
     click.echo("\n".join(lines))

@@ -53,8 +53,12 @@ class Daemon:
         c = self.config
         self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
-        self.classifier = Classifier.open(self.bundle, c.pipeline.backend, lab=labtables.choose(c.pipeline.lab),
-                                          threads=c.pipeline.threads or None)
+        self.classifier = Classifier.open(
+            self.bundle,
+            c.pipeline.backend,
+            lab=labtables.choose(c.pipeline.lab),
+            threads=c.pipeline.threads or None,
+        )
         self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
         self.processor = FrameProcessor(self.mode, self.classifier)
         self.processor.warm_up()
@@ -125,13 +129,15 @@ class Daemon:
 
     # -- per frame ----------------------------------------------------------------------------
     def _sinks(self) -> SinkChain:
-        return SinkChain([
-            StoreSink(self.store, self.source.name, log),
-            TelemetrySink(self.telemetry),
-            ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
-            DifferentialSink(self.differential, log),
-            self.live,
-        ])
+        return SinkChain(
+            [
+                StoreSink(self.store, self.source.name, log),
+                TelemetrySink(self.telemetry),
+                ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
+                DifferentialSink(self.differential, log),
+                self.live,
+            ]
+        )
 
     def tick(self) -> None:
         """Called by the pipeline loop several times a second: watchdog pings while healthy."""
@@ -195,11 +201,27 @@ class Daemon:
         try:
             self._start_web()
             opened = self._open_source_first_time()
-            capturer = Capturer(self.source, self.telemetry, self.stop, c.source.reconnect_max_s,
-                                first_frame_id=self.store.next_frame_id(), opened=opened, log=log)
-            self.pipeline = Pipeline(capturer, self.processor, self._sinks(), self.stop, c.source.queue_size,
-                                     c.pipeline.max_frames, c.pipeline.duration_s, c.pipeline.layout,
-                                     tick=self.tick, log=log)
+            capturer = Capturer(
+                self.source,
+                self.telemetry,
+                self.stop,
+                c.source.reconnect_max_s,
+                first_frame_id=self.store.next_frame_id(),
+                opened=opened,
+                log=log,
+            )
+            self.pipeline = Pipeline(
+                capturer,
+                self.processor,
+                self._sinks(),
+                self.stop,
+                c.source.queue_size,
+                c.pipeline.max_frames,
+                c.pipeline.duration_s,
+                c.pipeline.layout,
+                tick=self.tick,
+                log=log,
+            )
             self._install_signals()
             log(
                 f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
@@ -246,7 +268,9 @@ class Daemon:
             "database": str(self.store.path),
             "page": self.url,
             "pipeline": {
-                "layout": self.pipeline.layout if self.pipeline.layout != "ended" else self.pipeline.requested,
+                "layout": self.pipeline.layout
+                if self.pipeline.layout != "ended"
+                else self.pipeline.requested,
                 "trial_ms_per_frame": {k: round(v * 1000, 3) for k, v in self.pipeline.trial.items()},
                 "lab": getattr(self.classifier.lab, "name", "cvtcolor"),
             },

@@ -78,9 +78,17 @@ class Capturer:
     layout from the pipeline loop itself.
     """
 
-    def __init__(self, source: FrameSource, telemetry: Telemetry, stop: threading.Event,
-                 reconnect_max_s: float = 10.0, first_frame_id: int = 0, opened: bool = False, log=print,
-                 keep_open: bool = False):
+    def __init__(
+        self,
+        source: FrameSource,
+        telemetry: Telemetry,
+        stop: threading.Event,
+        reconnect_max_s: float = 10.0,
+        first_frame_id: int = 0,
+        opened: bool = False,
+        log=print,
+        keep_open: bool = False,
+    ):
         self.source, self.telemetry, self.stop = source, telemetry, stop
         self.keep_open = keep_open  # the caller closes the source (the bench runs several passes on it)
         self.reconnect_max_s = reconnect_max_s
@@ -155,11 +163,22 @@ class Capturer:
 class CaptureThread(threading.Thread):
     """The threaded layout's producer: runs the Capturer and feeds the queue until END or stop."""
 
-    def __init__(self, source: FrameSource, queue: DropOldestQueue, telemetry: Telemetry, stop: threading.Event,
-                 reconnect_max_s: float = 10.0, first_frame_id: int = 0, opened: bool = False, log=print,
-                 capturer: Capturer | None = None):
+    def __init__(
+        self,
+        source: FrameSource,
+        queue: DropOldestQueue,
+        telemetry: Telemetry,
+        stop: threading.Event,
+        reconnect_max_s: float = 10.0,
+        first_frame_id: int = 0,
+        opened: bool = False,
+        log=print,
+        capturer: Capturer | None = None,
+    ):
         super().__init__(name="capture", daemon=True)
-        self.capturer = capturer or Capturer(source, telemetry, stop, reconnect_max_s, first_frame_id, opened, log)
+        self.capturer = capturer or Capturer(
+            source, telemetry, stop, reconnect_max_s, first_frame_id, opened, log
+        )
         self.source, self.queue, self.telemetry, self.stop = source, queue, telemetry, stop
         self.fatal: BaseException | None = None
         self.finished = threading.Event()
@@ -180,7 +199,9 @@ class CaptureThread(threading.Thread):
                 item = self.capturer.next_item()
                 if item is None or item is END:
                     return
-                dropped = self.queue.put(item, drop_oldest=self.source.live and isinstance(item, Frame), stop=self.stop)
+                dropped = self.queue.put(
+                    item, drop_oldest=self.source.live and isinstance(item, Frame), stop=self.stop
+                )
                 if dropped:
                     self.telemetry.on_dropped(dropped)
         except BaseException as exc:  # never die silently: the pipeline reports it and exits non-zero

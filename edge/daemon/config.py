@@ -319,9 +319,16 @@ def validate(c: DaemonConfig) -> None:
     _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
     _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
     _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
-    _check(p.layout in ("auto", "threaded", "inline"), "pipeline.layout",
-           f"expected auto, threaded or inline, got {p.layout!r}")
-    _check(p.lab in ("auto", "tables", "cvtcolor"), "pipeline.lab", f"expected auto, tables or cvtcolor, got {p.lab!r}")
+    _check(
+        p.layout in ("auto", "threaded", "inline"),
+        "pipeline.layout",
+        f"expected auto, threaded or inline, got {p.layout!r}",
+    )
+    _check(
+        p.lab in ("auto", "tables", "cvtcolor"),
+        "pipeline.lab",
+        f"expected auto, tables or cvtcolor, got {p.lab!r}",
+    )
     _check(
         c.store.synchronous in ("full", "normal"),
         "store.synchronous",

@@ -70,13 +70,17 @@ class Pipeline:
 
     @property
     def heartbeat(self) -> float:
-        return self.capture.heartbeat if self.capture is not None else max(self.capturer.beat,
-                                                                            self.capturer.source.heartbeat)
+        return (
+            self.capture.heartbeat
+            if self.capture is not None
+            else max(self.capturer.beat, self.capturer.source.heartbeat)
+        )
 
     # -- layouts ----------------------------------------------------------------------------------
     def _start_thread(self) -> None:
-        self.capture = CaptureThread(self.capturer.source, self.queue, self.capturer.telemetry, self.stop,
-                                     capturer=self.capturer)
+        self.capture = CaptureThread(
+            self.capturer.source, self.queue, self.capturer.telemetry, self.stop, capturer=self.capturer
+        )
         self.capture.start()
 
     def _next(self):

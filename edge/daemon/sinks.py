@@ -64,8 +64,15 @@ class StoreSink(Sink):
     def on_frame(self, result: FrameResult) -> None:
         f = result.frame
         rows = [
-            ResultRow(c.index, c.box, c.prediction.label, c.prediction.confidence, c.prediction.probabilities,
-                      c.prediction.uncertain, result.timings)
+            ResultRow(
+                c.index,
+                c.box,
+                c.prediction.label,
+                c.prediction.confidence,
+                c.prediction.probabilities,
+                c.prediction.uncertain,
+                result.timings,
+            )
             for c in result.cells
         ]
         self.store.write_frame(f.frame_id, f.timestamp, self.source, f.ref, rows)

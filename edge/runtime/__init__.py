@@ -19,7 +19,14 @@ from edge.bundle import Bundle
 from edge.errors import BundleError, EdgeError, RuntimeUnavailableError
 from edge.runtime.tflite import dequantize
 
-__all__ = ["BACKENDS", "BackendOptionError", "InferenceBackend", "dequantize", "open_backend", "parse_options"]
+__all__ = [
+    "BACKENDS",
+    "BackendOptionError",
+    "InferenceBackend",
+    "dequantize",
+    "open_backend",
+    "parse_options",
+]
 
 # name -> module; each module defines `Options` and `Backend`.
 BACKENDS = {

@@ -30,8 +30,15 @@ class TFLiteBackend(InferenceBackend):
     # Edge TPU models are compiled for a fixed batch of 1; CPU models can be resized to any batch.
     resizable_batch = True
 
-    def __init__(self, bundle: Bundle, model_file: Path, delegates: list | None = None,
-                 runtime: str = "auto", threads: int | None = None, xnnpack: bool = True):
+    def __init__(
+        self,
+        bundle: Bundle,
+        model_file: Path,
+        delegates: list | None = None,
+        runtime: str = "auto",
+        threads: int | None = None,
+        xnnpack: bool = True,
+    ):
         super().__init__(bundle)
         self.model_file = model_file
         if threads is not None and threads < 1:
@@ -70,5 +77,10 @@ class Backend(TFLiteBackend):
 
     def __init__(self, bundle: Bundle, options: Options | None = None):
         options = options or Options()
-        super().__init__(bundle, bundle.model_path(), runtime=options.runtime, threads=options.threads,
-                         xnnpack=options.xnnpack)
+        super().__init__(
+            bundle,
+            bundle.model_path(),
+            runtime=options.runtime,
+            threads=options.threads,
+            xnnpack=options.xnnpack,
+        )

@@ -25,7 +25,10 @@ EDGETPU_LIBRARY = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "
     platform.system(), "libedgetpu.so.1"
 )
 # USB Accelerator before its first use (the runtime uploads firmware) and after (it re-enumerates).
-USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (no firmware yet)", ("18d1", "9302"): "Coral USB Accelerator"}
+USB_IDS = {
+    ("1a6e", "089a"): "Coral USB Accelerator (no firmware yet)",
+    ("18d1", "9302"): "Coral USB Accelerator",
+}
 PCI_IDS = {("0x1ac1", "0x089a"): "Coral PCIe/M.2 Edge TPU"}
 CORAL_APT = "Coral's apt repository (README, device install): sudo apt install libedgetpu1-std"
 
@@ -93,7 +96,9 @@ def probe(root: str | os.PathLike = "/") -> EdgeTpuProbe:
         if ids in USB_IDS:
             speed = _read(dev / "speed")
             result.devices.append(
-                EdgeTpuDevice("usb", USB_IDS[ids], str(dev), usb_speed_mbps=int(float(speed)) if speed else None)
+                EdgeTpuDevice(
+                    "usb", USB_IDS[ids], str(dev), usb_speed_mbps=int(float(speed)) if speed else None
+                )
             )
     result.apex_nodes = sorted(glob.glob(str(root / "dev" / "apex_*")))
     for dev in sorted((root / "sys/bus/pci/devices").glob("*")):
@@ -128,7 +133,9 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
         )
     for d in usb:
         if d.usb_speed_mbps is not None and d.usb_speed_mbps < 5000:
-            hints.append(f"{d.name} runs at {d.usb_speed_mbps} Mbit/s: move it to a USB3 port (USB2 is several times slower)")
+            hints.append(
+                f"{d.name} runs at {d.usb_speed_mbps} Mbit/s: move it to a USB3 port (USB2 is several times slower)"
+            )
     if usb and not isinstance(error, OSError):
         hints.append(
             "the USB Accelerator is present but could not be opened: check the udev rule that libedgetpu1-std installs "
@@ -147,7 +154,7 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
         elif any(d.accessible is False for d in nodes):
             hints.append(
                 "/dev/apex_0 exists but this user cannot open it: add a udev rule "
-                "SUBSYSTEM==\"apex\", MODE=\"0660\", GROUP=\"apex\" and `sudo usermod -aG apex $USER`, then log in again"
+                'SUBSYSTEM=="apex", MODE="0660", GROUP="apex" and `sudo usermod -aG apex $USER`, then log in again'
             )
     elif want == "pci" or (want == "" and not usb):
         hints.append(
@@ -156,10 +163,16 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
             "and install the gasket driver (gasket-dkms)"
         )
     if not hints:
-        hints.append("the Edge TPU may be busy in another process (only one process can use it) or need a replug")
+        hints.append(
+            "the Edge TPU may be busy in another process (only one process can use it) or need a replug"
+        )
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     target = device or "any device"
-    return f"Edge TPU delegate failed for {target} ({first}). Check: " + "; ".join(hints) + ". `edge doctor` shows more."
+    return (
+        f"Edge TPU delegate failed for {target} ({first}). Check: "
+        + "; ".join(hints)
+        + ". `edge doctor` shows more."
+    )
 
 
 @dataclass
@@ -199,5 +212,7 @@ class Backend(TFLiteBackend):
 
     def describe(self) -> dict:
         info = super().describe()
-        info.update(delegate=f"edgetpu ({EDGETPU_LIBRARY})", device=self.device or "any", model=self.model_file.name)
+        info.update(
+            delegate=f"edgetpu ({EDGETPU_LIBRARY})", device=self.device or "any", model=self.model_file.name
+        )
         return info

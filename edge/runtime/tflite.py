@@ -65,7 +65,9 @@ def import_runtime(preference: str = "auto") -> TFLiteRuntime:
             continue
         return TFLiteRuntime(name, version, module.Interpreter, module.load_delegate, module)
     raise ImportError(
-        "no TFLite runtime could be imported (" + "; ".join(errors) + "). Install one: pip install '.[device]'"
+        "no TFLite runtime could be imported ("
+        + "; ".join(errors)
+        + "). Install one: pip install '.[device]'"
     )
 
 
@@ -83,8 +85,14 @@ class TensorInfo:
     @classmethod
     def from_details(cls, d: dict) -> TensorInfo:
         scale, zero = d.get("quantization", (0.0, 0))
-        return cls(int(d["index"]), str(d.get("name", "")), tuple(int(v) for v in d["shape"]),
-                   np.dtype(d["dtype"]), float(scale), int(zero))
+        return cls(
+            int(d["index"]),
+            str(d.get("name", "")),
+            tuple(int(v) for v in d["shape"]),
+            np.dtype(d["dtype"]),
+            float(scale),
+            int(zero),
+        )
 
     @property
     def quantized(self) -> bool:
@@ -138,7 +146,11 @@ def make_interpreter(
         options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     if delegates:
         options["experimental_delegates"] = list(delegates)
-    source = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {"model_path": str(model)}
+    source = (
+        {"model_content": bytes(model)}
+        if isinstance(model, (bytes, bytearray))
+        else {"model_path": str(model)}
+    )
     return runtime.interpreter_class(**source, **options)
 
 
@@ -245,7 +257,9 @@ class TFLiteModel:
         }
 
 
-def model_io(model: str | os.PathLike | bytes, runtime: str = "auto") -> tuple[list[TensorInfo], list[TensorInfo]]:
+def model_io(
+    model: str | os.PathLike | bytes, runtime: str = "auto"
+) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Input and output tensors of a .tflite model (path or bytes), read with whichever runtime is present."""
     rt = import_runtime(runtime)
     interp = make_interpreter(model, rt, threads=1)
