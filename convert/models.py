@@ -1,7 +1,7 @@
 """Backbones from keras.applications with the seed-000 head; input is 0-255 RGB, normalization inside.
 
 The model takes float 0-255 RGB (what uint8 preprocessing gives), so int8 quantization folds the
-rescaling into the input quantization and the device feeds uint8 directly (DESIGN.md principle 2).
+rescaling into the input quantization and the device feeds uint8 directly (docs/design.md, "Integer on the device").
 Normalization matches the weight source:
   - torchvision-ported ImageNet weights: ImageNet mean/std on 0-1 pixels (one Normalization layer);
   - Keras ImageNet weights and random init of MobileNetV2: Keras's [-1, 1] (Rescaling);

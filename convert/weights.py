@@ -1,7 +1,7 @@
 """Offline ImageNet weights: torch .pth files (read safely by convert.torch_file) -> Keras layers.
 
 The 52 conv/BN units of torchvision's MobileNetV2 map one to one, in order, onto
-`keras.applications.MobileNetV2(include_top=False)` (DESIGN.md); the 98 of EfficientNet-Lite0 onto
+`keras.applications.MobileNetV2(include_top=False)` (docs/training.md); the 98 of EfficientNet-Lite0 onto
 keras.applications' EfficientNet builder without squeeze-excite and with ReLU6. Converted weights are cached as a
 per-layer `.npz` (Keras layer name -> arrays) under $EDGE_CACHE/weights (default ~/.cache/edge-hemato/weights).
 """

@@ -1,7 +1,7 @@
 """The model bundle: the contract between the training host and the device.
 
 A bundle is a directory holding `model.tflite`, optionally `model_edgetpu.tflite`, and
-`manifest.json`. `Bundle.load` refuses anything it cannot vouch for (DESIGN.md principle 5):
+`manifest.json`. `Bundle.load` refuses anything it cannot vouch for (docs/design.md, "The bundle"):
 a missing file, a hash mismatch, an unknown schema, labels that do not fit the model output.
 """
 

@@ -44,7 +44,7 @@ def is_uncertain(probs, rule: Uncertainty) -> tuple[bool, float]:
 
 def to_prediction(probs: np.ndarray, labels: list[str], rule: Uncertainty, top_k: int = 3) -> Prediction:
     # Plain Python on the handful of class scores: on the per-frame path, right after invoke() has
-    # flushed the caches, a dozen small NumPy calls cost ~0.3 ms, this ~0.1 ms.
+    # flushed the caches, it costs a third of a dozen small NumPy calls (docs/bench.md).
     values = probs.tolist() if isinstance(probs, np.ndarray) else [float(p) for p in probs]
     # Stable sort: on an exact tie (common with uint8 outputs) take the first class, as argmax does.
     order = sorted(range(len(values)), key=values.__getitem__, reverse=True)

@@ -2,7 +2,7 @@
 
 Training imports this module; the device reads the parameters from the bundle manifest
 (`PreprocessSpec.from_dict`) and calls the same `preprocess`. The output is always uint8 RGB
-H x W x 3, so the model sees identical tensors on both sides (DESIGN.md principle 1).
+H x W x 3, so the model sees identical tensors on both sides (docs/design.md, "One preprocessing").
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ class PreprocessSpec:
     """Everything that decides the model input tensor. Stored verbatim in the bundle manifest."""
 
     size: int = 224
-    # Bilinear after exact 2x area steps (`antialias`) is nearly as clean as INTER_AREA and 5-10x
-    # faster for non-integer ratios (1.3 ms vs 0.15 ms for 480 -> 224 here): it keeps
-    # preprocessing well under the invoke() time on the device. "area" remains available.
+    # Bilinear after exact 2x area steps (`antialias`) is nearly as clean as INTER_AREA and several
+    # times faster for non-integer ratios (docs/bench.md): it keeps preprocessing well under the
+    # invoke() time on the device. "area" remains available.
     interpolation: str = "linear"
     antialias: bool = True
     # The seed paper "preserves the aspect ratio": we take the centred square (cells are centred

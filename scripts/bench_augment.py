@@ -45,7 +45,9 @@ def main() -> None:
     print(f"images {len(files)} from {args.image_dir or 'synthetic'}, size {args.size}")
     print(f"decode + preprocess (1 thread):     {pre:8.1f} images/s")
     print(f"seed augmentations (1 thread):      {aug:8.1f} images/s")
-    print("for comparison (DESIGN.md): MobileNetV2 224 trains at ~11 images/s whole-network on 2 cores")
+    print(
+        "for comparison (docs/training.md): MobileNetV2 224 trains at ~11 images/s whole-network on 2 cores"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,35 @@ def synthetic_split(tmp_path_factory) -> Path:
     return root
 
 
+TINY_BUNDLE = ROOT / "tests" / "fixtures" / "tiny-int8"
+
+
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory, synthetic_split) -> Path:
-    """A real int8 TFLite bundle of a tiny CNN trained for a few steps on synthetic images."""
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A real int8 TFLite bundle of a tiny CNN trained on the synthetic cells (committed, made by
+    scripts/make_test_bundle.py), copied so that no test can change the original. No TensorFlow needed."""
+    copy = tmp_path_factory.mktemp("bundle") / "tiny"
+    shutil.copytree(TINY_BUNDLE, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_float(tmp_path_factory, synthetic_split) -> Path:
+    """For training-side tests: the tiny CNN trained afresh (float.keras) and its int8 bundle beside it."""
     if not HAS_TF:
-        pytest.skip("needs the train extra (TensorFlow) to build a test bundle")
+        pytest.skip("needs the train extra (TensorFlow)")
     from tests.tiny_model import build_tiny_bundle
 
-    return build_tiny_bundle(synthetic_split / "train", tmp_path_factory.mktemp("bundle") / "tiny")
+    return build_tiny_bundle(synthetic_split / "train", tmp_path_factory.mktemp("float") / "tiny")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `train` skip, with the reason, on a device install (no train extra)."""
+    if HAS_TF:
+        return
+    skip = pytest.mark.skip(
+        reason="needs the train extra (TensorFlow, tqdm, imagehash); this is a device install"
+    )
+    for item in items:
+        if "train" in item.keywords:
+            item.add_marker(skip)

@@ -139,16 +139,16 @@ def test_split_name(tmp_path):
 
 
 @pytest.mark.train
-def test_float_vs_int8_on_tiny_model(tiny_bundle, synthetic_split):
+def test_float_vs_int8_on_tiny_model(tiny_float, synthetic_split):
     import keras
 
     from calibration.fidelity import keras_probs, tflite_probs, worst_layers
     from convert.tflite_export import make_converter
 
-    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.models.load_model(tiny_float / "float.keras", compile=False)
     ev = load_labelled(synthetic_split / "val", TINY_SPEC, LABELS)
     float_p = keras_probs(model, ev.images)
-    quant_p = tflite_probs((tiny_bundle / "model.tflite").read_bytes(), ev.images)
+    quant_p = tflite_probs((tiny_float / "model.tflite").read_bytes(), ev.images)
     r = compare(float_p, quant_p, ev.y, LABELS, ev.split)
     assert r.n == 40 and sum(c.n for c in r.per_class) == 40
     assert r.agreement >= 0.9 and r.mean_abs_prob_diff < 0.05
@@ -159,12 +159,12 @@ def test_float_vs_int8_on_tiny_model(tiny_bundle, synthetic_split):
 
 
 @pytest.mark.train
-def test_bias_correction_measures_and_leaves_the_original_alone(tiny_bundle, synthetic_split):
+def test_bias_correction_measures_and_leaves_the_original_alone(tiny_float, synthetic_split):
     import keras
 
     from convert.bias_correction import corrected_copy, measure
 
-    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.models.load_model(tiny_float / "float.keras", compile=False)
     before = [w.copy() for w in model.get_weights()]
     calib = build_calibration_set(synthetic_split / "train", TINY_SPEC, LABELS, count=40)
     correction = measure(model, calib.images)

@@ -90,6 +90,7 @@ def test_fingerprint_changes_with_content(small):
     assert scan_labelled(small).fingerprint() != before
 
 
+@pytest.mark.train
 def test_near_duplicates_found_across_splits(tmp_path):
     make_dataset(tmp_path / "train", per_class=5, seed=1)
     make_dataset(tmp_path / "val", per_class=3, seed=2)
@@ -157,6 +158,7 @@ def _edge(*args):
     return subprocess.run([str(EDGE), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("layout", ["empty", "single"])
 def test_cli_bad_folders_one_line_no_traceback(tmp_path, layout):
     root = tmp_path / "data"

@@ -159,12 +159,12 @@ def test_unsupported_op_partitions_the_rest_to_cpu(calib):
     assert f"from op {first.index} (LEAKY_RELU" in report.verdict()
 
 
-def test_float_and_dynamic_models_are_refused(calib, tiny_bundle):
+def test_float_and_dynamic_models_are_refused(calib, tiny_float):
     import keras
 
     from convert.tflite_export import to_tflite
 
-    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.models.load_model(tiny_float / "float.keras", compile=False)
     float_report = preflight(to_tflite(model, "float32"))
     assert float_report.mapped == 0
     assert "float32, not int8/uint8" in float_report.first_cpu.reasons[0]
@@ -191,7 +191,7 @@ def test_compile_without_compiler_exits_6_with_one_line(tiny_bundle, tmp_path, m
     assert EDGETPU_MODEL not in Bundle.load(tiny_bundle).manifest.files
 
 
-def test_preflight_only_exit_codes(tiny_bundle, tmp_path, capsys):
+def test_preflight_only_exit_codes(tiny_bundle, tiny_float, tmp_path, capsys):
     code, out, _ = _run(["compile", str(tiny_bundle), "--preflight"], capsys)
     assert code == 0 and "pre-flight: all" in out
     # a float32 bundle: nothing maps, --preflight says so with exit 8
@@ -199,7 +199,7 @@ def test_preflight_only_exit_codes(tiny_bundle, tmp_path, capsys):
 
     from convert.tflite_export import bundle_from_tflite, to_tflite
 
-    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.models.load_model(tiny_float / "float.keras", compile=False)
     bundle_from_tflite(
         tmp_path / "f32", to_tflite(model, "float32"), Bundle.load(tiny_bundle).labels, TINY_SPEC
     )

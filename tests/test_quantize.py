@@ -26,13 +26,13 @@ def _run(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tiny_bundle, synthetic_split, tmp_path_factory):
+def int8_bundle(tiny_float, synthetic_split, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "int8"
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "quantize",
-                str(tiny_bundle / "float.keras"),
+                str(tiny_float / "float.keras"),
                 "--calib",
                 str(synthetic_split / "train"),
                 "--eval",
@@ -70,7 +70,7 @@ def test_int8_bundle_records_everything(int8_bundle, synthetic_split):
 
 
 @pytest.mark.train
-def test_int8_bundle_on_the_device_runtime_matches_the_manifest(int8_bundle, tiny_bundle, synthetic_split):
+def test_int8_bundle_on_the_device_runtime_matches_the_manifest(int8_bundle, tiny_float, synthetic_split):
     import keras
 
     from edge.dataset import load_labelled
@@ -79,7 +79,7 @@ def test_int8_bundle_on_the_device_runtime_matches_the_manifest(int8_bundle, tin
     bundle = Bundle.load(int8_bundle)
     ev = load_labelled(synthetic_split / "val", TINY_SPEC, bundle.labels)
     quant_top = open_backend(bundle).run(ev.images).argmax(1)
-    model = keras.models.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.models.load_model(tiny_float / "float.keras", compile=False)
     float_top = np.asarray(model(ev.images.astype(np.float32))).argmax(1)
     m = bundle.manifest
     assert np.mean(quant_top == float_top) == pytest.approx(m.metric("top1_agreement").value)
@@ -93,14 +93,14 @@ def test_int8_bundle_passes_edgetpu_preflight(int8_bundle, capsys):
 
 
 @pytest.mark.train
-def test_float16_bundle(tiny_bundle, synthetic_split, tmp_path, capsys):
+def test_float16_bundle(tiny_float, synthetic_split, tmp_path, capsys):
     from edge.predict import Classifier
 
     out = tmp_path / "f16"
     code, stdout, err = _run(
         [
             "quantize",
-            str(tiny_bundle / "float.keras"),
+            str(tiny_float / "float.keras"),
             "--calib",
             str(synthetic_split / "train"),
             "--eval",
@@ -127,14 +127,14 @@ def test_float16_bundle(tiny_bundle, synthetic_split, tmp_path, capsys):
 
 @pytest.mark.train
 def test_adapt_head_trains_only_the_head_and_records_both_float_models(
-    tiny_bundle, synthetic_split, tmp_path, capsys
+    tiny_float, synthetic_split, tmp_path, capsys
 ):
     import keras
 
     from convert.head_adaptation import adapt, split_at_features
     from tests.tiny_model import load_folder
 
-    model = keras.saving.load_model(tiny_bundle / "float.keras", compile=False)
+    model = keras.saving.load_model(tiny_float / "float.keras", compile=False)
     images, y, _ = load_folder(synthetic_split / "train")
     adapted, record = adapt(model, images[:20], images, y, "synthetic/train")
     _, feature, head = split_at_features(model)
@@ -149,7 +149,7 @@ def test_adapt_head_trains_only_the_head_and_records_both_float_models(
     code, stdout, err = _run(
         [
             "quantize",
-            str(tiny_bundle / "float.keras"),
+            str(tiny_float / "float.keras"),
             "--calib",
             str(synthetic_split / "train"),
             "--eval",
@@ -172,10 +172,10 @@ def test_adapt_head_trains_only_the_head_and_records_both_float_models(
 
 
 @pytest.mark.train
-def test_run_dir_labels_and_spec_come_from_the_run(tiny_bundle, synthetic_split, tmp_path, capsys):
+def test_run_dir_labels_and_spec_come_from_the_run(tiny_float, synthetic_split, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    shutil.copy(tiny_bundle / "float.keras", run / "model.keras")
+    shutil.copy(tiny_float / "float.keras", run / "model.keras")
     labels = sorted(p.name for p in (synthetic_split / "train").iterdir())
     spec = {**TINY_SPEC.to_dict(), "clahe_clip_limit": 3.0}
     (run / "config.json").write_text(
@@ -206,12 +206,12 @@ def test_run_dir_labels_and_spec_come_from_the_run(tiny_bundle, synthetic_split,
 
 
 @pytest.mark.train
-def test_bad_inputs_are_one_line(tiny_bundle, synthetic_split, tmp_path, capsys):
+def test_bad_inputs_are_one_line(tiny_float, synthetic_split, tmp_path, capsys):
     val = synthetic_split / "val"
     code, _, err = _run(
         [
             "quantize",
-            str(tiny_bundle / "float.keras"),
+            str(tiny_float / "float.keras"),
             "--calib",
             str(val),
             "--eval",

@@ -55,5 +55,5 @@ def build_tiny_bundle(train_dir: Path, out_dir: Path, epochs: int = 15) -> Path:
         TINY_SPEC,
         model={"architecture": "tiny-cnn", "weights": "none", "precision": "int8"},
     )
-    model.save(Path(out_dir) / "float.keras")
+    model.save(Path(out_dir) / "float.keras")  # scripts/make_test_bundle.py reads it
     return Path(out_dir)

@@ -1,6 +1,6 @@
 """`edge bench`: latency and throughput of the whole device pipeline, comparable across devices.
 
-Stages of one frame, timed with `time.perf_counter` in this order (DESIGN.md vocabulary):
+Stages of one frame, timed with `time.perf_counter` in this order (docs/bench.md):
 
 - ``capture``     getting the next frame from the source (sim: a pre-rendered field; replay: read + decode
                   a file; camera: `VideoCapture.read`).

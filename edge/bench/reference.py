@@ -1,6 +1,6 @@
 """Published reference numbers for known boards, and pycoral-style marking of results outside ±30%.
 
-The numbers are `invoke()` latencies of MobileNetV2 224 (DESIGN.md, "Published anchors"), so they
+The numbers are `invoke()` latencies of MobileNetV2 224 (docs/bench.md, "Published reference numbers"), so they
 are compared with this run's invoke p50, never with end_to_end.
 """
 

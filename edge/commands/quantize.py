@@ -73,19 +73,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="int8: fine-tune the classifier head on float and int8-backbone features of the --calib "
     "folder's images, so its decisions survive int8 (a few minutes; backbone unchanged).",
 )
-def quantize(
-    source,
-    calib_dir,
-    out_dir,
-    eval_dir,
-    precision,
-    calib_count,
-    debug_layers,
-    threshold_pp,
-    seed,
-    bias_correction,
-    adapt_head,
-):
+def quantize(**options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
     \b
@@ -97,17 +85,5 @@ def quantize(
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 
-    request = QuantizeRequest(
-        source=source,
-        calib_dir=calib_dir,
-        out_dir=out_dir,
-        eval_dir=eval_dir,
-        precision=precision,
-        calib_count=calib_count,
-        debug_layers=debug_layers,
-        threshold_pp=threshold_pp,
-        seed=seed,
-        bias_correction=bias_correction,
-        adapt_head=adapt_head,
-    )
+    request = QuantizeRequest(**options)  # the options are named after its fields
     print_summary(run_quantize(request))

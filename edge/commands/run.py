@@ -27,6 +27,8 @@ def _overrides(**flags) -> dict:
         "region_px": ("pipeline", "region_px"),
         "backend": ("pipeline", "backend"),
         "threads": ("pipeline", "threads"),
+        "layout": ("pipeline", "layout"),
+        "lab": ("pipeline", "lab"),
         "archive": ("archive", "dir"),
         "http": ("http", "listen"),
     }
@@ -111,29 +113,23 @@ def format_summary(s: dict) -> str:
 @click.option("--backend", type=click.Choice(list(BACKENDS)), help="Inference backend [default: cpu].")
 @click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
 @click.option(
+    "--layout",
+    type=click.Choice(["auto", "threaded", "inline"]),
+    help="Capture thread beside inference (threaded), or both in one thread (inline) [default: auto: "
+    "threaded for cameras; a file source tries both and keeps the faster].",
+)
+@click.option(
+    "--lab",
+    type=click.Choice(["auto", "tables", "cvtcolor"]),
+    help="CLAHE's LAB round trip: lookup tables built at start (~90 MB) or OpenCV's conversions; the same "
+    "bytes [default: auto: tables where RAM allows].",
+)
+@click.option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the final summary here as JSON.",
 )
-def run(
-    config_file,
-    bundle,
-    source,
-    fps,
-    loop,
-    db,
-    session,
-    mode,
-    region,
-    region_px,
-    max_frames,
-    duration,
-    archive,
-    http,
-    backend,
-    threads,
-    summary_json,
-):
+def run(config_file, summary_json, **flags):
     """Classify cells from a camera continuously and keep every result.
 
     Frames go through a small queue (a live camera drops the oldest frame when inference falls
@@ -152,23 +148,7 @@ def run(
     from edge.daemon.app import Daemon
     from edge.daemon.config import load_config
 
-    overrides = _overrides(
-        bundle=bundle,
-        source=source,
-        fps=fps,
-        loop=loop,
-        db=db,
-        session=session,
-        mode=mode,
-        region=region,
-        region_px=region_px,
-        max_frames=max_frames,
-        duration=duration,
-        archive=archive,
-        http=http,
-        backend=backend,
-        threads=threads,
-    )
+    overrides = _overrides(**flags)
     if os.environ.get("EDGE_RUN_TOKEN"):
         overrides.setdefault("http", {})["token"] = os.environ["EDGE_RUN_TOKEN"]
     config = load_config(config_file, overrides)

@@ -33,7 +33,7 @@ class CellMode:
     name = "cell"
 
     def __init__(self, region: float, region_px: int = 0):
-        # region_px equal to the model input (e.g. 224) skips the resize: ~1 ms less per frame here.
+        # region_px equal to the model input (e.g. 224) skips the resize (docs/daemon.md).
         self.region = region
         self.region_px = region_px
 

@@ -44,9 +44,6 @@ class SystemdNotifier:
     def ready(self, status: str = "") -> bool:
         return self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
-    def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={text}")
-
     def watchdog(self, force: bool = False) -> bool:
         """Ping if due (cheap to call every frame)."""
         interval = self.watchdog_interval if self.watchdog_interval is not None else 1.0

@@ -6,7 +6,7 @@ process killed at any instant leaves the database consistent; the WAL is replaye
 Why synchronous=NORMAL (+ a WAL fsync every second) by default, not FULL:
 - a killed or crashed process loses nothing either way: in WAL mode every COMMIT is in the OS's
   hands before it returns (tested with kill -9);
-- FULL adds an fsync to every frame: measured here 5.3 ms vs 0.4 ms per commit at p50 (docs/daemon.md),
+- FULL adds an fsync to every frame, several times a NORMAL commit (docs/daemon.md has the numbers),
   half of MobileNetV2's invoke() time, and on a Raspberry Pi's SD card it is slower and wears the card
   (10 frames/s all day is ~860,000 flushes a day);
 - on power loss NORMAL keeps the database consistent but may roll back the commits since the last
