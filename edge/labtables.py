@@ -45,12 +45,13 @@ class LabTables:
     # index L | code(a, b) << 8 -> value R | G << 8 | B << 16
     inverse: np.ndarray
     name = "tables"
+    channels = 4  # pixels are read as 32-bit BGRA words
 
     def clahe_on_l(self, image: np.ndarray, clahe: cv2.CLAHE, color_order: str = "RGB") -> np.ndarray:
-        """uint8 H x W x 3 BGR -> CLAHE on L of LAB, in `color_order`; the same bytes as CVTCOLOR's."""
-        bgra = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
+        """uint8 H x W x 4 BGRA (alpha ignored; used as scratch space and overwritten) -> CLAHE on L of
+        LAB, in `color_order`: the same bytes as CVTCOLOR's on the BGR pixels."""
         # B | G<<8 | R<<16 | alpha<<24 as one little-endian word; the mask drops alpha.
-        packed = bgra.view(np.uint32)
+        packed = np.ascontiguousarray(image).view(np.uint32)
         np.bitwise_and(packed, _COLOURS - 1, out=packed)  # in place: the freshly written pixels are in cache
         # mode="clip" skips the bounds check; every index is in range by construction.
         lab = self.forward.take(packed, mode="clip").view(np.uint8)  # H x W x 4: L, then the (a, b) code

@@ -136,7 +136,8 @@ class Classifier:
         for the whole batch: preprocess (including the copy into the model's input), invoke,
         postprocess (reading and dequantizing the scores, label, top-k, uncertain flag)."""
         t0 = time.perf_counter()
-        self.backend.set_input(np.stack([self.preprocess(f, order) for f in images]))
+        tensors = [self.preprocess(f, order) for f in images]
+        self.backend.set_input(tensors[0][None] if len(tensors) == 1 else np.stack(tensors))
         t1 = time.perf_counter()
         self.backend.invoke()
         t2 = time.perf_counter()

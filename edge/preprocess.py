@@ -148,7 +148,13 @@ def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     )
 
 
-def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+# OpenCV's fixed-point resizes, which give the same bytes on 3 and 4 channels (its float cubic and area
+# paths differ in the last bit: tests/test_preprocess.py).
+_CHANNEL_EXACT = ("linear", "nearest")
+
+
+def _resize(image: np.ndarray, spec: PreprocessSpec, channels: int = 3) -> np.ndarray:
+    """Square BGR -> spec.size x spec.size, BGR or (channels 4, as a LAB strategy may ask) BGRA."""
     size = int(spec.size)
     if spec.antialias and spec.interpolation != "area":
         # Halve with exact 2x INTER_AREA (OpenCV's fast path) while the image is >= 2x the target,
@@ -156,8 +162,13 @@ def _resize(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         while image.shape[0] >= 2 * size and image.shape[1] >= 2 * size:
             h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
             image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    early = channels == 4 and spec.interpolation in _CHANNEL_EXACT
+    if early:  # converting before the last resize leaves one pass fewer over the model-size image
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
     if image.shape[0] != size or image.shape[1] != size:
         image = cv2.resize(image, (size, size), interpolation=_INTERPOLATIONS[spec.interpolation])
+    if channels == 4 and not early:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
     return image
 
 
@@ -179,10 +190,12 @@ def clahe_object(clip_limit: float, grid: int) -> cv2.CLAHE:
 class CvtColorLab:
     """CLAHE on L of LAB with OpenCV's own colour conversions: the reference way, and the default.
 
-    A preprocessing strategy is any object with this `clahe_on_l`; edge.labtables.LabTables gives the
-    same bytes faster, for the per-frame pipelines that build it at start-up and pass it in."""
+    A preprocessing strategy is any object with this `clahe_on_l` and `channels` (3: it takes BGR,
+    4: BGRA); edge.labtables.LabTables gives the same bytes faster, for the per-frame pipelines that
+    build it at start-up and pass it in."""
 
     name = "cvtcolor"
+    channels = 3
 
     def clahe_on_l(self, bgr: np.ndarray, clahe: cv2.CLAHE, color_order: str) -> np.ndarray:
         lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB)
@@ -205,11 +218,13 @@ def preprocess(
     same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
     """
     spec = spec or PreprocessSpec()
-    bgr = _resize(_square(to_bgr8(image, order), spec), spec)
+    square = _square(to_bgr8(image, order), spec)
     if spec.contrast == "clahe":
+        lab = lab or CVTCOLOR
         clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
-        out = (lab or CVTCOLOR).clahe_on_l(bgr, clahe, spec.color_order)
+        out = lab.clahe_on_l(_resize(square, spec, lab.channels), clahe, spec.color_order)
     else:
+        bgr = _resize(square, spec)
         out = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else bgr
     return np.ascontiguousarray(out, dtype=np.uint8)
 
