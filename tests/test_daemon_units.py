@@ -259,3 +259,12 @@ def test_cell_mode_region_in_pixels_clips_to_the_frame():
     img = np.zeros((480, 640, 3), np.uint8)
     assert CellMode(0.5, 224).crops(img)[0].box == (208, 128, 224, 224)
     assert CellMode(0.5, 1000).crops(img)[0].box == (80, 0, 480, 480)
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    from edge.daemon.differential import wilson_interval
+
+    lo, hi = wilson_interval(20, 100)  # 20 % of 100 cells: 13.3 % to 28.9 % (Wilson, 95 %)
+    assert round(lo, 3) == 0.133 and round(hi, 3) == 0.289
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.28
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -6,10 +6,22 @@ least `min_cells` have been counted (20% blasts among 5 cells is noise, not a fi
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from edge.daemon.config import AlertRule, DifferentialConfig
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (95 % for z = 1.96): unlike k/n +- z*se it
+    stays inside [0, 1] and is honest for small counts and for 0 or n. (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
