@@ -121,14 +121,33 @@ def _dedupe_check(train_f, train_img, val_f, val_img, remove: bool):
 def scan_splits(cfg: TrainConfig):
     """(all training-folder images, the --val-dir images or None), scanned before anything slow, so a
     bad folder fails in a second."""
-    from edge.dataset import require_classes, scan_labelled
+    from edge.dataset import parse_class_map, require_classes, scan_labelled
 
-    folder = _limit(scan_labelled(cfg.data_dir), cfg.max_per_class, cfg.seed)
+    class_map = parse_class_map(cfg.class_map)
+    folder = scan_labelled(cfg.data_dir, class_map=class_map, dedupe=True)
+    _report_duplicates(folder, "training")
+    folder = _limit(folder, cfg.max_per_class, cfg.seed)
     if not cfg.val_dir:
         return folder, None
-    val_folder = scan_labelled(cfg.val_dir, folder.labels)
-    require_classes(val_folder, cfg.val_dir, "its classes do not match the training classes")
+    val_folder = scan_labelled(cfg.val_dir, folder.labels, class_map=class_map, dedupe=True)
+    _report_duplicates(val_folder, "validation")
+    require_classes(val_folder, ", ".join(cfg.val_dir), "its classes do not match the training classes")
     return folder, _limit(val_folder, cfg.max_per_class, cfg.seed)
+
+
+def _report_duplicates(images, what: str) -> None:
+    """Files found twice (byte-identical, across or within sources) are counted once; the same
+    bytes under two labels are dropped. Say so, with a few examples."""
+    if images.duplicates:
+        print(f"{what} data: {len(images.duplicates)} byte-identical duplicate file(s) counted once, e.g.")
+        for kept, dropped in images.duplicates[:3]:
+            print(f"  {dropped} = {kept}")
+    if images.conflicts:
+        print(
+            f"{what} data: {len(images.conflicts)} file(s) with the same bytes under different labels, dropped:"
+        )
+        for group in images.conflicts[:5]:
+            print("  " + " = ".join(group))
 
 
 def run(cfg: TrainConfig) -> dict:
@@ -143,7 +162,9 @@ def run(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     labels = folder.labels
-    print(f"data: {cfg.data_dir}: {len(folder)} images in {len(labels)} classes {folder.counts()}")
+    print(
+        f"data: {' + '.join(cfg.data_dir)}: {len(folder)} images in {len(labels)} classes {folder.counts()}"
+    )
     resolved = resolve_weights(cfg.arch, cfg.weights, int(cfg.img_size))
     print(f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else ""))
     if cfg.folds:
@@ -182,8 +203,11 @@ def run(cfg: TrainConfig) -> dict:
     wall = time.perf_counter() - started
     fit.model.save(out / "model.keras")
     data = {
-        "train_dir": str(cfg.data_dir),
+        "train_dir": cfg.data_dir,
         "val_dir": cfg.val_dir,
+        "sources": {"train": train_folder.sources(), "val": val_folder.sources()},
+        "duplicates_counted_once": {"train": len(train_folder.duplicates), "val": len(val_folder.duplicates)},
+        "conflicts_dropped": {"train": train_folder.conflicts, "val": val_folder.conflicts},
         "n_train": len(train_folder),
         "n_val": len(val_folder),
         "fingerprint": fp,
@@ -230,7 +254,8 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
         folds.append({"fold": k + 1, "val": report, "history": fit.history, "best_epochs": fit.best_epochs})
     wall = time.perf_counter() - started
     data = {
-        "train_dir": str(cfg.data_dir),
+        "train_dir": cfg.data_dir,
+        "sources": {"all": folder.sources()},
         "n": len(folder),
         "fingerprint": {"all": fp},
         "skipped": [list(s) for s in skipped],

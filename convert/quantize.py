@@ -282,6 +282,7 @@ def manifest_fields(
         calibration["evaluation"] = fidelity.evaluation
     training = {
         "data_fingerprint": info.get("data_fingerprint"),
+        "sources": (info.get("run_config") or {}).get("data_sources"),
         "run_dir": info.get("run_dir"),
         "run_val_accuracy": info.get("run_val_accuracy"),
         "run_config": info.get("run_config"),

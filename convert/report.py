@@ -57,6 +57,8 @@ def _config(cfg, labels, resolved, split_layer, data) -> dict:
         # One string for the bundle manifest; the per-split fingerprints next to it.
         "data_fingerprint": combined_fingerprint(data["fingerprint"]),
         "data_fingerprints": data["fingerprint"],
+        # Each source (root folder) with its fingerprint and per-class counts; the bundle records them.
+        "data_sources": data.get("sources"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -27,10 +27,10 @@ CLASS_WEIGHTS = ("none", "balanced")
 class TrainConfig:
     """Every choice of a run; saved as config.json, which `edge train --config` replays."""
 
-    data_dir: str
+    data_dir: list[str]  # one or more class-folder roots (sources)
     out: str
     arch: str = "mobilenetv2"
-    val_dir: str | None = None
+    val_dir: list[str] = field(default_factory=list)
     val_fraction: float = 0.2
     weights: str = "imagenet"
     img_size: int = 224
@@ -51,6 +51,15 @@ class TrainConfig:
     dedupe: bool = False
     max_per_class: int = 0
     preprocess: dict = field(default_factory=lambda: PreprocessSpec().to_dict())
+    class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL aliases across sources
+
+    def __post_init__(self):
+        # A single folder (as older config.json files hold it) is a list of one.
+        if isinstance(self.data_dir, (str, bytes)) or self.data_dir is None:
+            self.data_dir = [self.data_dir] if self.data_dir else []
+        if isinstance(self.val_dir, str):
+            self.val_dir = [self.val_dir]
+        self.val_dir = list(self.val_dir or [])
 
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec.from_dict({**self.preprocess, "size": int(self.img_size)})

@@ -201,7 +201,13 @@ class ImageSet:
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one sub-folder per class: {root}/<class>/<image>)")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    real = os.path.realpath(root)
+    # A class folder that is a link out of the root is not part of it.
+    folders = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and _inside(os.path.realpath(p), real)
+    )
     if not folders:
         raise DataError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     return folders
@@ -241,10 +247,14 @@ def scan_labelled(
         raise DataError(
             f"{', '.join(map(str, roots))}: folder(s) {', '.join(unknown)} match no label ({', '.join(labels)})"
         )
-    items, ignored = [], []
+    items, ignored, seen = [], [], set()
     for root, folder, name in found:
         label = index.get(normalize_label(name), -1)
-        for path in _files_in(folder, within=root):
+        for path in _files_in(folder):
+            real = os.path.realpath(path)
+            if real in seen:  # the same file again through a link: once, under the first folder
+                continue
+            seen.add(real)
             if is_image_name(path.name):
                 items.append(LabelledImage(path, label, folder.name, str(root)))
             else:

@@ -173,3 +173,40 @@ def test_cli_bad_folders_one_line_no_traceback(tmp_path, layout):
     lines = [x for x in result.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:")
     assert str(root) in lines[0]
+
+
+def test_several_sources_with_a_class_map_count_duplicates_once_and_drop_conflicts(tmp_path):
+    from convert.pipeline import scan_splits
+    from convert.train import TrainConfig
+
+    a = make_dataset(tmp_path / "lab_a", per_class=4, classes=("round", "lobed"), seed=1)
+    b = make_dataset(tmp_path / "lab_b", per_class=3, classes=("round",), seed=2)
+    (b / "round").rename(b / "Rund")  # lab B names the class differently: --map rund=round
+    same = sorted((a / "round").iterdir())[0]
+    shutil.copy(same, b / "Rund" / "copy_of_a.jpg")  # the same image in both labs: counted once
+    clash = sorted((a / "lobed").iterdir())[0]
+    shutil.copy(clash, b / "Rund" / "mislabelled.jpg")  # the same bytes under two labels: dropped
+    cfg = TrainConfig(data_dir=[str(a), str(b)], out=str(tmp_path / "run"), class_map=["rund=round"])
+    images, _ = scan_splits(cfg)
+    assert images.labels == ["lobed", "round"]
+    assert images.counts() == {"lobed": 3, "round": 7}  # 4 + 3 round, the copy once; the clash gone
+    assert len(images.duplicates) == 1 and images.duplicates[0][1].endswith("copy_of_a.jpg")
+    assert len(images.conflicts) == 1 and any("mislabelled.jpg" in f for f in images.conflicts[0])
+    sources = {Path(s["path"]).name: s for s in images.sources()}
+    assert sources["lab_a"]["per_class"] == {"lobed": 3, "round": 4}
+    assert sources["lab_b"]["per_class"] == {"round": 3}
+    assert len(sources["lab_a"]["fingerprint"]) == 64 != sources["lab_b"]["fingerprint"]
+
+
+def test_links_never_count_a_file_twice_nor_reach_outside_the_folder(tmp_path):
+    # Issue 15, defect 2: `ln -s . DIR/cls/self` gave n=450 for 50 images, `ln -s .. ...` 21.9 %.
+    root = make_dataset(tmp_path / "val", per_class=5, classes=("round", "lobed"), seed=3)
+    outside = make_dataset(tmp_path / "elsewhere", per_class=5, classes=("round",), seed=4)
+    (root / "round" / "self").symlink_to(".", target_is_directory=True)
+    (root / "round" / "parent").symlink_to("..", target_is_directory=True)
+    (root / "lobed" / "away").symlink_to(outside / "round", target_is_directory=True)
+    (root / "lobed" / "one.jpg").symlink_to(next((outside / "round").iterdir()))
+    (root / "LOBED").symlink_to("lobed", target_is_directory=True)  # the same class folder twice
+    images = scan_labelled(root, ["lobed", "round"])
+    assert images.counts() == {"lobed": 5, "round": 5}
+    assert len({os.path.realpath(p) for p in images.files}) == len(images) == 10

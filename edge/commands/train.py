@@ -11,6 +11,7 @@ from edge.commands._extras import require_train
 # Options that a --config file can supply; an option given on the command line wins.
 _CONFIGURABLE = (
     "arch",
+    "class_map",
     "val_dir",
     "val_fraction",
     "weights",
@@ -35,7 +36,23 @@ _CONFIGURABLE = (
 
 
 @click.command()
-@click.argument("data_dir", required=False, type=click.Path(file_okay=False, path_type=str))
+@click.argument(
+    "data_dirs", nargs=-1, type=click.Path(file_okay=False, path_type=str), metavar="[DATA_DIR]..."
+)
+@click.option(
+    "--data",
+    "extra_data",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Another training source (<class>/<image> folders); repeat for several labs or microscopes.",
+)
+@click.option(
+    "--map",
+    "class_map",
+    multiple=True,
+    metavar="FOLDER=LABEL",
+    help="Class folder alias across sources, e.g. seg_neutrophil=neutrophil (repeatable).",
+)
 @click.option(
     "--arch",
     type=click.Choice(["mobilenetv2", "efficientnetb0", "efficientnet-lite0"]),
@@ -51,8 +68,10 @@ _CONFIGURABLE = (
 )
 @click.option(
     "--val-dir",
+    multiple=True,
     type=click.Path(file_okay=False, path_type=str),
-    help="Validation folder with the same class subfolders. Without it, --val-fraction is split off.",
+    help="Validation folder with the same class subfolders (repeat for several sources). Without it, "
+    "--val-fraction is split off.",
 )
 @click.option(
     "--val-fraction",
@@ -126,19 +145,25 @@ _CONFIGURABLE = (
     help="Rerun from RUN_DIR/config.json; options given here override it.",
 )
 @click.pass_context
-def train(ctx, data_dir, out, config_path, **options):
-    """Train a classifier from DATA_DIR/<class>/<image> folders into RUN_DIR.
+def train(ctx, data_dirs, extra_data, out, config_path, **options):
+    """Train a classifier from DATA_DIR/<class>/<image> folders (one or more sources) into RUN_DIR.
+
+    Byte-identical files found in several sources are counted once; the same bytes under two labels
+    are dropped; both are reported. Each source is recorded with its fingerprint and class counts.
 
     \b
-    Example (the blood-5class reference run):
+    Examples:
       edge train data/train --val-dir data/val --arch mobilenetv2 --weights imagenet \\
                  --out runs/mnv2 --cache runs/cache
+      edge train --data pbc-8class/train --data blood-5class/train --map seg_neutrophil=neutrophil \\
+                 --val-dir pbc-8class/val --val-dir blood-5class/val --out runs/differential
     """
     require_train("edge train")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from convert.pipeline import load_config, run
     from convert.train import TrainConfig
 
+    data_dir = [*data_dirs, *extra_data]
     values = {}
     if config_path:
         values = load_config(config_path)
