@@ -94,22 +94,33 @@ def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "fl
     return np.concatenate(out).astype(np.float32)
 
 
-def tflite_probs(
-    tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model", output: int = 0
-) -> np.ndarray:
-    """Float32 output `output` of a TFLite model (uint8, int8 or float input) for uint8 images, run
+def tflite_outputs(
+    tflite_bytes: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "tflite model"
+) -> list[np.ndarray]:
+    """Every float32 output of a TFLite model (uint8, int8 or float input) for uint8 images, run
     through edge.runtime.tflite: the device's own input quantization and dequantization."""
     from tqdm import tqdm
 
     from edge.runtime.tflite import TFLiteModel
 
     model = TFLiteModel(tflite_bytes)
-    out = []
+    parts = []
     for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
-        model.set_input(images[a:b])
-        model.invoke()
-        out.append(model.output(output))
-    return np.concatenate(out)
+        parts.append(model.run(images[a:b]))
+    return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+
+def tflite_probs(
+    tflite_bytes: bytes,
+    images: np.ndarray,
+    batch_size: int = 16,
+    desc: str = "tflite model",
+    n_classes: int | None = None,
+) -> np.ndarray:
+    """The model's (first) output, or of a model with an embedding output too, the one with
+    `n_classes` values: the class scores."""
+    outputs = tflite_outputs(tflite_bytes, images, batch_size, desc)
+    return next((o for o in outputs if n_classes and o.shape[-1] == n_classes), outputs[0])
 
 
 def compare(

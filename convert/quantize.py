@@ -5,8 +5,11 @@ A sequence of steps, each returning a record, then one manifest builder:
     source      the run directory (or bare model), its labels and preprocessing
     calibration a class-balanced set from the training split, through edge.preprocess
     fixes       optional float-side fixes for int8: head adaptation, last-layer bias correction
-    conversion  full-integer int8 with uint8 I/O, or float16 / float32
+    conversion  full-integer int8 with uint8 I/O, or float16 / float32 (with --reject, the model
+                gets a second output, the embedding)
     thresholds  the uncertainty rule from the quantized model on the calibration images
+    rejection   (--reject) class means and shared covariance of the embeddings of the training
+                images, and the threshold beyond which a cell is "unknown"
     fidelity    float vs quantized on --eval, measured through the device's runtime layer
     manifest    everything above, recorded; the bundle is written and loaded back as the device will
 """
@@ -27,18 +30,29 @@ from calibration.fidelity import (
     format_fidelity,
     keras_probs,
     loss_warning,
+    tflite_outputs,
     tflite_probs,
     worst_layers,
 )
 from calibration.representative import DEFAULT_COUNT, CalibrationSet, build_calibration_set
 from calibration.thresholds import derive_uncertainty, flag_stats
 from convert.run_source import ModelSource, load_source
-from convert.tflite_export import INT8_SETTINGS, PRECISIONS, bundle_from_tflite, make_converter, tensor_specs
+from convert.tflite_export import (
+    INT8_SETTINGS,
+    PRECISIONS,
+    bundle_from_tflite,
+    make_converter,
+    tensor_specs,
+    with_embedding,
+)
 from convert.tflite_graph import per_channel_ops, read_graph
-from edge.bundle import Bundle, Manifest, Metric, TensorSpec, Uncertainty
+from edge.bundle import Bundle, Manifest, Metric, Rejection, TensorSpec, Uncertainty
 from edge.dataset import load_labelled, scan_labelled
 from edge.errors import DataError
 from edge.metrics import classification_report
+from edge.rejection import MahalanobisScorer
+
+REJECTION_FILE = "rejection.npz"
 
 
 @dataclass
@@ -54,6 +68,11 @@ class QuantizeRequest:
     seed: int = 0
     bias_correction: bool = False
     adapt_head: bool = False
+    reject: str = "none"  # "mahalanobis": a rejection score for cells unlike the training data
+    reject_layer: str = "head_dense"
+    reject_quantile: float = 0.99
+    reject_holdout: Path | None = None  # training-distribution cells not trained on, for the threshold
+    reject_dims: int = 0  # PCA dimensions before the Mahalanobis distance (0: none)
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
@@ -71,6 +90,13 @@ class QuantizeRequest:
             args += ["--bias-correction"]
         if self.adapt_head:
             args += ["--adapt-head"]
+        if self.reject != "none":
+            args += ["--reject", self.reject, "--reject-layer", self.reject_layer]
+            args += ["--reject-quantile", f"{self.reject_quantile:g}"]
+            if self.reject_holdout:
+                args += ["--reject-holdout", str(self.reject_holdout)]
+            if self.reject_dims:
+                args += ["--reject-dims", str(self.reject_dims)]
         return shlex.join(args)
 
 
@@ -170,14 +196,65 @@ def conversion_step(req: QuantizeRequest, fixes: Fixes, calib: CalibrationSet) -
     _say(
         f"converting to {req.precision} TFLite (calibrating int8 ranges takes a minute for a 224 px model)..."
     )
-    return make_converter(
-        fixes.model, req.precision, calib.generator() if req.precision == "int8" else None
-    ).convert()
+    model = with_embedding(fixes.model, req.reject_layer) if req.reject != "none" else fixes.model
+    representative = calib.generator() if req.precision == "int8" else None
+    return make_converter(model, req.precision, representative).convert()
 
 
-def thresholds_step(req: QuantizeRequest, tflite: bytes, calib: CalibrationSet) -> Uncertainty:
-    probs = tflite_probs(tflite, calib.images, desc=f"{req.precision} on calibration images")
+def thresholds_step(
+    req: QuantizeRequest, tflite: bytes, calib: CalibrationSet, n_classes: int
+) -> Uncertainty:
+    desc = f"{req.precision} on calibration images"
+    probs = tflite_probs(tflite, calib.images, desc=desc, n_classes=n_classes)
     return derive_uncertainty(probs, calib.description["split"])
+
+
+def _embeddings(tflite: bytes, images: np.ndarray, n_classes: int, desc: str) -> np.ndarray:
+    outputs = tflite_outputs(tflite, images, desc=desc)
+    return next(o for o in outputs if o.shape[-1] != n_classes or len(outputs) == 1)
+
+
+def rejection_step(
+    req: QuantizeRequest, src: ModelSource, tflite: bytes
+) -> tuple[Rejection, bytes, dict] | None:
+    """Fit the class means and shared covariance on the training images' embeddings, as the quantized
+    model computes them on the device; set the threshold at `reject_quantile` of the scores of the
+    held-out cells (--reject-holdout), or of the training images themselves without it."""
+    if req.reject == "none":
+        return None
+    train = load_labelled(req.calib_dir, src.spec, src.labels)
+    n = len(src.labels)
+    _say(f"rejection: embeddings of the {len(train)} images of {train.split} ({req.reject_layer})...")
+    train_emb = _embeddings(tflite, train.images, n, "embeddings (train)")
+    scorer = MahalanobisScorer.fit(train_emb, train.y, n, dims=req.reject_dims or None)
+    held = load_labelled(req.reject_holdout, src.spec, src.labels) if req.reject_holdout else None
+    if held is not None:
+        scores = scorer.scores(_embeddings(tflite, held.images, n, f"embeddings ({held.split})"))
+        where = f"{len(held)} held-out cells of {held.split}"
+    else:
+        scores = scorer.scores(train_emb)
+        where = f"the {len(train)} training images themselves (no --reject-holdout: new cells score higher)"
+    threshold = float(np.quantile(scores, req.reject_quantile))
+    projection = f", PCA to {req.reject_dims} dims" if req.reject_dims else ""
+    rejection = Rejection(
+        method="mahalanobis",
+        threshold=round(threshold, 4),
+        file=REJECTION_FILE,
+        source=f"class means and shared covariance of {req.reject_layer} embeddings of the {len(train)} "
+        f"images of {train.split} (int8 model{projection}); threshold at quantile {req.reject_quantile:g} "
+        f"of the scores of {where}",
+    )
+    record = {
+        "fit_split": train.split,
+        "fit_fingerprint": train.fingerprint,
+        "fit_n": len(train),
+        "holdout_split": held.split if held is not None else None,
+        "holdout_fingerprint": held.fingerprint if held is not None else None,
+        "layer": req.reject_layer,
+        "score_quantiles": {str(q): round(float(np.quantile(scores, q)), 4) for q in (0.5, 0.9, 0.95, 0.99)},
+    }
+    _say(f"rejection: unknown above a score of {threshold:.2f} ({where})")
+    return rejection, scorer.to_bytes(), record
 
 
 def fidelity_step(
@@ -194,7 +271,9 @@ def fidelity_step(
     # Fidelity is measured against the float model that was converted; when that was changed on
     # the way (head adaptation, bias correction), the trained model's numbers are reported too.
     float_p = keras_probs(fixes.model, ev.images, desc=f"float on {ev.split}")
-    quant_p = tflite_probs(tflite, ev.images, desc=f"{req.precision} on {ev.split}")
+    quant_p = tflite_probs(
+        tflite, ev.images, desc=f"{req.precision} on {ev.split}", n_classes=len(src.labels)
+    )
     report = compare(float_p, quant_p, ev.y, src.labels, ev.split, req.precision, req.threshold_pp)
     if fixes.changed:
         trained_p = keras_probs(src.model, ev.images, desc=f"trained float on {ev.split}")
@@ -287,7 +366,7 @@ def manifest_fields(
         "run_val_accuracy": info.get("run_val_accuracy"),
         "run_config": info.get("run_config"),
     }
-    inp, out = tensor_specs(tflite)
+    inp, out, _ = tensor_specs(tflite, len(src.labels))
     model = {
         "architecture": info["architecture"],
         "weights": info["weights"],
@@ -310,15 +389,14 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     calib = calibration_step(req, src)
     fixes = fixes_step(req, src, calib)
     tflite = conversion_step(req, fixes, calib)
-    uncertainty = thresholds_step(req, tflite, calib)
+    uncertainty = thresholds_step(req, tflite, calib, len(src.labels))
+    rejection = rejection_step(req, src, tflite)
     fidelity = fidelity_step(req, src, fixes, tflite, calib, uncertainty)
-    bundle_from_tflite(
-        req.out_dir,
-        tflite,
-        src.labels,
-        src.spec,
-        **manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity),
-    )
+    fields = manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity)
+    extra = {}
+    if rejection is not None:
+        fields["rejection"], extra[REJECTION_FILE], fields["calibration"]["rejection"] = rejection
+    bundle_from_tflite(req.out_dir, tflite, src.labels, src.spec, extra_files=extra, **fields)
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
     return QuantizeResult(
         bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None, _messages(req)

@@ -90,20 +90,44 @@ def to_tflite(
     return make_converter(model, precision, representative, static_batch).convert()
 
 
-def tensor_specs(tflite_bytes: bytes) -> tuple[TensorSpec, TensorSpec]:
-    """Input and output TensorSpec (with quantization) read from the converted model."""
+def _spec(t) -> TensorSpec:
+    return TensorSpec(
+        shape=list(t.shape),
+        dtype=t.dtype.name,
+        scale=t.scale if t.quantized else None,
+        zero_point=t.zero_point if t.quantized else None,
+        name=t.name,
+    )
+
+
+def tensor_specs(
+    tflite_bytes: bytes, n_classes: int | None = None
+) -> tuple[TensorSpec, TensorSpec, TensorSpec | None]:
+    """Input, class-score output and (models with a second output) embedding TensorSpecs, with
+    quantization and names, read from the converted model. The scores are the output with one
+    value per class (`n_classes`), the embedding the other."""
     from edge.runtime.tflite import model_io
 
     inputs, outputs = model_io(tflite_bytes)
-    return tuple(
-        TensorSpec(
-            shape=list(t.shape),
-            dtype=t.dtype.name,
-            scale=t.scale if t.quantized else None,
-            zero_point=t.zero_point if t.quantized else None,
-        )
-        for t in (inputs[0], outputs[0])
-    )
+    if len(outputs) == 1:
+        return _spec(inputs[0]), _spec(outputs[0]), None
+    scores = next((t for t in outputs if n_classes and t.shape[-1] == n_classes), outputs[0])
+    embedding = next(t for t in outputs if t is not scores)
+    return _spec(inputs[0]), _spec(scores), _spec(embedding)
+
+
+def with_embedding(model, layer: str):
+    """The same model (shared weights) with a second output: `layer`'s output, flattened, for rejection."""
+    import keras
+
+    try:
+        features = model.get_layer(layer).output
+    except ValueError:
+        names = [x.name for x in model.layers][-8:]
+        raise ValueError(f"no layer {layer!r} in the model (its last layers: {', '.join(names)})") from None
+    if len(features.shape) > 2:
+        features = keras.layers.Flatten(name="embedding_flat")(features)
+    return keras.Model(model.inputs, [model.outputs[0], features], name=f"{model.name}_with_embedding")
 
 
 def bundle_from_tflite(
@@ -111,10 +135,14 @@ def bundle_from_tflite(
     tflite_bytes: bytes,
     labels: list[str],
     spec: PreprocessSpec,
+    extra_files: dict[str, bytes] | None = None,
     **manifest_fields,
 ) -> Manifest:
-    """Write `tflite_bytes` as a bundle; `manifest_fields` fill model/training/calibration/metrics/..."""
-    inp, out = tensor_specs(tflite_bytes)
-    manifest = Manifest(labels=list(labels), input=inp, output=out, preprocess=spec, **manifest_fields)
-    write_bundle(out_dir, {CPU_MODEL: tflite_bytes}, manifest)
+    """Write `tflite_bytes` (and `extra_files`, e.g. rejection statistics) as a bundle;
+    `manifest_fields` fill model/training/calibration/metrics/rejection/..."""
+    inp, out, embedding = tensor_specs(tflite_bytes, len(labels))
+    manifest = Manifest(
+        labels=list(labels), input=inp, output=out, preprocess=spec, embedding=embedding, **manifest_fields
+    )
+    write_bundle(out_dir, {CPU_MODEL: tflite_bytes, **(extra_files or {})}, manifest)
     return manifest

@@ -34,6 +34,7 @@ class TensorSpec:
     dtype: str
     scale: float | None = None
     zero_point: int | None = None
+    name: str | None = None  # the model's own tensor name, to tell several outputs apart
 
 
 @dataclass
@@ -57,6 +58,21 @@ class Uncertainty:
 
 
 @dataclass
+class Rejection:
+    """When a cell is unlike anything the model was trained on, it is labelled "unknown".
+
+    The score is the Mahalanobis distance of the cell's embedding (the model's second output) to the
+    nearest class mean, under one shared covariance (Lee et al., 2018); `file` holds the class means,
+    the shared precision matrix and an optional projection, and `threshold` was set on held-out
+    training-distribution cells at quantization (`source` says how)."""
+
+    method: str
+    threshold: float
+    file: str
+    source: str = ""
+
+
+@dataclass
 class Manifest:
     labels: list[str]
     input: TensorSpec
@@ -68,6 +84,8 @@ class Manifest:
     metrics: list[Metric] = field(default_factory=list)
     uncertainty: Uncertainty = field(default_factory=Uncertainty)
     edgetpu: dict | None = None
+    embedding: TensorSpec | None = None  # the second output, for rejection
+    rejection: Rejection | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     writer: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -87,6 +105,12 @@ class Manifest:
             preprocess=PreprocessSpec.from_dict(data.pop("preprocess")),
             metrics=[Metric(**m) for m in data.pop("metrics", [])],
             uncertainty=Uncertainty(**data.pop("uncertainty", {})),
+            embedding=TensorSpec(**data.pop("embedding"))
+            if data.get("embedding")
+            else data.pop("embedding", None),
+            rejection=Rejection(**data.pop("rejection"))
+            if data.get("rejection")
+            else data.pop("rejection", None),
             **data,
         )
 

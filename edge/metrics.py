@@ -59,7 +59,9 @@ def format_report(report: dict) -> str:
         f"{'class':<{width}}  precision  recall     f1  specificity  support",
     ]
     for name in labels:
-        c = report["per_class"][name]
+        c = report["per_class"].get(name)
+        if c is None:  # a predicted-only column ("unknown"): in the confusion matrix, not a class
+            continue
         lines.append(
             f"{name:<{width}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:5.4f}  {c['specificity']:11.4f}  {c['support']:7d}"
         )

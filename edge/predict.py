@@ -10,6 +10,7 @@ import numpy as np
 
 from edge.bundle import Bundle, Uncertainty
 from edge.preprocess import preprocess
+from edge.rejection import MahalanobisScorer
 from edge.runtime import InferenceBackend, open_backend
 
 
@@ -22,40 +23,74 @@ class Prediction:
     uncertain: bool
     margin: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None  # why it needs a look: "unknown", "low confidence", "small margin"
+    rejection_score: float | None = None  # distance to the training cells (bundles with rejection)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "label": self.label,
             "confidence": round(self.confidence, 6),
             "margin": round(self.margin, 6),
             "uncertain": self.uncertain,
+            "reason": self.reason,
             "top_k": [[name, round(p, 6)] for name, p in self.top_k],
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
         }
+        if self.rejection_score is not None:
+            out["rejection_score"] = round(self.rejection_score, 4)
+        return out
+
+
+UNKNOWN = "unknown"  # the label of a rejected cell: it counts in no class and in no alert
 
 
 def is_uncertain(probs, rule: Uncertainty) -> tuple[bool, float]:
     """Flag when the top probability is below min_confidence or top-1 minus top-2 is below min_margin."""
-    ordered = sorted((float(p) for p in probs), reverse=True)
+    reason, margin = _uncertainty(sorted((float(p) for p in probs), reverse=True), rule)
+    return reason is not None, margin
+
+
+def _uncertainty(ordered: list[float], rule: Uncertainty) -> tuple[str | None, float]:
     margin = ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0)
-    return bool(ordered[0] < rule.min_confidence or margin < rule.min_margin), margin
+    if ordered[0] < rule.min_confidence:
+        return "low confidence", margin
+    return ("small margin" if margin < rule.min_margin else None), margin
 
 
-def to_prediction(probs: np.ndarray, labels: list[str], rule: Uncertainty, top_k: int = 3) -> Prediction:
+def to_prediction(
+    probs: np.ndarray,
+    labels: list[str],
+    rule: Uncertainty,
+    top_k: int = 3,
+    rejection_score: float | None = None,
+    rejection_threshold: float | None = None,
+) -> Prediction:
+    """Scores -> the label, top-k and whether a human should look (and why). A rejection score over
+    its threshold makes the cell "unknown": the best classes stay in top_k, the label does not
+    count as any of them."""
     # Plain Python on the handful of class scores: on the per-frame path, right after invoke() has
     # flushed the caches, it costs a third of a dozen small NumPy calls (docs/bench.md).
     values = probs.tolist() if isinstance(probs, np.ndarray) else [float(p) for p in probs]
     # Stable sort: on an exact tie (common with uint8 outputs) take the first class, as argmax does.
     order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
-    uncertain, margin = is_uncertain(values, rule)
+    reason, margin = _uncertainty([values[i] for i in order], rule)
+    label = labels[order[0]]
+    if (
+        rejection_score is not None
+        and rejection_threshold is not None
+        and rejection_score > rejection_threshold
+    ):
+        label, reason = UNKNOWN, UNKNOWN
     return Prediction(
-        label=labels[order[0]],
+        label=label,
         confidence=float(values[order[0]]),
         probabilities={name: float(p) for name, p in zip(labels, values, strict=True)},
         top_k=[(labels[i], float(values[i])) for i in order[:top_k]],
-        uncertain=uncertain,
+        uncertain=reason is not None,
         margin=margin,
+        reason=reason,
+        rejection_score=None if rejection_score is None else float(rejection_score),
     )
 
 
@@ -99,6 +134,9 @@ class Classifier:
         self.uncertainty = uncertainty or bundle.manifest.uncertainty
         self.top_k = top_k
         self.lab = lab
+        rejection = bundle.manifest.rejection
+        self.rejection = MahalanobisScorer.load(bundle.path / rejection.file) if rejection else None
+        self.rejection_threshold = rejection.threshold if rejection else None
 
     @classmethod
     def open(
@@ -117,7 +155,15 @@ class Classifier:
         return preprocess(frame, self.spec, order, lab=self.lab)
 
     def _predictions(self, probs: np.ndarray) -> list[Prediction]:
-        return [to_prediction(p, self.labels, self.uncertainty, self.top_k) for p in probs]
+        """Scores (and the embedding, for rejection) of the batch the backend just ran."""
+        embedding = self.backend.embedding() if self.rejection is not None else None
+        if embedding is None:
+            return [to_prediction(p, self.labels, self.uncertainty, self.top_k) for p in probs]
+        scores = self.rejection.scores(embedding)
+        return [
+            to_prediction(p, self.labels, self.uncertainty, self.top_k, float(s), self.rejection_threshold)
+            for p, s in zip(probs, scores, strict=True)
+        ]
 
     def classify_tensors(self, batch: np.ndarray) -> list[Prediction]:
         """uint8 N x H x W x 3, already preprocessed -> one Prediction each (with invoke time)."""

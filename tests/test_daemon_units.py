@@ -121,7 +121,12 @@ def test_differential_alert_fires_at_the_fraction_only_after_min_cells():
     for _ in range(10):
         d.add("monocyte", False)  # 3 / 20 = 15%: below threshold again
     assert not d.alerts()[0].active
-    assert d.table()[0] == {"label": "monocyte", "count": 17, "percent": 85.0}
+    assert d.table()[0] == {
+        "label": "monocyte",
+        "count": 17,
+        "percent": 85.0,
+        "interval_percent": [64.0, 94.8],
+    }
 
 
 def test_differential_warns_about_classes_the_model_lacks():
@@ -235,10 +240,16 @@ def test_store_continues_a_session_after_a_restart(tmp_path):
     again.start_session("slide-7", "f" * 64, "bundle", "sim", "cell", {})
     assert again.journal_mode() == "wal"
     assert again.next_frame_id() == 4
-    assert again.session_counts() == ({"a": 2, "b": 1}, 1)
+    saved = again.session_counts()
+    assert (saved.counts, saved.confident, saved.uncertain, saved.unknown) == (
+        {"a": 2, "b": 1},
+        {"a": 2},
+        1,
+        0,
+    )
     assert again.done_refs("sim") == {"sim:0", "sim:1", "sim:2", "sim:bad"}
     d = DifferentialCount(DifferentialConfig(), ["a", "b"])
-    d.restore(*again.session_counts())
+    d.restore(again.session_counts())
     assert d.total == 3 and d.uncertain == 1
     again.close()
 
@@ -268,3 +279,24 @@ def test_wilson_interval_matches_the_textbook_values():
     assert round(lo, 3) == 0.133 and round(hi, 3) == 0.289
     assert wilson_interval(0, 10)[0] == 0.0 and 0.27 < wilson_interval(0, 10)[1] < 0.28
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_alerts_count_only_confident_known_cells_and_wait_for_100_of_them():
+    # Issue 13: unknown and uncertain cells never move the blast fraction, and the rule waits for a
+    # 100-cell differential of confident, known cells.
+    d = DifferentialCount(DifferentialConfig(), ["myeloblast", "monocyte"])  # default rule: 20 % of 100
+    assert d.config.alerts[0].min_cells == 100
+    fired = []
+    for _ in range(60):
+        fired += d.add("myeloblast", True)  # unsure blasts: counted in the differential, not the alert
+        fired += d.add("unknown", True)  # rejected cells: counted nowhere
+    for _ in range(99):
+        fired += d.add("monocyte", False)
+    assert not fired and d.alerts()[0].cells == 99 and d.unknown == 60 and d.counts["myeloblast"] == 60
+    fired += d.add("myeloblast", False)  # 1 confident blast of 100 confident cells: 1 %
+    assert not fired and d.alerts()[0].cells == 100 and d.alerts()[0].fraction == 0.01
+    for _ in range(30):
+        fired += d.add("myeloblast", False)  # 31 of 130: 23.8 %, with its Wilson interval
+    (alert,) = d.alerts()
+    assert [a.name for a in fired] == ["blast fraction"] and alert.active
+    assert alert.interval[0] < alert.fraction < alert.interval[1]

@@ -90,14 +90,36 @@ def test_eval_reports_metrics_throughput_and_a_plot(tiny_bundle, labelled, tmp_p
     assert "accuracy" in proc.stdout and "images/s" in proc.stdout
 
 
-def test_unknown_class_folder_is_a_clear_error(tiny_bundle, labelled, tmp_path):
+def test_a_class_the_bundle_does_not_know_is_scored_as_should_be_rejected(tiny_bundle, labelled, tmp_path):
+    # Issue 13: a folder whose class the bundle does not know is no longer an error: its cells
+    # should be rejected (or at least flagged), and every confident label they get is reported.
     root = tmp_path / "mixed"
     shutil.copytree(labelled, root)
     shutil.copytree(labelled / "Round", root / "platelet")
-    proc = edge("eval", tiny_bundle, root)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
-    assert "platelet" in proc.stderr and "match no label" in proc.stderr and "round" in proc.stderr
+    out = tmp_path / "mixed.json"
+    proc = edge("eval", tiny_bundle, root, "--json", out, "--baseline-images", "0", "--blast-class", "round")
+    assert proc.returncode == 0, proc.stderr
+    assert "folder platelet is not a class of this bundle" in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 40  # only the known classes are scored for accuracy
+    rej = report["should_be_rejected"]
+    assert rej["n"] == 8 and set(rej["folders"]) == {"platelet"}
+    plate = rej["folders"]["platelet"]
+    assert plate["rejected"] == 0  # the tiny bundle has no rejection: these round cells get labels
+    assert sum(plate["confident_labels"].values()) == round(8 * (1 - plate["rejected_or_flagged_fraction"]))
+    fb = report["false_blast"]  # "round" as the blast class: every confident round call on a non-round cell
+    assert fb["normal_cells"] == 48 - 8 and fb["blast_classes"] == ["round"]
+    assert "should be rejected: platelet (n=8)" in proc.stdout and "false blast:" in proc.stdout
+
+
+def test_map_aliases_a_folder_to_a_label(tiny_bundle, labelled, tmp_path):
+    root = tmp_path / "aliased"
+    shutil.copytree(labelled, root)
+    (root / "Round").rename(root / "circular")
+    out = tmp_path / "a.json"
+    proc = edge("eval", tiny_bundle, root, "--map", "circular=round", "--json", out, "--baseline-images", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["per_class"]["round"]["support"] == 8
 
 
 def test_eval_counts_unreadable_files_apart_and_exits_1(tiny_bundle, labelled, tmp_path):

@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from edge.batch import ImageResult, Throughput, classify_paths, classify_sequential, timed
+from edge.batch import Throughput, classify_paths, classify_sequential, timed
 from edge.bundle import Bundle
 from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
 from edge.dataset import load_one, scan_labelled
 from edge.errors import EdgeError
-from edge.metrics import classification_report, format_report
+from edge.metrics import format_report
 from edge.predict import Classifier, uncertainty_rule
 from edge.runtime.tflite import usable_cores
 
@@ -37,18 +37,6 @@ def _baseline_sample(paths: list[Path], count: int) -> list[Path]:
     if count <= 0 or count >= len(paths):
         return list(paths)
     return [paths[int(i)] for i in np.linspace(0, len(paths) - 1, count).round()]
-
-
-def _confident_stats(results: list[ImageResult], targets: list[int], labels: list[str]) -> dict:
-    good = [(r, t) for r, t in zip(results, targets, strict=True) if r.ok]
-    confident = [(r, t) for r, t in good if not r.prediction.uncertain]
-    correct = sum(labels.index(r.prediction.label) == t for r, t in confident)
-    return {
-        "uncertain_n": len(good) - len(confident),
-        "uncertain_fraction": (len(good) - len(confident)) / len(good) if good else 0.0,
-        "confident_n": len(confident),
-        "confident_accuracy": correct / len(confident) if confident else 0.0,
-    }
 
 
 @click.command()
@@ -88,6 +76,21 @@ def _confident_stats(results: list[ImageResult], targets: list[int], labels: lis
     help="Also time a plain sequential loop (decode, preprocess, invoke one image at a time, same "
     "runtime and threads) on this many of the images, to report the pipeline's speed-up. 0: skip.",
 )
+@click.option(
+    "--map",
+    "class_map",
+    multiple=True,
+    metavar="FOLDER=LABEL",
+    help="A class folder alias, e.g. seg_neutrophil=neutrophil or Neutrophil_band=neutrophil (repeatable).",
+)
+@click.option(
+    "--blast-class",
+    "blast_classes",
+    multiple=True,
+    default=("myeloblast",),
+    show_default=True,
+    help="Classes whose confident calls are a blast alarm, for the false-blast rate (repeatable).",
+)
 @runtime_options
 def eval_(
     bundle,
@@ -97,6 +100,8 @@ def eval_(
     threshold,
     margin,
     baseline_images,
+    class_map,
+    blast_classes,
     backend,
     device,
     runtime,
@@ -108,18 +113,29 @@ def eval_(
 
     \b
     Folder names match the bundle's labels regardless of case, underscores and hyphens
-    (Seg-Neutrophil = seg_neutrophil); a folder matching no label is an error. Reports accuracy,
-    macro and per-class precision / recall / F1 / specificity, the confusion matrix, how many cells
-    were flagged uncertain and the accuracy on the others, and end-to-end images/s.
+    (Seg-Neutrophil = seg_neutrophil), after --map aliases. Reports accuracy (a rejected, "unknown"
+    cell counts as wrong), macro and per-class precision / recall / F1 / specificity, the confusion
+    matrix, how many cells were flagged uncertain or rejected, the accuracy on the others, and
+    end-to-end images/s. A folder of a class the bundle does not know is scored as "should be
+    rejected": the share of its cells rejected or flagged. The false-blast rate counts normal cells
+    called a --blast-class without a flag.
 
     \b
-    Example:
+    Examples:
       edge eval models/mobilenetv2-int8 data/blood-5class/val --json eval.json --plot confusion.png
+      edge eval models/differential-int8 data/tecom-wbc --json tecom.json
     """
+    from edge.dataset import parse_class_map
+    from edge.site_scores import false_blast_rate, known_class_report, should_reject_report
+
     model = Bundle.load(bundle)
     labels = model.labels
-    images = scan_labelled(labelled_dir, labels)
-    paths, targets = images.files, images.targets.tolist()
+    images = scan_labelled(labelled_dir, labels, parse_class_map(class_map), keep_unknown=True)
+    for folder in images.unknown_folders:
+        click.echo(
+            f"note: folder {folder} is not a class of this bundle: its cells should be rejected", err=True
+        )
+    paths = images.files
     folders = sorted({i.folder for i in images.items})
     rule = uncertainty_rule(model, threshold, margin)
     threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(paths))
@@ -140,13 +156,22 @@ def eval_(
     errors = [r for r in results if not r.ok]
     for r in errors:
         click.echo(f"error: {r.path}: {r.error}", err=True)
-    good = [(r, t) for r, t in zip(results, targets, strict=True) if r.ok]
+    good = [(r, item) for r, item in zip(results, images.items, strict=True) if r.ok]
     if not good:
         raise EdgeError(f"{labelled_dir}: none of the {len(paths)} images could be read")
-    y_true = [t for _, t in good]
-    y_pred = [labels.index(r.prediction.label) for r, _ in good]
-    report = classification_report(y_true, y_pred, labels)
-    report.update(_confident_stats(results, targets, labels))
+    known = [(r.prediction, item.label) for r, item in good if item.label >= 0]
+    if known:
+        report = known_class_report([p for p, _ in known], [t for _, t in known], labels)
+    else:
+        report = {"n": 0, "labels": labels, "accuracy": None}
+    unknown_folders: dict[str, list] = {}
+    for r, item in good:
+        if item.label < 0:
+            unknown_folders.setdefault(item.folder, []).append(r.prediction)
+    if unknown_folders:
+        report["should_be_rejected"] = should_reject_report(unknown_folders)
+    true_names = [labels[item.label] if item.label >= 0 else item.folder for _, item in good]
+    report["false_blast"] = false_blast_rate([r.prediction for r, _ in good], true_names, list(blast_classes))
     report["images_per_second"] = round(pipeline.images_per_second, 2)
 
     baseline = None
@@ -199,10 +224,23 @@ def eval_(
         command="edge eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
     )
 
-    click.echo(format_report(report))
+    if known:
+        click.echo(format_report(report))
+        click.echo(
+            f"uncertain {report['uncertain_fraction'] * 100:.1f}% of cells ({report['uncertain_n']}); "
+            f"accuracy on the confident ones {report['confident_accuracy'] * 100:.2f}% (n={report['confident_n']}); "
+            f"rejected as unknown {report['rejected_fraction'] * 100:.1f}% ({report['rejected_n']})"
+        )
+    for folder, v in report.get("should_be_rejected", {}).get("folders", {}).items():
+        labels_seen = ", ".join(f"{k} {n}" for k, n in v["confident_labels"].items()) or "none"
+        click.echo(
+            f"should be rejected: {folder} (n={v['n']}): {v['rejected_fraction'] * 100:.1f}% rejected, "
+            f"{v['rejected_or_flagged_fraction'] * 100:.1f}% rejected or flagged; confident labels: {labels_seen}"
+        )
+    fb = report["false_blast"]
     click.echo(
-        f"uncertain {report['uncertain_fraction'] * 100:.1f}% of cells ({report['uncertain_n']}); "
-        f"accuracy on the confident ones {report['confident_accuracy'] * 100:.2f}% (n={report['confident_n']})"
+        f"false blast: {fb['false_blast']} of {fb['normal_cells']} normal cells "
+        f"({fb['false_blast_rate'] * 100:.2f}%) called {'/'.join(fb['blast_classes'])} without a flag"
     )
     click.echo(_throughput_line(pipeline, baseline, report, info, replicas, threads))
     if errors:
@@ -212,11 +250,11 @@ def eval_(
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {json_path}")
-    if plot_path:
+    if plot_path and known:
         from edge.confusion_image import write_confusion_png
 
         title = f"{Path(labelled_dir).name}: accuracy {report['accuracy'] * 100:.1f}%, n={report['n']}"
-        write_confusion_png(plot_path, report["confusion"], labels, title)
+        write_confusion_png(plot_path, report["confusion"], report["labels"], title)
         click.echo(f"wrote {plot_path}")
     return 1 if errors else 0
 

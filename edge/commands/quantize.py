@@ -73,6 +73,40 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="int8: fine-tune the classifier head on float and int8-backbone features of the --calib "
     "folder's images, so its decisions survive int8 (a few minutes; backbone unchanged).",
 )
+@click.option(
+    "--reject",
+    type=click.Choice(["none", "mahalanobis"]),
+    default="none",
+    show_default=True,
+    help="mahalanobis: give the model its embedding as a second output and store what the device needs "
+    "to label cells unlike the training data 'unknown' (Mahalanobis distance to the nearest class).",
+)
+@click.option(
+    "--reject-layer",
+    default="head_dense",
+    show_default=True,
+    help="The layer whose output is the embedding (edge train's head: head_pool 1280-d or head_dense 128-d).",
+)
+@click.option(
+    "--reject-quantile",
+    type=click.FloatRange(0.5, 1.0),
+    default=0.99,
+    show_default=True,
+    help="The threshold is this quantile of the held-out cells' scores: the share of such cells kept.",
+)
+@click.option(
+    "--reject-holdout",
+    type=_DIR,
+    help="Training-distribution cells the model did not train on (e.g. data/val) to set the threshold on; "
+    "without it, the training images themselves (new cells then score higher: more are rejected).",
+)
+@click.option(
+    "--reject-dims",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Project the embedding on this many principal components first (0: no projection).",
+)
 def quantize(**options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 

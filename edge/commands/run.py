@@ -53,7 +53,13 @@ def format_summary(s: dict) -> str:
         f"p95 {s['latency_ms']['p95']} ms",
         "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
-        f"  uncertain: {s['uncertain']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
+        f"  uncertain: {s['uncertain']}, unknown: {s['unknown']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
+        *(
+            f"  {a['name']}: {a['fraction']:.1%} (95% CI {a['interval'][0]:.1%}-{a['interval'][1]:.1%}) of "
+            f"{a['cells']} confident known cells"
+            + (f"; waits for {a['min_cells']}" if a["cells"] < a["min_cells"] else "")
+            for a in s["alert_rules"]
+        ),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}",
     ]

@@ -83,7 +83,7 @@ class Daemon:
             dataclasses.asdict(c),
         )
         self.differential = DifferentialCount(c.differential, self.bundle.labels)
-        self.differential.restore(*self.store.session_counts())
+        self.differential.restore(self.store.session_counts())
         try:
             self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)
         except OSError as exc:
@@ -174,6 +174,8 @@ class Daemon:
             "differential": {
                 "total": self.differential.total,
                 "uncertain": self.differential.uncertain,
+                "unknown": self.differential.unknown,
+                "confident": self.differential.confident_total,
                 "counts": self.differential.table(),
                 "alerts": [dataclasses.asdict(a) for a in self.differential.alerts()],
             },
@@ -263,7 +265,9 @@ class Daemon:
             else None,
             "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
             "differential": {r["label"]: r["count"] for r in self.differential.table()},
+            "unknown": self.differential.unknown,
             "alerts": [a.name for a in self.differential.alerts() if a.active],
+            "alert_rules": [dataclasses.asdict(a) for a in self.differential.alerts()],
             "archive": dataclasses.asdict(self.archive.state()),
             "database": str(self.store.path),
             "page": self.url,

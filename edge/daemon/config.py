@@ -128,15 +128,15 @@ class ArchiveConfig:
 class AlertRule:
     name: str = ""
     classes: list[str] = field(default_factory=list)
-    min_fraction: float = 0.2
-    min_cells: int = 20
+    min_fraction: float = 0.2  # of confident, known cells
+    min_cells: int = 100  # confident, known cells before the rule may fire: a 100-cell differential
 
 
 @dataclass
 class DifferentialConfig:
     count_uncertain: bool = True
     alerts: list[AlertRule] = field(
-        default_factory=lambda: [AlertRule("blast fraction", ["myeloblast"], 0.20, 20)]
+        default_factory=lambda: [AlertRule("blast fraction", ["myeloblast"], 0.20, 100)]
     )
 
 

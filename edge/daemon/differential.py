@@ -1,7 +1,10 @@
 """The running differential count of a session (a slide), with alert rules.
 
-A rule fires when the cells of its classes reach `min_fraction` of the classified cells, once at
-least `min_cells` have been counted (20% blasts among 5 cells is noise, not a finding).
+Every cell with a known label is counted in the differential; a rejected cell ("unknown") counts
+in no class. An alert rule counts only confident, known cells: a rule fires when the confident cells
+of its classes reach `min_fraction` of all confident known cells, once at least `min_cells` confident
+known cells have been counted (100 by default: a standard 100-cell differential; 20 % blasts among 5
+cells is noise, not a finding). Every fraction carries its 95 % Wilson interval.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from edge.daemon.config import AlertRule, DifferentialConfig
+from edge.predict import UNKNOWN
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -28,11 +32,22 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 class AlertState:
     name: str
     classes: list[str]
-    fraction: float
+    fraction: float  # of confident known cells
+    interval: tuple[float, float]  # 95 % Wilson interval of `fraction`
     min_fraction: float
-    cells: int
+    cells: int  # confident known cells counted
     min_cells: int
     active: bool
+
+
+@dataclass
+class SessionCounts:
+    """What a restarted daemon reads back from the database to continue a session's count."""
+
+    counts: dict[str, int]  # known labels, all cells
+    confident: dict[str, int]  # known labels, cells not flagged uncertain
+    uncertain: int
+    unknown: int
 
 
 class DifferentialCount:
@@ -40,7 +55,9 @@ class DifferentialCount:
         self.config = config
         self.labels = list(labels)
         self.counts: Counter[str] = Counter()
+        self.confident: Counter[str] = Counter()
         self.uncertain = 0
+        self.unknown = 0
         self._active: set[str] = set()
         # A rule naming a class the model cannot output would silently never fire: say so.
         self.warnings = [
@@ -50,23 +67,35 @@ class DifferentialCount:
             if name not in labels
         ]
 
-    def restore(self, counts: dict[str, int], uncertain: int) -> None:
+    def restore(self, saved: SessionCounts) -> None:
         """Carry on a session after a restart, from the counts in the database."""
-        self.counts.update(counts)
-        self.uncertain += uncertain
+        self.counts.update(saved.counts if self.config.count_uncertain else saved.confident)
+        self.confident.update(saved.confident)
+        self.uncertain += saved.uncertain
+        self.unknown += saved.unknown
         self._active = {a.name for a in self.alerts() if a.active}
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    @property
+    def confident_total(self) -> int:
+        return sum(self.confident.values())
+
     def add(self, label: str, uncertain: bool) -> list[AlertState]:
         """Count one cell; returns the alerts that became active with it."""
         if uncertain:
             self.uncertain += 1
-            if not self.config.count_uncertain:
-                return []
+        if label == UNKNOWN:
+            self.unknown += 1
+            return []
+        if uncertain and not self.config.count_uncertain:
+            return []
         self.counts[label] += 1
+        if uncertain:
+            return []  # an unsure cell never moves an alert
+        self.confident[label] += 1
         newly = []
         for alert in self.alerts():
             if alert.active and alert.name not in self._active:
@@ -75,14 +104,16 @@ class DifferentialCount:
         return newly
 
     def _evaluate(self, rule: AlertRule) -> AlertState:
-        total = self.total
-        cells = sum(self.counts[c] for c in rule.classes)
+        total = self.confident_total
+        cells = sum(self.confident[c] for c in rule.classes)
         fraction = cells / total if total else 0.0
         active = total >= rule.min_cells and fraction >= rule.min_fraction
+        lo, hi = wilson_interval(cells, total)
         return AlertState(
             rule.name,
             list(rule.classes),
             round(fraction, 4),
+            (round(lo, 4), round(hi, 4)),
             rule.min_fraction,
             total,
             rule.min_cells,
@@ -93,14 +124,18 @@ class DifferentialCount:
         return [self._evaluate(rule) for rule in self.config.alerts]
 
     def table(self) -> list[dict]:
-        """Every label of the model (zeros included), with count and percentage, most frequent first."""
+        """Every label of the model (zeros included), with count, percentage and its 95 % interval,
+        most frequent first; rejected cells are not in it (see `unknown`)."""
         total = self.total
-        rows = [
-            {
-                "label": name,
-                "count": self.counts[name],
-                "percent": round(100 * self.counts[name] / total, 1) if total else 0.0,
-            }
-            for name in self.labels
-        ]
+        rows = []
+        for name in self.labels:
+            lo, hi = wilson_interval(self.counts[name], total)
+            rows.append(
+                {
+                    "label": name,
+                    "count": self.counts[name],
+                    "percent": round(100 * self.counts[name] / total, 1) if total else 0.0,
+                    "interval_percent": [round(100 * lo, 1), round(100 * hi, 1)],
+                }
+            )
         return sorted(rows, key=lambda r: (-r["count"], r["label"]))

@@ -72,6 +72,8 @@ class StoreSink(Sink):
                 c.prediction.probabilities,
                 c.prediction.uncertain,
                 result.timings,
+                c.prediction.reason,
+                c.prediction.rejection_score,
             )
             for c in result.cells
         ]

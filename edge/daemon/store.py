@@ -26,7 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from edge.daemon.differential import SessionCounts
+from edge.predict import UNKNOWN
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -68,11 +71,17 @@ CREATE TABLE IF NOT EXISTS results (
     uncertain     INTEGER NOT NULL CHECK (uncertain IN (0, 1)),
     model_sha     TEXT NOT NULL,
     timings       TEXT NOT NULL CHECK (json_valid(timings)),
+    reason        TEXT,  -- why it needs a look: unknown, low confidence, small margin (NULL: it does not)
+    rejection_score REAL,  -- distance to the training cells, for bundles with rejection
     UNIQUE (session_id, frame_id, crop_index),
     FOREIGN KEY (session_id, frame_id) REFERENCES frames(session_id, frame_id)
 );
 CREATE INDEX IF NOT EXISTS results_by_session ON results(session_id, label);
 """
+
+
+# Columns added since schema 1, with their types: an older results.db gains them at the next start.
+_ADDED_COLUMNS = {"results": {"reason": "TEXT", "rejection_score": "REAL"}}
 
 
 @dataclass
@@ -84,6 +93,23 @@ class ResultRow:
     probabilities: dict[str, float]
     uncertain: bool
     timings_ms: dict[str, float]
+    reason: str | None = None
+    rejection_score: float | None = None
+
+
+def _migrations(db: sqlite3.Connection) -> str:
+    """ALTER TABLE statements that bring an older results.db up to this schema (nothing is lost)."""
+    statements = []
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            continue  # a new database: CREATE TABLE has every column
+        statements += [
+            f"ALTER TABLE {table} ADD COLUMN {name} {kind};"
+            for name, kind in columns.items()
+            if name not in have
+        ]
+    return "".join(statements)
 
 
 class ResultStore:
@@ -98,7 +124,9 @@ class ResultStore:
         self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=ON")
         with self.lock:
-            self.db.executescript("BEGIN;" + SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;")
+            self.db.executescript(
+                "BEGIN;" + SCHEMA + _migrations(self.db) + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+            )
         self.session_id: str | None = None
         self.model_sha = ""
         self.synchronous = synchronous
@@ -141,13 +169,19 @@ class ResultStore:
         rows = self.db.execute("SELECT source_ref FROM frames WHERE source = ?", (source,)).fetchall()
         return {r[0] for r in rows}
 
-    def session_counts(self) -> tuple[dict[str, int], int]:
-        """Label counts and the uncertain count recorded so far in this session."""
+    def session_counts(self) -> SessionCounts:
+        """The counts recorded so far in this session, to continue its differential after a restart."""
         rows = self.db.execute(
             "SELECT label, COUNT(*), SUM(uncertain) FROM results WHERE session_id = ? GROUP BY label",
             (self.session_id,),
         ).fetchall()
-        return {r[0]: int(r[1]) for r in rows}, sum(int(r[2] or 0) for r in rows)
+        known = [r for r in rows if r[0] != UNKNOWN]
+        return SessionCounts(
+            counts={r[0]: int(r[1]) for r in known},
+            confident={r[0]: int(r[1]) - int(r[2] or 0) for r in known if int(r[1]) > int(r[2] or 0)},
+            uncertain=sum(int(r[2] or 0) for r in rows),
+            unknown=sum(int(r[1]) for r in rows if r[0] == UNKNOWN),
+        )
 
     def write_frame(self, frame_id: int, ts: float, source: str, ref: str, rows: list[ResultRow]) -> None:
         """The frame and all its results in one transaction: after a crash, all of it or none."""
@@ -160,7 +194,7 @@ class ResultStore:
                 )
                 self.db.executemany(
                     "INSERT INTO results(session_id, frame_id, crop_index, ts, box, label, confidence, probabilities,"
-                    " uncertain, model_sha, timings) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " uncertain, model_sha, timings, reason, rejection_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [
                         (
                             self.session_id,
@@ -174,6 +208,8 @@ class ResultStore:
                             int(r.uncertain),
                             self.model_sha,
                             json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}),
+                            r.reason,
+                            None if r.rejection_score is None else round(r.rejection_score, 4),
                         )
                         for r in rows
                     ],

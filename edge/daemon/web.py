@@ -97,6 +97,22 @@ class DaemonCollector:
         for rule in s["differential"]["alerts"]:
             alert.add_metric([rule["name"]], float(rule["active"]))
         yield alert
+        fraction = g(
+            "edge_alert_fraction",
+            "Fraction of confident, known cells in the rule's classes, with its 95% Wilson interval",
+            labels=["rule", "bound"],
+        )
+        for rule in s["differential"]["alerts"]:
+            for bound, value in zip(
+                ("estimate", "low", "high"), (rule["fraction"], *rule["interval"]), strict=True
+            ):
+                fraction.add_metric([rule["name"], bound], value)
+        yield fraction
+        yield c(
+            "edge_cells_unknown",
+            "Cells rejected as unlike the training data",
+            value=s["differential"]["unknown"],
+        )
         yield g("edge_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
 
 

@@ -77,6 +77,10 @@ class InferenceBackend(ABC):
     @abstractmethod
     def scores(self) -> np.ndarray: ...
 
+    def embedding(self) -> np.ndarray | None:
+        """float32 N x D: the model's second output (for rejection), after `invoke`; None without one."""
+        return None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.set_input(batch)
         self.invoke()

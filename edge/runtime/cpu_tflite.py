@@ -24,6 +24,20 @@ class Options:
     xnnpack: bool = True
 
 
+def _output_roles(outputs, bundle: Bundle) -> tuple[int, int | None]:
+    """Which output holds the class scores and which the embedding (models for rejection have
+    two): by the tensor names the manifest recorded, else by shape (scores: one per label)."""
+    if len(outputs) == 1:
+        return 0, None
+    m = bundle.manifest
+    names = [t.name for t in outputs]
+    if m.output.name in names and m.embedding is not None and m.embedding.name in names:
+        return names.index(m.output.name), names.index(m.embedding.name)
+    per_label = [i for i, t in enumerate(outputs) if t.shape[-1] == len(bundle.labels)]
+    scores = per_label[0] if per_label else 0
+    return scores, next(i for i in range(len(outputs)) if i != scores)
+
+
 class TFLiteBackend(InferenceBackend):
     """What every TFLite-interpreter backend shares (CPU here, Edge TPU in edgetpu.py)."""
 
@@ -54,7 +68,8 @@ class TFLiteBackend(InferenceBackend):
         self.threads = self.model.threads
         self.input_shape = self.model.input_shape
         self.input_dtype = self.model.input_dtype
-        self.n_outputs = self.model.outputs[0].shape[-1]
+        self._scores_at, self._embedding_at = _output_roles(self.model.outputs, bundle)
+        self.n_outputs = self.model.outputs[self._scores_at].shape[-1]
 
     def _allocation_error(self, exc: Exception) -> Exception:
         return RuntimeUnavailableError(f"{self.model_file}: the TFLite interpreter cannot run it ({exc})")
@@ -66,7 +81,10 @@ class TFLiteBackend(InferenceBackend):
         self.model.invoke()
 
     def scores(self) -> np.ndarray:
-        return self.model.output(0)
+        return self.model.output(self._scores_at)
+
+    def embedding(self) -> np.ndarray | None:
+        return None if self._embedding_at is None else self.model.output(self._embedding_at)
 
     def describe(self) -> dict:
         return {"backend": self.name, **self.model.describe()}
