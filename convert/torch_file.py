@@ -66,6 +66,9 @@ class _StorageType:
     def __init__(self, name):
         self.dtype = _STORAGE_DTYPES[name]
 
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("a storage type called as a function: not a state dict")
+
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Knows OrderedDict, tensor rebuilds and storage types; refuses every other global."""
@@ -89,15 +92,39 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return _StorageRef(key, storage_type.dtype, numel)
 
 
+def _view(ref: _TensorRef, flat: np.ndarray) -> np.ndarray:
+    """The tensor's view of its storage, after checking that every element it names lies inside the
+    storage: as_strided does no bounds check, so a hostile file could otherwise read past the buffer
+    or crash the process."""
+    size, stride = ref.size, ref.stride
+    if len(size) != len(stride) or any(not isinstance(v, int) for v in (*size, *stride, ref.offset)):
+        raise pickle.UnpicklingError(f"tensor of size {size} with strides {stride}: malformed")
+    if ref.offset < 0 or any(v < 0 for v in (*size, *stride)):
+        raise pickle.UnpicklingError(
+            f"tensor with a negative size, stride or offset ({size}, {stride}, {ref.offset})"
+        )
+    if 0 in size:
+        return np.empty(size, flat.dtype)
+    last = ref.offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= len(flat):
+        raise pickle.UnpicklingError(
+            f"tensor of size {list(size)} at offset {ref.offset} needs element {last} of a storage of {len(flat)}"
+        )
+    itemsize = flat.dtype.itemsize
+    return np.lib.stride_tricks.as_strided(
+        flat[ref.offset :], shape=size, strides=[s * itemsize for s in stride]
+    ).copy()
+
+
 def _materialise(obj, blobs: dict[str, np.ndarray]):
     if isinstance(obj, dict):
         return collections.OrderedDict((k, _materialise(v, blobs)) for k, v in obj.items())
     if isinstance(obj, _TensorRef):
-        flat = blobs[obj.storage.key]
-        itemsize = flat.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            flat[obj.offset :], shape=obj.size, strides=[s * itemsize for s in obj.stride]
-        ).copy()
+        if obj.storage.key not in blobs:
+            raise pickle.UnpicklingError(
+                f"tensor refers to storage {obj.storage.key!r}, which the file lacks"
+            )
+        return _view(obj, blobs[obj.storage.key])
     return obj
 
 
@@ -134,6 +161,8 @@ def _read_legacy(fh) -> dict:
 def _read_zip(path: Path) -> dict:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
+        if not names:
+            raise pickle.UnpicklingError("an empty zip archive")
         root = names[0].split("/")[0]
         unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(f"{root}/data.pkl")))
         state = unpickler.load()
@@ -165,8 +194,20 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             with open(path, "rb") as fh:
                 state = _read_legacy(fh)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as exc:
-        raise WeightsError(f"{path}: not a readable torch state dict ({exc})") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        KeyError,
+        ValueError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        zipfile.BadZipFile,
+        MemoryError,
+    ) as exc:
+        raise WeightsError(f"{path}: not a readable torch state dict ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a torch state dict (the file holds a {type(state).__name__})")
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}

@@ -15,12 +15,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge import __version__
+from edge import __version__, contract, manifest_schema
 from edge.errors import BundleError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
 
-SCHEMA_VERSION = 1
+# 2: the labels, preprocessing and flagging rules are sealed in model.tflite (edge/contract.py), and
+# the manifest may describe an embedding output and rejection.
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 CPU_MODEL = "model.tflite"
 EDGETPU_MODEL = "model_edgetpu.tflite"
@@ -144,6 +146,8 @@ def write_bundle(out_dir: str | os.PathLike, models: dict[str, bytes], manifest:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if CPU_MODEL in models:  # seal what decides a cell's name into the model, so its sha256 covers it
+        models = {**models, CPU_MODEL: contract.embed(models[CPU_MODEL], contract.contract_of(manifest))}
     for name, data in models.items():
         _atomic_write(out / name, data)
         manifest.files[name] = hashlib.sha256(data).hexdigest()
@@ -160,6 +164,7 @@ def write_bundle(out_dir: str | os.PathLike, models: dict[str, bytes], manifest:
 class Bundle:
     path: Path
     manifest: Manifest
+    signature: object = None  # edge.signing.Signature, verified, when the bundle is signed
 
     @property
     def labels(self) -> list[str]:
@@ -202,13 +207,15 @@ class Bundle:
             raise BundleError(f"{manifest_path}: manifest must be a JSON object")
         version = raw.get("schema_version")
         if version != SCHEMA_VERSION:
+            hint = " (written by edge 0.1: quantize it again with this version)" if version == 1 else ""
             raise BundleError(
-                f"{manifest_path}: unknown schema version {version!r} (this edge {__version__} reads {SCHEMA_VERSION})"
+                f"{manifest_path}: unknown schema version {version!r} (this edge {__version__} reads "
+                f"{SCHEMA_VERSION}){hint}"
             )
         try:
-            manifest = Manifest.from_dict(raw)
+            manifest = Manifest.from_dict(manifest_schema.validate(raw).model_dump())
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from None
+            raise BundleError(f"{manifest_path}: {exc}") from None
         if CPU_MODEL not in manifest.files:
             raise BundleError(f"{manifest_path}: lists no {CPU_MODEL}")
         for name, expected in manifest.files.items():
@@ -220,9 +227,28 @@ class Bundle:
                 raise BundleError(
                     f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…): tampered or corrupt"
                 )
-        n_out = manifest.output.shape[-1] if manifest.output.shape else None
-        if not manifest.labels or n_out != len(manifest.labels):
-            raise BundleError(
-                f"{manifest_path}: {len(manifest.labels)} labels but the model output has {n_out} classes"
-            )
-        return cls(root, manifest)
+        _check_contract(root, manifest)
+        from edge.signing import read_signature
+
+        return cls(root, manifest, read_signature(root))
+
+
+def _check_contract(root: Path, manifest: Manifest) -> None:
+    """The manifest must say what the model itself was sealed with (labels, preprocessing, flagging)."""
+    try:
+        sealed = contract.read((root / CPU_MODEL).read_bytes())
+    except ImportError:  # no TFLite runtime installed: nothing here could run the model either
+        return
+    except Exception as exc:  # the schema module's own error for bytes that are no TFLite model
+        raise BundleError(f"{root / CPU_MODEL}: not a TFLite model ({type(exc).__name__}: {exc})") from None
+    if sealed is None:
+        raise BundleError(
+            f"{root / CPU_MODEL}: carries no sealed labels and preprocessing (written before schema 2): "
+            "quantize it again with this version"
+        )
+    changed = contract.disagreements(manifest, sealed)
+    if changed:
+        raise BundleError(
+            f"{root / MANIFEST}: {', '.join(changed)} differ from what {CPU_MODEL} was sealed with: "
+            "the manifest was edited after edge quantize"
+        )

@@ -24,6 +24,7 @@ COMMANDS = {
     "run": "edge.commands.run:run",
     "bench": "edge.commands.bench:bench",
     "doctor": "edge.commands.doctor:doctor",
+    "sign": "edge.commands.sign:sign",
 }
 
 
@@ -48,7 +49,7 @@ def cli(debug):
     """Blood-cell classification on the microscope.
 
     \b
-    Device:   classify, eval, run, bench, doctor, info
+    Device:   classify, eval, run, bench, doctor, info, sign
     Training: train, weights, quantize, compile  (need the 'train' extra)
     """
 

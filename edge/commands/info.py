@@ -50,4 +50,12 @@ def info(bundle, as_json):
     lines.append(
         f"written by  {m.writer.get('name', '?')} {m.writer.get('version', '?')} at {m.writer.get('time', '?')}"
     )
+    s = b.signature
+    lines.append(
+        f"signed by   {s.signer!r} (key {s.key_id}) at {s.signed}" if s else "signed by   nobody (unsigned)"
+    )
+    if m.rejection:
+        lines.append(
+            f"rejection   {m.rejection.method}: unknown above {m.rejection.threshold:g} ({m.rejection.source})"
+        )
     click.echo("\n".join(lines))

@@ -30,6 +30,7 @@ from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
 from edge.predict import Classifier
+from edge.signing import require_trusted
 
 
 def log(message: str) -> None:
@@ -52,6 +53,8 @@ class Daemon:
     def _load(self) -> None:
         c = self.config
         self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
+        if c.trusted_keys:
+            require_trusted(self.bundle.path, c.trusted_keys)
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
         self.classifier = Classifier.open(
             self.bundle,
@@ -165,6 +168,7 @@ class Daemon:
                 "labels": self.bundle.labels,
                 "architecture": self.bundle.manifest.model.get("architecture", "?"),
                 "runtime": self.classifier.backend.describe(),
+                "signed_by": self.bundle.signature.signer if self.bundle.signature else None,
             },
             "source": {**self.source.describe(), **snap.pop("source")},
             "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},

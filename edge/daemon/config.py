@@ -149,6 +149,9 @@ class HttpConfig:
 @dataclass
 class DaemonConfig:
     bundle: str = DEFAULT_BUNDLE
+    # Public keys (base64, from `edge sign --new-key`) of whoever approves bundles here; when any are
+    # listed, a bundle without a valid signature by one of them is refused.
+    trusted_keys: list[str] = field(default_factory=list)
     source: SourceConfig = field(default_factory=SourceConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -239,6 +242,16 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return config
 
 
+def _is_public_key(text: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -269,6 +282,12 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
 def validate(c: DaemonConfig) -> None:
     """Range and consistency checks that the types alone cannot express."""
     _check(bool(c.bundle), "bundle", "must name a bundle directory")
+    for i, key in enumerate(c.trusted_keys):
+        _check(
+            _is_public_key(key),
+            f"trusted_keys[{i}]",
+            "expected a base64 Ed25519 public key (from edge sign --new-key)",
+        )
     s = c.source
     _check(bool(s.uri), "source.uri", "must not be empty (sim, replay:DIR, folder:DIR, opencv:0, picamera2)")
     _check(s.fps >= 0, "source.fps", f"must be >= 0, got {s.fps}")
