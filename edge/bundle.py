@@ -198,7 +198,11 @@ class Bundle:
             )
         manifest_path = root / MANIFEST
         if not manifest_path.exists():
-            raise BundleError(f"{manifest_path}: missing manifest")
+            inside = (
+                sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+            )
+            hint = f" ({root} holds the bundles {', '.join(inside)}: name one of them)" if inside else ""
+            raise BundleError(f"{manifest_path}: missing manifest{hint}")
         try:
             raw = json.loads(manifest_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

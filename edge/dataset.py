@@ -86,6 +86,19 @@ def expand_paths(paths: Iterable) -> list[Path]:
     return out
 
 
+def printable(path: str | os.PathLike) -> str:
+    """A file name as text that can always be printed, stored and read back: bytes that are not
+    UTF-8 (a name from another system, b"Zelle_\\xe4.jpg") become \\xNN escapes, and a backslash
+    itself becomes two, so two different names never print alike."""
+    raw = os.fsencode(path)
+    if b"\\" not in raw:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
 def normalize_label(name: str) -> str:
     """Folder names match labels regardless of case, underscores, hyphens and spaces."""
     return re.sub(r"[\s_\-]+", "", name).lower()

@@ -7,12 +7,14 @@ H x W x 3, so the model sees identical tensors on both sides (docs/design.md, "O
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import cv2
+import imagesize
 import numpy as np
 
 from edge.errors import ImageLoadError
@@ -77,10 +79,26 @@ class PreprocessSpec:
         return cls(**data)
 
 
+# Decoding a file allocates width x height x channels bytes before anyone can look at it: a 3 KB
+# PNG may declare 100000 x 100000 pixels. Files are refused from their header above this many pixels:
+# 64 MP is 8000 x 8000, well above microscope cameras (a Raspberry Pi HQ camera gives 12.3 MP).
+DEFAULT_MAX_PIXELS = 64_000_000
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(pixels: int) -> None:
+    """The pixel limit for this process, set once at start-up (`source.max_pixels`, `--max-pixels`)."""
+    global _max_pixels
+    if int(pixels) < 1:
+        raise ValueError(f"the pixel limit must be at least 1, not {pixels}")
+    _max_pixels = int(pixels)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file as OpenCV does (BGR / BGRA / gray, 8 or 16 bit), unchanged.
 
-    Raises ImageLoadError naming the file for a missing, unreadable, truncated or non-image file.
+    Raises ImageLoadError naming the file for a missing, unreadable, truncated, oversized or
+    non-image file.
     """
     path = Path(path)
     if not path.exists():
@@ -102,9 +120,26 @@ def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray
         raise ImageLoadError(name, "truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_MAGIC) and _PNG_IEND not in data[-64:]:
         raise ImageLoadError(name, "truncated PNG (no IEND chunk)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:  # the declared size, from the header alone (imagesize reads PNG, JPEG, GIF, BMP, TIFF, WebP...)
+        width, height = imagesize.get(io.BytesIO(data))
+    except Exception:  # an unreadable header: let the decoder judge the file
+        width = height = -1
+    if width > 0 and height > 0 and width * height > _max_pixels:
+        raise ImageLoadError(
+            name, f"declares {width} x {height} pixels, over the limit of {_max_pixels:,} (max_pixels)"
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
+        raise ImageLoadError(name, f"cannot decode ({str(exc).strip().splitlines()[-1][:120]})") from None
+    except MemoryError:
+        raise ImageLoadError(name, "too large to decode in the memory available") from None
     if image is None or image.size == 0:
         raise ImageLoadError(name, "not a decodable image")
+    if image.shape[0] * image.shape[1] > _max_pixels:  # a header imagesize could not read lied
+        raise ImageLoadError(
+            name, f"{image.shape[1]} x {image.shape[0]} pixels, over the limit of {_max_pixels:,}"
+        )
     return image
 
 

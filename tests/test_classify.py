@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +145,30 @@ def test_classify_real_microscope_jpegs(tiny_bundle, realdata):
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["path"] for r in records] == [str(f) for f in files]
     assert all(r["timings_ms"]["decode"] > 0 and r["timings_ms"]["preprocess"] > 0 for r in records)
+
+
+def test_names_that_are_not_utf8_are_printed_escaped_in_every_format(tiny_bundle, synthetic_split, tmp_path):
+    # Issue 15, defect 6: text and CSV output aborted on a non-UTF-8 file name; nothing after it printed.
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    good = sorted((synthetic_split / "val" / "round").iterdir())
+    shutil.copy(good[0], os.fsencode(folder) + b"/b_Zelle_\xe4.jpg")
+    shutil.copy(good[1], folder / "z_after.jpg")
+    for fmt in ([], ["--csv"]):
+        proc = edge("classify", tiny_bundle, folder, *fmt)
+        assert proc.returncode == 0, proc.stderr
+        assert "b_Zelle_\\xe4.jpg" in proc.stdout and "z_after.jpg" in proc.stdout, (fmt, proc.stdout)
+    proc = edge("classify", tiny_bundle, folder, "--json")
+    names = [Path(json.loads(line)["path"]).name for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and names == ["b_Zelle_\\xe4.jpg", "z_after.jpg"]
+
+
+def test_a_folder_of_bundles_and_a_missing_file_get_a_hint_and_no_speed(tiny_bundle, tmp_path):
+    # Issue 15, defect 9: `edge classify models ...` said "missing manifest" with no hint, and a
+    # missing file printed a throughput line.
+    models = tmp_path / "models"
+    shutil.copytree(tiny_bundle, models / "tiny-int8")
+    proc = edge("classify", models, tmp_path / "nothing.jpg")
+    assert proc.returncode == 3 and "holds the bundles tiny-int8" in proc.stderr
+    proc = edge("classify", tiny_bundle, tmp_path / "nothing.jpg")
+    assert proc.returncode == 1 and "file not found" in proc.stderr and "images/s" not in proc.stderr

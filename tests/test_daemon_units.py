@@ -300,3 +300,24 @@ def test_alerts_count_only_confident_known_cells_and_wait_for_100_of_them():
     (alert,) = d.alerts()
     assert [a.name for a in fired] == ["blast fraction"] and alert.active
     assert alert.interval[0] < alert.fraction < alert.interval[1]
+
+
+def test_rate_meters_stay_bounded_when_no_one_reads_them():
+    # Issue 15, defect 3: the fps meters were trimmed only inside rate(): 128 B a frame with --http off.
+    from edge.daemon.telemetry import RateMeter
+
+    meter = RateMeter(window_s=10.0)
+    for i in range(100_000):
+        meter.tick(now=i * 0.1)  # 10 fps for 10,000 s, never read
+    assert len(meter.times) <= 101
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1.0"])
+def test_timing_settings_refuse_nan_infinity_and_negatives(tmp_path, value):
+    # Issue 15, defect 8: settle_s, poll_s and dwell_s accepted NaN, infinity and negatives.
+    for key in ("folder]\nsettle_s", "folder]\npoll_s", "sim]\ndwell_s"):
+        cfg = tmp_path / "c.toml"
+        section, name = key.split("]\n")
+        cfg.write_text(f"[source.{section}]\n{name} = {value}\n")
+        with pytest.raises(ConfigError, match=f"source.{section}.{name}: "):
+            load_config(cfg)

@@ -228,3 +228,38 @@ def test_lab_tables_give_the_same_bytes_for_every_resize_option(interpolation, a
             size,
             antialias,
         )
+
+
+def test_an_image_that_declares_too_many_pixels_is_refused_from_its_header(tmp_path):
+    # Issue 15, defect 1: a 3 KB PNG declaring 100000 x 100000 pixels crashed the daemon (cv2.error),
+    # and a real 30000 x 30000 PNG took 5.5 GB before failing.
+    import struct
+    import zlib
+
+    def png(width, height, rows=b""):
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b"")
+        )
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png(100_000, 100_000))
+    with pytest.raises(ImageLoadError, match="declares 100000 x 100000 pixels, over the limit"):
+        load_image(bomb)
+    from edge import preprocess as pp
+
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), np.zeros((40, 50, 3), np.uint8))
+    assert load_image(small).shape == (40, 50, 3)
+    pp.set_max_pixels(1000)
+    try:
+        with pytest.raises(ImageLoadError, match="declares 50 x 40 pixels"):
+            load_image(small)
+    finally:
+        pp.set_max_pixels(pp.DEFAULT_MAX_PIXELS)

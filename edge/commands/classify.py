@@ -12,7 +12,7 @@ import click
 from edge.batch import ImageResult, classify_paths
 from edge.bundle import Bundle
 from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
-from edge.dataset import IMAGE_SUFFIXES, expand_paths
+from edge.dataset import IMAGE_SUFFIXES, expand_paths, printable
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
 
@@ -32,17 +32,17 @@ CSV_FIELDS = [
 
 def _record(result: ImageResult) -> dict:
     if not result.ok:
-        return {"path": str(result.path), "error": result.error}
-    return {"path": str(result.path), **result.prediction.to_dict()}
+        return {"path": printable(result.path), "error": result.error}
+    return {"path": printable(result.path), **result.prediction.to_dict()}
 
 
 def _csv_row(result: ImageResult) -> dict:
     if not result.ok:
-        return {"path": str(result.path), "error": result.error}
+        return {"path": printable(result.path), "error": result.error}
     p = result.prediction
     t = p.timings_ms
     return {
-        "path": str(result.path),
+        "path": printable(result.path),
         "label": p.label,
         "confidence": f"{p.confidence:.6f}",
         "margin": f"{p.margin:.6f}",
@@ -61,7 +61,7 @@ def _text_line(result: ImageResult) -> str:
     flag = "UNCERTAIN" if p.uncertain else "ok"
     others = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top_k[1:])
     ms = t.get("decode", 0) + t.get("preprocess", 0) + t.get("invoke", 0)
-    return f"{result.path}\t{p.label}\t{p.confidence:.3f}\t{flag}\t{others}\t{ms:.1f} ms"
+    return f"{printable(result.path)}\t{p.label}\t{p.confidence:.3f}\t{flag}\t{others}\t{ms:.1f} ms"
 
 
 @click.command()
@@ -138,7 +138,7 @@ def classify(
         for result in results:
             if not result.ok:
                 failed += 1
-                click.echo(f"error: {result.path}: {result.error}", err=True)
+                click.echo(f"error: {printable(result.path)}: {result.error}", err=True)
             else:
                 uncertain += result.prediction.uncertain
             if fmt == "json":
@@ -150,6 +150,9 @@ def classify(
     seconds = time.perf_counter() - t0
     info = classifiers[0].backend.describe()
     ok = len(files) - failed
+    if not ok:  # nothing was classified: a speed would mean nothing
+        click.echo(f"0 classified, {failed} failed", err=True)
+        return 1
     click.echo(
         f"{ok} classified, {uncertain} uncertain, {failed} failed in {seconds:.1f} s "
         f"({len(files) / seconds:.1f} images/s; {info['backend']}, {info['runtime']} {info['runtime_version']}, "

@@ -14,7 +14,7 @@ import numpy as np
 from edge.batch import Throughput, classify_paths, classify_sequential, timed
 from edge.bundle import Bundle
 from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
-from edge.dataset import load_one, scan_labelled
+from edge.dataset import load_one, printable, scan_labelled
 from edge.errors import EdgeError
 from edge.metrics import format_report
 from edge.predict import Classifier, uncertainty_rule
@@ -155,7 +155,7 @@ def eval_(
         results, pipeline = timed(stream)
     errors = [r for r in results if not r.ok]
     for r in errors:
-        click.echo(f"error: {r.path}: {r.error}", err=True)
+        click.echo(f"error: {printable(r.path)}: {r.error}", err=True)
     good = [(r, item) for r, item in zip(results, images.items, strict=True) if r.ok]
     if not good:
         raise EdgeError(f"{labelled_dir}: none of the {len(paths)} images could be read")
@@ -198,7 +198,7 @@ def eval_(
     report.update(
         n_files=len(paths),
         n_failed=len(errors),
-        errors=[{"path": str(r.path), "error": r.error} for r in errors],
+        errors=[{"path": printable(r.path), "error": r.error} for r in errors],
         folders=folders,
         dataset=str(Path(labelled_dir)),
         bundle={"path": str(model.path), "sha256": model.sha256, "model": model.manifest.model},

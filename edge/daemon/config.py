@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -192,6 +193,8 @@ def _convert(value, hint, key: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
+        if not math.isfinite(value):  # TOML has nan and inf: no setting here means either
+            raise ConfigError(f"{key}: expected a finite number, got {value}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -316,6 +319,9 @@ def validate(c: DaemonConfig) -> None:
     )
     _check(p2.settle_s >= 0, "source.picamera2.settle_s", "must be >= 0")
     _check(s.folder.poll_s > 0, "source.folder.poll_s", "must be > 0")
+    _check(s.folder.settle_s >= 0, "source.folder.settle_s", f"must be >= 0, got {s.folder.settle_s}")
+    _check(s.sim.dwell_s > 0, "source.sim.dwell_s", f"must be > 0, got {s.sim.dwell_s}")
+    _check(s.sim.prerender >= 0, "source.sim.prerender", "must be >= 0")
     _check(
         s.sim.width >= 64 and s.sim.height >= 64, "source.sim.width", "sim frames must be at least 64 x 64"
     )

@@ -22,12 +22,17 @@ class RateMeter:
         self.times: deque[float] = deque()
 
     def tick(self, now: float | None = None) -> None:
-        self.times.append(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        self.times.append(now)
+        self._trim(now)  # at insert: nothing may grow while no one reads the rate (no page open)
+
+    def _trim(self, now: float) -> None:
+        while self.times and now - self.times[0] > self.window_s:
+            self.times.popleft()
 
     def rate(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        while self.times and now - self.times[0] > self.window_s:
-            self.times.popleft()
+        self._trim(now)
         if len(self.times) < 2:
             return 0.0
         span = max(now - self.times[0], 1e-6)

@@ -7,11 +7,14 @@ does. When it fails, the error says what to check, from what this machine shows 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes.util
+import gc
 import glob
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +178,25 @@ def diagnose(device: str | None, error: BaseException | str, found: EdgeTpuProbe
     )
 
 
+@contextlib.contextmanager
+def _quiet_failed_delegate():
+    """When libedgetpu is missing, LiteRT's Delegate object fails in its __init__, and its __del__
+    then prints "AttributeError: 'Delegate' object has no attribute '_library'" as an ignored
+    exception. Our one-line error says what happened; that traceback only alarms."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, AttributeError) and "_library" in str(unraisable.exc_value)):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()  # the failed Delegate goes now, while the hook is in place
+        sys.unraisablehook = previous
+
+
 @dataclass
 class Options:
     device: str | None = None  # "usb", "usb:0", "pci:0", ...; None: the first Edge TPU found
@@ -198,7 +220,8 @@ class Backend(TFLiteBackend):
             raise RuntimeUnavailableError(str(exc)) from None
         delegate_options = {"device": self.device} if self.device else {}
         try:
-            delegate = runtime.load_delegate(EDGETPU_LIBRARY, delegate_options)
+            with _quiet_failed_delegate():
+                delegate = runtime.load_delegate(EDGETPU_LIBRARY, delegate_options)
         except (ValueError, OSError) as exc:  # ValueError: no device; OSError: no libedgetpu
             raise RuntimeUnavailableError(diagnose(self.device, exc)) from None
         self.delegate = delegate  # the interpreter must not outlive it
