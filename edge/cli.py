@@ -24,6 +24,8 @@ COMMANDS = {
     "run": "edge.commands.run:run",
     "bench": "edge.commands.bench:bench",
     "doctor": "edge.commands.doctor:doctor",
+    "review": "edge.commands.review:review",
+    "report": "edge.commands.report:report",
 }
 
 
@@ -49,6 +51,7 @@ def cli(debug):
 
     \b
     Device:   classify, eval, run, bench, doctor, info
+    Lab:      review (export), report (HTML, PDF, FHIR)
     Training: train, weights, quantize, compile  (need the 'train' extra)
     """
 
