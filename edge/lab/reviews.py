@@ -14,6 +14,7 @@ Queries name their columns: other work adds columns to `results`.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -108,6 +109,7 @@ class ReviewBook:
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.lock = threading.RLock()
+        self._summaries: dict[str, tuple[float, dict]] = {}
 
     def close(self) -> None:
         with self.lock:
@@ -131,6 +133,51 @@ class ReviewBook:
             " FROM sessions s ORDER BY s.started DESC"
         ).fetchall()
         return [{**dict(r), "sign": asdict(self.sign_state(r["id"]))} for r in rows]
+
+    def labels(self, session_id: str) -> list[str]:
+        """What a reviewer may choose for this session's cells: the model's labels and 'unknown'."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT probabilities FROM results WHERE session_id = ? LIMIT 1", (session_id,)
+            ).fetchone()
+        labels = sorted(json.loads(row["probabilities"])) if row else []  # every row holds all labels
+        return labels + ([UNKNOWN] if UNKNOWN not in labels else [])
+
+    def model_counts(self, session_id: str) -> dict[str, int]:
+        """The model's cells per label in a session (a slide that is not the live one)."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT label, COUNT(*) AS n FROM results WHERE session_id = ? GROUP BY label", (session_id,)
+            ).fetchall()
+        return {r["label"]: r["n"] for r in rows}
+
+    def alert_classes(self, session_id: str) -> list[str]:
+        """The session's archive.alert_classes, as the daemon was configured when it recorded it."""
+        config = json.loads(self.session(session_id)["config"] or "{}")
+        return list((config.get("archive") or {}).get("alert_classes") or [])
+
+    def summary(
+        self, session_id: str, model_counts: dict, count_uncertain: bool = True, max_age_s: float = 2.0
+    ) -> dict:
+        """For the live page: sign state, queue size, cells still to review, and the verified count per
+        label (the model's counts with the reviews applied). Cached for `max_age_s`: the page polls."""
+        now = time.monotonic()
+        cached = self._summaries.get(session_id)
+        if cached and now - cached[0] < max_age_s:
+            return cached[1]
+        queue = self.queue(session_id, self.alert_classes(session_id))
+        delta = self.verified_delta(session_id, count_uncertain)
+        verified = {k: v + delta.get(k, 0) for k, v in model_counts.items()}
+        verified.update({k: v for k, v in delta.items() if k not in verified and v > 0})
+        result = {
+            "session_id": session_id,
+            "sign": asdict(self.sign_state(session_id)),
+            "queue": len(queue),
+            "pending": sum(c.review is None for c in queue),
+            "verified": verified,
+        }
+        self._summaries[session_id] = (now, result)
+        return result
 
     def latest_reviews(self, session_id: str) -> dict[int, Review]:
         """result id -> its latest review."""
@@ -230,6 +277,7 @@ class ReviewBook:
                 "INSERT INTO reviews(result_id, session_id, label, reviewer, ts) VALUES (?,?,?,?,?)",
                 (int(result_id), session_id, label, reviewer, now),
             )
+        self._summaries.pop(session_id, None)
         return Review(label, reviewer, now)
 
     def sign(self, session_id: str, name: str, alert_classes) -> SignState:
@@ -256,6 +304,7 @@ class ReviewBook:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
+        self._summaries.pop(session_id, None)
         return self.sign_state(session_id)
 
     def reopen(self, session_id: str, name: str, note: str = "") -> SignState:
@@ -270,4 +319,5 @@ class ReviewBook:
                 " VALUES (?,?,?,?,0,0,?)",
                 (session_id, "reopen", name, time.time(), " ".join(str(note).split())[:200]),
             )
+        self._summaries.pop(session_id, None)
         return self.sign_state(session_id)
