@@ -7,8 +7,9 @@ The Bundle is a `transaction`, what a FHIR server takes at its base URL in one P
 - one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
   white cells), coded with LOINC where edge.lab.catalogue has a checked code and as text otherwise; the
   counts, the model's value and the 95 % interval are in the note;
-- DiagnosticReport: the slide id as identifier, the session's period, the observations, and the PDF
-  report when one was made. No Patient: the system stores no patient identifier; the laboratory
+- DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
+  (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
+  R4 allows no Device as a report's performer). No Patient: the system stores no patient identifier; the laboratory
   system links the slide id to its patient.
 Status is `preliminary` until the slide is signed, `final` after.
 """
@@ -188,8 +189,8 @@ def build_bundle(slide: Slide, pdf: bytes | None = None):
 
     alerts = [a for a in slide.alerts() if a.verified_active]
     conclusion = (
-        "; ".join(f"alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts)
-        or "no alert rule firing"
+        "; ".join(f"Alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts)
+        or "No alert rule firing"
     )
     report = diagnosticreport.DiagnosticReport(
         identifier=[identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id)],
@@ -202,7 +203,6 @@ def build_bundle(slide: Slide, pdf: bytes | None = None):
         code=CodeableConcept(text="White-cell differential, image classification of a stained blood slide"),
         effectivePeriod=period,
         issued=issued,
-        performer=[{"reference": device_url, "display": f"edge-hemato on {slide.host}"}],
         resultsInterpreter=interpreter or None,
         result=results,
         conclusion=f"{INTENDED_USE} {conclusion}.",
