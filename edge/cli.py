@@ -25,6 +25,8 @@ COMMANDS = {
     "bench": "edge.commands.bench:bench",
     "doctor": "edge.commands.doctor:doctor",
     "sign": "edge.commands.sign:sign",
+    "review": "edge.commands.review:review",
+    "report": "edge.commands.report:report",
 }
 
 
@@ -50,6 +52,7 @@ def cli(debug):
 
     \b
     Device:   classify, eval, run, bench, doctor, info, sign
+    Lab:      review (export), report (HTML, PDF, FHIR)
     Training: train, weights, quantize, compile  (need the 'train' extra)
     """
 

@@ -29,6 +29,7 @@ from edge.daemon.sources import SourceError, open_source
 from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
+from edge.lab.reviews import ReviewBook
 from edge.predict import Classifier
 from edge.signing import require_trusted
 
@@ -71,6 +72,8 @@ class Daemon:
             raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
         # A new session per start unless one is named; the random suffix keeps two starts within a
         # second (a crash loop, a quick restart) from silently merging into one session.
+        # Reviews and sign-off from the page, on a connection of their own (edge/lab/reviews.py).
+        self.reviews = ReviewBook(c.store.db)
         self.session_id = c.store.session or (
             dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
         )
@@ -186,6 +189,9 @@ class Daemon:
             "archive": {**archive, "recent": list(self.archive.recent)},
             "last_result": last,
             "warnings": self.warnings,
+            "review": self.reviews.summary(
+                self.session_id, dict(self.differential.counts), self.config.differential.count_uncertain
+            ),
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -239,6 +245,7 @@ class Daemon:
             reason = self.pipeline.run()
         finally:
             self.notifier.stopping()
+            self.reviews.close()
             self.store.close()
             if self.web:
                 self.web.stop()

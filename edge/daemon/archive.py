@@ -48,6 +48,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def crop_stem(frame_id: int, crop_index: int, label: str) -> str:
+    """The file name (without suffix) of a flagged cell: how a results row finds its crop again."""
+    return f"{frame_id:07d}_{crop_index}_{label}"
+
+
 class FlaggedArchive:
     def __init__(self, config: ArchiveConfig, root: Path, session_id: str, max_recent: int = 12):
         self.config = config
@@ -95,7 +100,7 @@ class FlaggedArchive:
         if self.paused:
             self.skipped_low_disk += 1
             return None
-        stem = f"{meta['frame_id']:07d}_{meta['crop_index']}_{meta['label']}"
+        stem = crop_stem(meta["frame_id"], meta["crop_index"], meta["label"])
         try:
             ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(self.config.jpeg_quality)])
             if not ok:

@@ -77,6 +77,30 @@ CREATE TABLE IF NOT EXISTS results (
     FOREIGN KEY (session_id, frame_id) REFERENCES frames(session_id, frame_id)
 );
 CREATE INDEX IF NOT EXISTS results_by_session ON results(session_id, label);
+-- A technician's look at one cell (edge/lab/reviews.py): confirmed or reclassified. Append-only and
+-- never written into `results`, so the model's answer stays as it was; a cell's latest review wins.
+CREATE TABLE IF NOT EXISTS reviews (
+    id          INTEGER PRIMARY KEY,
+    result_id   INTEGER NOT NULL REFERENCES results(id),
+    session_id  TEXT NOT NULL,
+    label       TEXT NOT NULL,
+    reviewer    TEXT NOT NULL,
+    ts          REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_by_session ON reviews(session_id, result_id);
+-- Signing a slide, and re-opening it: an event log, the latest event of a session is its state. A
+-- signature covers the session's cells up to last_result_id (a live slide may gain cells after it).
+CREATE TABLE IF NOT EXISTS signoffs (
+    id              INTEGER PRIMARY KEY,
+    session_id      TEXT NOT NULL REFERENCES sessions(id),
+    action          TEXT NOT NULL CHECK (action IN ('sign', 'reopen')),
+    name            TEXT NOT NULL,
+    ts              REAL NOT NULL,
+    cells           INTEGER NOT NULL,
+    last_result_id  INTEGER NOT NULL,
+    note            TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS signoffs_by_session ON signoffs(session_id);
 """
 
 

@@ -203,6 +203,10 @@ def create_app(daemon, token: str = "") -> Flask:
     def healthz():
         return Response("ok\n", mimetype="text/plain")
 
+    if getattr(daemon, "reviews", None) is not None:  # the review queue and sign-off (review_api.py)
+        from edge.daemon.review_api import review_blueprint
+
+        app.register_blueprint(review_blueprint(daemon, STATIC, token))
     return app
 
 

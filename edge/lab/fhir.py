@@ -1,0 +1,267 @@
+"""A slide as an HL7 FHIR bundle (R4B models of fhir.resources: every resource is validated as it is
+built), and sending it to a laboratory system.
+
+The Bundle is a `transaction`, what a FHIR server takes at its base URL in one POST:
+- Device: this microscope's computer and the model bundle (name, sha256) that classified the cells;
+- Practitioner: the technician who signed (a name only), once the slide is signed;
+- one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
+  white cells), coded with LOINC where edge.lab.catalogue has a checked code and as text otherwise; the
+  counts, the model's value and the 95 % interval are in the note;
+- DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
+  (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
+  R4 allows no Device as a report's performer). No Patient: the system stores no patient identifier; the laboratory
+  system links the slide id to its patient.
+Status is `preliminary` until the slide is signed, `final` after.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from edge import __version__
+from edge.errors import EdgeError
+from edge.lab.catalogue import CellClass
+from edge.lab.report import INTENDED_USE
+from edge.lab.slide import ClassRow, Slide, iso
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+SLIDE_SYSTEM = "urn:edge-hemato:slide"  # identifier system of the slide id; a site may map it in its LIS
+DEVICE_SYSTEM = "urn:edge-hemato:device"
+# Namespace for the bundle's urn:uuid ids: the same slide and state give the same ids.
+NAMESPACE = uuid.UUID("4d0f6a52-5b8e-4f7e-9d53-0d7a3c1b2e60")
+
+
+class FhirError(EdgeError):
+    exit_code = 6
+
+
+def _models():
+    try:
+        from fhir.resources.R4B import (
+            bundle,
+            codeableconcept,
+            coding,
+            device,
+            diagnosticreport,
+            humanname,
+            identifier,
+            observation,
+            practitioner,
+        )
+    except ImportError as exc:
+        from edge.errors import MissingExtraError
+
+        raise MissingExtraError("edge report --fhir", "device", exc.name or "fhir.resources") from None
+    return (
+        bundle,
+        codeableconcept,
+        coding,
+        device,
+        diagnosticreport,
+        humanname,
+        identifier,
+        observation,
+        practitioner,
+    )
+
+
+def _urn(slide: Slide, *parts) -> str:
+    return "urn:uuid:" + str(
+        uuid.uuid5(NAMESPACE, "/".join([slide.session_id, str(slide.sign.ts), *map(str, parts)]))
+    )
+
+
+def _code(cls: CellClass, CodeableConcept, Coding):
+    if cls.loinc:
+        return CodeableConcept(
+            coding=[Coding(system=LOINC, code=cls.loinc.code, display=cls.loinc.display)], text=cls.display
+        )
+    # No checked LOINC term for this class: the name only, which a receiver can map.
+    return CodeableConcept(text=f"{cls.display} (image classification, % of white cells)")
+
+
+def _note(row: ClassRow) -> str:
+    m, v = row.model, row.verified
+    if row.per_100_white:
+        return f"verified {v.n} per {v.of} white cells; model {m.n} per {m.of}"
+    lo, hi = v.interval
+    return (
+        f"verified {v.n}/{v.of} white cells = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
+        f"model {m.n}/{m.of} = {m.percent:.1f} %"
+    )
+
+
+def build_bundle(slide: Slide, pdf: bytes | None = None):
+    """The slide as a validated fhir.resources R4B Bundle (type transaction)."""
+    (
+        bundle,
+        codeableconcept,
+        coding,
+        device,
+        diagnosticreport,
+        humanname,
+        identifier,
+        observation,
+        practitioner,
+    ) = _models()
+    CodeableConcept, Coding = codeableconcept.CodeableConcept, coding.Coding
+    status = "final" if slide.sign.signed else "preliminary"
+    issued = iso(time.time())
+    lab = CodeableConcept(
+        coding=[
+            Coding(system="http://terminology.hl7.org/CodeSystem/observation-category", code="laboratory")
+        ]
+    )
+    entries = []
+
+    def add(resource, url: str, if_none_exist: str | None = None):
+        request = {"method": "POST", "url": resource.get_resource_type()}
+        if if_none_exist:
+            request["ifNoneExist"] = if_none_exist
+        entries.append(
+            bundle.BundleEntry(fullUrl=url, resource=resource, request=bundle.BundleEntryRequest(**request))
+        )
+
+    device_key = f"{slide.host}/{slide.model_sha}"
+    device_url = _urn(slide, "device")
+    add(
+        device.Device(
+            identifier=[identifier.Identifier(system=DEVICE_SYSTEM, value=device_key)],
+            status="active",
+            deviceName=[
+                device.DeviceDeviceName(name=f"edge-hemato on {slide.host}", type="user-friendly-name"),
+                device.DeviceDeviceName(name=slide.bundle_name, type="model-name"),
+            ],
+            version=[
+                device.DeviceVersion(type=CodeableConcept(text="model sha256"), value=slide.model_sha),
+                device.DeviceVersion(
+                    type=CodeableConcept(text="software"), value=f"edge-hemato {__version__}"
+                ),
+            ],
+            note=[{"text": INTENDED_USE}],
+        ),
+        device_url,
+        if_none_exist=f"identifier={DEVICE_SYSTEM}|{device_key}",
+    )
+    interpreter = []
+    if slide.sign.signed:
+        signer_url = _urn(slide, "signer")
+        add(practitioner.Practitioner(name=[humanname.HumanName(text=slide.sign.name)]), signer_url)
+        interpreter = [{"reference": signer_url, "display": slide.sign.name}]
+
+    period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
+    results = []
+    for row in slide.rows():
+        cls = row.cls
+        unit, unit_code = ("/100 WBC", "/100{WBCs}") if row.per_100_white else ("%", "%")
+        url = _urn(slide, "observation", cls.label)
+        add(
+            observation.Observation(
+                status=status,
+                category=[lab],
+                code=_code(cls, CodeableConcept, Coding),
+                effectivePeriod=period,
+                issued=issued,
+                valueQuantity={
+                    "value": round(row.verified.percent, 1),
+                    "unit": unit,
+                    "system": UCUM,
+                    "code": unit_code,
+                },
+                method=CodeableConcept(
+                    text="image classification of stained cells"
+                    + (", reviewed by a technician" if slide.sign.signed else "")
+                ),
+                device={"reference": device_url},
+                performer=interpreter or None,
+                note=[{"text": _note(row)}],
+            ),
+            url,
+        )
+        results.append({"reference": url, "display": cls.display})
+
+    alerts = [a for a in slide.alerts() if a.verified_active]
+    conclusion = (
+        "; ".join(f"Alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts)
+        or "No alert rule firing"
+    )
+    report = diagnosticreport.DiagnosticReport(
+        identifier=[identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id)],
+        status=status,
+        category=[
+            CodeableConcept(
+                coding=[Coding(system="http://terminology.hl7.org/CodeSystem/v2-0074", code="HM")]
+            )
+        ],
+        code=CodeableConcept(text="White-cell differential, image classification of a stained blood slide"),
+        effectivePeriod=period,
+        issued=issued,
+        resultsInterpreter=interpreter or None,
+        result=results,
+        conclusion=f"{INTENDED_USE} {conclusion}.",
+        presentedForm=[
+            {
+                "contentType": "application/pdf",
+                "data": base64.b64encode(pdf).decode(),
+                "title": f"{slide.session_id}.pdf",
+            }
+        ]
+        if pdf
+        else None,
+    )
+    add(report, _urn(slide, "report"))
+    return bundle.Bundle(type="transaction", timestamp=issued, entry=entries)
+
+
+def bundle_json(resource) -> str:
+    return resource.model_dump_json(indent=2, exclude_none=True)
+
+
+def post_bundle(
+    url: str, body: str, retries: int = 3, timeout_s: float = 15.0, backoff_s: float = 1.0, log=print
+) -> int:
+    """POST the bundle to a FHIR server; retries (backoff doubling) on network errors, 408, 429 and
+    5xx. Returns the HTTP status; a refusal (other 4xx) or the last failure is a FhirError."""
+    data = body.encode()
+    last = ""
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+        request = urllib.request.Request(
+            url,
+            data=data,
+            method="POST",
+            headers={
+                "Content-Type": "application/fhir+json",
+                "Accept": "application/fhir+json",
+                "User-Agent": f"edge-hemato/{__version__} ({socket.gethostname()})",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code} {_outcome(exc.read())}".strip()
+            if exc.code not in (408, 429) and exc.code < 500:
+                raise FhirError(f"{url}: the server refused the bundle: {last}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(getattr(exc, "reason", exc))
+        if attempt < retries:
+            log(f"fhir: {url}: {last}; retrying ({attempt + 1}/{retries})")
+    raise FhirError(f"{url}: not sent after {retries + 1} attempts ({last})")
+
+
+def _outcome(body: bytes) -> str:
+    """The first diagnostic of an OperationOutcome, or the start of whatever came back."""
+    try:
+        issues = json.loads(body).get("issue") or []
+        return "; ".join(i.get("diagnostics") or i.get("code", "") for i in issues)[:200]
+    except (ValueError, AttributeError):
+        return body.decode(errors="replace").strip().splitlines()[0][:200] if body.strip() else ""
