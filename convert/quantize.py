@@ -41,6 +41,7 @@ from convert.tflite_export import (
     INT8_SETTINGS,
     PRECISIONS,
     bundle_from_tflite,
+    convert_model,
     make_converter,
     tensor_specs,
     with_embedding,
@@ -198,7 +199,7 @@ def conversion_step(req: QuantizeRequest, fixes: Fixes, calib: CalibrationSet) -
     )
     model = with_embedding(fixes.model, req.reject_layer) if req.reject != "none" else fixes.model
     representative = calib.generator() if req.precision == "int8" else None
-    return make_converter(model, req.precision, representative).convert()
+    return convert_model(make_converter(model, req.precision, representative))
 
 
 def thresholds_step(
@@ -285,11 +286,29 @@ def fidelity_step(
             make_converter(fixes.model, "int8", calib.generator()), calib.images
         )
     flags = flag_stats(quant_p, ev.y, uncertainty)
+    uncertainty.warning = flag_warning(flags, ev.split)
     metrics = _metrics(report, quant_p, ev.y, src.labels, flags, req.command_line())
     return Fidelity(
         report,
         metrics,
         {"split": ev.split, "fingerprint": ev.fingerprint, "n": len(ev), "skipped": ev.skipped},
+    )
+
+
+# Below this share of its errors caught on the evaluation split, the flag is said not to work.
+MIN_ERRORS_CAUGHT = 0.5
+
+
+def flag_warning(flags: dict, split: str) -> str | None:
+    """The loud sentence for a model whose uncertainty rule cannot tell its errors from its correct
+    answers (thresholds set on training images, where a weak model is confident too)."""
+    errors, caught = flags["errors_total"], flags["errors_flagged"]
+    if errors < 5 or caught / errors >= MIN_ERRORS_CAUGHT:
+        return None
+    return (
+        f"the uncertainty rule flags {flags['flagged_fraction'] * 100:.1f}% of cells of {split} but catches only "
+        f"{caught} of the model's {errors} errors there: it cannot separate this model's errors from its "
+        "correct answers, so an unflagged answer is not a checked one"
     )
 
 
@@ -443,5 +462,12 @@ def summary(result: QuantizeResult) -> str:
 
 def print_summary(result: QuantizeResult) -> None:
     print(summary(result))
+    warning = result.manifest.uncertainty.warning
+    if warning:
+        bar = "!" * 78
+        print(
+            f"{bar}\nWARNING: {warning}. Recorded in the manifest (uncertainty.warning).\n{bar}",
+            file=sys.stderr,
+        )
     if result.fidelity is not None and result.fidelity.exceeds_threshold:
         print(loss_warning(result.fidelity), file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from collections.abc import Callable, Iterable
 
@@ -87,7 +89,22 @@ def to_tflite(
     [batch] lists, from the calibration set (never the evaluation split). `static_batch` fixes the
     batch dimension (default 1, as the Edge TPU requires); None keeps it dynamic.
     """
-    return make_converter(model, precision, representative, static_batch).convert()
+    return convert_model(make_converter(model, precision, representative, static_batch))
+
+
+# Set by the commands unless --verbose: Keras's export prints every captured tensor of the model
+# ("Saved artifact at ... TensorSpec(...)", hundreds of lines for MobileNetV2) on each conversion.
+QUIET = False
+
+
+def convert_model(converter) -> bytes:
+    """converter.convert(), with Keras's export listing kept off stdout when QUIET."""
+    if not QUIET:
+        return converter.convert()
+    from edge.native_log import TENSORFLOW_NOISE, held_stderr
+
+    with contextlib.redirect_stdout(io.StringIO()), held_stderr(TENSORFLOW_NOISE):
+        return converter.convert()
 
 
 def _spec(t) -> TensorSpec:

@@ -57,6 +57,9 @@ class Uncertainty:
     min_confidence: float = 0.6
     min_margin: float = 0.2
     source: str = "default"
+    # Set by edge quantize when, on its evaluation split, the rule catches too few of the model's
+    # errors: the flag then says little, and everyone who loads the bundle is told.
+    warning: str | None = None
 
 
 @dataclass

@@ -73,6 +73,7 @@ class UncertaintyModel(_Strict):
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     min_margin: float = Field(default=0.2, ge=0, le=1)
     source: str = "default"
+    warning: str | None = None
 
     @field_validator("min_confidence", "min_margin", mode="before")
     @classmethod

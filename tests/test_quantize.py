@@ -289,3 +289,37 @@ def test_reference_bundle_reproduces_its_val_accuracy_on_device_path(realdata):
     probs = np.concatenate([backend.run(ev.images[i : i + 32]) for i in range(0, len(ev), 32)])
     accuracy = float((probs.argmax(1) == ev.y).mean())
     assert accuracy == pytest.approx(bundle.manifest.metric("accuracy", "blood-5class/val").value, abs=1e-6)
+
+
+@pytest.mark.train
+def test_a_model_whose_flag_catches_no_error_is_warned_about_loudly(synthetic_split, tmp_path, capsys):
+    # Issue 15, defect 9: a weak model got thresholds at their floor and flagged 0 % of cells without
+    # a word. This one answers "dense" for every cell, confidently: 80 % wrong, nothing flagged.
+    from tests.tiny_model import build_tiny_keras
+
+    model = build_tiny_keras(5)
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([np.zeros_like(kernel), np.array([12.0, 0, 0, 0, 0], np.float32)])
+    model.save(tmp_path / "stubborn.keras")
+    code, out, err = _run(
+        [
+            "quantize",
+            str(tmp_path / "stubborn.keras"),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--eval",
+            str(synthetic_split / "val"),
+            "--out",
+            str(tmp_path / "q"),
+            "--calib-count",
+            "40",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert (
+        "WARNING: the uncertainty rule flags 0.0% of cells" in err
+        and "catches only 0 of the model's 32 errors" in err
+    )
+    warning = Bundle.load(tmp_path / "q").manifest.uncertainty.warning
+    assert warning and "cannot separate this model's errors" in warning

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 
 from edge.errors import MissingExtraError
 
@@ -10,8 +12,24 @@ from edge.errors import MissingExtraError
 _TRAIN_MODULES = ("tensorflow", "matplotlib", "albumentations", "imagehash", "tqdm")
 
 
-def require_train(command: str) -> None:
-    """Raise MissingExtraError unless the 'train' extra is importable."""
+def require_train(command: str, verbose: bool = False) -> None:
+    """Raise MissingExtraError unless the 'train' extra is importable; unless `verbose`, keep
+    TensorFlow's start-up chatter (CUDA probing on a CPU host, oneDNN notes, SavedModel loading)
+    off the terminal: nothing in it is for the user to act on. Its warnings about our data stay."""
     for name in _TRAIN_MODULES:
         if importlib.util.find_spec(name) is None:
             raise MissingExtraError(command, "train", name)
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+    warnings.filterwarnings(
+        "ignore", message="The structure of `inputs` doesn't match the expected structure"
+    )
+    from convert import tflite_export
+    from edge.native_log import TENSORFLOW_NOISE, held_stderr
+
+    with held_stderr(TENSORFLOW_NOISE):  # what TensorFlow prints when it loads, before its log level applies
+        import tensorflow  # noqa: F401
+    tflite_export.QUIET = True

@@ -54,6 +54,8 @@ def info(bundle, as_json):
     lines.append(
         f"signed by   {s.signer!r} (key {s.key_id}) at {s.signed}" if s else "signed by   nobody (unsigned)"
     )
+    if m.uncertainty.warning:
+        lines.append(f"WARNING     {m.uncertainty.warning}")
     if m.rejection:
         lines.append(
             f"rejection   {m.rejection.method}: unknown above {m.rejection.threshold:g} ({m.rejection.source})"

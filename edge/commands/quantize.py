@@ -107,7 +107,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     show_default=True,
     help="Project the embedding on this many principal components first (0: no projection).",
 )
-def quantize(**options):
+@click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log and the converter's output.")
+def quantize(verbose, **options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
     \b
@@ -115,7 +116,7 @@ def quantize(**options):
       edge quantize runs/mobilenetv2 --calib data/blood-5class/train \\
           --eval data/blood-5class/val --out models/mobilenetv2-int8
     """
-    require_train("edge quantize")
+    require_train("edge quantize", verbose)
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 

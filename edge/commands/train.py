@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from edge.commands._extras import require_train
@@ -144,8 +142,9 @@ _CONFIGURABLE = (
     type=click.Path(dir_okay=False, path_type=str),
     help="Rerun from RUN_DIR/config.json; options given here override it.",
 )
+@click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log.")
 @click.pass_context
-def train(ctx, data_dirs, extra_data, out, config_path, **options):
+def train(ctx, data_dirs, extra_data, out, config_path, verbose, **options):
     """Train a classifier from DATA_DIR/<class>/<image> folders (one or more sources) into RUN_DIR.
 
     Byte-identical files found in several sources are counted once; the same bytes under two labels
@@ -158,8 +157,7 @@ def train(ctx, data_dirs, extra_data, out, config_path, **options):
       edge train --data pbc-8class/train --data blood-5class/train --map seg_neutrophil=neutrophil \\
                  --val-dir pbc-8class/val --val-dir blood-5class/val --out runs/differential
     """
-    require_train("edge train")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    require_train("edge train", verbose)
     from convert.pipeline import load_config, run
     from convert.train import TrainConfig
 

@@ -96,6 +96,8 @@ class Daemon:
             raise ConfigError(f"archive.dir: cannot use {c.archive_dir} ({exc.strerror or exc})") from None
         unknown = sorted(set(c.archive.alert_classes) - set(self.bundle.labels))
         self.warnings = list(self.differential.warnings)
+        if self.bundle.manifest.uncertainty.warning:
+            self.warnings.append(f"bundle: {self.bundle.manifest.uncertainty.warning}")
         if unknown:
             self.warnings.append(f"archive.alert_classes: {', '.join(unknown)} not labels of this model")
         for w in self.warnings:

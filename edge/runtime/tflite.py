@@ -11,17 +11,16 @@ dtype) and `dequantize` (raw uint8/int8 scores -> float32), both in int64 arithm
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
-import sys
-import tempfile
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge.native_log import LITERT_NOISE, held_stderr
 
 # Import order matters: tflite_runtime 2.14 (its last release) fails to import beside NumPy 2.
 RUNTIMES = {
@@ -133,35 +132,6 @@ def to_float(raw: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     return raw.astype(np.float32)
 
 
-# What LiteRT's C++ logger prints on every start and nobody can act on; it has no Python switch.
-_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
-
-
-@contextlib.contextmanager
-def quiet_native_info():
-    """Hold file descriptor 2 while the runtime starts, then pass on everything but its INFO lines:
-    warnings and errors from C++ still reach the user. (`edge doctor` looks for the XNNPACK line in a
-    child process of its own.)"""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (a detached service): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        sys.stderr.flush()
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = [line for line in held.read().splitlines(keepends=True) if line.rstrip() not in _NOISE]
-            if lines:
-                os.write(2, b"".join(lines))
-
-
 def make_interpreter(
     model: str | os.PathLike | bytes,
     runtime: TFLiteRuntime,
@@ -209,7 +179,7 @@ class TFLiteModel:
         self.xnnpack = bool(xnnpack)
         self.resizable_batch = resizable_batch
         self.source = "<bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
-        with quiet_native_info():
+        with held_stderr(LITERT_NOISE):  # its INFO line on every start is not for the user
             self.interpreter = make_interpreter(model, self.rt, self.threads, self.xnnpack, delegates)
             self.interpreter.allocate_tensors()  # RuntimeError: the caller says which model and why
         self._pending: np.ndarray | None = None  # a batch a fixed-batch model runs image by image
