@@ -413,6 +413,27 @@ def test_a_message_the_broker_refuses_is_kept_and_sent_once_allowed(tiny_bundle,
         broker.stop()
 
 
+def test_mqtt_3_1_1_and_the_mqtt_flag(tiny_bundle, cells_dir, broker, tmp_path):
+    """An older broker protocol, and the broker given on the command line (the rest from the config)."""
+    broker.start()
+    lab = Collector(broker.port, "lab/#")
+    config = tmp_path / "edge.toml"
+    config.write_text('[mqtt]\nprefix = "lab"\ndevice = "scope-1"\nprotocol = "3.1.1"\n')
+    db = tmp_path / "results.db"
+    d = Daemon(
+        ["--bundle", tiny_bundle, "--source", f"replay:{cells_dir}", "--fps", 40, "--loop", "--db", db]
+        + ["--config", config, "--http", "off", "--mqtt", f"127.0.0.1:{broker.port}"],
+        tmp_path,
+    )
+    wait_for(lambda: len(lab.cell_ids()) >= 20, 60, "cells over MQTT 3.1.1")
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(30) == 0, d.stderr
+    counts = lab.wait_cells(committed_ids(db), timeout=30)
+    assert len(counts) == rows(db) and duplicates(counts) == 0
+    assert "as edge-run-scope-1 (p2," in broker.log_text()  # mosquitto logs the protocol: p2 is 3.1.1
+    lab.close()
+
+
 @pytest.mark.parametrize(
     "table, key",
     [

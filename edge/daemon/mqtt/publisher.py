@@ -279,8 +279,7 @@ class MqttPublisher:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and (self.connected or self._connecting_since is not None):
             self._drop_connection()  # on_disconnect has run when paho saw the loss itself
         if self._connecting_since is not None and now - self._connecting_since > CONNACK_TIMEOUT_S:
-            self._drop_connection()
-            self._failed(f"no answer (CONNACK) from {self.config.broker}")
+            self._drop_connection(f"no answer (CONNACK) from {self.config.broker}")
         if self.connected:
             self._publish_due(now)
         self._persist(now)
@@ -295,11 +294,11 @@ class MqttPublisher:
         except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS verification, ...
             self._failed(f"cannot connect to {self.config.broker}: {_reason(exc)}")
 
-    def _drop_connection(self) -> None:
+    def _drop_connection(self, message: str = "") -> None:
         """Give up on this connection; the next reconnect() closes its socket and opens a new one."""
         if self.connected or self._connecting_since is not None:
             self.connected, self._connecting_since = False, None
-            self._failed(self._refusal or f"connection to {self.config.broker} lost", log=True)
+            self._failed(message or self._refusal or f"connection to {self.config.broker} lost")
 
     def _failed(self, message: str, log: bool = True) -> None:
         self.state = "disconnected"
