@@ -31,6 +31,7 @@ def _overrides(**flags) -> dict:
         "lab": ("pipeline", "lab"),
         "archive": ("archive", "dir"),
         "http": ("http", "listen"),
+        "mqtt": ("mqtt", "host"),
     }
     table: dict = {}
     for name, value in flags.items():
@@ -41,6 +42,13 @@ def _overrides(**flags) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[key] = str(value) if name in ("bundle", "db", "archive") else value
+    mqtt = table.get("mqtt", {})
+    if mqtt.get("host"):  # HOST[:PORT]; off disables what the config file set
+        host, sep, port = mqtt["host"].rpartition(":")
+        if mqtt["host"].lower() == "off":
+            mqtt["host"] = ""
+        elif sep and port.isdigit() and not host.endswith(":"):
+            mqtt["host"], mqtt["port"] = host.strip("[]"), int(port)
     return table
 
 
@@ -63,6 +71,13 @@ def format_summary(s: dict) -> str:
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}",
     ]
+    m = s.get("mqtt") or {}
+    if m.get("enabled"):
+        lines.append(
+            f"  mqtt: {m['sent_cells']} cells and {m['sent_events']} alerts acknowledged by {m['broker']}, "
+            f"{m['queued']} queued for the next start, {m['reconnects']} reconnects"
+            + (f"; last error: {m['last_error']}" if m["last_error"] else "")
+        )
     if s.get("page"):
         lines.append(f"  page was: {s['page']}")
     return "\n".join(lines)
@@ -129,6 +144,11 @@ def format_summary(s: dict) -> str:
     type=click.Choice(["auto", "tables", "cvtcolor"]),
     help="CLAHE's LAB round trip: lookup tables built at start (~90 MB) or OpenCV's conversions; the same "
     "bytes [default: auto: tables where RAM allows].",
+)
+@click.option(
+    "--mqtt",
+    metavar="HOST[:PORT]",
+    help="Publish results to this MQTT broker (the rest of [mqtt] comes from --config), or off.",
 )
 @click.option(
     "--summary-json",

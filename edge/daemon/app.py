@@ -18,7 +18,7 @@ from edge import labtables
 from edge.bundle import Bundle
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Capturer
-from edge.daemon.config import ConfigError, DaemonConfig, parse_listen
+from edge.daemon.config import ConfigError, DaemonConfig, parse_listen, without_secrets
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode
 from edge.daemon.notify import SystemdNotifier
@@ -49,6 +49,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self.web = None
         self.url = None
+        self.mqtt = None
 
     # -- setup -------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -86,7 +87,7 @@ class Daemon:
             str(self.bundle.path),
             self.source.name,
             self.mode.name,
-            dataclasses.asdict(c),
+            without_secrets(c),
         )
         self.differential = DifferentialCount(c.differential, self.bundle.labels)
         self.differential.restore(self.store.session_counts())
@@ -102,6 +103,18 @@ class Daemon:
             self.warnings.append(f"archive.alert_classes: {', '.join(unknown)} not labels of this model")
         for w in self.warnings:
             log(f"warning: {w}")
+        self.mqtt = self._open_mqtt()
+
+    def _open_mqtt(self):
+        """The MQTT publisher when [mqtt] names a broker (it connects once the pipeline runs)."""
+        c = self.config
+        if not c.mqtt.enabled:
+            return None
+        from edge.daemon.mqtt.publisher import MqttPublisher  # paho-mqtt: the 'device' extra
+
+        publisher = MqttPublisher(c.mqtt, self.store.path, c.store.synchronous, self.status, log)
+        log(f"mqtt: results to {c.mqtt.broker} under {publisher.topics.base}/")
+        return publisher
 
     def _open_source_first_time(self) -> bool:
         """Open in the main thread so a missing dependency fails at start; a camera that is not
@@ -137,15 +150,19 @@ class Daemon:
 
     # -- per frame ----------------------------------------------------------------------------
     def _sinks(self) -> SinkChain:
-        return SinkChain(
-            [
-                StoreSink(self.store, self.source.name, log),
-                TelemetrySink(self.telemetry),
-                ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
-                DifferentialSink(self.differential, log),
-                self.live,
-            ]
-        )
+        sinks = [
+            StoreSink(self.store, self.source.name, log),
+            TelemetrySink(self.telemetry),
+            ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
+            DifferentialSink(self.differential, log),
+            self.live,
+        ]
+        if self.mqtt:
+            from edge.daemon.mqtt.sink import MqttSink
+
+            self.mqtt_sink = MqttSink(self.mqtt, self.differential, self.session_id)
+            sinks.append(self.mqtt_sink)
+        return SinkChain(sinks)
 
     def tick(self) -> None:
         """Called by the pipeline loop several times a second: watchdog pings while healthy."""
@@ -194,6 +211,7 @@ class Daemon:
             "review": self.reviews.summary(
                 self.session_id, dict(self.differential.counts), self.config.differential.count_uncertain
             ),
+            "mqtt": self.mqtt.snapshot() if self.mqtt else {"enabled": False},
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -244,10 +262,16 @@ class Daemon:
             if self.url:
                 self.out(f"page: {self.url}")
             self.notifier.ready(f"classifying {self.source.name}")
+            if self.mqtt:
+                self.mqtt.start()
             reason = self.pipeline.run()
         finally:
             self.notifier.stopping()
             self.reviews.close()
+            if self.mqtt:  # before the store closes: it drains for mqtt.drain_s, then marks what was acked
+                if getattr(self, "mqtt_sink", None):
+                    self.mqtt_sink.finish()
+                self.mqtt.stop()
             self.store.close()
             if self.web:
                 self.web.stop()
@@ -284,6 +308,7 @@ class Daemon:
             "archive": dataclasses.asdict(self.archive.state()),
             "database": str(self.store.path),
             "page": self.url,
+            "mqtt": self.mqtt.snapshot() if self.mqtt else {"enabled": False},
             "pipeline": {
                 "layout": self.pipeline.layout
                 if self.pipeline.layout != "ended"

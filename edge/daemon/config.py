@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.daemon.mqtt.config import MqttConfig, validate_mqtt
 from edge.errors import EdgeError
 
 if sys.version_info >= (3, 11):
@@ -159,12 +160,22 @@ class DaemonConfig:
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
     differential: DifferentialConfig = field(default_factory=DifferentialConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
 
     @property
     def archive_dir(self) -> Path:
         return (
             Path(self.archive.dir) if self.archive.dir else Path(self.store.db).resolve().parent / "flagged"
         )
+
+
+def without_secrets(c: DaemonConfig) -> dict:
+    """The config as each session records it in the database: secrets say only that they are set."""
+    table = dataclasses.asdict(c)
+    for section, key in (("mqtt", "password"), ("http", "token")):
+        if table[section][key]:
+            table[section][key] = "(set)"
+    return table
 
 
 def _describe(value) -> str:
@@ -379,3 +390,4 @@ def validate(c: DaemonConfig) -> None:
             "http.token",
             f"a non-loopback bind ({listen[0]}) needs a token of at least 16 characters (or set EDGE_RUN_TOKEN)",
         )
+    validate_mqtt(c.mqtt, _check)

@@ -22,6 +22,8 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     stays inside [0, 1] and is honest for small counts and for 0 or n. (0, 1) when n is 0."""
     if n <= 0:
         return 0.0, 1.0
+    if not 0 <= k <= n:
+        raise ValueError(f"a proportion of {k} in {n}")
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)

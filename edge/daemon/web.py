@@ -114,6 +114,36 @@ class DaemonCollector:
             value=s["differential"]["unknown"],
         )
         yield g("edge_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
+        yield from mqtt_metrics(s["mqtt"])
+
+
+def mqtt_metrics(m: dict):
+    """The MQTT publisher's counters (none when [mqtt] is off)."""
+    if not m.get("enabled"):
+        return
+    g, c = GaugeMetricFamily, CounterMetricFamily
+    yield g(
+        "edge_mqtt_connected",
+        "Connected to the MQTT broker (1) or not (0)",
+        value=float(m["state"] == "connected"),
+    )
+    yield g(
+        "edge_mqtt_queued",
+        "Results and alerts committed and not yet acknowledged by the broker",
+        value=m["queued"],
+    )
+    yield g("edge_mqtt_inflight", "Messages sent and awaiting PUBACK", value=m["inflight"])
+    yield c(
+        "edge_mqtt_sent",
+        "Results and alerts acknowledged by the broker (PUBACK) since start",
+        value=m["sent"],
+    )
+    yield c("edge_mqtt_reconnects", "Connections to the broker after the first", value=m["reconnects"])
+    yield c(
+        "edge_mqtt_refused",
+        "Messages the broker refused (MQTT 5 reason code); sent again later",
+        value=m["refused"],
+    )
 
 
 def render_preview(daemon) -> tuple[bytes, list[dict]] | None:

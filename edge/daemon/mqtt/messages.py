@@ -1,0 +1,146 @@
+"""The topic layout and the JSON payloads (frigate's layout: PREFIX/available, PREFIX/events, ...).
+
+    PREFIX/DEVICE/available                      "online" / "offline"; retained; the last will says offline
+    PREFIX/DEVICE/status                         health, retained, every status_interval_s    (best effort)
+    PREFIX/DEVICE/cells                          one message per classified cell   (QoS 1 through the outbox)
+    PREFIX/DEVICE/alerts                         an alert rule that started firing (QoS 1 through the outbox)
+    PREFIX/DEVICE/sessions/SESSION/differential  the running count, retained       (best effort, latest wins)
+
+Every outbox message has a `msg_id` that stays the same when it is sent again (after a lost PUBACK
+or a restart): DEVICE:SESSION:FRAME:CROP for a cell, DEVICE:SESSION:alert:RULE:CELLS for an alert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+
+from edge.daemon.differential import AlertState, DifferentialCount, wilson_interval
+
+# Columns of `results` that hold JSON text: published as JSON values, not as strings.
+JSON_COLUMNS = ("box", "probabilities", "timings")
+BOOL_COLUMNS = ("uncertain",)
+
+
+def topic_level(text: str) -> str:
+    """`text` as one topic level: MQTT's separator and wildcards become '_'."""
+    return re.sub(r"[/+#\x00]", "_", text) or "_"
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str
+    device: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.device}"
+
+    @property
+    def available(self) -> str:
+        return f"{self.base}/available"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def cells(self) -> str:
+        return f"{self.base}/cells"
+
+    def below(self, relative: str) -> str:
+        return f"{self.base}/{relative}"
+
+    def differential(self, session_id: str) -> str:
+        return f"{self.base}/sessions/{topic_level(session_id)}/differential"
+
+
+def encode(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), default=str).encode()
+
+
+def cell_msg_id(device: str, row: dict) -> str:
+    return f"{device}:{row['session_id']}:{row['frame_id']}:{row['crop_index']}"
+
+
+def cell_payload(device: str, row: dict) -> dict:
+    """A row of `results` (with the frame's source_ref) as the lab receives it: every column that is
+    there, JSON columns decoded, `id` as `result_id`."""
+    out = {"msg_id": cell_msg_id(device, row), "device": device}
+    for key, value in row.items():
+        if key == "id":
+            out["result_id"] = value
+        elif key in JSON_COLUMNS and isinstance(value, str):
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        elif key in BOOL_COLUMNS and value in (0, 1):
+            out[key] = bool(value)
+        else:
+            out[key] = value
+    return out
+
+
+def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
+    """The session's count per label with a 95 % Wilson interval of each percentage, and its alerts."""
+    total = d.total
+    counts = []
+    for row in d.table():
+        lo, hi = wilson_interval(row["count"], total)
+        counts.append({**row, "percent_95ci": [round(100 * lo, 1), round(100 * hi, 1)]})
+    return {
+        "device": device,
+        "session_id": session_id,
+        "ts": time.time(),
+        "total": total,
+        "uncertain": d.uncertain,
+        "counts": counts,
+        "alerts": [dataclasses.asdict(a) for a in d.alerts()],
+        "ended": ended,
+    }
+
+
+def alert_event(device: str, session_id: str, alert: AlertState, frame_id: int):
+    """(msg_id, payload) of an alert that started firing with frame `frame_id`: its fraction of
+    confident, known cells with the 95 % Wilson interval the differential computed."""
+    lo, hi = alert.interval
+    msg_id = f"{device}:{session_id}:alert:{alert.name}:{alert.cells}"
+    return msg_id, {
+        "msg_id": msg_id,
+        "device": device,
+        "session_id": session_id,
+        "rule": alert.name,
+        "classes": alert.classes,
+        "fraction": alert.fraction,
+        "fraction_95ci": [round(lo, 4), round(hi, 4)],
+        "min_fraction": alert.min_fraction,
+        "cells": alert.cells,
+        "min_cells": alert.min_cells,
+        "frame_id": frame_id,
+        "ts": time.time(),
+    }
+
+
+def status_payload(device: str, status: dict, state: str = "running") -> dict:
+    """The daemon's health, trimmed from /api/status (the page's own JSON)."""
+    return {
+        "device": device,
+        "ts": time.time(),
+        "state": state,
+        "session_id": status["session_id"],
+        "model_sha256": status["model"]["sha256"],
+        "source": status["source"].get("source"),
+        "source_state": status["source"].get("state"),
+        "frames": status["frames"],
+        "camera_fps": status["camera_fps"],
+        "processed_fps": status["processed_fps"],
+        "uncertain_rate": status["uncertain_rate"],
+        "archive_state": status["archive"]["state"],
+        "alerts_active": [a["name"] for a in status["differential"]["alerts"] if a["active"]],
+        "uptime_s": status["uptime_s"],
+        "mqtt": {k: status["mqtt"].get(k) for k in ("queued", "sent", "reconnects")},
+    }
