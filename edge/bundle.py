@@ -163,6 +163,30 @@ def write_bundle(out_dir: str | os.PathLike, models: dict[str, bytes], manifest:
     return out
 
 
+MODELS_ENV = "EDGE_MODELS"  # a folder of bundles, for installs outside a source checkout
+
+
+def find_bundle(name: str) -> Path:
+    """A committed bundle by name (e.g. "mobilenetv2-int8"), found the same way from any directory:
+    $EDGE_MODELS/<name>, then ./models/<name>, then models/<name> beside the installed package (a
+    source checkout), then /usr/share/edge-hemato/models/<name>. BundleError lists where it looked."""
+    bases = [
+        os.environ.get(MODELS_ENV),
+        Path.cwd() / "models",
+        Path(__file__).resolve().parents[1] / "models",
+        "/usr/share/edge-hemato/models",
+    ]
+    looked = []
+    for base in dict.fromkeys(str(b) for b in bases if b):
+        candidate = Path(base) / name
+        if (candidate / MANIFEST).is_file():
+            return candidate
+        looked.append(str(candidate))
+    raise BundleError(
+        f"bundle {name} not found (looked in {', '.join(looked)}; set {MODELS_ENV} or pass a path)"
+    )
+
+
 @dataclass
 class Bundle:
     path: Path

@@ -63,6 +63,12 @@ def _debug_requested(argv) -> bool:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if (
+        "run" in argv[:2]
+    ):  # before anything slow: a stop during start-up is a clean stop (daemon/early_signals.py)
+        from edge.daemon import early_signals
+
+        early_signals.catch()
     debug = _debug_requested(argv)
     try:
         rv = cli.main(args=argv, prog_name="edge", standalone_mode=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -13,12 +14,14 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.bundle import Bundle
 from edge.synthetic import make_dataset
 from tests.daemon_cli import edge_run
 
@@ -332,3 +335,137 @@ def test_config_error_names_the_key(tmp_path, tiny_bundle):
     config.write_text('[source]\nfps = "fast"\n')
     r = edge_run("--config", config, "--bundle", tiny_bundle, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "error: source.fps: expected a number, got str 'fast'"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB filesystem (tmpfs), where the database runs out of space as on a small SD card."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'needs root'})")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_under_the_database_never_stops_classification(
+    tiny_bundle, replay_dir, small_disk, tmp_path
+):
+    # Issue 15, defect 5: with --db on a 2 MB tmpfs, "database or disk is full" after 77 frames, exit 1,
+    # no summary, and the next start failed at once.
+    db = small_disk / "results.db"
+    args = [
+        *replay_args(tiny_bundle, replay_dir, db, "--loop", "--max-frames", "3000"),
+        "--http",
+        "off",
+        "--archive",
+        tmp_path / "flagged",
+        "--session",
+        "slide-1",
+        "--summary-json",
+        tmp_path / "s.json",
+    ]
+    first = edge_run(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames_classified"] == 3000 and summary["store"]["state"] == "full"
+    assert summary["store"]["waiting"] > 0 and "keeping results in memory" in first.stderr
+    stored = rows(db)
+    assert 0 < stored < 3000 and stored + summary["store"]["waiting"] + summary["store"]["lost"] == 3000
+    # The next start, on the same full disk, starts and classifies.
+    again = edge_run(*args[:-2], "--max-frames", "5", cwd=tmp_path)
+    assert again.returncode == 0 and "slide-1 ended" in again.stdout, again.stderr
+    # Room again: every committed row is intact, and new rows are written.
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    last = edge_run(
+        *replay_args(tiny_bundle, replay_dir, db, "--max-frames", "20"),
+        "--http",
+        "off",
+        "--archive",
+        tmp_path / "flagged",
+        "--session",
+        "slide-1",
+        cwd=tmp_path,
+    )
+    assert last.returncode == 0, last.stderr
+    assert check_clean(db, Bundle.load(tiny_bundle).labels) >= stored + 20
+
+
+def test_a_resumed_slide_says_what_was_there_and_replay_counts_add_up(tiny_bundle, replay_dir, tmp_path):
+    # Issue 15, defect 9: a resumed session printed "0 classified of 0 captured", "latency p50 0.0 ms"
+    # and "uncertain: 0" next to a differential that carried over; --max-frames 150 reported
+    # "150 classified of 155 captured, 0 dropped".
+    db = tmp_path / "r.db"
+    args = [*replay_args(tiny_bundle, replay_dir, db), "--http", "off", "--session", "SLIDE-042"]
+    first = edge_run(*args, "--max-frames", 150, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "frames this run: 150 classified of 150 captured, 0 dropped" in first.stdout
+    again = edge_run(*args, "--max-frames", 150, cwd=tmp_path)  # replay starts at its first file again
+    assert "continued: 150 frames and 150 cells were recorded before this run" in again.stdout, again.stdout
+    assert "session SLIDE-042 continues: 150 frames and 150 cells" in again.stderr
+    summary_uncertain = int(re.search(r"uncertain: (\d+)", again.stdout).group(1))
+    with sqlite3.connect(db) as con:
+        assert summary_uncertain == con.execute("SELECT SUM(uncertain) FROM results").fetchone()[0]
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.4])
+def test_a_sigterm_while_starting_is_a_clean_stop(tiny_bundle, replay_dir, tmp_path, delay):
+    # Issue 15, defect 8: a SIGTERM in the first 0.3 s exited 143 without creating the database.
+    db = tmp_path / "early.db"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            *map(str, replay_args(tiny_bundle, replay_dir, db)),
+            "--http",
+            "off",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert db.exists() and "ended (signal)" in out
+
+
+def test_session_ids_that_climb_out_of_the_archive_are_refused(tiny_bundle, replay_dir, tmp_path):
+    # Issue 15, defect 8: --session ../../x wrote flagged images outside the archive directory.
+    proc = edge_run(
+        *replay_args(tiny_bundle, replay_dir, tmp_path / "r.db"), "--session", "../../x", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "store.session: '../../x': a slide id is" in proc.stderr
+    assert not (tmp_path.parent / "x").exists()
+
+
+def test_idle_connections_cannot_starve_the_page(tiny_bundle, replay_dir, tmp_path):
+    # Issue 15, defect 8: about 100 idle TCP connections from 127.0.0.1 blocked the page and the API
+    # until they closed (waitress's connection limit).
+    d = Daemon(
+        replay_args(
+            tiny_bundle, replay_dir, tmp_path / "r.db", "--loop", "--fps", "10", "--http", "127.0.0.1:0"
+        ),
+        tmp_path,
+    )
+    try:
+        url = urllib.parse.urlparse(d.wait_url())
+        idle = [socket.create_connection((url.hostname, url.port), timeout=5) for _ in range(150)]
+        try:
+            status, _, body = d.get("/healthz")
+            assert status == 200 and body.strip() == "ok"
+        finally:
+            for s in idle:
+                s.close()
+    finally:
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.wait(60) == 0

@@ -203,3 +203,75 @@ def test_default_source_is_the_simulated_microscope(tiny_bundle, tmp_path):
         refs = [row[0] for row in con.execute("SELECT source_ref FROM frames")]
         source = con.execute("SELECT source FROM sessions").fetchone()[0]
     assert source == "sim" and len(refs) >= 5 and all(ref.startswith("sim:") for ref in refs)
+
+
+def test_one_hostile_file_never_puts_the_hot_folder_into_a_crash_loop(tiny_bundle, tmp_path):
+    # Issue 15, defect 1: a name that is not UTF-8 (UnicodeEncodeError at the SQLite insert) or a PNG
+    # declaring 100000 x 100000 pixels stopped edge run, and every restart hit the same file again.
+    import os
+    import struct
+    import zlib
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(1)
+
+    def drop(name):
+        ok, buf = cv2.imencode(".jpg", render_cell("round", rng, 96))
+        with open(
+            os.fsencode(inbox) + b"/" + (name if isinstance(name, bytes) else name.encode()), "wb"
+        ) as fh:
+            fh.write(buf.tobytes())
+        time.sleep(0.02)  # distinct mtimes: the folder is taken oldest first
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    drop("a0.jpg")
+    drop(b"b_Zelle_\xe4.jpg")
+    bomb = inbox / "bomb.png"
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+    time.sleep(0.02)
+    drop("c0.jpg")
+    config = tmp_path / "c.toml"
+    config.write_text("[source.folder]\npoll_s = 0.05\nsettle_s = 0.1\n")
+    db = tmp_path / "f.db"
+    common = [
+        "--config",
+        config,
+        "--bundle",
+        tiny_bundle,
+        "--source",
+        f"folder:{inbox}",
+        "--db",
+        db,
+        "--http",
+        "off",
+    ]
+    first = edge_run(*common, "--max-frames", 3, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+
+    def frames():
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT source_ref, status, detail FROM frames ORDER BY rowid").fetchall()
+
+    assert [(ref, status) for ref, status, _ in frames()] == [
+        ("a0.jpg", "classified"),
+        ("b_Zelle_\\xe4.jpg", "classified"),
+        ("bomb.png", "corrupt"),
+        ("c0.jpg", "classified"),
+    ]
+    assert "declares 100000 x 100000 pixels" in frames()[2][2]
+    drop("d0.jpg")
+    second = edge_run(*common, "--max-frames", 1, cwd=tmp_path)  # no crash loop: the bomb is not taken again
+    assert second.returncode == 0, second.stderr
+    assert frames()[-1][:2] == ("d0.jpg", "classified") and len(frames()) == 5
+    # The file changes (its writer finished, or it was copied again): it is taken once more.
+    ok, buf = cv2.imencode(".png", render_cell("lobed", rng, 96))
+    bomb.write_bytes(buf.tobytes())
+    third = edge_run(*common, "--max-frames", 1, cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert frames()[-1][:2] == ("bomb.png", "classified")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge.bundle import Uncertainty
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import DropOldestQueue, Skipped
 from edge.daemon.config import AlertRule, ArchiveConfig, ConfigError, DifferentialConfig, load_config
@@ -321,3 +322,52 @@ def test_timing_settings_refuse_nan_infinity_and_negatives(tmp_path, value):
         cfg.write_text(f"[source.{section}]\n{name} = {value}\n")
         with pytest.raises(ConfigError, match=f"source.{section}.{name}: "):
             load_config(cfg)
+
+
+def test_a_full_database_keeps_results_in_order_and_writes_them_when_there_is_room(tmp_path):
+    # Issue 15, defect 5: a full disk under the database stopped classification for good. Here the
+    # database is capped (store.max_db_mb), which SQLite reports exactly as a full disk.
+    import sqlite3 as sq
+
+    from edge.daemon.capture import Skipped
+    from edge.daemon.processor import CellResult, FrameResult
+    from edge.daemon.sinks import StoreSink
+    from edge.predict import to_prediction
+
+    db = tmp_path / "r.db"
+    store = ResultStore(db, max_db_mb=0.07)
+    store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
+    sink = StoreSink(store, "sim", log=lambda *_: None)
+    sink.RETRY_S = 0.0
+    pred = to_prediction(np.array([0.9, 0.1]), ["a", "b"], Uncertainty())
+    for i in range(400):
+        frame = Frame(np.zeros((8, 8, 3), np.uint8), ref=f"sim:{i}", frame_id=i)
+        sink.on_frame(FrameResult(frame, [CellResult(0, (0, 0, 8, 8), (0, 0, 8, 8), pred)], {"invoke": 1.0}))
+    sink.on_skipped(Skipped(400, "sim:bad", "truncated", 1.0), "sim")
+    state = sink.state()
+    assert state["state"] == "full" and state["waiting"] > 0 and state["lost"] == 0
+    committed = sq.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    assert 0 < committed < 400 and committed + state["waiting"] == 401
+    # Space comes back (the cap is lifted): everything waiting is written, oldest first.
+    store.db.execute("PRAGMA max_page_count=1000000")
+    sink.retry(force=True)
+    assert sink.state() == {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""}
+    con = sq.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 400
+    ids = [r[0] for r in con.execute("SELECT frame_id FROM frames ORDER BY rowid")]
+    assert ids == list(range(401))
+    store.close()
+
+
+def test_a_store_opened_on_a_full_disk_starts_and_writes_nothing_until_it_can(tmp_path):
+    db = tmp_path / "r.db"
+    ResultStore(db).close()  # an up-to-date database exists
+    store = ResultStore(db, max_db_mb=0.0001)  # and the disk is full: no page may be added
+    store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
+    assert store.ready and store.next_frame_id() == 0
+    from edge.daemon.store import StoreFull
+
+    with pytest.raises(StoreFull, match="full"):  # the tables' empty pages fill, then no page may be added
+        for i in range(1000):
+            store.write_frame(i, 1.0, "sim", f"sim:{i}", [_row("a")])
+    store.close()

@@ -17,7 +17,7 @@ from edge.runtime import BACKENDS
 # The bench times what `edge run` does to each frame, so it crops as the daemon's defaults do.
 DEFAULT_REGION = PipelineConfig.region
 
-REFERENCE_BUNDLE = Path("models") / "mobilenetv2-int8"
+REFERENCE_BUNDLE = "mobilenetv2-int8"
 # Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
 # unless the user names it with --runtime tensorflow.
 _DEVICE_RUNTIMES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
@@ -40,17 +40,9 @@ def _str_list(ctx, param, value):
 
 
 def default_bundle() -> Path:
-    from edge.errors import BundleError
+    from edge.bundle import find_bundle
 
-    repo = Path(__file__).resolve().parents[2]
-    bases = list(dict.fromkeys([Path.cwd().resolve(), repo]))
-    for base in bases:
-        if (base / REFERENCE_BUNDLE / "manifest.json").exists():
-            return base / REFERENCE_BUNDLE
-    raise BundleError(
-        f"no BUNDLE given and the reference bundle {REFERENCE_BUNDLE} is not in {' nor '.join(map(str, bases))}: "
-        "pass a bundle directory"
-    )
+    return find_bundle(REFERENCE_BUNDLE)
 
 
 def _matrix_threads() -> list[int]:

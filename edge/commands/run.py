@@ -52,14 +52,39 @@ def _overrides(**flags) -> dict:
     return table
 
 
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise click.BadParameter(
+            f"{path}: cannot read ({exc.strerror or exc})", param_hint="--token-file"
+        ) from None
+    if not token:
+        raise click.BadParameter(f"{path} is empty", param_hint="--token-file")
+    return token
+
+
 def format_summary(s: dict) -> str:
-    lines = [
-        f"session {s['session_id']} ended ({s['ended_by']})",
-        f"  frames: {s['frames_classified']} classified of {s['frames_captured']} captured, "
-        f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects",
-        f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
-        f"p95 {s['latency_ms']['p95']} ms",
-        "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
+    before = s.get("before_this_run") or {}
+    lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
+    if before.get("frames"):  # a slide continued after a restart: this run's numbers are only part of it
+        lines.append(
+            f"  continued: {before['frames']} frames and {before['cells']} cells were recorded before this run; "
+            "the differential below is the whole slide's"
+        )
+    lines.append(
+        f"  frames this run: {s['frames_classified']} classified of {s['frames_captured']} captured, "
+        f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects"
+    )
+    if s["frames_classified"]:
+        lines += [
+            f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
+            f"p95 {s['latency_ms']['p95']} ms",
+            "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
+        ]
+    else:
+        lines.append("  speed: no frame was classified in this run")
+    lines += [
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
         f"  uncertain: {s['uncertain']}, unknown: {s['unknown']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
         *(
@@ -69,7 +94,12 @@ def format_summary(s: dict) -> str:
             for a in s["alert_rules"]
         ),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
-        f"  database: {s['database']}",
+        f"  database: {s['database']}"
+        + (
+            f" (FULL: {s['store']['waiting']} frame(s) not written, {s['store']['lost']} lost)"
+            if s["store"]["state"] == "full"
+            else ""
+        ),
     ]
     m = s.get("mqtt") or {}
     if m.get("enabled"):
@@ -134,6 +164,12 @@ def format_summary(s: dict) -> str:
 @click.option("--backend", type=click.Choice(list(BACKENDS)), help="Inference backend [default: cpu].")
 @click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
 @click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Read the page's token from this file (or set EDGE_RUN_TOKEN); needed to listen beyond "
+    "127.0.0.1. Never printed, never stored.",
+)
+@click.option(
     "--layout",
     type=click.Choice(["auto", "threaded", "inline"]),
     help="Capture thread beside inference (threaded), or both in one thread (inline) [default: auto: "
@@ -174,9 +210,11 @@ def run(config_file, summary_json, **flags):
     from edge.daemon.app import Daemon
     from edge.daemon.config import load_config
 
+    token_file = flags.pop("token_file")
     overrides = _overrides(**flags)
-    if os.environ.get("EDGE_RUN_TOKEN"):
-        overrides.setdefault("http", {})["token"] = os.environ["EDGE_RUN_TOKEN"]
+    token = _read_token(token_file) if token_file else os.environ.get("EDGE_RUN_TOKEN", "")
+    if token:  # never echoed, never stored (sessions.config holds "(set)")
+        overrides.setdefault("http", {})["token"] = token
     config = load_config(config_file, overrides)
     summary = Daemon(config, out=lambda line: click.echo(line)).run()
     click.echo(format_summary(summary))

@@ -16,6 +16,7 @@ import numpy as np
 
 from edge import labtables
 from edge.bundle import Bundle
+from edge.daemon import early_signals
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Capturer
 from edge.daemon.config import ConfigError, DaemonConfig, parse_listen, without_secrets
@@ -54,7 +55,7 @@ class Daemon:
     # -- setup -------------------------------------------------------------------------------
     def _load(self) -> None:
         c = self.config
-        self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
+        self.bundle = Bundle.load(c.bundle_path())  # BundleError: one line, exit 3
         if c.trusted_keys:
             require_trusted(self.bundle.path, c.trusted_keys)
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
@@ -68,7 +69,9 @@ class Daemon:
         self.processor = FrameProcessor(self.mode, self.classifier)
         self.processor.warm_up()
         try:
-            self.store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s)
+            self.store = ResultStore(
+                c.store.db, c.store.synchronous, c.store.fsync_interval_s, c.store.max_db_mb
+            )
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
         # A new session per start unless one is named; the random suffix keeps two starts within a
@@ -80,7 +83,9 @@ class Daemon:
         )
         self.source = open_source(c.source, stop_event=self.stop)
         if self.source.kind == "folder":  # the database remembers which files were already taken
-            self.source.done |= self.store.done_refs(self.source.name)
+            self.source.remember(
+                self.store.done_refs(self.source.name), self.store.corrupt_refs(self.source.name)
+            )
         self.store.start_session(
             self.session_id,
             self.bundle.sha256,
@@ -89,10 +94,22 @@ class Daemon:
             self.mode.name,
             without_secrets(c),
         )
+        # A session named again (the same slide after a restart) carries on: say how far it had got.
+        self.before = self.store.session_totals()
+        if self.before["frames"]:
+            log(
+                f"session {self.session_id} continues: {self.before['frames']} frames and {self.before['cells']} "
+                "cells were recorded before this start"
+            )
         self.differential = DifferentialCount(c.differential, self.bundle.labels)
         self.differential.restore(self.store.session_counts())
         try:
             self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)
+            if c.archive.enabled:  # a kill can leave the archive and the database out of step
+                recorded = self.store.flagged_cells(set(c.archive.alert_classes), c.archive.uncertain)
+                self.archive_repair = self.archive.repair(recorded)
+                if self.archive_repair.message():
+                    log(self.archive_repair.message())
         except OSError as exc:
             raise ConfigError(f"archive.dir: cannot use {c.archive_dir} ({exc.strerror or exc})") from None
         unknown = sorted(set(c.archive.alert_classes) - set(self.bundle.labels))
@@ -150,10 +167,13 @@ class Daemon:
 
     # -- per frame ----------------------------------------------------------------------------
     def _sinks(self) -> SinkChain:
+        self.store_sink = StoreSink(self.store, self.source.name, log)
         sinks = [
-            StoreSink(self.store, self.source.name, log),
-            TelemetrySink(self.telemetry),
+            # The image first, then the row: after a kill, an image whose row never committed is moved
+            # aside at the next start (FlaggedArchive.repair); a committed row always has its image.
             ArchiveSink(self.archive, self.session_id, self.source.name, self.bundle.sha256),
+            self.store_sink,
+            TelemetrySink(self.telemetry),
             DifferentialSink(self.differential, log),
             self.live,
         ]
@@ -195,6 +215,9 @@ class Daemon:
             "source": {**self.source.describe(), **snap.pop("source")},
             "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},
             "database": str(self.store.path),
+            "store": self.store_sink.state()
+            if hasattr(self, "store_sink")
+            else {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""},
             **snap,
             "queue": {"size": self.config.source.queue_size},
             "differential": {
@@ -223,11 +246,15 @@ class Daemon:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        for signum in early_signals.received:  # stopped while the model was still loading
+            on_signal(signum, None)
+        early_signals.received.clear()
 
     def run(self) -> dict:
         # The capture thread, the page and the pipeline share the GIL; a 1 ms switch interval (default 5)
         # lets the pipeline thread get it back quickly after invoke() and decode calls that release it.
         sys.setswitchinterval(0.001)
+        self._install_signals()  # first: a stop while the model loads is a clean stop after it
         self._load()
         c = self.config
         try:
@@ -241,6 +268,7 @@ class Daemon:
                 first_frame_id=self.store.next_frame_id(),
                 opened=opened,
                 log=log,
+                limit=c.pipeline.max_frames,
             )
             self.pipeline = Pipeline(
                 capturer,
@@ -254,7 +282,6 @@ class Daemon:
                 tick=self.tick,
                 log=log,
             )
-            self._install_signals()
             log(
                 f"edge run: session {self.session_id}, model {self.bundle.sha256[:12]} "
                 f"({self.bundle.manifest.model.get('architecture', '?')}), source {self.source.name}, db {self.store.path}"
@@ -267,6 +294,13 @@ class Daemon:
             reason = self.pipeline.run()
         finally:
             self.notifier.stopping()
+            if hasattr(self, "store_sink"):
+                self.store_sink.retry(force=True)  # the last chance for what waits on a full disk
+                waiting = self.store_sink.state()["waiting"]
+                if waiting:
+                    log(
+                        f"store: {waiting} frame(s) could not be written (disk full); they are in this summary only"
+                    )
             self.reviews.close()
             if self.mqtt:  # before the store closes: it drains for mqtt.drain_s, then marks what was acked
                 if getattr(self, "mqtt_sink", None):
@@ -284,6 +318,7 @@ class Daemon:
         return {
             "session_id": self.session_id,
             "ended_by": reason,
+            "before_this_run": self.before,
             "frames_captured": t.captured,
             "frames_classified": t.processed,
             "results": t.results,
@@ -291,7 +326,8 @@ class Daemon:
             "corrupt": t.corrupt,
             "source_errors": t.source_errors,
             "reconnects": t.reconnects,
-            "uncertain": t.uncertain,
+            "uncertain": self.differential.uncertain,  # the whole slide, as the differential beside it
+            "uncertain_this_run": t.uncertain,
             "sustained_fps": round(t.sustained_fps(), 2),
             "latency_ms": {
                 "p50": round(float(np.percentile(lat, 50)), 2),
@@ -307,6 +343,9 @@ class Daemon:
             "alert_rules": [dataclasses.asdict(a) for a in self.differential.alerts()],
             "archive": dataclasses.asdict(self.archive.state()),
             "database": str(self.store.path),
+            "store": self.store_sink.state()
+            if hasattr(self, "store_sink")
+            else {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""},
             "page": self.url,
             "mqtt": self.mqtt.snapshot() if self.mqtt else {"enabled": False},
             "pipeline": {

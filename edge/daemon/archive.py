@@ -53,6 +53,25 @@ def crop_stem(frame_id: int, crop_index: int, label: str) -> str:
     return f"{frame_id:07d}_{crop_index}_{label}"
 
 
+@dataclass
+class Repair:
+    """What the start-up check found in this session's archive, and did about it."""
+
+    temp_removed: int = 0  # half-written files of a process that was killed
+    halves_removed: int = 0  # a JPEG without its JSON or a JSON without its JPEG
+    not_recorded: int = 0  # whole pairs whose row never committed: moved to not-recorded/
+    missing: int = 0  # committed flagged rows without an image (archive paused, full or off)
+
+    def message(self) -> str | None:
+        if not (self.temp_removed or self.halves_removed or self.not_recorded or self.missing):
+            return None
+        return (
+            f"archive check: {self.temp_removed} temporary and {self.halves_removed} incomplete file(s) removed, "
+            f"{self.not_recorded} image(s) of cells never recorded moved to not-recorded/, "
+            f"{self.missing} flagged cell(s) recorded without an image"
+        )
+
+
 class FlaggedArchive:
     def __init__(self, config: ArchiveConfig, root: Path, session_id: str, max_recent: int = 12):
         self.config = config
@@ -91,6 +110,43 @@ class FlaggedArchive:
                 f"archive {verb}: {self.free_mb:.0f} MB free on {self.root} (threshold {self.config.min_free_mb:.0f} MB)",
                 flush=True,
             )
+
+    def repair(self, recorded: set[tuple[int, int]]) -> Repair:
+        """Make the session's archive agree with the database after a crash. The image is written
+        before its row commits, so a kill can leave temporary files, half a pair, or a pair whose row
+        never committed; `recorded` is (frame_id, crop_index) of every flagged row committed."""
+        found = Repair()
+        if not self.session_dir.is_dir():
+            found.missing = len(recorded)
+            return found
+        pairs: dict[str, set[str]] = {}
+        for path in self.session_dir.iterdir():
+            if not path.is_file():
+                continue
+            if path.name.startswith("."):  # _atomic_write's temporary name
+                path.unlink(missing_ok=True)
+                found.temp_removed += 1
+            elif path.suffix in (".jpg", ".json"):
+                pairs.setdefault(path.stem, set()).add(path.suffix)
+        kept: set[tuple[int, int]] = set()
+        for stem, suffixes in pairs.items():
+            if suffixes != {".jpg", ".json"}:
+                for suffix in suffixes:
+                    (self.session_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+                found.halves_removed += len(suffixes)
+                continue
+            frame, crop, *_ = stem.split("_") + ["", ""]
+            key = (int(frame), int(crop)) if frame.isdigit() and crop.isdigit() else None
+            if key in recorded:
+                kept.add(key)
+                continue
+            aside = self.session_dir / "not-recorded"
+            aside.mkdir(exist_ok=True)
+            for suffix in suffixes:
+                os.replace(self.session_dir / f"{stem}{suffix}", aside / f"{stem}{suffix}")
+            found.not_recorded += 1
+        found.missing = len(recorded - kept)
+        return found
 
     def save(self, crop: np.ndarray, meta: dict) -> str | None:
         """Save a flagged crop; returns the file name, or None when archiving is paused or off."""

@@ -25,6 +25,7 @@ class Skipped:
     ref: str
     reason: str
     timestamp: float
+    file_stat: str = ""  # a hot folder's file: size and mtime when it failed
 
 
 END = object()  # the source is exhausted
@@ -88,9 +89,14 @@ class Capturer:
         opened: bool = False,
         log=print,
         keep_open: bool = False,
+        limit: int = 0,
     ):
         self.source, self.telemetry, self.stop = source, telemetry, stop
         self.keep_open = keep_open  # the caller closes the source (the bench runs several passes on it)
+        # A file source under --max-frames reads no frame it will not classify (so the summary's
+        # captured and classified agree); a live camera keeps reading, and the surplus is dropped.
+        self.limit = limit if not source.live else 0
+        self.frames = 0
         self.reconnect_max_s = reconnect_max_s
         self.next_id = first_frame_id
         self.opened = opened
@@ -108,6 +114,8 @@ class Capturer:
         return self.next_id - 1
 
     def next_item(self):
+        if self.limit and self.frames >= self.limit:
+            return END
         while not self.stop.is_set():
             self.beat = time.monotonic()
             if not self.opened:
@@ -129,7 +137,7 @@ class Capturer:
                 frame = self.source.read()
             except CorruptFrame as exc:
                 self.telemetry.on_corrupt()
-                return Skipped(self._take_id(), exc.ref, exc.reason, time.time())
+                return Skipped(self._take_id(), exc.ref, exc.reason, time.time(), exc.file_stat)
             except SourceError as exc:
                 self.telemetry.on_source_error(str(exc))
                 self.log(f"source: {exc}; reconnecting in {self._delay:.1f} s")
@@ -141,6 +149,7 @@ class Capturer:
                 return END
             frame.t_capture_start, frame.t_captured = t0, time.perf_counter()
             frame.frame_id = self._take_id()
+            self.frames += 1
             self.telemetry.on_captured()
             return frame
         return None

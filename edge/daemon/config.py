@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-DEFAULT_BUNDLE = "models/mobilenetv2-int8"
+# The bundle `edge run` uses when none is named: found by name from any directory (edge.bundle.find_bundle).
+DEFAULT_BUNDLE = "mobilenetv2-int8"
 
 
 class ConfigError(EdgeError):
@@ -114,6 +116,9 @@ class StoreConfig:
     session: str = ""  # empty: a new id per start (UTC time)
     synchronous: str = "normal"  # see store.py for why; "full" syncs every commit
     fsync_interval_s: float = 1.0  # normal: fsync the WAL at most this often (0: leave it to SQLite)
+    # The database may grow to this size (0: as the disk allows); past it, as on a full disk, results
+    # are kept in memory and written when there is room again (e.g. after rows are exported and pruned).
+    max_db_mb: float = 0.0
 
 
 @dataclass
@@ -150,7 +155,7 @@ class HttpConfig:
 
 @dataclass
 class DaemonConfig:
-    bundle: str = DEFAULT_BUNDLE
+    bundle: str = ""  # empty: DEFAULT_BUNDLE, wherever the models are (edge.bundle.find_bundle)
     # Public keys (base64, from `edge sign --new-key`) of whoever approves bundles here; when any are
     # listed, a bundle without a valid signature by one of them is refused.
     trusted_keys: list[str] = field(default_factory=list)
@@ -161,6 +166,21 @@ class DaemonConfig:
     differential: DifferentialConfig = field(default_factory=DifferentialConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+
+    @staticmethod
+    def session_ok(session: str) -> bool:
+        """Empty (a new id per start) or a plain slide id: it names a folder of the archive, so it may
+        not climb out of it (`--session ../../x`)."""
+        return (
+            not session
+            or bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", session))
+            and ".." not in session
+        )
+
+    def bundle_path(self) -> Path:
+        from edge.bundle import find_bundle
+
+        return Path(self.bundle) if self.bundle else find_bundle(DEFAULT_BUNDLE)
 
     @property
     def archive_dir(self) -> Path:
@@ -295,7 +315,11 @@ def parse_listen(listen: str) -> tuple[str, int] | None:
 
 def validate(c: DaemonConfig) -> None:
     """Range and consistency checks that the types alone cannot express."""
-    _check(bool(c.bundle), "bundle", "must name a bundle directory")
+    _check(
+        bool(c.session_ok(c.store.session)),
+        "store.session",
+        f"{c.store.session!r}: a slide id is letters, digits and . _ - (at most 64), not a path",
+    )
     for i, key in enumerate(c.trusted_keys):
         _check(
             _is_public_key(key),
@@ -372,6 +396,7 @@ def validate(c: DaemonConfig) -> None:
     )
     _check(bool(c.store.db), "store.db", "must name a database file")
     _check(c.store.fsync_interval_s >= 0, "store.fsync_interval_s", "must be >= 0")
+    _check(c.store.max_db_mb >= 0, "store.max_db_mb", "must be >= 0")
     a = c.archive
     _check(a.min_free_mb >= 0, "archive.min_free_mb", "must be >= 0")
     _check(1 <= a.jpeg_quality <= 100, "archive.jpeg_quality", "must be between 1 and 100")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Skipped
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.processor import FrameResult
 from edge.daemon.sources import Frame
-from edge.daemon.store import ResultRow, ResultStore
+from edge.daemon.store import ResultRow, ResultStore, StoreFull
 from edge.daemon.telemetry import Telemetry
 
 
@@ -55,11 +56,21 @@ class SinkChain:
 
 
 class StoreSink(Sink):
+    """Commits each frame. When the disk is full, classification goes on: the frame's rows wait in
+    a bounded backlog, in order, and are written as soon as a retry succeeds; only what overflows the
+    backlog is lost, and it is counted. Frames are never written out of order."""
+
     name = "store"
     commits = True
+    RETRY_S = 5.0
+    BACKLOG = 50_000  # frames kept while the disk is full (~25 MB of rows in cell mode)
 
     def __init__(self, store: ResultStore, source: str, log=print):
         self.store, self.source, self.log = store, source, log
+        self.backlog: deque[tuple] = deque()
+        self.lost = 0
+        self.last_error = ""
+        self._retry_at = 0.0
 
     def on_frame(self, result: FrameResult) -> None:
         f = result.frame
@@ -77,11 +88,60 @@ class StoreSink(Sink):
             )
             for c in result.cells
         ]
-        self.store.write_frame(f.frame_id, f.timestamp, self.source, f.ref, rows)
+        self._commit(("frame", f.frame_id, f.timestamp, self.source, f.ref, rows))
 
     def on_skipped(self, item: Skipped, source: str) -> None:
         self.log(f"skipped corrupt frame {item.ref}: {item.reason}")
-        self.store.write_skipped(item.frame_id, item.timestamp, source, item.ref, item.reason)
+        self._commit(
+            ("skipped", item.frame_id, item.timestamp, source, item.ref, item.reason, item.file_stat)
+        )
+
+    def _commit(self, entry: tuple) -> None:
+        if self.backlog:  # order is kept: nothing new goes in before what waits
+            self._keep(entry)
+            self.retry()
+            return
+        try:
+            self._write(entry)
+        except StoreFull as exc:
+            self.last_error = str(exc)
+            self.log(f"store: {exc}: keeping results in memory, writing them when there is room")
+            self._retry_at = time.monotonic() + self.RETRY_S
+            self._keep(entry)
+
+    def _write(self, entry: tuple) -> None:
+        kind, *args = entry
+        (self.store.write_frame if kind == "frame" else self.store.write_skipped)(*args)
+
+    def _keep(self, entry: tuple) -> None:
+        if len(self.backlog) >= self.BACKLOG:
+            self.backlog.popleft()
+            self.lost += 1
+        self.backlog.append(entry)
+
+    def retry(self, force: bool = False) -> None:
+        """Write what waits, oldest first, at most every RETRY_S (or now, when `force`)."""
+        if not self.backlog or (not force and time.monotonic() < self._retry_at):
+            return
+        self._retry_at = time.monotonic() + self.RETRY_S
+        try:
+            while self.backlog:
+                self._write(self.backlog[0])
+                self.backlog.popleft()
+        except StoreFull as exc:
+            self.last_error = str(exc)
+            return
+        self.log("store: there is room again; every result kept in memory is written")
+        self.last_error = ""
+
+    def state(self) -> dict:
+        """For the page, /api/status, /metrics and the summary."""
+        return {
+            "state": "full" if self.backlog or not self.store.ready else "ok",
+            "waiting": len(self.backlog),
+            "lost": self.lost,
+            "last_error": self.last_error,
+        }
 
 
 class TelemetrySink(Sink):

@@ -13,10 +13,16 @@ Why synchronous=NORMAL (+ a WAL fsync every second) by default, not FULL:
   sync. The store fsyncs the WAL at most every `fsync_interval_s` (1 s), bounding that window to about
   a second of frames, whose cells are still on the slide under the objective.
 `store.synchronous = "full"` gives per-commit durability for those who want it.
+
+A full disk (or `store.max_db_mb` reached) never stops classification: a write that SQLite refuses
+as full raises StoreFull with nothing half-written, the store sink keeps the frame's rows and
+retries them in order when space returns (edge/daemon/sinks.py), and a store opened on a full disk
+starts anyway, writing nothing until it can.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -54,6 +60,7 @@ CREATE TABLE IF NOT EXISTS frames (
     status      TEXT NOT NULL CHECK (status IN ('classified', 'corrupt')),
     detail      TEXT NOT NULL DEFAULT '',
     n_results   INTEGER NOT NULL,
+    file_stat   TEXT,  -- a hot folder's corrupt file: "size:mtime_ns", to retry it once it changes
     PRIMARY KEY (session_id, frame_id)
 );
 CREATE INDEX IF NOT EXISTS frames_by_source ON frames(source, source_ref);
@@ -105,7 +112,7 @@ CREATE INDEX IF NOT EXISTS signoffs_by_session ON signoffs(session_id);
 
 
 # Columns added since schema 1, with their types: an older results.db gains them at the next start.
-_ADDED_COLUMNS = {"results": {"reason": "TEXT", "rejection_score": "REAL"}}
+_ADDED_COLUMNS = {"results": {"reason": "TEXT", "rejection_score": "REAL"}, "frames": {"file_stat": "TEXT"}}
 
 
 @dataclass
@@ -136,27 +143,98 @@ def _migrations(db: sqlite3.Connection) -> str:
     return "".join(statements)
 
 
+class StoreFull(Exception):
+    """SQLite refused a write because the disk (or store.max_db_mb) is full; nothing was written."""
+
+
+def _full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc).lower() or "disk i/o error" in str(exc).lower()
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
 class ResultStore:
     """Written by the pipeline thread only; the lock makes the odd read from another thread safe."""
 
-    def __init__(self, path: str | Path, synchronous: str = "normal", fsync_interval_s: float = 1.0):
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: str = "normal",
+        fsync_interval_s: float = 1.0,
+        max_db_mb: float = 0.0,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
         self.lock = threading.Lock()
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        with self.lock:
-            self.db.executescript(
-                "BEGIN;" + SCHEMA + _migrations(self.db) + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-            )
         self.session_id: str | None = None
         self.model_sha = ""
         self.synchronous = synchronous
         self.fsync_interval_s = fsync_interval_s
         self._synced_at = time.monotonic()
         self._wal = None
+        self._session_row: tuple | None = None  # a session start still to be written (full disk)
+        self.max_db_mb = max_db_mb
+        self.ready = False  # schema in place; False while a full disk keeps it from being written
+        try:
+            self._prepare()
+        except StoreFull:
+            pass  # start anyway: StoreSink retries, and nothing is classified the less
+
+    def _prepare(self) -> None:
+        """WAL mode, settings and the schema; writes only when the schema is not already current,
+        so a store on a full disk with an up-to-date database starts without writing."""
+        with self.lock:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                if self.max_db_mb:
+                    page = self.db.execute("PRAGMA page_size").fetchone()[0]
+                    # SQLite keeps at least the pages the database has: it never shrinks it.
+                    self.db.execute(f"PRAGMA max_page_count={max(1, int(self.max_db_mb * 1e6 / page))}")
+                current = self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+                migrations = _migrations(self.db)
+                if not current or migrations:
+                    self.db.executescript(
+                        "BEGIN;" + SCHEMA + migrations + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+                    )
+            except (sqlite3.OperationalError, OSError) as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                if _full(exc):
+                    raise StoreFull(str(exc)) from None
+                raise
+            self.ready = True
+
+    def _write(self, statements) -> None:
+        """Run `statements(db)` in one transaction; StoreFull (and nothing written) when it is full."""
+        with self.lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                statements(self.db)
+                self.db.execute("COMMIT")
+            except BaseException as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                if _full(exc):
+                    raise StoreFull(str(exc)) from None
+                raise
+
+    def flush_pending(self) -> None:
+        """The schema and the session start, if a full disk kept them back (StoreFull while it still is)."""
+        if not self.ready:
+            self._prepare()
+        if self._session_row is not None:
+            row = self._session_row
+            self._write(
+                lambda db: db.execute(
+                    "INSERT INTO sessions(id, started, model_sha, bundle, source, mode, host, config) VALUES (?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT(id) DO UPDATE SET ended = NULL",
+                    row,
+                )
+            )
+            self._session_row = None
 
     def journal_mode(self) -> str:
         return self.db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -166,23 +244,24 @@ class ResultStore:
     ) -> None:
         """Create the session, or continue it (same slide after a restart): its counts carry on."""
         self.session_id, self.model_sha = session_id, model_sha
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO sessions(id, started, model_sha, bundle, source, mode, host, config) VALUES (?,?,?,?,?,?,?,?)"
-                " ON CONFLICT(id) DO UPDATE SET ended = NULL",
-                (
-                    session_id,
-                    time.time(),
-                    model_sha,
-                    bundle,
-                    source,
-                    mode,
-                    socket.gethostname(),
-                    json.dumps(config),
-                ),
-            )
+        self._session_row = (
+            session_id,
+            time.time(),
+            model_sha,
+            bundle,
+            source,
+            mode,
+            socket.gethostname(),
+            json.dumps(config),
+        )
+        try:
+            self.flush_pending()
+        except StoreFull:
+            pass  # written with the first rows that fit
 
     def next_frame_id(self) -> int:
+        if not self.ready:
+            return 0
         row = self.db.execute(
             "SELECT COALESCE(MAX(frame_id), -1) FROM frames WHERE session_id = ?", (self.session_id,)
         ).fetchone()
@@ -190,11 +269,15 @@ class ResultStore:
 
     def done_refs(self, source: str) -> set[str]:
         """Every source_ref already taken from `source`, in any session (hot-folder dedup)."""
+        if not self.ready:
+            return set()
         rows = self.db.execute("SELECT source_ref FROM frames WHERE source = ?", (source,)).fetchall()
         return {r[0] for r in rows}
 
     def session_counts(self) -> SessionCounts:
         """The counts recorded so far in this session, to continue its differential after a restart."""
+        if not self.ready:
+            return SessionCounts({}, {}, 0, 0)
         rows = self.db.execute(
             "SELECT label, COUNT(*), SUM(uncertain) FROM results WHERE session_id = ? GROUP BY label",
             (self.session_id,),
@@ -208,40 +291,40 @@ class ResultStore:
         )
 
     def write_frame(self, frame_id: int, ts: float, source: str, ref: str, rows: list[ResultRow]) -> None:
-        """The frame and all its results in one transaction: after a crash, all of it or none."""
+        """The frame and all its results in one transaction: after a crash, all of it or none.
+        StoreFull when the disk is full (nothing written)."""
+        self.flush_pending()
+
+        def statements(db):
+            db.execute(
+                "INSERT INTO frames(session_id, frame_id, ts, source, source_ref, status, n_results) VALUES (?,?,?,?,?,?,?)",
+                (self.session_id, frame_id, ts, source, ref, "classified", len(rows)),
+            )
+            db.executemany(
+                "INSERT INTO results(session_id, frame_id, crop_index, ts, box, label, confidence, probabilities,"
+                " uncertain, model_sha, timings, reason, rejection_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        self.session_id,
+                        frame_id,
+                        r.crop_index,
+                        ts,
+                        json.dumps(list(r.box)),
+                        r.label,
+                        round(r.confidence, 6),
+                        json.dumps({k: round(v, 6) for k, v in r.probabilities.items()}),
+                        int(r.uncertain),
+                        self.model_sha,
+                        json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}),
+                        r.reason,
+                        None if r.rejection_score is None else round(r.rejection_score, 4),
+                    )
+                    for r in rows
+                ],
+            )
+
+        self._write(statements)
         with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.execute(
-                    "INSERT INTO frames(session_id, frame_id, ts, source, source_ref, status, n_results) VALUES (?,?,?,?,?,?,?)",
-                    (self.session_id, frame_id, ts, source, ref, "classified", len(rows)),
-                )
-                self.db.executemany(
-                    "INSERT INTO results(session_id, frame_id, crop_index, ts, box, label, confidence, probabilities,"
-                    " uncertain, model_sha, timings, reason, rejection_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            self.session_id,
-                            frame_id,
-                            r.crop_index,
-                            ts,
-                            json.dumps(list(r.box)),
-                            r.label,
-                            round(r.confidence, 6),
-                            json.dumps({k: round(v, 6) for k, v in r.probabilities.items()}),
-                            int(r.uncertain),
-                            self.model_sha,
-                            json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}),
-                            r.reason,
-                            None if r.rejection_score is None else round(r.rejection_score, 4),
-                        )
-                        for r in rows
-                    ],
-                )
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             self._sync_wal_if_due()
 
     def _sync_wal_if_due(self) -> None:
@@ -259,20 +342,72 @@ class ResultStore:
         except OSError:
             self._wal = None  # the WAL was checkpointed away and recreated: reopen next time
 
-    def write_skipped(self, frame_id: int, ts: float, source: str, ref: str, reason: str) -> None:
-        with self.lock:
-            self.db.execute(
-                "INSERT INTO frames(session_id, frame_id, ts, source, source_ref, status, detail, n_results)"
-                " VALUES (?,?,?,?,?,?,?,0)",
-                (self.session_id, frame_id, ts, source, ref, "corrupt", reason),
+    def write_skipped(
+        self, frame_id: int, ts: float, source: str, ref: str, reason: str, file_stat: str = ""
+    ) -> None:
+        """A corrupt frame or file; `file_stat` (size and mtime) lets a hot folder retry it once it changes."""
+        self.flush_pending()
+        self._write(
+            lambda db: db.execute(
+                "INSERT INTO frames(session_id, frame_id, ts, source, source_ref, status, detail, n_results, file_stat)"
+                " VALUES (?,?,?,?,?,?,?,0,?)",
+                (self.session_id, frame_id, ts, source, ref, "corrupt", reason, file_stat),
             )
+        )
+
+    def session_totals(self) -> dict[str, int]:
+        """Frames (classified and corrupt) and cells recorded so far in this session."""
+        if not self.ready:
+            return {"frames": 0, "corrupt": 0, "cells": 0}
+        frames, corrupt = self.db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(status = 'corrupt'), 0) FROM frames WHERE session_id = ?",
+            (self.session_id,),
+        ).fetchone()
+        cells = self.db.execute(
+            "SELECT COUNT(*) FROM results WHERE session_id = ?", (self.session_id,)
+        ).fetchone()[0]
+        return {"frames": int(frames), "corrupt": int(corrupt), "cells": int(cells)}
+
+    def flagged_cells(self, alert_classes: set[str], uncertain: bool = True) -> set[tuple[int, int]]:
+        """(frame_id, crop_index) of this session's committed rows the archive keeps an image of
+        (edge.daemon.archive.FlaggedArchive.reason)."""
+        if not self.ready:
+            return set()
+        rows = self.db.execute(
+            "SELECT frame_id, crop_index, label, uncertain FROM results WHERE session_id = ?",
+            (self.session_id,),
+        ).fetchall()
+        return {(f, c) for f, c, label, flag in rows if (flag and uncertain) or label in alert_classes}
+
+    def corrupt_refs(self, source: str) -> dict[str, str]:
+        """source_ref -> file_stat of the files of `source` last recorded corrupt (hot-folder retry)."""
+        if not self.ready:
+            return {}
+        rows = self.db.execute(
+            "SELECT source_ref, file_stat, status FROM frames WHERE source = ? ORDER BY rowid", (source,)
+        ).fetchall()
+        last: dict[str, tuple[str, str]] = {}
+        for ref, stat, status in rows:
+            last[ref] = (status, stat or "")
+        return {ref: stat for ref, (status, stat) in last.items() if status == "corrupt"}
 
     def close(self) -> None:
-        with self.lock:
-            if self.session_id:
-                self.db.execute("UPDATE sessions SET ended = ? WHERE id = ?", (time.time(), self.session_id))
-            # A checkpoint folds the WAL back into the main file so a copied .db is complete.
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.db.close()
-            if self._wal is not None:
-                self._wal.close()
+        """End the session and fold the WAL into the main file (so a copied .db is complete); on a
+        full disk both may fail, and the next start replays the WAL as it is: nothing committed is lost."""
+        try:
+            if self.session_id and self.ready and self._session_row is None:
+                now = time.time()
+                self._write(
+                    lambda db: db.execute(
+                        "UPDATE sessions SET ended = ? WHERE id = ?", (now, self.session_id)
+                    )
+                )
+            with self.lock:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (StoreFull, sqlite3.OperationalError):
+            pass
+        finally:
+            with self.lock:
+                self.db.close()
+                if self._wal is not None:
+                    self._wal.close()

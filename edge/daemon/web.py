@@ -114,6 +114,22 @@ class DaemonCollector:
             value=s["differential"]["unknown"],
         )
         yield g("edge_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
+        store = s["store"]
+        yield g(
+            "edge_store_full",
+            "The results database refuses writes (disk or max_db_mb full)",
+            value=float(store["state"] == "full"),
+        )
+        yield g(
+            "edge_store_waiting",
+            "Frames classified but not yet written (waiting for disk space)",
+            value=store["waiting"],
+        )
+        yield c(
+            "edge_store_lost",
+            "Frames whose results could not be kept while the disk was full",
+            value=store["lost"],
+        )
         yield from mqtt_metrics(s["mqtt"])
 
 
@@ -252,6 +268,13 @@ class WebServer:
             ident="edge-run",
             clear_untrusted_proxy_headers=True,
             asyncore_loop_timeout=0.25,  # how soon the serving loop notices stop()
+            # Idle connections must not starve the page: waitress accepts 100 by default and keeps an
+            # idle one for 120 s, so ~100 idle sockets from one host blocked every request. Many more
+            # may be open now (poll(), no select() limit), and an idle one is closed after 15 s.
+            connection_limit=1000,
+            channel_timeout=15,
+            cleanup_interval=5,
+            asyncore_use_poll=True,
         )
         self.host = host
         self.port = self.server.effective_port

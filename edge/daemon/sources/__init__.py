@@ -26,10 +26,11 @@ class SourceError(Exception):
 class CorruptFrame(Exception):
     """One frame or file could not be decoded; `ref` names it."""
 
-    def __init__(self, ref: str, reason: str):
+    def __init__(self, ref: str, reason: str, file_stat: str = ""):
         super().__init__(f"{ref}: {reason}")
         self.ref = ref
         self.reason = reason
+        self.file_stat = file_stat
 
 
 @dataclass

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
-from edge.dataset import IMAGE_SUFFIXES
-from edge.errors import ImageLoadError
+from edge.dataset import IMAGE_SUFFIXES, printable
 from edge.preprocess import load_image, to_bgr8
 
 
@@ -29,15 +28,23 @@ class Source(FrameSource):
         self.target = str(self.path)
         self.options = config.folder
         self.done = set(done_refs or ())  # names already in the database, plus those queued this run
+        # name -> "size:mtime_ns" of files recorded corrupt: taken again once they change (a writer
+        # that paused longer than settle_s, a file copied again)
+        self.corrupt: dict[str, str] = {}
         self.stop_event = stop_event
-        self._pending: list[str] = []
-        self._seen_stat: dict[str, tuple[int, float, float]] = {}  # name -> (size, mtime, first seen stable)
+        self._pending: list[tuple[str, Path]] = []
+        self._seen_stat: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first seen stable)
+
+    def remember(self, done: set[str], corrupt: dict[str, str]) -> None:
+        """What the database says was taken already: classified files, and corrupt ones as they were."""
+        self.corrupt.update(corrupt)
+        self.done |= done - set(corrupt)
 
     def open(self) -> None:
         if not self.path.is_dir():
             raise SourceError(f"{self.path}: hot folder does not exist (yet)")
 
-    def _scan(self) -> list[str]:
+    def _scan(self) -> list[tuple[str, Path]]:
         pattern = "**/*" if self.options.recursive else "*"
         now = time.monotonic()
         ready = []
@@ -46,20 +53,25 @@ class Source(FrameSource):
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot list ({exc})") from None
         for p in candidates:
-            name = str(p.relative_to(self.path))
+            # The name as stored and printed: lossless for any bytes (edge.dataset.printable)
+            name = printable(p.relative_to(self.path))
             if name in self.done or p.name.startswith("."):
                 continue
             try:
                 st = p.stat()
             except OSError:
                 continue  # vanished between listing and stat
-            key = (st.st_size, st.st_mtime)
+            key = (st.st_size, st.st_mtime_ns)
+            if self.corrupt.get(name) == _stat_text(key):
+                continue  # still the file that failed: wait until it changes
             seen = self._seen_stat.get(name)
             if seen is None or seen[:2] != key:
                 self._seen_stat[name] = (*key, now)
             elif now - seen[2] >= self.options.settle_s:
-                ready.append((st.st_mtime, name))
-        return [name for _, name in sorted(ready)]  # oldest first: the order the microscope saved them
+                ready.append((st.st_mtime_ns, name, p))
+        return [
+            (name, p) for _, name, p in sorted(ready)
+        ]  # oldest first: the order the microscope saved them
 
     def read(self) -> Frame | None:
         while not self._pending:
@@ -71,11 +83,19 @@ class Source(FrameSource):
             self._pending = self._scan()
             if not self._pending:
                 time.sleep(self.options.poll_s)
-        name = self._pending.pop(0)
-        self.done.add(name)
-        self._seen_stat.pop(name, None)
+        name, path = self._pending.pop(0)
+        seen = self._seen_stat.pop(name, None)
         try:
-            image = to_bgr8(load_image(self.path / name))
-        except (ImageLoadError, ValueError) as exc:
-            raise CorruptFrame(name, getattr(exc, "reason", str(exc))) from None
+            image = to_bgr8(load_image(path))
+        except Exception as exc:  # any failure of one file is that file's record, never the daemon's end
+            stat = _stat_text(seen[:2]) if seen else ""
+            self.corrupt[name] = stat
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise CorruptFrame(name, reason, stat) from None
+        self.corrupt.pop(name, None)
+        self.done.add(name)
         return Frame(image=image, ref=name)
+
+
+def _stat_text(key) -> str:
+    return f"{key[0]}:{key[1]}"
