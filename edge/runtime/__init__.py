@@ -32,6 +32,7 @@ __all__ = [
 BACKENDS = {
     "cpu": "edge.runtime.cpu_tflite",
     "edgetpu": "edge.runtime.edgetpu",
+    "onnx": "edge.runtime.onnx",
 }
 
 
@@ -92,7 +93,7 @@ class InferenceBackend(ABC):
 
 def open_backend(bundle: Bundle, backend: str = "cpu", **options) -> InferenceBackend:
     """Build the named backend for `bundle` with its options (cpu: runtime, threads, xnnpack;
-    edgetpu: device, runtime, threads)."""
+    edgetpu: device, runtime, threads; onnx: providers, threads, device, trt_precision, trt_cache)."""
     if backend not in BACKENDS:
         raise RuntimeUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:
