@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge.commands._extras import require_train
+from edge.commands._extras import require_onnx_export, require_train
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -73,6 +73,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="int8: fine-tune the classifier head on float and int8-backbone features of the --calib "
     "folder's images, so its decisions survive int8 (a few minutes; backbone unchanged).",
 )
+@click.option(
+    "--format",
+    type=click.Choice(["tflite", "onnx"]),
+    default="tflite",
+    show_default=True,
+    help="onnx: also write model.onnx (int8 QDQ by onnxruntime on the same calibration images, for the "
+    "onnx backend: TensorRT / CUDA on a Jetson). model.tflite is always written.",
+)
 def quantize(**options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
@@ -82,6 +90,8 @@ def quantize(**options):
           --eval data/blood-5class/val --out models/mobilenetv2-int8
     """
     require_train("edge quantize")
+    if options["format"] == "onnx":
+        require_onnx_export("edge quantize --format onnx")
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 
