@@ -227,6 +227,7 @@ class Backend(InferenceBackend):
 
     name = "onnx"
     invoke_scope = "session.run()"  # input copies to a GPU included
+    # The session is `self.onnx`, not `self.model`: that name means a TFLite interpreter to the bench.
 
     def __init__(self, bundle: Bundle, options: Options | None = None):
         super().__init__(bundle)
@@ -277,7 +278,7 @@ class Backend(InferenceBackend):
                 "trt_fp16_enable": self.precision in ("int8", "fp16"),
             }
         try:
-            self.model = OnnxModel(self.model_file, chosen, options.threads, provider_options)
+            self.onnx = OnnxModel(self.model_file, chosen, options.threads, provider_options)
         except (BundleError, RuntimeUnavailableError):
             raise
         except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, EP errors)
@@ -285,11 +286,11 @@ class Backend(InferenceBackend):
             raise BundleError(f"{self.model_file}: onnxruntime cannot run it ({first})") from None
         # A provider onnxruntime lists can still fail to start: the session then runs without it.
         for p in chosen:
-            if p not in self.model.active:
+            if p not in self.onnx.active:
                 self.skipped[p] = (
                     why_missing(p, available, found) or "onnxruntime did not start it (its log says why)"
                 )
-        running = [p for p in chosen if p in self.model.active]
+        running = [p for p in chosen if p in self.onnx.active]
         if not running:
             raise RuntimeUnavailableError(
                 f"none of the providers {options.providers} started: "
@@ -297,34 +298,34 @@ class Backend(InferenceBackend):
                 + "; add cpu to --providers to run on the CPU anyway"
             )
         self.provider = running[0]
-        self.threads = self.model.threads
-        self.input_shape = self.model.input_shape
-        self.n_outputs = self.model.n_outputs
+        self.threads = self.onnx.threads
+        self.input_shape = self.onnx.input_shape
+        self.n_outputs = self.onnx.n_outputs
 
     def set_input(self, batch: np.ndarray) -> None:
-        self.model.set_input(batch)
+        self.onnx.set_input(batch)
 
     def invoke(self) -> None:
-        self.model.invoke()
+        self.onnx.invoke()
 
     def scores(self) -> np.ndarray:
-        return self.model.output()
+        return self.onnx.output()
 
     def describe(self) -> dict:
         short = SHORT[self.provider]
         info = {
             "backend": self.name,
             "runtime": "onnxruntime",
-            "runtime_version": self.model.version,
+            "runtime_version": self.onnx.version,
             "threads": self.threads,
             # what runs the graph, as the TFLite backends name their delegate
             "delegate": f"{short} {self.precision}" if short == "tensorrt" else short,
-            "providers": [SHORT.get(p, p) for p in self.model.active],
+            "providers": [SHORT.get(p, p) for p in self.onnx.active],
             "model": self.model_file.name,
             "input": {
                 "shape": list(self.input_shape),
-                "dtype": self.model.input.dtype.name,
-                "layout": self.model.input.layout,
+                "dtype": self.onnx.input.dtype.name,
+                "layout": self.onnx.input.layout,
             },
         }
         if self.skipped:
