@@ -118,11 +118,11 @@ def why_missing(provider: str, available: list[str], found: GpuProbe) -> str | N
                 f" (the installed onnxruntime {found.wheel_version} is the CPU build)" if found.wheel else ""
             )
             hint = (
-                "NVIDIA's onnxruntime-gpu wheel for this JetPack (docs/device.md)"
+                "install NVIDIA's onnxruntime-gpu wheel for this JetPack (docs/device.md)"
                 if found.jetpack
                 else "pip install onnxruntime-gpu"
             )
-            return f"{GPU_WHEEL} not installed{built}: install {hint}"
+            return f"{GPU_WHEEL} not installed{built}: {hint}"
         return f"this {GPU_WHEEL} {found.wheel_version} was built without {SHORT.get(provider, provider)}"
     if not found.device_nodes:
         return f"no CUDA device ({', '.join(GPU_NODES)} absent)"
