@@ -239,7 +239,7 @@ def bench(
                 [
                     [
                         r.board,
-                        r.backend,
+                        f"{r.backend}/{r.provider}" if r.provider else r.backend,
                         f"{r.model} {r.size}",
                         f"{r.low_ms}" if r.low_ms == r.high_ms else f"{r.low_ms}-{r.high_ms}",
                         r.source,
@@ -249,6 +249,9 @@ def bench(
                 left=3,
             )
         )
+        for r in reference.REFERENCES:
+            if r.caveat:
+                click.echo(f"{r.board}: {r.caveat}")
         click.echo(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
         return
     old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
