@@ -9,7 +9,8 @@ runtime, classify, eval, bench and daemon tests run on a device install (`make t
 has no TensorFlow. Run it again (it needs the train extra) only when the bundle format changes; its
 answers mean nothing beyond the synthetic classes. `float_val_probs.npy` beside it holds the float
 model's probabilities on the tests' synthetic validation images, for the test that compares the
-int8 model with the float one it came from.
+int8 model with the float one it came from. `model.onnx` is model.tflite through
+`edge export BUNDLE --format onnx` (tf2onnx's TFLite front end), for the onnx backend's device tests.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
 
+    from convert.export import ExportRequest, export
     from edge.dataset import images_in
     from edge.preprocess import preprocess_file
     from edge.synthetic import make_dataset
@@ -46,6 +48,7 @@ def main(argv=None) -> int:
         x = np.stack([preprocess_file(f, TINY_SPEC) for f in images_in(val)]).astype("float32")
         np.save(out / "float_val_probs.npy", model.predict(x, verbose=0).astype(np.float32))
         (out / "float.keras").unlink()
+        export(ExportRequest(out, format="onnx"))
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.1f} KB" for p in sorted(out.iterdir()))
     print(f"wrote {out}: {sizes}")
     return 0
