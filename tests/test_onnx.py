@@ -328,6 +328,34 @@ def test_export_from_keras_quantizes_on_the_calibration_images(tiny_float, synth
     assert onnx_acc == pytest.approx(vs_float["onnx_accuracy"])
 
 
+@pytest.mark.train
+def test_quantize_format_onnx_writes_both_models_from_the_same_calibration(
+    tiny_float, synthetic_split, tmp_path
+):
+    out = tmp_path / "both"
+    args = ["quantize", str(tiny_float / "float.keras"), "--calib", str(synthetic_split / "train")]
+    args += [
+        "--eval",
+        str(synthetic_split / "val"),
+        "--out",
+        str(out),
+        "--calib-count",
+        "40",
+        "--format",
+        "onnx",
+    ]
+    done = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    bundle = Bundle.load(out)
+    record = bundle.manifest.model["onnx"]
+    assert {"model.tflite", ONNX_MODEL} <= set(bundle.manifest.files)
+    # the same calibration images as the TFLite conversion, by fingerprint
+    assert record["calibration"]["same_images_as_tflite"] is True
+    assert record["command"].endswith("--format onnx") and record["route"] == "keras"
+    assert [r["against"] for r in record["fidelity"]] == ["float", "tflite-int8"]
+    assert "onnx int8 vs float" in done.output
+
+
 # ---- the reference bundle on real data ---------------------------------------------------------------
 
 
