@@ -253,8 +253,7 @@ class Backend(InferenceBackend):
         self.model_file = bundle.path / ONNX_MODEL
         self.precision = options.trt_precision
         available = list(ort.get_available_providers())
-        found = probe()
-        chosen, self.skipped = select(requested, available, found)
+        chosen, self.skipped = select(requested, available)
         if not chosen:
             raise RuntimeUnavailableError(
                 f"none of the providers {options.providers} can run here: "
@@ -285,11 +284,12 @@ class Backend(InferenceBackend):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"{self.model_file}: onnxruntime cannot run it ({first})") from None
         # A provider onnxruntime lists can still fail to start: the session then runs without it.
-        for p in chosen:
-            if p not in self.onnx.active:
-                self.skipped[p] = (
-                    why_missing(p, available, found) or "onnxruntime did not start it (its log says why)"
-                )
+        dropped = [p for p in chosen if p not in self.onnx.active]
+        found = probe() if dropped else None
+        for p in dropped:
+            self.skipped[p] = (
+                why_missing(p, available, found) or "onnxruntime did not start it (its log says why)"
+            )
         running = [p for p in chosen if p in self.onnx.active]
         if not running:
             raise RuntimeUnavailableError(

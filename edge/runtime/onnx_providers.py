@@ -38,10 +38,10 @@ class ProviderError(ValueError):
 def select(requested: list[str], available: list[str], found: GpuProbe | None = None):
     """(the requested providers onnxruntime has, in order; {provider left out: why})."""
     chosen = [p for p in requested if p in available]
-    skipped = {}
-    for p in requested:
-        if p not in available:
-            skipped[p] = why_missing(p, available, found or probe()) or "not in this onnxruntime build"
+    missing = [p for p in requested if p not in available]
+    # Why a provider is absent from onnxruntime's list needs only the wheel, not the library search.
+    found = found or (probe(libraries=False) if missing else None)
+    skipped = {p: why_missing(p, available, found) or "not in this onnxruntime build" for p in missing}
     return chosen, skipped
 
 
@@ -84,10 +84,11 @@ def installed_wheel() -> tuple[str | None, str | None]:
     return None, None
 
 
-def probe(root: str | os.PathLike = "/") -> GpuProbe:
-    """The GPU facts `why_missing` needs. `root` lets tests use a fake tree (libraries are then absent)."""
+def probe(root: str | os.PathLike = "/", libraries: bool = True) -> GpuProbe:
+    """The GPU facts `why_missing` needs. `root` lets tests use a fake tree (libraries are then absent);
+    `libraries=False` skips the library search (ldconfig, a few hundred ms)."""
     root = Path(root)
-    real = str(root) == "/"
+    real = str(root) == "/" and libraries
     wheel, version = installed_wheel()
     release = root / TEGRA_RELEASE.relative_to("/")
     jetpack = None
