@@ -284,6 +284,45 @@ def test_published_jetson_numbers_match_their_board_and_provider():
     assert all(r.source for r in reference.REFERENCES if r.tag.startswith("jetson"))
 
 
+@pytest.mark.slow
+def test_a_venv_with_only_device_and_jetson_runs_onnx_without_tensorflow(
+    tiny_bundle, synthetic_split, tmp_path
+):
+    """`pip install '.[device,jetson]'`: the onnx backend classifies, TensorFlow is not there, and the
+    export (a training-host command) says which extra it needs."""
+    import os
+    import subprocess
+    import venv
+
+    root = Path(__file__).resolve().parents[1]
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    py, edge_bin = str(env_dir / "bin" / "python"), str(env_dir / "bin" / "edge")
+    pip = subprocess.run(
+        [py, "-m", "pip", "install", "--quiet", f"{root}[device,jetson]"], capture_output=True, text=True
+    )
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cwd = tmp_path  # outside the repo, so the installed package is what runs
+    image = str(images_in(synthetic_split / "val")[0])
+
+    def run(*args):
+        return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env)
+
+    check = run(
+        py,
+        "-c",
+        "import importlib.util as u; print(u.find_spec('tensorflow') is None, u.find_spec('onnxruntime') is not None)",
+    )
+    assert check.stdout.split() == ["True", "True"], check.stderr
+    done = run(edge_bin, "classify", str(tiny_bundle), image, "--backend", "onnx", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["label"] in Bundle.load(tiny_bundle).labels
+    assert "onnx, onnxruntime" in done.stderr
+    export = run(edge_bin, "export", str(tiny_bundle), "--format", "onnx")
+    assert export.returncode == 4 and "'train' extra" in export.stderr and "Traceback" not in export.stderr
+
+
 # ---- the export routes (training host) -------------------------------------------------------------
 
 
