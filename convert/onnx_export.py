@@ -8,7 +8,7 @@ Two routes; the manifest records which one made the file (manifest.model["onnx"]
                                        the device's TFLite model computes. The only route for a bundle
                                        whose Keras model is gone. TFLite's int8 activations are
                                        asymmetric (non-zero zero points), which TensorRT's int8 does not
-                                       take: on TensorRT such a model runs fp16 where it cannot run int8.
+                                       take (how TensorRT handles such a graph was not tried here).
   from the float Keras model           Keras's own ONNX export (tf2onnx underneath), then static int8 QDQ
                                        by onnxruntime.quantization on the same calibration images and
                                        edge.preprocess as the TFLite conversion: symmetric int8
@@ -138,9 +138,9 @@ def from_tflite(tflite: bytes, made_from: str) -> OnnxExport:
     }
     if not zero_points["tensorrt_int8_ready"]:
         record["tensorrt_note"] = (
-            "asymmetric activations (non-zero zero points): TensorRT's int8 takes symmetric Q/DQ only, so "
-            "on TensorRT the layers it cannot run int8 run fp16 or on CUDA; re-export from the Keras model "
-            "(edge export BUNDLE --format onnx --run RUN_DIR) for TensorRT int8"
+            "asymmetric activations (non-zero zero points), as in every TFLite int8 model: TensorRT's int8 "
+            "takes symmetric Q/DQ only. For TensorRT int8, re-export from the float Keras model "
+            "(edge export BUNDLE --format onnx --run RUN_DIR, or edge quantize ... --format onnx)"
         )
     return OnnxExport(data, record)
 
