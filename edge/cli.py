@@ -19,6 +19,7 @@ COMMANDS = {
     "weights": "edge.commands.weights:weights",
     "quantize": "edge.commands.quantize:quantize",
     "compile": "edge.commands.compile:compile_",
+    "export": "edge.commands.export:export",
     "classify": "edge.commands.classify:classify",
     "eval": "edge.commands.eval:eval_",
     "run": "edge.commands.run:run",
@@ -54,6 +55,8 @@ def cli(debug):
     Device:   classify, eval, run, bench, doctor, info, sign
     Lab:      review (export), report (HTML, PDF, FHIR)
     Training: train, weights, quantize, compile  (need the 'train' extra)
+    Device:   classify, eval, run, bench, doctor, info
+    Training: train, weights, quantize, compile, export  (need the 'train' extra)
     """
 
 

@@ -16,7 +16,8 @@ LITERT_NOISE = re.compile(rb"^INFO: Created TensorFlow Lite XNNPACK delegate for
 # is initialised, CUDA probing on a CPU host, the converter's settings line.
 TENSORFLOW_NOISE = re.compile(
     rb"^([IW]\d{4} |WARNING: All log messages before absl::InitializeLog|To enable the following instructions"
-    rb"|fully_quantize: |E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_blas|cuda_fft))"
+    rb"|fully_quantize: |E\d{4} .*(cuInit|cuda_platform|cuda_dnn|cuda_blas|cuda_fft)"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$)"
 )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edge.bundle import Bundle, Uncertainty
+from edge.errors import BundleError
 from edge.preprocess import preprocess
 from edge.rejection import MahalanobisScorer
 from edge.runtime import InferenceBackend, open_backend
@@ -135,6 +136,14 @@ class Classifier:
         self.top_k = top_k
         self.lab = lab
         rejection = bundle.manifest.rejection
+        if (
+            rejection and not self.backend.has_embedding
+        ):  # never classify without the rejection it was built with
+            raise BundleError(
+                f"{bundle.path}: this bundle labels cells unlike its training data unknown from the model's "
+                f"embedding output, which the {self.backend.name} backend's model does not give; use a backend "
+                "whose model has it (cpu, edgetpu) or export it again"
+            )
         self.rejection = MahalanobisScorer.load(bundle.path / rejection.file) if rejection else None
         self.rejection_threshold = rejection.threshold if rejection else None
 

@@ -9,8 +9,10 @@ runtime, classify, eval, bench and daemon tests run on a device install (`make t
 has no TensorFlow. Run it again (it needs the train extra) only when the bundle format changes; its
 answers mean nothing beyond the synthetic classes. `float_val_probs.npy` beside it holds the float
 model's probabilities on the tests' synthetic validation images, for the test that compares the
-int8 model with the float one it came from. tests/fixtures/tiny-reject-int8 is the same model through
-`edge quantize --reject mahalanobis`: two outputs and rejection statistics, for the rejection tests.
+int8 model with the float one it came from. `model.onnx` is model.tflite through
+`edge export BUNDLE --format onnx` (tf2onnx's TFLite front end), for the onnx backend's device tests.
+tests/fixtures/tiny-reject-int8 is the same model through `edge quantize --reject mahalanobis`: two
+outputs and rejection statistics, for the rejection tests.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main(argv=None) -> int:
     import keras
     import numpy as np
 
+    from convert.export import ExportRequest, export
     from convert.quantize import QuantizeRequest, quantize
     from edge.dataset import images_in
     from edge.preprocess import preprocess_file
@@ -62,6 +65,7 @@ def main(argv=None) -> int:
         )
         quantize(request)
         (out / "float.keras").unlink()
+        export(ExportRequest(out, format="onnx"))
     for folder in (out, Path(args.reject_out)):
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1024:.1f} KB" for p in sorted(folder.iterdir()))
         print(f"wrote {folder}: {sizes}")

@@ -273,13 +273,16 @@ def test_picamera2_source_goes_through_the_daemons_camera_code(tiny_bundle, tmp_
 def test_edgetpu_backend_through_the_delegate_double(tiny_bundle, tmp_path, monkeypatch):
     """The Edge TPU path with tests/fake_edgetpu.py (a real TfLiteDelegate struct that claims no nodes):
     the bench opens model_edgetpu.tflite through load_delegate and records it in the context."""
+    import shutil
+
     from edge.bundle import CPU_MODEL, EDGETPU_MODEL, write_bundle
     from tests.fake_edgetpu import FakeEdgeTpu
 
     bundle = Bundle.load(tiny_bundle)
     copy = tmp_path / "tpu"
+    shutil.copytree(tiny_bundle, copy)  # every file the manifest lists (model.onnx too)
     model = (tiny_bundle / CPU_MODEL).read_bytes()
-    write_bundle(copy, {CPU_MODEL: model, EDGETPU_MODEL: model}, bundle.manifest)
+    write_bundle(copy, {EDGETPU_MODEL: model}, bundle.manifest)
     fake = FakeEdgeTpu(devices=["usb:0"]).install(monkeypatch)
     out = tmp_path / "tpu.json"
     output, code = bench(copy, *FAST, "--backend", "edgetpu", "--device", "usb:0", "--profile", "--json", out)

@@ -99,6 +99,11 @@ def profile(model, description: dict) -> dict:
     """`model`: the backend's edge.runtime.tflite.TFLiteModel, or None for a backend without one."""
     runtime = f"{description.get('runtime', '?')}"
     note = TIMINGS_UNAVAILABLE.format(runtime=runtime, version=description.get("runtime_version", "?"))
+    if runtime == "onnxruntime":  # it has a profiler; the bench does not drive it (yet)
+        note = (
+            "per-op timings of onnxruntime: not collected by edge bench; onnxruntime writes them with "
+            "SessionOptions.enable_profiling (or onnxruntime_perf_test -p)."
+        )
     get_ops = getattr(model.interpreter, "_get_ops_details", None) if model is not None else None
     if get_ops is None:
         return {

@@ -11,6 +11,10 @@ from dataclasses import asdict, dataclass
 
 TOLERANCE = 0.30  # pycoral's benchmarks flag a result more than 30% away from the reference
 CORAL = "coral.ai Edge TPU benchmarks / pycoral reference CSVs"
+# Jetson figures: published, not measured here (no Jetson on this project's machines). Neither is an
+# int8 ONNX Runtime number; the caveat of each row says what was measured instead.
+TORCH2TRT = "NVIDIA-AI-IOT/torch2trt docs/benchmarks/jetson_xavier.md (torchvision mobilenet_v2, batch 1)"
+OPENCV_ZOO = "opencv/opencv_zoo benchmark/README.md (image_classification_mobilenetv2_2022apr.onnx)"
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,10 @@ class Reference:
     low_ms: float
     high_ms: float
     source: str
+    provider: str | None = (
+        None  # onnx backend: the execution provider the number is for (cpu, cuda, tensorrt)
+    )
+    caveat: str = ""  # how the published measurement differs from this bench's invoke p50
 
 
 REFERENCES = (
@@ -55,6 +63,54 @@ REFERENCES = (
         20.0,
         "published XNNPACK int8 MobileNetV2 results on the Pi 4",
     ),
+    Reference(
+        "Jetson AGX Xavier, TensorRT FP16 (torch2trt)",
+        "jetson-agx-xavier",
+        "onnx",
+        "mobilenetv2",
+        224,
+        1.67,
+        1.67,
+        TORCH2TRT,
+        provider="tensorrt",
+        caveat="published, not measured here: float model built in FP16 by TensorRT through torch2trt, GPU latency",
+    ),
+    Reference(
+        "Jetson Orin Nano, GPU (OpenCV DNN, CUDA FP16)",
+        "jetson-orin-nano",
+        "onnx",
+        "mobilenetv2",
+        224,
+        7.87,
+        7.87,
+        OPENCV_ZOO,
+        provider="cuda",
+        caveat="published, not measured here: OpenCV DNN's CUDA backend, float model, median incl. pre/postprocessing",
+    ),
+    Reference(
+        "Jetson Orin Nano, CPU (OpenCV DNN)",
+        "jetson-orin-nano",
+        "onnx",
+        "mobilenetv2",
+        224,
+        17.3,
+        17.3,
+        OPENCV_ZOO,
+        provider="cpu",
+        caveat="published, not measured here: OpenCV DNN on the 6 Cortex-A78AE cores, float model, median",
+    ),
+    Reference(
+        "Jetson Nano, GPU (OpenCV DNN, CUDA FP32)",
+        "jetson-nano",
+        "onnx",
+        "mobilenetv2",
+        224,
+        28.45,
+        28.45,
+        OPENCV_ZOO,
+        provider="cuda",
+        caveat="published, not measured here: OpenCV DNN's CUDA backend, float model, median incl. pre/postprocessing",
+    ),
 )
 
 _ARM_PARTS = {"0xd03": "cortex-a53", "0xd08": "cortex-a72", "0xd0b": "cortex-a76"}
@@ -62,6 +118,9 @@ _BOARDS = (
     (r"raspberry pi (4|compute module 4|400)", "raspberry-pi-4"),
     (r"raspberry pi (5|compute module 5|500)", "raspberry-pi-5"),
     (r"jetson", "jetson"),
+    (r"jetson agx xavier", "jetson-agx-xavier"),
+    (r"jetson orin nano", "jetson-orin-nano"),
+    (r"jetson nano", "jetson-nano"),  # the original Nano; "Jetson Orin Nano" does not match
     (r"coral|phanbell", "coral-dev-board"),
 )
 
@@ -82,14 +141,20 @@ def device_tags(context: dict) -> set[str]:
     return tags
 
 
-def applicable(context: dict, backend: str, architecture: str | None, size: int | None) -> list[Reference]:
-    """References for this device, backend, model and input size. The model matches by prefix, so a
-    Keras model name such as 'mobilenetv2_classifier' counts as MobileNetV2."""
+def applicable(
+    context: dict, backend: str, architecture: str | None, size: int | None, provider: str | None = None
+) -> list[Reference]:
+    """References for this device, backend (and onnx provider), model and input size. The model matches
+    by prefix, so a Keras model name such as 'mobilenetv2_classifier' counts as MobileNetV2."""
     tags, model = device_tags(context), normalise_model(architecture)
     return [
         r
         for r in REFERENCES
-        if r.tag in tags and r.backend == backend and model.startswith(r.model) and r.size == size
+        if r.tag in tags
+        and r.backend == backend
+        and r.provider in (None, provider)
+        and model.startswith(r.model)
+        and r.size == size
     ]
 
 
@@ -111,6 +176,10 @@ def check(result: dict) -> list[dict]:
     model = result["bundle"]
     shape = model.get("input") or []
     size = int(shape[1]) if len(shape) >= 3 else None
-    backend = (result.get("backend") or {}).get("backend") or "cpu"
-    refs = applicable(result["context"], backend, model.get("architecture") or model.get("name"), size)
+    described = result.get("backend") or {}
+    backend = described.get("backend") or "cpu"
+    provider = (described.get("providers") or [None])[0] if backend == "onnx" else None
+    refs = applicable(
+        result["context"], backend, model.get("architecture") or model.get("name"), size, provider
+    )
     return [mark(r, result["stages"]["invoke"]["p50_ms"]) for r in refs]

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge import bench, labtables
@@ -25,7 +25,7 @@ from edge.bench import context as context_mod
 from edge.bench import profile as profile_mod
 from edge.bench import reference
 from edge.bench.stats import summarize
-from edge.bundle import CPU_MODEL, EDGETPU_MODEL, Bundle
+from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle
 from edge.daemon.capture import Capturer, Skipped
 from edge.daemon.config import ConfigError, PipelineConfig, SimOptions, SourceConfig
 from edge.daemon.modes import CellMode
@@ -58,6 +58,7 @@ class BenchConfig:
     region: float = PipelineConfig.region
     region_px: int = 0
     lab: str = "auto"  # the LAB strategy (edge.labtables.choose): auto, tables or cvtcolor, for A/B runs
+    onnx_options: dict = field(default_factory=dict)  # --backend onnx: providers, trt_precision, trt_cache
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -97,7 +98,7 @@ def _switch_interval(seconds: float):
 
 
 def bundle_info(bundle: Bundle, backend: str) -> dict:
-    model_file = bundle.path / (EDGETPU_MODEL if backend == "edgetpu" else CPU_MODEL)
+    model_file = bundle.path / {"edgetpu": EDGETPU_MODEL, "onnx": ONNX_MODEL}.get(backend, CPU_MODEL)
     size = model_file.stat().st_size if model_file.exists() else None
     return {
         "path": str(bundle.path),
@@ -226,8 +227,9 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     bundle = Bundle.load(config.bundle)
     load_ms = (_clock() - t) * 1000
     t = _clock()
+    extra = config.onnx_options if config.backend == "onnx" else {}
     backend = open_backend(
-        bundle, config.backend, runtime=config.runtime, threads=config.threads, device=config.device
+        bundle, config.backend, runtime=config.runtime, threads=config.threads, device=config.device, **extra
     )
     init_ms = (_clock() - t) * 1000
     try:
@@ -277,7 +279,8 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         "region": {"mode": "cell", "fraction": config.region, "px": config.region_px},
         "runs": config.runs,
         "warmup": config.warmup,
-        "invoke_scope": "interpreter.invoke()" if hasattr(backend, "model") else "backend.invoke()",
+        "invoke_scope": getattr(backend, "invoke_scope", None)
+        or ("interpreter.invoke()" if hasattr(backend, "model") else "backend.invoke()"),
         "startup": {
             "bundle_load_ms": round(load_ms, 3),
             "init_ms": round(init_ms, 3),

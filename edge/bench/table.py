@@ -179,7 +179,8 @@ def format_matrix(results: list[dict]) -> str:
             [
                 r["bundle"]["name"],
                 ctx["backend"],
-                f"{ctx['runtime']} {ctx['runtime_version']}",
+                # the delegate or provider too: cpu-tflite (xnnpack) and onnx (cpu, tensorrt int8) side by side
+                f"{ctx['runtime']} {ctx['runtime_version']} {ctx.get('delegate') or ''}".strip(),
                 str(ctx["threads"]),
                 _ms(s["invoke"]["p50_ms"]),
                 _ms(s["preprocess"]["p50_ms"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import click
@@ -14,20 +15,22 @@ from edge.runtime.tflite import RUNTIME_CHOICES, usable_cores
 
 
 def runtime_options(func):
-    """--backend, --device, --runtime, --threads, --batch-size, --workers."""
+    """--backend, --device, --runtime, --threads, --batch-size, --workers, and the onnx options."""
     options = [
         click.option(
             "--backend",
             type=click.Choice(list(BACKENDS)),
             default="cpu",
             show_default=True,
-            help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU.",
+            help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU. "
+            "onnx: the bundle's model.onnx through ONNX Runtime (TensorRT / CUDA on a Jetson, else the CPU).",
         ),
         click.option(
             "--device",
             default=None,
             metavar="DEV",
-            help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found).",
+            help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found); "
+            "with --backend onnx, the GPU index (0, cuda:1).",
         ),
         click.option(
             "--runtime",
@@ -61,7 +64,42 @@ def runtime_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return onnx_options(func)
+
+
+def onnx_options(func):
+    """--providers, --trt-precision, --trt-cache, passed on as one `onnx_options` dict (empty unless
+    given, so the other backends never see them)."""
+    options = [
+        click.option(
+            "--providers",
+            default=None,
+            metavar="P[,P...]",
+            help="--backend onnx: execution providers in order of preference, the first available used "
+            "(tensorrt, cuda, cpu).  [default: tensorrt,cuda,cpu]",
+        ),
+        click.option(
+            "--trt-precision",
+            type=click.Choice(["int8", "fp16", "fp32"]),
+            default=None,
+            help="--backend onnx on TensorRT: int8 (the model's Q/DQ, fp16 elsewhere), fp16 or fp32.  [default: int8]",
+        ),
+        click.option(
+            "--trt-cache",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="--backend onnx on TensorRT: where built engines are kept.  [default: ~/.cache/edge-hemato/tensorrt]",
+        ),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, providers, trt_precision, trt_cache, **kwargs):
+        given = {"providers": providers, "trt_precision": trt_precision, "trt_cache": trt_cache}
+        return func(*args, onnx_options={k: v for k, v in given.items() if v is not None}, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 def pipeline_for(

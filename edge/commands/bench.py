@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edge.commands._device_options import onnx_options
 from edge.daemon.config import PipelineConfig
 from edge.runtime import BACKENDS
 
@@ -37,6 +38,23 @@ def _int_list(ctx, param, value):
 
 def _str_list(ctx, param, value):
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _backend_list(ctx, param, value):
+    items = _str_list(ctx, param, value)
+    for name in items or []:
+        if name not in BACKENDS:
+            raise click.BadParameter(
+                f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} (a list sweeps them)"
+            )
+    return items
+
+
+def _matrix_backends(runtimes_given: bool) -> list[str]:
+    """What a default --matrix compares: TFLite on the CPU, and the onnx backend where onnxruntime is
+    installed (not when --runtime names TFLite runtimes to sweep)."""
+    onnx = not runtimes_given and importlib.util.find_spec("onnxruntime") is not None
+    return ["cpu", "onnx"] if onnx else ["cpu"]
 
 
 def default_bundle() -> Path:
@@ -72,10 +90,11 @@ def _progress(config, total):
 @click.argument("bundles", nargs=-1, type=click.Path(path_type=Path), metavar="[BUNDLE]...")
 @click.option(
     "--backend",
-    type=click.Choice(list(BACKENDS)),
-    default="cpu",
-    show_default=True,
-    help="cpu (TFLite + XNNPACK) or edgetpu (Coral, model_edgetpu.tflite).",
+    "backends",
+    callback=_backend_list,
+    metavar="B[,B...]",
+    help="cpu (TFLite + XNNPACK), edgetpu (Coral, model_edgetpu.tflite) or onnx (model.onnx through "
+    "ONNX Runtime); a list sweeps them.  [default: cpu; --matrix: cpu,onnx where onnxruntime is installed]",
 )
 @click.option(
     "--device",
@@ -166,9 +185,10 @@ def _progress(config, total):
 @click.option(
     "--list-references", is_flag=True, help="Print the built-in published reference numbers and exit."
 )
+@onnx_options
 def bench(
     bundles,
-    backend,
+    backends,
     device,
     runtimes,
     threads,
@@ -184,6 +204,7 @@ def bench(
     matrix,
     profile,
     list_references,
+    onnx_options,
 ):
     """Measure latency per stage (capture, preprocess, invoke, postprocess, end_to_end) and pipelined
     throughput of BUNDLE on this device, with the context that makes the numbers comparable.
@@ -194,6 +215,7 @@ def bench(
       edge bench --runs 200 --json out.json
       edge bench models/mobilenetv2-int8 --threads 1,2,4
       edge bench --matrix --runtime litert,tflite-runtime
+      edge bench --matrix --backend cpu,onnx --threads 2
       edge bench --compare out.json
     """
     from edge.bench import compare as compare_mod
@@ -209,7 +231,7 @@ def bench(
                 [
                     [
                         r.board,
-                        r.backend,
+                        f"{r.backend}/{r.provider}" if r.provider else r.backend,
                         f"{r.model} {r.size}",
                         f"{r.low_ms}" if r.low_ms == r.high_ms else f"{r.low_ms}-{r.high_ms}",
                         r.source,
@@ -219,6 +241,9 @@ def bench(
                 left=3,
             )
         )
+        for r in reference.REFERENCES:
+            if r.caveat:
+                click.echo(f"{r.board}: {r.caveat}")
         click.echo(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
         return
     old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
@@ -226,6 +251,8 @@ def bench(
         if path is not None and not path.resolve().parent.is_dir():
             raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
     bundles = list(bundles) or [default_bundle()]
+    if backends is None:
+        backends = _matrix_backends(runtimes is not None) if matrix else ["cpu"]
     if runtimes is None:
         runtimes = (
             [n for n, mod in _DEVICE_RUNTIMES.items() if importlib.util.find_spec(mod)]
@@ -236,8 +263,11 @@ def bench(
     if threads is None:
         threads = _matrix_threads() if matrix else [None]
     configs = [
-        BenchConfig(b, backend, rt, t, runs, warmup, source, profile, device, region, region_px, lab)
-        for b, rt, t in itertools.product(bundles, runtimes, threads)
+        BenchConfig(b, be, rt, t, runs, warmup, source, profile, device, region, region_px, lab, onnx_options)
+        for b, be in itertools.product(bundles, backends)
+        # the runtime sweep is TFLite's; model.onnx always runs on onnxruntime
+        for rt in (runtimes if be != "onnx" else ["auto"])
+        for t in threads
     ]
     as_matrix = matrix or len(configs) > 1
 

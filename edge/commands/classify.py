@@ -92,7 +92,19 @@ def _text_line(result: ImageResult) -> str:
 )
 @runtime_options
 def classify(
-    bundle, paths, fmt, top_k, threshold, margin, backend, device, runtime, threads, batch_size, workers
+    bundle,
+    paths,
+    fmt,
+    top_k,
+    threshold,
+    margin,
+    backend,
+    device,
+    runtime,
+    threads,
+    batch_size,
+    workers,
+    onnx_options,
 ):
     """Classify the images in PATH... (files, or folders searched recursively) with the model BUNDLE.
 
@@ -124,6 +136,7 @@ def classify(
         runtime=runtime,
         threads=threads,
         device=device,
+        **onnx_options,
     )
     out = click.get_text_stream("stdout")
     writer = None

@@ -168,6 +168,38 @@ def check_edgetpu(wanted: bool, device: str | None, root: str = "/") -> list[Che
     return checks
 
 
+def check_onnx(wanted: bool) -> list[Check]:
+    """onnxruntime, the execution providers it has, and why a GPU one is missing (edge.runtime.onnx_providers)."""
+    from edge.runtime.onnx_providers import PROVIDERS, SHORT, probe, why_missing
+
+    try:
+        import onnxruntime
+    except ImportError:
+        return [
+            Check(
+                "onnxruntime",
+                FAIL if wanted else INFO,
+                "not installed (the onnx backend needs it): pip install '.[jetson]', on a Jetson NVIDIA's "
+                "onnxruntime-gpu wheel (docs/device.md)",
+            )
+        ]
+    found = probe()
+    available = list(onnxruntime.get_available_providers())
+    checks = [
+        Check("onnxruntime", OK, f"{found.wheel or 'onnxruntime'} {onnxruntime.__version__} imports"),
+        Check(
+            "onnx providers",
+            OK,
+            ", ".join(SHORT.get(p, p) for p in available)
+            + (f"  (Jetson: {found.jetpack})" if found.jetpack else ""),
+        ),
+    ]
+    for short in ("tensorrt", "cuda"):
+        why = why_missing(PROVIDERS[short], available, found)
+        checks.append(Check(f"onnx {short}", INFO if why else OK, why or "available"))
+    return checks
+
+
 def check_cameras() -> list[Check]:
     videos = sorted(str(p) for p in Path("/dev").glob("video*"))
     checks = [
@@ -302,14 +334,15 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(bundle, backend, device, runtime, as_json):
     """Check that this machine can classify: Python and NumPy, TFLite runtimes, XNNPACK, Edge TPU
-    devices and libedgetpu, cameras, CPU governor, free disk, and (given BUNDLE) that the model loads
-    and runs. Exits 1 when the chosen setup cannot run.
+    devices and libedgetpu, onnxruntime and its providers (TensorRT, CUDA), cameras, CPU governor,
+    free disk, and (given BUNDLE) that the model loads and runs. Exits 1 when the chosen setup cannot run.
 
     \b
     Examples:
       edge doctor
       edge doctor models/mobilenetv2-int8
       edge doctor models/mobilenetv2-int8 --backend edgetpu --device usb:0
+      edge doctor models/mobilenetv2-int8 --backend onnx
     """
     checks = check_python() + check_runtimes(runtime)
     runtime_ok = not any(c.status == FAIL for c in checks)
@@ -320,6 +353,7 @@ def doctor(bundle, backend, device, runtime, as_json):
             model = Path(bundle) / "model.tflite"
     checks.append(check_xnnpack(model, runtime) if runtime_ok else Check("xnnpack", INFO, "no runtime"))
     checks += check_edgetpu(backend == "edgetpu", device)
+    checks += check_onnx(backend == "onnx")
     checks += check_cameras() + [check_preprocessing()] + check_system()
     if bundle:
         checks += bundle_checks if runtime_ok else [Check("bundle", FAIL, "not tried: no TFLite runtime")]

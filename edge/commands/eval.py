@@ -108,6 +108,7 @@ def eval_(
     threads,
     batch_size,
     workers,
+    onnx_options,
 ):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
 
@@ -148,6 +149,7 @@ def eval_(
         runtime=runtime,
         threads=threads,
         device=device,
+        **onnx_options,
     )
     _warm_up(classifiers, batch_size, paths[0])
 

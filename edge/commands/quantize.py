@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge.commands._extras import require_train
+from edge.commands._extras import require_onnx_export, require_train
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -107,6 +107,14 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     show_default=True,
     help="Project the embedding on this many principal components first (0: no projection).",
 )
+@click.option(
+    "--format",
+    type=click.Choice(["tflite", "onnx"]),
+    default="tflite",
+    show_default=True,
+    help="onnx: also write model.onnx (int8 QDQ by onnxruntime on the same calibration images, for the "
+    "onnx backend: TensorRT / CUDA on a Jetson). model.tflite is always written.",
+)
 @click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log and the converter's output.")
 def quantize(verbose, **options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
@@ -117,6 +125,8 @@ def quantize(verbose, **options):
           --eval data/blood-5class/val --out models/mobilenetv2-int8
     """
     require_train("edge quantize", verbose)
+    if options["format"] == "onnx":
+        require_onnx_export("edge quantize --format onnx", verbose)
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 

@@ -32,6 +32,7 @@ __all__ = [
 BACKENDS = {
     "cpu": "edge.runtime.cpu_tflite",
     "edgetpu": "edge.runtime.edgetpu",
+    "onnx": "edge.runtime.onnx",
 }
 
 
@@ -67,6 +68,7 @@ class InferenceBackend(ABC):
 
     input_shape: tuple[int, ...] = ()  # H x W x C of one image
     n_outputs: int = 0  # classes the model outputs
+    has_embedding: bool = False  # a second output, for rejection (see `embedding`)
 
     @abstractmethod
     def set_input(self, batch: np.ndarray) -> None: ...
@@ -96,7 +98,7 @@ class InferenceBackend(ABC):
 
 def open_backend(bundle: Bundle, backend: str = "cpu", **options) -> InferenceBackend:
     """Build the named backend for `bundle` with its options (cpu: runtime, threads, xnnpack;
-    edgetpu: device, runtime, threads)."""
+    edgetpu: device, runtime, threads; onnx: providers, threads, device, trt_precision, trt_cache)."""
     if backend not in BACKENDS:
         raise RuntimeUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     try:

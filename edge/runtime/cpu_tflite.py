@@ -70,6 +70,7 @@ class TFLiteBackend(InferenceBackend):
         self.input_dtype = self.model.input_dtype
         self._scores_at, self._embedding_at = _output_roles(self.model.outputs, bundle)
         self.n_outputs = self.model.outputs[self._scores_at].shape[-1]
+        self.has_embedding = self._embedding_at is not None
 
     def _allocation_error(self, exc: Exception) -> Exception:
         return RuntimeUnavailableError(f"{self.model_file}: the TFLite interpreter cannot run it ({exc})")

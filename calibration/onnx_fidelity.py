@@ -1,0 +1,72 @@
+"""Does model.onnx say what the bundle's other models say? Top-1 agreement and per-class accuracy of the
+ONNX int8 model against a reference (the float Keras model, or the TFLite int8 model), on a labelled set.
+
+The ONNX probabilities come through edge.runtime.onnx, the code the device runs, on the CPU provider.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def onnx_probs(
+    onnx_model: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "onnx model"
+) -> np.ndarray:
+    """Float32 scores of an ONNX model for uint8 images, through the device's input and output handling."""
+    from tqdm import tqdm
+
+    from edge.runtime.onnx import OnnxModel
+
+    model = OnnxModel(onnx_model, ["CPUExecutionProvider"])
+    starts = range(0, len(images), batch_size)
+    return np.concatenate(
+        [
+            model.run(images[a : a + batch_size])
+            for a in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
+        ]
+    )
+
+
+def agreement(
+    reference_p: np.ndarray, onnx_p: np.ndarray, y: np.ndarray, labels: list[str], split: str, reference: str
+) -> dict:
+    """The ONNX model against `reference` ("float", "tflite-int8") on the same images: top-1 agreement,
+    both accuracies overall and per class, and the mean absolute probability difference."""
+    rp, op = reference_p.argmax(1), onnx_p.argmax(1)
+    per_class = []
+    for i, name in enumerate(labels):
+        mask = y == i
+        if mask.any():
+            per_class.append(
+                {
+                    "label": name,
+                    "n": int(mask.sum()),
+                    "reference_accuracy": round(float((rp[mask] == i).mean()), 6),
+                    "onnx_accuracy": round(float((op[mask] == i).mean()), 6),
+                }
+            )
+    return {
+        "against": reference,
+        "split": split,
+        "n": int(len(y)),
+        "agreement": round(float((rp == op).mean()), 6),
+        "disagreements": int((rp != op).sum()),
+        "reference_accuracy": round(float((rp == y).mean()), 6),
+        "onnx_accuracy": round(float((op == y).mean()), 6),
+        "mean_abs_prob_diff": round(float(np.abs(reference_p - onnx_p).mean()), 6),
+        "per_class": per_class,
+    }
+
+
+def format_agreement(report: dict) -> str:
+    lines = [
+        f"onnx int8 vs {report['against']} on {report['split']} (n={report['n']}): top-1 agreement "
+        f"{report['agreement'] * 100:.2f}% ({report['disagreements']} differ), accuracy {report['against']} "
+        f"{report['reference_accuracy'] * 100:.2f}%  onnx {report['onnx_accuracy'] * 100:.2f}%",
+        f"{'class':<16} {'n':>5} {report['against']:>12} {'onnx':>8}",
+    ]
+    for c in report["per_class"]:
+        lines.append(
+            f"{c['label']:<16} {c['n']:5d} {c['reference_accuracy'] * 100:11.2f}% {c['onnx_accuracy'] * 100:7.2f}%"
+        )
+    return "\n".join(lines)
