@@ -86,10 +86,10 @@ def _batches(n: int, size: int):
 
 def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "float model") -> np.ndarray:
     """Float Keras probabilities for uint8 images (the model rescales inside its graph)."""
-    from tqdm import tqdm
+    from convert.progress import progress
 
     out = []
-    for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
         out.append(np.asarray(model(images[a:b].astype(np.float32), training=False)))
     return np.concatenate(out).astype(np.float32)
 
@@ -99,13 +99,12 @@ def tflite_outputs(
 ) -> list[np.ndarray]:
     """Every float32 output of a TFLite model (uint8, int8 or float input) for uint8 images, run
     through edge.runtime.tflite: the device's own input quantization and dequantization."""
-    from tqdm import tqdm
-
+    from convert.progress import progress
     from edge.runtime.tflite import TFLiteModel
 
     model = TFLiteModel(tflite_bytes)
     parts = []
-    for a, b in tqdm(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+    for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
         parts.append(model.run(images[a:b]))
     return [np.concatenate(column) for column in zip(*parts, strict=True)]
 

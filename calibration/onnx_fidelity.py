@@ -13,8 +13,7 @@ def onnx_probs(
     onnx_model: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "onnx model"
 ) -> np.ndarray:
     """Float32 scores of an ONNX model for uint8 images, through the device's input and output handling."""
-    from tqdm import tqdm
-
+    from convert.progress import progress
     from edge.runtime.onnx import OnnxModel
 
     model = OnnxModel(onnx_model, ["CPUExecutionProvider"])
@@ -22,7 +21,7 @@ def onnx_probs(
     return np.concatenate(
         [
             model.run(images[a : a + batch_size])
-            for a in tqdm(starts, desc=desc, unit="batch", leave=False, disable=None)
+            for a in progress(starts, desc=desc, unit="batch", leave=False)
         ]
     )
 

@@ -49,12 +49,12 @@ def build_augmenter(size: int, seed: int):
 
 def augmented_views(images: np.ndarray, n_views: int, seed: int, desc: str = "augment"):
     """Yield (view, batch of images) for view 1..n_views-1; view 0 is the unaugmented image itself."""
-    from tqdm import tqdm
+    from convert.progress import progress
 
     aug = build_augmenter(images.shape[1], seed)
     for view in range(1, n_views):
         out = np.empty_like(images)
-        for i in tqdm(range(len(images)), desc=f"{desc} view {view}/{n_views - 1}", unit="img", leave=False):
+        for i in progress(range(len(images)), desc=f"{desc} view {view}/{n_views - 1}", leave=False):
             out[i] = aug(image=images[i])["image"]
         yield view, out
 

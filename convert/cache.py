@@ -43,7 +43,7 @@ def load_images(
     workers: int = 2,
 ) -> CachedImages:
     """Preprocess `files` (or read them from `cache_dir`) into one uint8 array."""
-    from tqdm import tqdm
+    from convert.progress import progress
 
     path = None
     if cache_dir is not None:
@@ -54,7 +54,7 @@ def load_images(
             return CachedImages(
                 images, np.array(meta["ok"], dtype=np.int64), [tuple(s) for s in meta["skipped"]], True
             )
-    with tqdm(total=len(files), desc=desc, unit="img", disable=None) as bar:
+    with progress(total=len(files), desc=desc) as bar:
         loaded = load_array(files, spec, workers, bar.update)
     result = CachedImages(loaded.images, loaded.ok, loaded.skipped)
     if path is not None:

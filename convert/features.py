@@ -48,9 +48,8 @@ def extract_views(
     desc: str = "features",
 ) -> np.ndarray:
     """(n_views, N, ...) activations of `bottom` (float16), or the uint8 views when bottom is None."""
-    from tqdm import tqdm
-
     from convert.augment import augmented_views
+    from convert.progress import progress
 
     path = Path(cache_dir) / f"activations-{key}.npy" if cache_dir is not None and key else None
     if path is not None and path.exists():
@@ -63,7 +62,7 @@ def extract_views(
         shape, dtype = tuple(int(d) for d in bottom.output.shape[1:]), np.float16
     out = np.empty((n_views, len(images), *shape), dtype=dtype)
     predict = make_predictor(bottom) if bottom is not None else None
-    with tqdm(total=n_views * len(images), desc=desc, unit="img") as bar:
+    with progress(total=n_views * len(images), desc=desc) as bar:
 
         def store(view, batch):
             if predict is None:
@@ -86,12 +85,12 @@ def extract_views(
 
 def predict_arrays(model, arrays: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
     """Run `model` over `arrays` in batches (training=False) and return float32 outputs."""
-    from tqdm import tqdm
+    from convert.progress import progress
 
     predict = make_predictor(model)
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((len(arrays), *shape), dtype=np.float32)
-    with tqdm(total=len(arrays), desc=desc, unit="img", disable=desc is None) as bar:
+    with progress(total=len(arrays), desc=desc) as bar:
         _batched_predict(predict, arrays, batch_size, out, bar)
     return out
 

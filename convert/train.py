@@ -23,6 +23,9 @@ LOSSES = ("ce", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
+DEFAULT_FINE_TUNE_EPOCHS = 15
+
+
 @dataclass
 class TrainConfig:
     """Every choice of a run; saved as config.json, which `edge train --config` replays."""
@@ -35,7 +38,7 @@ class TrainConfig:
     weights: str = "imagenet"
     img_size: int = 224
     epochs: int = 40
-    fine_tune_epochs: int = 15
+    fine_tune_epochs: int | None = None  # None: as many as --epochs, at most DEFAULT_FINE_TUNE_EPOCHS
     batch_size: int = 32
     loss: str = "ce"
     class_weight: str = "none"
@@ -54,6 +57,9 @@ class TrainConfig:
     class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL aliases across sources
 
     def __post_init__(self):
+        # `--epochs 1` means a one-epoch run: phase 2 follows --epochs unless it is given itself.
+        if self.fine_tune_epochs is None:
+            self.fine_tune_epochs = min(int(self.epochs), DEFAULT_FINE_TUNE_EPOCHS)
         # A single folder (as older config.json files hold it) is a list of one.
         if isinstance(self.data_dir, (str, bytes)) or self.data_dir is None:
             self.data_dir = [self.data_dir] if self.data_dir else []
@@ -175,7 +181,13 @@ def fit_two_phase(
     log = _EpochLog()
     best = {}
     keras.utils.set_random_seed(cfg.seed)
-    if built.pretrained and cfg.epochs > 0:
+    head_epochs = cfg.epochs if built.pretrained else 0  # a random backbone has no frozen phase
+    _log(
+        f"training plan: phase 1 (head) up to {head_epochs} epochs"
+        + ("" if built.pretrained else " (skipped: no pretrained backbone)")
+        + f", phase 2 (fine-tune) up to {cfg.fine_tune_epochs} epochs"
+    )
+    if head_epochs > 0:
         # Pooled features of the frozen top: computed once, then the head trains in seconds.
         head = keras.Model(model.get_layer("head_pool").output, model.output)
         if pooled is None:

@@ -95,6 +95,22 @@ def test_saved_model_reproduces_reported_val_accuracy(run_dir, synthetic_split):
     assert np.mean(pred == np.array(y)) == pytest.approx(report["splits"]["val"]["accuracy"])
 
 
+def test_epochs_one_is_a_one_epoch_run_with_a_plain_log(run_dir, synthetic_split, tmp_path, capsys):
+    """`--epochs 1` ran 15 fine-tune epochs, and nested bars left `\\x1b[A` in logs (issue 15)."""
+    _, _, data, cache = run_dir
+    out = tmp_path / "one"
+    args = ["train", str(data / "train"), "--val-dir", str(synthetic_split / "val"), "--out", str(out)]
+    args += ["--cache", str(cache), "--img-size", "64", "--epochs", "1", "--views", "2", "--batch-size", "16"]
+    args += ["--seed", "1"]  # fresh augmented views, not the module run's cached activations
+    code, stdout, stderr = _edge(args, capsys)
+    assert code == 0, stderr[-2000:]
+    assert "training plan: phase 1 (head) up to 1 epochs, phase 2 (fine-tune) up to 1 epochs" in stdout
+    history = json.loads((out / "report.json").read_text())["history"]
+    assert sorted(r["phase"].split(" ")[1] for r in history) == ["1", "2"]
+    assert json.loads((out / "config.json").read_text())["train"]["fine_tune_epochs"] == 1
+    assert "\x1b[" not in stdout + stderr  # captured output is not a terminal: no bars
+
+
 def test_rerun_from_config(run_dir, tmp_path, capsys):
     out, _, _, _ = run_dir
     again = tmp_path / "again"

@@ -86,14 +86,17 @@ _CONFIGURABLE = (
 )
 @click.option("--img-size", type=int, default=224, show_default=True, help="Model input side in pixels.")
 @click.option(
-    "--epochs", type=int, default=40, show_default=True, help="Phase 1: head on the frozen backbone."
+    "--epochs",
+    type=int,
+    default=40,
+    show_default=True,
+    help="Phase 1: head on the frozen backbone (early stopping may end it sooner).",
 )
 @click.option(
     "--fine-tune-epochs",
     type=int,
-    default=15,
-    show_default=True,
-    help="Phase 2: top of the backbone unfrozen at --fine-tune-lr.",
+    default=None,
+    help="Phase 2: top of the backbone unfrozen at --fine-tune-lr. Default: as --epochs, at most 15.",
 )
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--loss", type=click.Choice(["ce", "focal"]), default="ce", show_default=True)

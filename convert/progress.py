@@ -1,0 +1,22 @@
+"""Progress bars for long host-side work: a live tqdm bar on a terminal, one plain line in a log.
+
+Nested or redrawn bars written to a file or a pipe leave escape codes (`\\x1b[A`) in the log, so
+off a terminal each job prints what it is doing once instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str | None = None, unit: str = "img", **kw):
+    """tqdm(iterable, ...) on a terminal; a disabled bar (same API) plus one line elsewhere.
+
+    Without `desc` the work is silent everywhere (inner steps of a job that has its own bar)."""
+    from tqdm import tqdm
+
+    live = sys.stderr.isatty() and desc is not None
+    if not live and desc:
+        count = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        print(f"{desc}: {count} {unit}" if count is not None else f"{desc}...", flush=True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not live, **kw)
