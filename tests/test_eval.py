@@ -157,3 +157,19 @@ def test_empty_or_missing_labelled_dir(tmp_path):
     with pytest.raises(DataError, match="no images found"):
         scan_labelled(tmp_path, ["a"])
     assert images_in(tmp_path) == []
+
+
+def test_links_never_count_a_file_twice_nor_leave_the_folder(tiny_bundle, labelled, tmp_path):
+    """`ln -s . DIR/myeloblast/self` gave n=450 for 50 images, `ln -s ..` 21.9 % accuracy (issue 15)."""
+    root = tmp_path / "linked"
+    shutil.copytree(labelled, root)
+    (root / "Round" / "self").symlink_to(".", target_is_directory=True)
+    (root / "Round" / "parent").symlink_to("..", target_is_directory=True)
+    (root / "LOBED" / "outside").symlink_to(labelled / "dense", target_is_directory=True)
+    plain, linked = tmp_path / "plain.json", tmp_path / "linked.json"
+    assert edge("eval", tiny_bundle, labelled, "--json", plain, "--baseline-images", "0").returncode == 0
+    proc = edge("eval", tiny_bundle, root, "--json", linked, "--baseline-images", "0")
+    assert proc.returncode == 0, proc.stderr
+    a, b = json.loads(plain.read_text()), json.loads(linked.read_text())
+    assert b["n"] == a["n"] == 40
+    assert b["accuracy"] == a["accuracy"] and b["confusion"] == a["confusion"]
