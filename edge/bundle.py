@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge import __version__
+from edge.detect.spec import DetectorSpec
 from edge.errors import BundleError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+TASKS = ("classifier", "detector")
 CPU_MODEL = "model.tflite"
 EDGETPU_MODEL = "model_edgetpu.tflite"
 
@@ -89,6 +91,10 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     writer: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # "detector": `labels` are the kinds of object found (wbc, ...) and `detector` says how its
+    # outputs decode into boxes (edge/detect/spec.py). Manifests written before it are classifiers.
+    task: str = "classifier"
+    detector: DetectorSpec | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -111,6 +117,9 @@ class Manifest:
             rejection=Rejection(**data.pop("rejection"))
             if data.get("rejection")
             else data.pop("rejection", None),
+            detector=DetectorSpec.from_dict(data.pop("detector"))
+            if data.get("detector")
+            else data.pop("detector", None),
             **data,
         )
 
@@ -166,6 +175,15 @@ class Bundle:
         return self.manifest.labels
 
     @property
+    def is_detector(self) -> bool:
+        return self.manifest.task == "detector"
+
+    def require_task(self, task: str, hint: str = "") -> None:
+        """A classifier bundle where a detector is expected, or the other way round: one line, exit 3."""
+        if self.manifest.task != task:
+            raise BundleError(f"{self.path}: a {self.manifest.task} bundle, not a {task}{hint}")
+
+    @property
     def preprocess_spec(self) -> PreprocessSpec:
         return self.manifest.preprocess
 
@@ -211,6 +229,12 @@ class Bundle:
             raise BundleError(f"{manifest_path}: malformed manifest ({exc})") from None
         if CPU_MODEL not in manifest.files:
             raise BundleError(f"{manifest_path}: lists no {CPU_MODEL}")
+        if manifest.task not in TASKS:
+            raise BundleError(
+                f"{manifest_path}: unknown task {manifest.task!r} (this edge knows {', '.join(TASKS)})"
+            )
+        if manifest.task == "detector" and manifest.detector is None:
+            raise BundleError(f"{manifest_path}: a detector bundle without its detector section")
         for name, expected in manifest.files.items():
             file = root / name
             if not file.exists():
