@@ -114,10 +114,20 @@ def quantize(**options):
     Example:
       edge quantize runs/mobilenetv2 --calib data/blood-5class/train \\
           --eval data/blood-5class/val --out models/mobilenetv2-int8
+
+    \b
+    A detector run (`edge train-detector`) takes its VOC folder as --calib (its training frames
+    calibrate) and --eval (its val frames are scored), e.g.
+      edge quantize runs/detector --calib data/bccd-frames --eval data/bccd-frames \\
+          --out models/wbc-detector-int8
     """
     require_train("edge quantize")
+    from convert.detector_quantize import is_detector_run, quantize_detector
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 
     request = QuantizeRequest(**options)  # the options are named after its fields
+    if is_detector_run(request.source):  # an `edge train-detector` run: --calib/--eval are VOC folders
+        print("\n".join(quantize_detector(request).lines))
+        return
     print_summary(run_quantize(request))
