@@ -16,10 +16,13 @@ from edge.errors import EdgeError
 COMMANDS = {
     "info": "edge.commands.info:info",
     "train": "edge.commands.train:train",
+    "train-detector": "edge.commands.train_detector:train_detector",
     "weights": "edge.commands.weights:weights",
     "quantize": "edge.commands.quantize:quantize",
     "compile": "edge.commands.compile:compile_",
     "classify": "edge.commands.classify:classify",
+    "detect": "edge.commands.detect:detect",
+    "eval-detector": "edge.commands.eval_detector:eval_detector",
     "eval": "edge.commands.eval:eval_",
     "run": "edge.commands.run:run",
     "bench": "edge.commands.bench:bench",
@@ -48,8 +51,8 @@ def cli(debug):
     """Blood-cell classification on the microscope.
 
     \b
-    Device:   classify, eval, run, bench, doctor, info
-    Training: train, weights, quantize, compile  (need the 'train' extra)
+    Device:   classify, eval, detect, eval-detector, run, bench, doctor, info
+    Training: train, train-detector, weights, quantize, compile  (need the 'train' extra)
     """
 
 

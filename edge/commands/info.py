@@ -38,6 +38,16 @@ def info(bundle, as_json):
         ),
         f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})",
     ]
+    if m.detector is not None:
+        d = m.detector
+        lines.insert(
+            2,
+            f"task        detector of {', '.join(m.labels)}: {d.method}, stride {d.stride}, threshold {d.threshold:g}",
+        )
+        lines.append(
+            f"crop rule   square of side max(w, h) / {d.crop.cell_fraction:g} around each cell, {d.crop.border} "
+            f"outside the frame ({d.crop.source})"
+        )
     if m.training.get("data_fingerprint"):
         lines.append(f"data        fingerprint {m.training['data_fingerprint'][:16]}")
     for metric in m.metrics:
