@@ -20,7 +20,7 @@ from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Capturer
 from edge.daemon.config import ConfigError, DaemonConfig, parse_listen
 from edge.daemon.differential import DifferentialCount
-from edge.daemon.modes import CellMode
+from edge.daemon.modes import CellMode, FieldMode
 from edge.daemon.notify import SystemdNotifier
 from edge.daemon.pipeline import Pipeline
 from edge.daemon.processor import FrameProcessor
@@ -52,6 +52,8 @@ class Daemon:
     def _load(self) -> None:
         c = self.config
         self.bundle = Bundle.load(c.bundle)  # BundleError: one line, exit 3
+        # field mode: the detector bundle is verified before any interpreter starts (and talks)
+        detector_bundle = Bundle.load(c.pipeline.field.detector) if c.pipeline.mode == "field" else None
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
         self.classifier = Classifier.open(
             self.bundle,
@@ -59,7 +61,11 @@ class Daemon:
             lab=labtables.choose(c.pipeline.lab),
             threads=c.pipeline.threads or None,
         )
-        self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
+        self.mode = (
+            self._field_mode(detector_bundle)
+            if detector_bundle is not None
+            else CellMode(c.pipeline.region, c.pipeline.region_px)
+        )
         self.processor = FrameProcessor(self.mode, self.classifier)
         self.processor.warm_up()
         try:
@@ -94,6 +100,27 @@ class Daemon:
             self.warnings.append(f"archive.alert_classes: {', '.join(unknown)} not labels of this model")
         for w in self.warnings:
             log(f"warning: {w}")
+
+    def _field_mode(self, bundle: Bundle) -> FieldMode:
+        """The detector bundle (verified like the classifier's), its tracker and the field watch."""
+        from edge.daemon.fields import FieldWatch
+        from edge.daemon.tracker import IoUTracker
+        from edge.detect.detector import Detector
+
+        c, f = self.config, self.config.pipeline.field
+        detector = Detector.open(
+            Bundle.load(f.detector),
+            c.pipeline.backend,
+            lab=self.classifier.lab,
+            threads=c.pipeline.threads or None,
+        )
+        return FieldMode(
+            detector,
+            IoUTracker(f.track_iou, f.max_age_frames, f.max_age_s),
+            FieldWatch(f.min_similarity, f.new_field_shift),
+            threshold=f.threshold or None,
+            target_cells=f.target_cells,
+        )
 
     def _open_source_first_time(self) -> bool:
         """Open in the main thread so a missing dependency fails at start; a camera that is not
@@ -167,7 +194,10 @@ class Daemon:
                 "runtime": self.classifier.backend.describe(),
             },
             "source": {**self.source.describe(), **snap.pop("source")},
-            "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},
+            "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px}
+            if self.mode.name == "cell"
+            else {"name": self.mode.name},
+            **({"field": self._field_status()} if self.mode.name == "field" else {}),
             "database": str(self.store.path),
             **snap,
             "queue": {"size": self.config.source.queue_size},
@@ -182,6 +212,17 @@ class Daemon:
             "archive": {**archive, "recent": list(self.archive.recent)},
             "last_result": last,
             "warnings": self.warnings,
+        }
+
+    def _field_status(self) -> dict:
+        """Cells per frame, fields seen, and how far the differential is towards its target."""
+        stats = self.mode.stats()
+        counted = self.differential.total
+        return {
+            **stats,
+            "differential_cells": counted,
+            "differential_confident": self.differential.confident_total,
+            "differential_progress": round(min(1.0, counted / stats["target_cells"]), 4),
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -265,6 +306,7 @@ class Daemon:
             else None,
             "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
             "differential": {r["label"]: r["count"] for r in self.differential.table()},
+            **({"field": self._field_status()} if self.mode.name == "field" else {}),
             "unknown": self.differential.unknown,
             "alerts": [a.name for a in self.differential.alerts() if a.active],
             "alert_rules": [dataclasses.asdict(a) for a in self.differential.alerts()],
