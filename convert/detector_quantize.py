@@ -64,6 +64,8 @@ def _command(req) -> str:
         args += ["--calib-count", str(req.calib_count)]
     if req.seed:
         args += ["--seed", str(req.seed)]
+    if req.crop_fraction:
+        args += ["--crop-fraction", f"{req.crop_fraction:g}"]
     return shlex.join(args)
 
 
@@ -123,7 +125,7 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     from convert.tflite_export import INT8_SETTINGS, _spec, make_converter
     from edge.detect.detector import Detector
     from edge.detect.eval_run import run_on_frames
-    from edge.detect.evaluate import threshold_for_recall
+    from edge.detect.evaluate import floor4, threshold_for_recall
     from edge.runtime.tflite import model_io
 
     for flag, on in (
@@ -139,6 +141,16 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").exists() else {}
     spec = PreprocessSpec.from_dict(config["preprocess"])
     detector_spec = DetectorSpec.from_dict(config["detector"])
+    if req.crop_fraction:
+        detector_spec = replace(
+            detector_spec,
+            crop=replace(
+                detector_spec.crop,
+                cell_fraction=float(req.crop_fraction),
+                source=f"median white cell side / image side of pbc-8class/train and blood-5class/train, "
+                "measured by scripts/measure_cell_fraction.py with this detector (docs/field.md)",
+            ),
+        )
     kinds = list(config["kinds"])
     split = config["split"]
     command = _command(req)
@@ -196,7 +208,7 @@ def quantize_detector(req) -> DetectorQuantizeResult:
         _say(f"int8 on the {len(tune_frames)} tune frames: choosing the operating threshold...")
         tune = run_on_frames(detector, tune_frames)
         target = float(config.get("training", {}).get("target_recall", 0.995))
-        threshold = round(threshold_for_recall([(f.detections, f.truth) for f in tune.frames], target), 4)
+        threshold = floor4(threshold_for_recall([(f.detections, f.truth) for f in tune.frames], target))
         detector_spec = replace(
             detector_spec,
             threshold=threshold,

@@ -45,7 +45,7 @@ from convert.detector_model import (
     build_head,
 )
 from edge.detect.decode import decode
-from edge.detect.evaluate import evaluate, threshold_for_recall
+from edge.detect.evaluate import evaluate, floor4, threshold_for_recall
 from edge.detect.spec import WBC, CropRule, DetectorSpec
 from edge.detect.voc import (
     SPLIT_METHOD,
@@ -366,7 +366,7 @@ def train_detector(req: DetectorTrainRequest) -> dict:
             )
     head.set_weights(best_weights)
     _, tune_results = _evaluate_frames(head, tune_feats, splits.tune, tune_images, spec, provisional, 0.5)
-    threshold = round(threshold_for_recall(tune_results, req.target_recall), 4)
+    threshold = floor4(threshold_for_recall(tune_results, req.target_recall))
     detector_spec = DetectorSpec(
         stride=STRIDE,
         heatmap=HEAT,

@@ -73,6 +73,7 @@ class QuantizeRequest:
     reject_quantile: float = 0.99
     reject_holdout: Path | None = None  # training-distribution cells not trained on, for the threshold
     reject_dims: int = 0  # PCA dimensions before the Mahalanobis distance (0: none)
+    crop_fraction: float | None = None  # detector runs: the crop rule's cell fraction, if measured since
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""

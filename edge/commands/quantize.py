@@ -107,6 +107,13 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     show_default=True,
     help="Project the embedding on this many principal components first (0: no projection).",
 )
+@click.option(
+    "--crop-fraction",
+    type=click.FloatRange(0.05, 1.0),
+    default=None,
+    help="Detector runs: the crop rule's cell fraction (a white cell's side over its crop's side), as "
+    "scripts/measure_cell_fraction.py measured it on the classifier's training images [default: the run's].",
+)
 def quantize(**options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
@@ -130,4 +137,6 @@ def quantize(**options):
     if is_detector_run(request.source):  # an `edge train-detector` run: --calib/--eval are VOC folders
         print("\n".join(quantize_detector(request).lines))
         return
+    if request.crop_fraction is not None:
+        raise click.UsageError("--crop-fraction applies to detector runs (edge train-detector)")
     print_summary(run_quantize(request))

@@ -51,7 +51,8 @@ class Detector:
         self, image: np.ndarray, threshold: float | None = None, order: str = "BGR"
     ) -> tuple[list[Detection], dict[str, float]]:
         """A frame (BGR by default, any size) -> its detections in its own pixels, best first, and the
-        time of each stage (ms): preprocess, invoke, decode (reading the outputs included)."""
+        time of each stage (ms): preprocess, invoke, decode (reading the outputs included).
+        `threshold` defaults to `self.threshold` (the bundle's operating point unless changed)."""
         t0 = time.perf_counter()
         tensor = preprocess(image, self.preprocess_spec, order, lab=self.lab)
         self.backend.set_input(tensor[None])
@@ -66,7 +67,7 @@ class Detector:
             self.kinds,
             input_geometry(image.shape, self.preprocess_spec),
             image.shape,
-            threshold,
+            self.threshold if threshold is None else threshold,
         )
         t3 = time.perf_counter()
         return dets, {

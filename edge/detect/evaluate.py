@@ -159,3 +159,9 @@ def threshold_for_recall(frames: list[tuple[list[Detection], FrameTruth]], recal
     reached = np.nonzero(tp >= need)[0]
     i = reached[0] if len(reached) else int(np.nonzero(hits)[0][-1])
     return float(scores[i])
+
+
+def floor4(threshold: float) -> float:
+    """A threshold written with 4 decimals, rounded down: rounding up would drop the detections
+    that scored exactly it (uint8 scores tie often)."""
+    return float(np.floor(float(threshold) * 1e4) / 1e4)
