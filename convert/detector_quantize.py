@@ -147,7 +147,7 @@ def quantize_detector(req) -> DetectorQuantizeResult:
             crop=replace(
                 detector_spec.crop,
                 cell_fraction=float(req.crop_fraction),
-                source=f"median white cell side / image side of pbc-8class/train and blood-5class/train, "
+                source="median white cell side / image side of pbc-8class/train and blood-5class/train, "
                 "measured by scripts/measure_cell_fraction.py with this detector (docs/field.md)",
             ),
         )

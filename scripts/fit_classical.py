@@ -53,7 +53,9 @@ def main(argv=None) -> int:
     threshold = threshold_for_recall(ranked, 0.995)
     at = evaluate(ranked, threshold)
     print(f"train split, {len(frames)} frames: AP@0.5 {ap50:.4f}, AP@0.5:0.95 {ap50_95:.4f}")
-    print(f"{params}; threshold {threshold:.4f} (precision {at.precision:.4f}, recall {at.recall:.4f} on train)")
+    print(
+        f"{params}; threshold {threshold:.4f} (precision {at.precision:.4f}, recall {at.recall:.4f} on train)"
+    )
     return 0
 
 

@@ -169,7 +169,8 @@ def test_eval_detector_centred_on_single_cell_folders(detector_bundle, tmp_path)
         cv2.imwrite(str(tmp_path / "lymphocyte" / f"{i}.png"), image)
         cv2.imwrite(str(tmp_path / "platelet" / f"{i}.png"), render_field(rng, 640, 480)[0])
     result = CliRunner().invoke(
-        cli, ["eval-detector", str(detector_bundle), str(tmp_path), "--centred", "--json", "--threshold", "0.3"]
+        cli,
+        ["eval-detector", str(detector_bundle), str(tmp_path), "--centred", "--json", "--threshold", "0.3"],
     )
     r = json.loads(result.output)
     assert r["white_cell_folders"] == ["lymphocyte"]  # platelet images hold no white cell
