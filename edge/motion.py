@@ -12,11 +12,12 @@ import numpy as np
 THUMB_WIDTH = 128
 
 
-def thumbnail(image: np.ndarray, width: int = THUMB_WIDTH) -> tuple[np.ndarray, float]:
+def thumbnail(image: np.ndarray, width: int = THUMB_WIDTH, order: str = "BGR") -> tuple[np.ndarray, float]:
     """Grey float32 thumbnail `width` wide, high-passed, and its scale (thumbnail px per image px)."""
     h, w = image.shape[:2]
     scale = width / w
-    grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    code = cv2.COLOR_BGR2GRAY if order == "BGR" else cv2.COLOR_RGB2GRAY
+    grey = cv2.cvtColor(image, code) if image.ndim == 3 else image
     small = cv2.resize(grey, (width, max(8, int(round(h * scale)))), interpolation=cv2.INTER_AREA)
     small = small.astype(np.float32)
     # minus its blur: the lamp's uneven light is the same in every field and would make any two alike

@@ -37,8 +37,12 @@ class FieldWatch:
         self._window: np.ndarray | None = None
         self._drift = np.zeros(2)
 
-    def update(self, image: np.ndarray) -> FieldStep:
-        thumb, scale = thumbnail(image)
+    def update(self, image: np.ndarray, order: str = "BGR", image_width: int | None = None) -> FieldStep:
+        """`image` is the frame, or a smaller copy of it (the detector's input) whose full-size width
+        is `image_width`: shifts are always in the frame's pixels."""
+        thumb, scale = thumbnail(image, order=order)
+        if image_width:
+            scale *= image.shape[1] / image_width
         if self._prev is None or self._prev.shape != thumb.shape:
             self._prev, self._drift = thumb, np.zeros(2)
             self._window = cv2.createHanningWindow(thumb.shape[::-1], cv2.CV_32F)

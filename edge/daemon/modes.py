@@ -87,12 +87,13 @@ class FieldMode:
 
     def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
         t0 = time.perf_counter()
-        step = self.watch.update(image)
-        if step.jumped:
-            self.tracker.reset()
-        t1 = time.perf_counter()
         detections, stages = self.detector.detect(image, threshold=self.threshold)
         cells = [d for d in detections if d.kind == WBC]
+        t1 = time.perf_counter()
+        # the stage motion, on the detector's own small copy of the frame (RGB, letterbox cut off)
+        step = self.watch.update(self.detector.last_view, "RGB", image.shape[1])
+        if step.jumped:
+            self.tracker.reset()
         t2 = time.perf_counter()
         assigned = self.tracker.update(
             [d.xyxy for d in cells], time.monotonic() if timestamp is None else timestamp, step.shift
@@ -108,11 +109,11 @@ class FieldMode:
         self.cells_seen += len(cells)
         self.recent_cells.append(len(cells))
         self.last_timings = {
-            "motion": (t1 - t0) * 1000,
+            "motion": (t2 - t1) * 1000,
             "detect_preprocess": stages["preprocess"],
             "detect_invoke": stages["invoke"],
             "detect_decode": stages["decode"],
-            "detect": (t2 - t1) * 1000,
+            "detect": (t1 - t0) * 1000,
             "track": (t3 - t2) * 1000,
             "crop": (t4 - t3) * 1000,
         }

@@ -27,6 +27,7 @@ class Detector:
         self.preprocess_spec = bundle.preprocess_spec
         self.threshold = self.spec.threshold
         self.lab = lab
+        self.last_view: np.ndarray | None = None  # the frame as the model saw it, letterbox bands cut off
         self.backend = backend or open_backend(bundle)
         # One throw-away inference: the first invoke() costs many times a normal one, and only the
         # model can say whether the outputs the manifest names exist.
@@ -56,6 +57,14 @@ class Detector:
         t0 = time.perf_counter()
         tensor = preprocess(image, self.preprocess_spec, order, lab=self.lab)
         self.backend.set_input(tensor[None])
+        geometry = input_geometry(image.shape, self.preprocess_spec)
+        sx, sy, left, top = geometry
+        h, w = image.shape[:2]
+        # field mode measures the stage motion on this small copy instead of shrinking the frame again
+        self.last_view = tensor[
+            max(0, int(round(-top / sy))) : int(round((h - top) / sy)),
+            max(0, int(round(-left / sx))) : int(round((w - left) / sx)),
+        ]
         t1 = time.perf_counter()
         self.backend.invoke()
         t2 = time.perf_counter()
@@ -65,7 +74,7 @@ class Detector:
             out[self.spec.boxes],
             self.spec,
             self.kinds,
-            input_geometry(image.shape, self.preprocess_spec),
+            geometry,
             image.shape,
             self.threshold if threshold is None else threshold,
         )
