@@ -125,7 +125,7 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     from convert.tflite_export import INT8_SETTINGS, _spec, make_converter
     from edge.detect.detector import Detector
     from edge.detect.eval_run import run_on_frames
-    from edge.detect.evaluate import floor4, threshold_for_recall
+    from edge.detect.evaluate import operating_threshold
     from edge.runtime.tflite import model_io
 
     for flag, on in (
@@ -208,12 +208,12 @@ def quantize_detector(req) -> DetectorQuantizeResult:
         _say(f"int8 on the {len(tune_frames)} tune frames: choosing the operating threshold...")
         tune = run_on_frames(detector, tune_frames)
         target = float(config.get("training", {}).get("target_recall", 0.995))
-        threshold = floor4(threshold_for_recall([(f.detections, f.truth) for f in tune.frames], target))
+        threshold, how = operating_threshold([(f.detections, f.truth) for f in tune.frames], target)
         detector_spec = replace(
             detector_spec,
             threshold=threshold,
-            threshold_source=f"the highest score of the {req.precision} model that finds {target:g} of the "
-            f"white cells of the {len(tune_frames)} tune frames (train split; val never used)",
+            threshold_source=f"{req.precision} model: {how} ({len(tune_frames)} frames of the train split; "
+            "val never used)",
         )
         tune = run_on_frames(detector, tune_frames, threshold)
     metrics = _metrics(tune, f"{Path(req.calib_dir).name}/tune", command)

@@ -45,7 +45,7 @@ from convert.detector_model import (
     build_head,
 )
 from edge.detect.decode import decode
-from edge.detect.evaluate import evaluate, floor4, threshold_for_recall
+from edge.detect.evaluate import evaluate, operating_threshold
 from edge.detect.spec import WBC, CropRule, DetectorSpec
 from edge.detect.voc import (
     SPLIT_METHOD,
@@ -366,14 +366,13 @@ def train_detector(req: DetectorTrainRequest) -> dict:
             )
     head.set_weights(best_weights)
     _, tune_results = _evaluate_frames(head, tune_feats, splits.tune, tune_images, spec, provisional, 0.5)
-    threshold = floor4(threshold_for_recall(tune_results, req.target_recall))
+    threshold, how = operating_threshold(tune_results, req.target_recall)
     detector_spec = DetectorSpec(
         stride=STRIDE,
         heatmap=HEAT,
         boxes=BOXES,
         threshold=threshold,
-        threshold_source=f"the highest score that finds {req.target_recall:g} of the white cells of the "
-        f"{len(splits.tune)} tune frames (float model; {TUNE_METHOD})",
+        threshold_source=f"float model: {how} ({len(splits.tune)} frames; {TUNE_METHOD})",
         crop=CropRule(
             cell_fraction=req.crop_fraction,
             source="scripts/measure_cell_fraction.py on pbc-8class/train and blood-5class/train (docs/field.md)",

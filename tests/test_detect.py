@@ -10,7 +10,14 @@ import pytest
 from edge.detect.classical import ClassicalDetector
 from edge.detect.crop import crop_box, crop_cell
 from edge.detect.decode import Detection, decode, iou_matrix, nms, peaks
-from edge.detect.evaluate import FrameTruth, average_precision, evaluate, match, threshold_for_recall
+from edge.detect.evaluate import (
+    FrameTruth,
+    average_precision,
+    evaluate,
+    match,
+    operating_threshold,
+    threshold_for_recall,
+)
 from edge.detect.spec import CropRule, DetectorSpec
 from edge.detect.voc import assign_splits, near_duplicates, parse_annotation, read_voc, split_of, truth
 from edge.errors import DataError
@@ -261,3 +268,14 @@ def test_classical_finds_drawn_white_cells_and_not_red_ones():
     assert hits == 5
     empty, _ = render_field(rng, 640, 480)
     assert ClassicalDetector().detect(empty, threshold=0.1)[0] == []
+
+
+def test_operating_threshold_takes_the_margin_or_the_recall():
+    t = FrameTruth(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.zeros((0, 4)))
+    separable = [_det((0, 0, 10, 10), 0.6), _det((20, 20, 30, 30), 0.9), _det((50, 50, 60, 60), 0.2)]
+    thr, how = operating_threshold([(separable, t)], 0.995)
+    # logit(0.2) = -1.386, logit(0.6) = 0.405: the midpoint -0.49 is a score of 0.38
+    assert thr == pytest.approx(0.38, abs=0.005) and "halfway" in how
+    overlapping = [_det((0, 0, 10, 10), 0.6), _det((20, 20, 30, 30), 0.9), _det((50, 50, 60, 60), 0.7)]
+    thr, how = operating_threshold([(overlapping, t)], 0.995)
+    assert thr == pytest.approx(0.6) and "finds" in how

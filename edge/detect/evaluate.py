@@ -161,6 +161,31 @@ def threshold_for_recall(frames: list[tuple[list[Detection], FrameTruth]], recal
     return float(scores[i])
 
 
+def operating_threshold(frames: list[tuple[list[Detection], FrameTruth]], recall: float) -> tuple[float, str]:
+    """The operating point, chosen on frames the model did not fit, and how.
+
+    Where every white cell there scores above every false positive, halfway between the two in
+    log-odds (the widest margin either way, for cells and clutter the tune frames did not show);
+    where they overlap, the highest score that still finds `recall` of the cells."""
+    scores, hits = _ranked(frames, 0.5)
+    n_true = int(sum(len(t.boxes) for _, t in frames))
+    if n_true and hits.sum() == n_true and (~hits).any() and scores[hits].min() > scores[~hits].max():
+        lo, hi = float(scores[~hits].max()), float(scores[hits].min())
+
+        def logit(p):
+            p = min(max(p, 1e-4), 1 - 1e-4)
+            return float(np.log(p / (1 - p)))
+
+        mid = 1.0 / (1.0 + np.exp(-(logit(lo) + logit(hi)) / 2))
+        return floor4(mid), (
+            f"halfway in log-odds between the best-scored false positive ({lo:.3f}) and the worst-scored white "
+            f"cell ({hi:.3f}) of the tune frames"
+        )
+    return floor4(
+        threshold_for_recall(frames, recall)
+    ), f"the highest score that finds {recall:g} of the tune frames' white cells"
+
+
 def floor4(threshold: float) -> float:
     """A threshold written with 4 decimals, rounded down: rounding up would drop the detections
     that scored exactly it (uint8 scores tie often)."""
