@@ -36,7 +36,9 @@ def info(bundle, as_json):
             if p.contrast == "clahe"
             else ""
         ),
-        f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})",
+        f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})"
+        if m.task == "classifier"
+        else f"outputs     {m.detector.heatmap} (score map), {m.detector.boxes} (box distances)",
     ]
     if m.detector is not None:
         d = m.detector

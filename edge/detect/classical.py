@@ -39,7 +39,8 @@ class ClassicalDetector:
 
     name = "classical"
     kinds = [WBC]
-    threshold = 0.5  # the operating point, in the score's own scale
+    # the operating point, chosen on the training split like the learned detector's (scripts/fit_classical.py)
+    threshold = 0.47
 
     def __init__(self, params: ClassicalParams | None = None, threshold: float | None = None):
         self.params = params or ClassicalParams()

@@ -14,7 +14,7 @@ _INK, _GRID, _CURVE, _POINT = (0, 0, 0), (225, 225, 225), (200, 90, 30), (40, 40
 
 def draw_pr(report: DetectionReport, title: str = "", size: int = 480) -> np.ndarray:
     """BGR image: precision (y) against recall (x) at IoU 0.5, the operating point marked."""
-    left, top, right, bottom = 64, 44 if title else 20, 20, 90
+    left, top, right, bottom = 64, 44 if title else 20, 20, 100
     w = h = size
     img = np.full((top + h + bottom, left + w + right, 3), 255, np.uint8)
 
@@ -44,7 +44,7 @@ def draw_pr(report: DetectionReport, title: str = "", size: int = 480) -> np.nda
         f"{report.false_positives_per_frame:.3f} false positives per frame",
     ]
     for i, line in enumerate(lines):
-        cv2.putText(img, line, (8, top + h + 44 + 20 * i), _FONT, 0.42, _INK, 1, cv2.LINE_AA)
+        cv2.putText(img, line, (8, top + h + 62 + 20 * i), _FONT, 0.42, _INK, 1, cv2.LINE_AA)
     cv2.putText(img, "recall", (left + w // 2 - 20, top + h + 34), _FONT, 0.45, _INK, 1, cv2.LINE_AA)
     cv2.putText(img, "precision", (4, top - 6), _FONT, 0.45, _INK, 1, cv2.LINE_AA)
     return img
