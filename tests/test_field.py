@@ -141,7 +141,7 @@ def test_eval_detector_reports_ap_and_the_classical_baseline(detector_bundle, vo
         cli, ["eval-detector", str(detector_bundle), str(voc), "--json", "--split", "all"]
     )
     assert result.exit_code == 0, result.output
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert r["frames"] == 40 and r["objects"] > 40
     assert 0.6 <= r["ap50"] <= 1.0 and r["ap50_95"] <= r["ap50"]
     assert set(r["ap_by_iou"]) == {f"{0.5 + 0.05 * i:.2f}" for i in range(10)}
@@ -172,7 +172,7 @@ def test_eval_detector_centred_on_single_cell_folders(detector_bundle, tmp_path)
         cli,
         ["eval-detector", str(detector_bundle), str(tmp_path), "--centred", "--json", "--threshold", "0.3"],
     )
-    r = json.loads(result.output)
+    r = json.loads(result.stdout)
     assert r["white_cell_folders"] == ["lymphocyte"]  # platelet images hold no white cell
     assert r["folders"]["lymphocyte"]["images"] == 6
     assert r["white_cells"]["found"] == r["folders"]["lymphocyte"]["found"] >= 4
