@@ -63,7 +63,7 @@ def format_summary(s: dict) -> str:
         ),
         *(
             [
-                f"  field: {s['field']['differential_cells']} white cells counted of {s['field']['target_cells']}, "
+                f"  field: {s['field']['differential_cells']} white cells counted (differential of {s['field']['target_cells']}), "
                 f"{s['field']['cells_per_frame']:.2f} per frame, {s['field']['fields_seen']} fields seen "
                 f"(detector {s['field']['detector']}, threshold {s['field']['threshold']:.3f})"
             ]
