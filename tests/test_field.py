@@ -322,3 +322,59 @@ def test_bench_field_mode(detector_bundle, tiny_bundle, voc, tmp_path):
     )
     for words in ("field stage (ms)", "per cell: classify", "detector + classifier invoke", "goal <= 1.5"):
         assert words in result.output
+
+
+def test_run_field_mode_page_status_and_metrics(detector_bundle, tiny_bundle, voc, tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EDGE_RUN_TOKEN")
+    }
+    args = ["--mode", "field", "--detector", detector_bundle, "--bundle", tiny_bundle, "--source",
+            f"replay:{voc / 'JPEGImages'}", "--loop", "--fps", "5", "--duration", "20", "--db", tmp_path / "r.db",
+            "--http", "127.0.0.1:0"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        url = next(line.split(" ", 1)[1].strip() for line in proc.stdout if line.startswith("page: "))
+
+        def get(path):
+            with urllib.request.urlopen(url.rstrip("/") + path, timeout=5) as r:
+                return r.read(), r.headers
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = json.loads(get("/api/status")[0])
+            if status["field"]["cells_counted"] >= 3:
+                break
+            time.sleep(0.5)
+        assert status["mode"] == {"name": "field"}
+        f = status["field"]
+        assert f["fields_seen"] >= 2 and f["target_cells"] == 100 and f["differential_cells"] >= 3
+        assert 0 < f["differential_progress"] <= 1 and "cells_per_frame" in f
+        names = {m.name for m in text_string_to_metric_families(get("/metrics")[0].decode())}
+        assert {
+            "edge_field_cells_per_frame",
+            "edge_fields_seen",
+            "edge_field_cells_counted",
+            "edge_differential_progress",
+        } <= names
+        for _ in range(20):  # a frame with a white cell: its box on the page carries the track
+            body, headers = get("/frame.jpg")
+            crops = json.loads(headers.get("X-Edge-Crops") or "[]")
+            if crops:
+                break
+            time.sleep(0.3)
+        assert crops and all("track_id" in c and "score" in c for c in crops)
+        assert b"field" in get("/")[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
