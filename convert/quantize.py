@@ -76,6 +76,7 @@ class QuantizeRequest:
     reject_holdout: Path | None = None  # training-distribution cells not trained on, for the threshold
     reject_dims: int = 0  # PCA dimensions before the Mahalanobis distance (0: none)
     format: str = "tflite"  # "onnx": also write model.onnx (the bundle always holds model.tflite)
+    crop_fraction: float | None = None  # detector runs: the crop rule's cell fraction, if measured since
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""

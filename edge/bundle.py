@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge import __version__, contract, manifest_schema
+from edge.detect.spec import DetectorSpec
 from edge.errors import BundleError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
@@ -95,6 +96,10 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     writer: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # "detector": `labels` are the kinds of object found (wbc, ...) and `detector` says how its
+    # outputs decode into boxes (edge/detect/spec.py). Manifests written before it are classifiers.
+    task: str = "classifier"
+    detector: DetectorSpec | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -117,6 +122,9 @@ class Manifest:
             rejection=Rejection(**data.pop("rejection"))
             if data.get("rejection")
             else data.pop("rejection", None),
+            detector=DetectorSpec.from_dict(data.pop("detector"))
+            if data.get("detector")
+            else data.pop("detector", None),
             **data,
         )
 
@@ -197,6 +205,15 @@ class Bundle:
     @property
     def labels(self) -> list[str]:
         return self.manifest.labels
+
+    @property
+    def is_detector(self) -> bool:
+        return self.manifest.task == "detector"
+
+    def require_task(self, task: str, hint: str = "") -> None:
+        """A classifier bundle where a detector is expected, or the other way round: one line, exit 3."""
+        if self.manifest.task != task:
+            raise BundleError(f"{self.path}: a {self.manifest.task} bundle, not a {task}{hint}")
 
     @property
     def preprocess_spec(self) -> PreprocessSpec:

@@ -16,11 +16,14 @@ from edge.errors import EdgeError
 COMMANDS = {
     "info": "edge.commands.info:info",
     "train": "edge.commands.train:train",
+    "train-detector": "edge.commands.train_detector:train_detector",
     "weights": "edge.commands.weights:weights",
     "quantize": "edge.commands.quantize:quantize",
     "compile": "edge.commands.compile:compile_",
     "export": "edge.commands.export:export",
     "classify": "edge.commands.classify:classify",
+    "detect": "edge.commands.detect:detect",
+    "eval-detector": "edge.commands.eval_detector:eval_detector",
     "eval": "edge.commands.eval:eval_",
     "run": "edge.commands.run:run",
     "bench": "edge.commands.bench:bench",
@@ -52,11 +55,9 @@ def cli(debug):
     """Blood-cell classification on the microscope.
 
     \b
-    Device:   classify, eval, run, bench, doctor, info, sign
+    Device:   classify, eval, detect, eval-detector, run, bench, doctor, info, sign
     Lab:      review (export), report (HTML, PDF, FHIR)
-    Training: train, weights, quantize, compile  (need the 'train' extra)
-    Device:   classify, eval, run, bench, doctor, info
-    Training: train, weights, quantize, compile, export  (need the 'train' extra)
+    Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """
 
 

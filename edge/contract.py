@@ -40,6 +40,8 @@ def contract_of(manifest) -> dict:
         "rejection": None
         if rejection is None
         else {"method": rejection.method, "threshold": rejection.threshold, "file": rejection.file},
+        # a detector's decoding and operating threshold decide which cells exist at all
+        **({"detector": manifest.detector.to_dict()} if getattr(manifest, "detector", None) else {}),
     }
 
 

@@ -46,11 +46,28 @@ class PreprocessModel(_Strict):
     clahe_clip_limit: float = Field(default=2.0, gt=0, le=100)
     clahe_tile_grid: int = Field(default=8, ge=1, le=64)
     pad_value: int = Field(default=0, ge=0, le=255)
+    color: Literal["none", "white_balance"] = "none"
+    white_reference: list[float] | None = Field(default=None, min_length=3, max_length=3)
 
     @field_validator("clahe_clip_limit", mode="before")
     @classmethod
     def _number(cls, v):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("white_reference", mode="before")
+    @classmethod
+    def _numbers(cls, v):
+        if isinstance(v, list):
+            v = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+            if any(isinstance(x, float) and not 1.0 <= x <= 255.0 for x in v):
+                raise ValueError("every value must be in [1, 255]")
+        return v
+
+    @model_validator(mode="after")
+    def _reference(self):
+        if (self.color == "white_balance") != (self.white_reference is not None):
+            raise ValueError("color white_balance and white_reference go together")
+        return self
 
 
 class MetricModel(_Strict):
@@ -93,8 +110,50 @@ class RejectionModel(_Strict):
         return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
+class CropRuleModel(_Strict):
+    cell_fraction: float = Field(default=0.5, ge=0.05, le=1.0)
+    border: Literal["reflect", "constant"] = "reflect"
+    border_value: int = Field(default=0, ge=0, le=255)
+    source: str = "default"
+
+    @field_validator("cell_fraction", mode="before")
+    @classmethod
+    def _number(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class DetectorModel(_Strict):
+    """A detector bundle's decoding (edge/detect/spec.py): what turns its outputs into boxes."""
+
+    method: Literal["centernet-ltrb"] = "centernet-ltrb"
+    stride: int = Field(default=16, ge=1, le=256)
+    heatmap: str = Field(min_length=1)
+    boxes: str = Field(min_length=1)
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    threshold_source: str = "default"
+    nms_iou: float = Field(default=0.5, gt=0, le=1)
+    max_detections: int = Field(default=50, ge=1, le=10000)
+    peak_kernel: int = Field(default=3, ge=1, le=31)
+    crop: CropRuleModel = Field(default_factory=CropRuleModel)
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("threshold", "nms_iou", mode="before")
+    @classmethod
+    def _number(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("peak_kernel")
+    @classmethod
+    def _odd(cls, k):
+        if k % 2 == 0:
+            raise ValueError("peak_kernel must be odd (a centred neighbourhood)")
+        return k
+
+
 class ManifestModel(_Strict):
     schema_version: Literal[2]
+    task: Literal["classifier", "detector"] = "classifier"
+    detector: DetectorModel | None = None
     labels: list[str] = Field(min_length=1)
     input: TensorSpecModel
     output: TensorSpecModel
@@ -135,6 +194,8 @@ class ManifestModel(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if (self.task == "detector") != (self.detector is not None):
+            raise ValueError("task detector and a detector section go together")
         n_out = self.output.shape[-1]
         if n_out != len(self.labels):
             raise ValueError(f"{len(self.labels)} labels but the model output has {n_out} classes")

@@ -128,6 +128,9 @@ class Classifier:
         top_k: int = 3,
         lab=None,
     ):
+        bundle.require_task(
+            "classifier", " (detector bundles go to edge detect --detector or edge eval-detector)"
+        )
         self.bundle = bundle
         self.backend = backend or open_backend(bundle)
         self.spec = bundle.preprocess_spec

@@ -275,3 +275,20 @@ def center_region(frame: np.ndarray, fraction: float) -> np.ndarray:
     side = max(1, int(round(min(h, w) * float(fraction))))
     top, left = (h - side) // 2, (w - side) // 2
     return frame[top : top + side, left : left + side]
+
+
+def input_geometry(shape: tuple[int, ...], spec: PreprocessSpec) -> tuple[float, float, float, float]:
+    """Where the model input lies in an image of `shape`: (sx, sy, left, top) with
+    x_image = x_input * sx + left and y_image = y_input * sy + top (input pixels, 0..spec.size).
+
+    Detectors map their boxes back with it. With `pad` (letterbox) left/top are minus the padding,
+    with `center_crop` the offset of the square, with `stretch` both are 0."""
+    h, w = shape[:2]
+    size = float(spec.size)
+    if spec.aspect == "stretch" or h == w:
+        return w / size, h / size, 0.0, 0.0
+    if spec.aspect == "center_crop":
+        side = min(h, w)
+        return side / size, side / size, float((w - side) // 2), float((h - side) // 2)
+    side = max(h, w)
+    return side / size, side / size, -float((side - w) // 2), -float((side - h) // 2)

@@ -136,3 +136,53 @@ def make_dataset(
         for i in range(per_class):
             cv2.imwrite(str(folder / f"{name}_{i:03d}{ext}"), render_cell(name, rng, size))
     return root
+
+
+def write_voc_annotation(path, image_name: str, width: int, height: int, boxes) -> None:
+    """A Pascal VOC XML file for `boxes`: (class name, (x, y, w, h)) in pixels, written as WBC/RBC/..."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("annotation")
+    ET.SubElement(root, "filename").text = image_name
+    size = ET.SubElement(root, "size")
+    for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(value)
+    for name, (x, y, w, h) in boxes:
+        obj = ET.SubElement(root, "object")
+        ET.SubElement(obj, "name").text = name
+        ET.SubElement(obj, "difficult").text = "0"
+        bb = ET.SubElement(obj, "bndbox")
+        # VOC corners are 1-based and inclusive (edge/detect/voc.py reads them back)
+        for tag, value in (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h)):
+            ET.SubElement(bb, tag).text = str(int(round(value)))
+    ET.ElementTree(root).write(str(path))
+
+
+def make_voc_dataset(
+    root: str | os.PathLike,
+    frames: int = 40,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    max_cells: int = 3,
+    empty_every: int = 5,
+) -> Path:
+    """Synthetic microscope fields (render_field) with their white cells as VOC boxes, in
+    root/JPEGImages and root/Annotations: every `empty_every`-th frame holds red cells only."""
+    root = Path(root)
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(frames):
+        n = 0 if empty_every and i % empty_every == empty_every - 1 else int(rng.integers(1, max_cells + 1))
+        image, truth = render_field(rng, width, height, center_class=None, n_extra=n)
+        name = f"field_{i:04d}.jpg"
+        cv2.imwrite(str(root / "JPEGImages" / name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        write_voc_annotation(
+            root / "Annotations" / f"field_{i:04d}.xml",
+            name,
+            width,
+            height,
+            [("WBC", box) for _, box in truth],
+        )
+    return root

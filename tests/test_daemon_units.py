@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
         ('[source]\nfps = "fast"', "source.fps: expected a number"),
         ("[source]\nfsp = 10", "source.fsp: unknown key"),
         ("[pipeline]\nregion = 1.5", "pipeline.region: must be in (0, 1]"),
-        ('[pipeline]\nmode = "field"', "pipeline.mode:"),
+        ('[pipeline]\nmode = "zoom"', "pipeline.mode: expected cell or field"),
+        ("[pipeline.field]\ntrack_iou = 0", "pipeline.field.track_iou: must be in (0, 1]"),
+        ("[pipeline.field]\nmax_age = 3", "pipeline.field.max_age: unknown key"),
         ('[store]\nsynchronous = "off"', "store.synchronous:"),
         ('[[differential.alerts]]\nname = "x"\nclasses = []', "differential.alerts[0].classes:"),
         (

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from edge import bench, labtables
 from edge.bench import context as context_mod
+from edge.bench import field as field_mod
 from edge.bench import profile as profile_mod
 from edge.bench import reference
 from edge.bench.stats import summarize
@@ -59,6 +60,10 @@ class BenchConfig:
     region_px: int = 0
     lab: str = "auto"  # the LAB strategy (edge.labtables.choose): auto, tables or cvtcolor, for A/B runs
     onnx_options: dict = field(default_factory=dict)  # --backend onnx: providers, trt_precision, trt_cache
+    mode: str = (
+        "cell"  # or "field": the detector, crops and tracking of `edge run --mode field` (bench/field.py)
+    )
+    detector: Path | None = None  # field mode's detector bundle
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -183,6 +188,7 @@ class Recorder(Sink):
 
     def __init__(self, tick: Callable[[int], None]):
         self.samples: list[tuple[float, float, float, float, float]] = []
+        self.field_samples: list[dict] = []  # field mode: every stage of the frame, and its cells
         self.corrupt = 0
         self.frame_shape = None
         self.stamps: list[float] = []  # when each frame's results were out
@@ -190,10 +196,14 @@ class Recorder(Sink):
 
     def on_frame(self, result: FrameResult) -> None:
         t = result.timings
-        # preprocess includes cropping the region, as the daemon's mode step does
-        self.samples.append(
-            (t["capture"], t["mode"] + t["preprocess"], t["invoke"], t["postprocess"], t["result"])
-        )
+        if "detect_invoke" in t:  # field mode
+            self.samples.append(field_mod.standard_sample(t))
+            self.field_samples.append(field_mod.field_sample(t, len(result.cells)))
+        else:
+            # preprocess includes cropping the region, as the daemon's mode step does
+            self.samples.append(
+                (t["capture"], t["mode"] + t["preprocess"], t["invoke"], t["postprocess"], t["result"])
+            )
         self.frame_shape = result.frame.image.shape
         self.stamps.append(_clock())
         self.tick(1)
@@ -236,9 +246,17 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
         t = _clock()
         lab = labtables.choose(config.lab)  # as `edge run` does at start-up
         tables_ms = (_clock() - t) * 1000
-        processor = FrameProcessor(
-            CellMode(config.region, config.region_px), Classifier(bundle, backend, lab=lab)
+        mode = (
+            field_mod.open_field_mode(
+                config.detector,
+                config.backend,
+                {"runtime": config.runtime, "threads": config.threads, "device": config.device},
+                lab,
+            )
+            if config.mode == "field"
+            else CellMode(config.region, config.region_px)
         )
+        processor = FrameProcessor(mode, Classifier(bundle, backend, lab=lab))
         with _switch_interval(PIPELINE_SWITCH_INTERVAL_S):
             result = _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick)
         result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
@@ -276,7 +294,9 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         "schema": SCHEMA,
         "bundle": bundle_info(bundle, config.backend),
         "source": source_info,
-        "region": {"mode": "cell", "fraction": config.region, "px": config.region_px},
+        "region": {"mode": "cell", "fraction": config.region, "px": config.region_px}
+        if config.mode == "cell"
+        else {"mode": "field", "detector": str(config.detector)},
         "runs": config.runs,
         "warmup": config.warmup,
         "invoke_scope": getattr(backend, "invoke_scope", None)
@@ -304,7 +324,11 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         "context": context_mod.collect(description, bundle, processor.classifier.lab),
         "backend": description,
     }
-    result["reference"] = reference.check(result)
+    if config.mode == "field":
+        result["field"] = field_mod.summary(serial.field_samples[1 + config.warmup :], processor.mode)
+        result["field"]["detector"]["backend"] = processor.mode.detector.backend.describe()
+    # published numbers are for one model's invoke(); field mode's is two models'
+    result["reference"] = reference.check(result) if config.mode == "cell" else []
     if config.profile:
         result["profile"] = profile_mod.profile(getattr(backend, "model", None), description)
     return result

@@ -152,6 +152,20 @@ def _progress(config, total):
     help="As edge run: the centred square of this many pixels instead (wins when > 0).",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["cell", "field"]),
+    default="cell",
+    show_default=True,
+    help="As edge run --mode: cell (the centred region) or field (detector, crops, tracking, the classifier "
+    "batched over each frame's white cells; timed per frame and per cell).",
+)
+@click.option(
+    "--detector",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Field mode: the detector bundle [default: models/wbc-detector-int8].",
+)
+@click.option(
     "--lab",
     type=click.Choice(["auto", "tables", "cvtcolor"]),
     default="auto",
@@ -197,6 +211,8 @@ def bench(
     source,
     region,
     region_px,
+    mode,
+    detector,
     lab,
     json_path,
     csv_path,
@@ -217,6 +233,7 @@ def bench(
       edge bench --matrix --runtime litert,tflite-runtime
       edge bench --matrix --backend cpu,onnx --threads 2
       edge bench --compare out.json
+      edge bench --mode field --source replay:../shared/data/bccd-frames/JPEGImages --runs 200
     """
     from edge.bench import compare as compare_mod
     from edge.bench import export, reference, table
@@ -262,8 +279,28 @@ def bench(
         runtimes = runtimes or ["auto"]
     if threads is None:
         threads = _matrix_threads() if matrix else [None]
+    if mode == "field" and detector is None:
+        from edge.commands.detect import default_detector
+
+        detector = default_detector()
     configs = [
-        BenchConfig(b, be, rt, t, runs, warmup, source, profile, device, region, region_px, lab, onnx_options)
+        BenchConfig(
+            b,
+            be,
+            rt,
+            t,
+            runs,
+            warmup,
+            source,
+            profile,
+            device,
+            region,
+            region_px,
+            lab,
+            onnx_options,
+            mode,
+            detector,
+        )
         for b, be in itertools.product(bundles, backends)
         # the runtime sweep is TFLite's; model.onnx always runs on onnxruntime
         for rt in (runtimes if be != "onnx" else ["auto"])

@@ -36,8 +36,20 @@ def info(bundle, as_json):
             if p.contrast == "clahe"
             else ""
         ),
-        f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})",
+        f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})"
+        if m.task == "classifier"
+        else f"outputs     {m.detector.heatmap} (score map), {m.detector.boxes} (box distances)",
     ]
+    if m.detector is not None:
+        d = m.detector
+        lines.insert(
+            2,
+            f"task        detector of {', '.join(m.labels)}: {d.method}, stride {d.stride}, threshold {d.threshold:g}",
+        )
+        lines.append(
+            f"crop rule   square of side max(w, h) / {d.crop.cell_fraction:g} around each cell, {d.crop.border} "
+            f"outside the frame ({d.crop.source})"
+        )
     if m.training.get("data_fingerprint"):
         lines.append(f"data        fingerprint {m.training['data_fingerprint'][:16]}")
     for metric in m.metrics:

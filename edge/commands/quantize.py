@@ -116,6 +116,13 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     "onnx backend: TensorRT / CUDA on a Jetson). model.tflite is always written.",
 )
 @click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log and the converter's output.")
+@click.option(
+    "--crop-fraction",
+    type=click.FloatRange(0.05, 1.0),
+    default=None,
+    help="Detector runs: the crop rule's cell fraction (a white cell's side over its crop's side), as "
+    "scripts/measure_cell_fraction.py measured it on the classifier's training images [default: the run's].",
+)
 def quantize(verbose, **options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
 
@@ -123,12 +130,24 @@ def quantize(verbose, **options):
     Example:
       edge quantize runs/mobilenetv2 --calib data/blood-5class/train \\
           --eval data/blood-5class/val --out models/mobilenetv2-int8
+
+    \b
+    A detector run (`edge train-detector`) takes its VOC folder as --calib (its training frames
+    calibrate) and --eval (its val frames are scored), e.g.
+      edge quantize runs/detector --calib data/bccd-frames --eval data/bccd-frames \\
+          --out models/wbc-detector-int8
     """
     require_train("edge quantize", verbose)
     if options["format"] == "onnx":
         require_onnx_export("edge quantize --format onnx", verbose)
+    from convert.detector_quantize import is_detector_run, quantize_detector
     from convert.quantize import QuantizeRequest, print_summary
     from convert.quantize import quantize as run_quantize
 
     request = QuantizeRequest(**options)  # the options are named after its fields
+    if is_detector_run(request.source):  # an `edge train-detector` run: --calib/--eval are VOC folders
+        print("\n".join(quantize_detector(request).lines))
+        return
+    if request.crop_fraction is not None:
+        raise click.UsageError("--crop-fraction applies to detector runs (edge train-detector)")
     print_summary(run_quantize(request))

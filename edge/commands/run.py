@@ -25,6 +25,7 @@ def _overrides(**flags) -> dict:
         "mode": ("pipeline", "mode"),
         "region": ("pipeline", "region"),
         "region_px": ("pipeline", "region_px"),
+        "detector": ("pipeline", "field", "detector"),
         "backend": ("pipeline", "backend"),
         "threads": ("pipeline", "threads"),
         "layout": ("pipeline", "layout"),
@@ -41,7 +42,7 @@ def _overrides(**flags) -> dict:
         node = table
         for p in parents:
             node = node.setdefault(p, {})
-        node[key] = str(value) if name in ("bundle", "db", "archive") else value
+        node[key] = str(value) if name in ("bundle", "db", "archive", "detector") else value
     mqtt = table.get("mqtt", {})
     if mqtt.get("host"):  # HOST[:PORT]; off disables what the config file set
         host, sep, port = mqtt["host"].rpartition(":")
@@ -93,6 +94,15 @@ def format_summary(s: dict) -> str:
             + (f"; waits for {a['min_cells']}" if a["cells"] < a["min_cells"] else "")
             for a in s["alert_rules"]
         ),
+        *(
+            [
+                f"  field: {s['field']['differential_cells']} white cells counted (differential of {s['field']['target_cells']}), "
+                f"{s['field']['cells_per_frame']:.2f} per frame, {s['field']['fields_seen']} fields seen "
+                f"(detector {s['field']['detector']}, threshold {s['field']['threshold']:.3f})"
+            ]
+            if "field" in s
+            else []
+        ),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}"
         + (
@@ -139,7 +149,17 @@ def format_summary(s: dict) -> str:
 @click.option(
     "--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time]."
 )
-@click.option("--mode", type=click.Choice(["cell"]), help="cell: classify the centred region of each frame.")
+@click.option(
+    "--mode",
+    type=click.Choice(["cell", "field"]),
+    help="cell: classify the centred region of each frame [default]. field: find every white cell, "
+    "classify each, count each once while it stays in view (docs/field.md).",
+)
+@click.option(
+    "--detector",
+    type=click.Path(path_type=Path),
+    help="Field mode: the detector bundle [default: models/wbc-detector-int8].",
+)
 @click.option(
     "--region",
     type=float,
@@ -202,6 +222,7 @@ def run(config_file, summary_json, **flags):
     \b
     Examples:
       edge run                                   # simulated microscope, reference model
+      edge run --mode field --source picamera2   # every white cell in each field, each counted once
       edge run --source replay:frames/ --fps 20 --db results.db --max-frames 150
       edge run --config /etc/edge-run/edge-run.toml   # what the systemd unit runs
 

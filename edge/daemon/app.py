@@ -21,7 +21,7 @@ from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Capturer
 from edge.daemon.config import ConfigError, DaemonConfig, parse_listen, without_secrets
 from edge.daemon.differential import DifferentialCount
-from edge.daemon.modes import CellMode
+from edge.daemon.modes import CellMode, FieldMode
 from edge.daemon.notify import SystemdNotifier
 from edge.daemon.pipeline import Pipeline
 from edge.daemon.processor import FrameProcessor
@@ -56,8 +56,13 @@ class Daemon:
     def _load(self) -> None:
         c = self.config
         self.bundle = Bundle.load(c.bundle_path())  # BundleError: one line, exit 3
-        if c.trusted_keys:
-            require_trusted(self.bundle.path, c.trusted_keys)
+        # field mode: the detector bundle is verified before any interpreter starts (and talks)
+        detector_bundle = (
+            Bundle.load(c.pipeline.field.detector_path()) if c.pipeline.mode == "field" else None
+        )
+        if c.trusted_keys:  # a clinic that approves bundles approves its detector too
+            for approved in filter(None, (self.bundle, detector_bundle)):
+                require_trusted(approved.path, c.trusted_keys)
         # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
         self.classifier = Classifier.open(
             self.bundle,
@@ -65,7 +70,11 @@ class Daemon:
             lab=labtables.choose(c.pipeline.lab),
             threads=c.pipeline.threads or None,
         )
-        self.mode = CellMode(c.pipeline.region, c.pipeline.region_px)
+        self.mode = (
+            self._field_mode(detector_bundle)
+            if detector_bundle is not None
+            else CellMode(c.pipeline.region, c.pipeline.region_px)
+        )
         self.processor = FrameProcessor(self.mode, self.classifier)
         self.processor.warm_up()
         try:
@@ -132,6 +141,27 @@ class Daemon:
         publisher = MqttPublisher(c.mqtt, self.store.path, c.store.synchronous, self.status, log)
         log(f"mqtt: results to {c.mqtt.broker} under {publisher.topics.base}/")
         return publisher
+
+    def _field_mode(self, bundle: Bundle) -> FieldMode:
+        """The detector bundle (verified like the classifier's), its tracker and the field watch."""
+        from edge.daemon.fields import FieldWatch
+        from edge.daemon.tracker import IoUTracker
+        from edge.detect.detector import Detector
+
+        c, f = self.config, self.config.pipeline.field
+        detector = Detector.open(
+            bundle,
+            c.pipeline.backend,
+            lab=self.classifier.lab,
+            threads=c.pipeline.threads or None,
+        )
+        return FieldMode(
+            detector,
+            IoUTracker(f.track_iou, f.max_age_frames, f.max_age_s),
+            FieldWatch(f.min_similarity, f.new_field_shift),
+            threshold=f.threshold or None,
+            target_cells=f.target_cells,
+        )
 
     def _open_source_first_time(self) -> bool:
         """Open in the main thread so a missing dependency fails at start; a camera that is not
@@ -213,7 +243,10 @@ class Daemon:
                 "signed_by": self.bundle.signature.signer if self.bundle.signature else None,
             },
             "source": {**self.source.describe(), **snap.pop("source")},
-            "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px},
+            "mode": {"name": self.mode.name, "region": self.mode.region, "region_px": self.mode.region_px}
+            if self.mode.name == "cell"
+            else {"name": self.mode.name},
+            **({"field": self._field_status()} if self.mode.name == "field" else {}),
             "database": str(self.store.path),
             "store": self.store_sink.state()
             if hasattr(self, "store_sink")
@@ -235,6 +268,17 @@ class Daemon:
                 self.session_id, dict(self.differential.counts), self.config.differential.count_uncertain
             ),
             "mqtt": self.mqtt.snapshot() if self.mqtt else {"enabled": False},
+        }
+
+    def _field_status(self) -> dict:
+        """Cells per frame, fields seen, and how far the differential is towards its target."""
+        stats = self.mode.stats()
+        counted = self.differential.total
+        return {
+            **stats,
+            "differential_cells": counted,
+            "differential_confident": self.differential.confident_total,
+            "differential_progress": round(min(1.0, counted / stats["target_cells"]), 4),
         }
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -338,6 +382,7 @@ class Daemon:
             else None,
             "stages_ms_p50": {k: v["p50"] for k, v in stages.items()},
             "differential": {r["label"]: r["count"] for r in self.differential.table()},
+            **({"field": self._field_status()} if self.mode.name == "field" else {}),
             "unknown": self.differential.unknown,
             "alerts": [a.name for a in self.differential.alerts() if a.active],
             "alert_rules": [dataclasses.asdict(a) for a in self.differential.alerts()],

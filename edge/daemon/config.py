@@ -24,8 +24,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-# The bundle `edge run` uses when none is named: found by name from any directory (edge.bundle.find_bundle).
+# The bundles `edge run` uses when none is named: found by name from any directory (edge.bundle.find_bundle).
 DEFAULT_BUNDLE = "mobilenetv2-int8"
+DEFAULT_DETECTOR = "wbc-detector-int8"
 
 
 class ConfigError(EdgeError):
@@ -96,6 +97,25 @@ class SourceConfig:
 
 
 @dataclass
+class FieldOptions:
+    """Field mode (docs/field.md): which detector, its threshold, and when a cell counts once."""
+
+    detector: str = ""  # empty: DEFAULT_DETECTOR, wherever the models are (edge.bundle.find_bundle)
+    threshold: float = 0.0  # 0: the detector bundle's operating threshold
+    track_iou: float = 0.3  # a detection continues a track it overlaps at least this much
+    max_age_frames: int = 10  # a track unseen for more frames than this is forgotten...
+    max_age_s: float = 2.0  # ...or for more seconds than this, whichever comes first
+    min_similarity: float = 0.6  # consecutive views less alike than this: the stage jumped (a new field)
+    new_field_shift: float = 0.5  # drift from where a field began, fraction of the view, that makes a new one
+    target_cells: int = 100  # the differential the page counts towards
+
+    def detector_path(self) -> Path:
+        from edge.bundle import find_bundle
+
+        return Path(self.detector) if self.detector else find_bundle(DEFAULT_DETECTOR)
+
+
+@dataclass
 class PipelineConfig:
     mode: str = "cell"
     region: float = 0.5  # cell mode: centred square, fraction of the frame's shorter side
@@ -108,6 +128,7 @@ class PipelineConfig:
     layout: str = "auto"
     # LAB round trip of the preprocessing: auto (lookup tables where RAM allows), tables, cvtcolor
     lab: str = "auto"
+    field: FieldOptions = field(default_factory=FieldOptions)
 
 
 @dataclass
@@ -369,11 +390,15 @@ def validate(c: DaemonConfig) -> None:
             f"unknown synthetic class {name!r} (choose from {', '.join(CLASSES)})",
         )
     p = c.pipeline
-    _check(
-        p.mode == "cell",
-        "pipeline.mode",
-        f"only 'cell' is implemented (field mode comes later), got {p.mode!r}",
-    )
+    _check(p.mode in ("cell", "field"), "pipeline.mode", f"expected cell or field, got {p.mode!r}")
+    fo = p.field
+    _check(0 <= fo.threshold <= 1, "pipeline.field.threshold", f"must be in [0, 1], got {fo.threshold}")
+    _check(0 < fo.track_iou <= 1, "pipeline.field.track_iou", f"must be in (0, 1], got {fo.track_iou}")
+    _check(fo.max_age_frames >= 0, "pipeline.field.max_age_frames", "must be >= 0")
+    _check(fo.max_age_s >= 0, "pipeline.field.max_age_s", "must be >= 0")
+    _check(-1 <= fo.min_similarity <= 1, "pipeline.field.min_similarity", "must be in [-1, 1]")
+    _check(0 < fo.new_field_shift <= 2, "pipeline.field.new_field_shift", "must be in (0, 2]")
+    _check(fo.target_cells >= 1, "pipeline.field.target_cells", "must be >= 1")
     _check(0 < p.region <= 1, "pipeline.region", f"must be in (0, 1], got {p.region}")
     _check(p.region_px >= 0, "pipeline.region_px", f"must be >= 0, got {p.region_px}")
     _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")

@@ -1,20 +1,32 @@
 """What to classify in a frame. `cell`: the centred region where the technician puts a cell.
+`field`: every white cell the detector finds, cropped by the crop rule, tracked across frames.
 
-A mode returns a list of crops, so field mode (every white cell in a frame, a later issue) slots
-in without touching the pipeline, the database (one row per crop) or the archive.
+A mode returns a list of crops; the pipeline, the database (one row per counted crop) and the archive
+take them as they come.
 """
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from edge.detect.crop import crop_cell
+from edge.detect.spec import WBC, CropRule
 
 
 @dataclass
 class Crop:
     image: np.ndarray
     box: tuple[int, int, int, int]  # x, y, w, h in the inference image
+    # field mode: the detector's score, the tracked cell and whether this is its first sighting (only
+    # then is it counted, stored and archived), and the square the crop rule cut (may leave the frame)
+    score: float | None = None
+    track_id: int | None = None
+    new: bool = True
+    square: tuple[int, int, int, int] | None = None
 
 
 def center_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
@@ -37,7 +49,7 @@ class CellMode:
         self.region = region
         self.region_px = region_px
 
-    def crops(self, image: np.ndarray) -> list[Crop]:
+    def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
         if self.region_px:
             x, y, w, h = center_box_px(image.shape, self.region_px)
         else:
@@ -50,3 +62,77 @@ def scale_box(box, src_shape, dst_shape) -> tuple[int, int, int, int]:
     sy, sx = dst_shape[0] / src_shape[0], dst_shape[1] / src_shape[1]
     x, y, w, h = box
     return int(round(x * sx)), int(round(y * sy)), max(1, int(round(w * sx))), max(1, int(round(h * sy)))
+
+
+class FieldMode:
+    """Every white cell in the frame (docs/field.md): detect, crop each as the classifier's training
+    cells were framed (edge/detect/crop.py), and tell new cells from ones already counted
+    (edge/daemon/tracker.py), the tracker forgetting everything when the stage jumps to another field
+    (edge/daemon/fields.py)."""
+
+    name = "field"
+
+    def __init__(self, detector, tracker, watch, threshold: float | None = None, target_cells: int = 100):
+        self.detector = detector
+        self.tracker = tracker
+        self.watch = watch
+        self.threshold = detector.threshold if threshold is None else float(threshold)
+        self.crop_rule: CropRule = detector.spec.crop
+        self.target_cells = int(target_cells)
+        self.last_timings: dict[str, float] = {}
+        self.frames = 0
+        self.cells_seen = 0  # detections of white cells, every frame
+        self.last_cells = 0
+        self.recent_cells: deque[int] = deque(maxlen=300)
+
+    def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
+        t0 = time.perf_counter()
+        detections, stages = self.detector.detect(image, threshold=self.threshold)
+        cells = [d for d in detections if d.kind == WBC]
+        t1 = time.perf_counter()
+        # the stage motion, on the detector's own small copy of the frame (RGB, letterbox cut off)
+        step = self.watch.update(self.detector.last_view, "RGB", image.shape[1])
+        if step.jumped:
+            self.tracker.reset()
+        t2 = time.perf_counter()
+        assigned = self.tracker.update(
+            [d.xyxy for d in cells], time.monotonic() if timestamp is None else timestamp, step.shift
+        )
+        t3 = time.perf_counter()
+        out = []
+        for det, a in zip(cells, assigned, strict=True):
+            image_crop, square = crop_cell(image, det.box, self.crop_rule)
+            out.append(Crop(image_crop, det.int_box(), round(det.score, 4), a.track_id, a.new, square))
+        t4 = time.perf_counter()
+        self.frames += 1
+        self.last_cells = len(cells)
+        self.cells_seen += len(cells)
+        self.recent_cells.append(len(cells))
+        self.last_timings = {
+            "motion": (t2 - t1) * 1000,
+            "detect_preprocess": stages["preprocess"],
+            "detect_invoke": stages["invoke"],
+            "detect_decode": stages["decode"],
+            "detect": (t1 - t0) * 1000,
+            "track": (t3 - t2) * 1000,
+            "crop": (t4 - t3) * 1000,
+        }
+        return out
+
+    def stats(self) -> dict:
+        """What the page, /api/status, /metrics and the summary say about the fields."""
+        recent = list(self.recent_cells)
+        return {
+            "frames": self.frames,
+            "fields_seen": self.watch.fields,
+            "cells_last_frame": self.last_cells,
+            "cells_per_frame": round(sum(recent) / len(recent), 3) if recent else 0.0,
+            "cells_detected": self.cells_seen,
+            "cells_counted": self.tracker.started,
+            "tracks_in_view": len(self.tracker.tracks),
+            "target_cells": self.target_cells,
+            "threshold": self.threshold,
+            "detector": str(self.detector.bundle.path),
+            "detector_sha256": self.detector.bundle.sha256,
+            "crop_cell_fraction": self.crop_rule.cell_fraction,
+        }

@@ -7,6 +7,9 @@
     LiveView          the latest frame and its cells, for the page
 
 `edge bench` runs the same FrameProcessor with no sinks.
+
+In field mode a frame holds every white cell in view, and the tracker says which are new: only a new
+cell is stored, counted and archived (once per cell); the live view shows them all.
 """
 
 from __future__ import annotations
@@ -85,8 +88,11 @@ class StoreSink(Sink):
                 result.timings,
                 c.prediction.reason,
                 c.prediction.rejection_score,
+                c.track_id,
+                c.score,
             )
             for c in result.cells
+            if c.new
         ]
         self._commit(("frame", f.frame_id, f.timestamp, self.source, f.ref, rows))
 
@@ -151,7 +157,7 @@ class TelemetrySink(Sink):
         self.telemetry = telemetry
 
     def on_frame(self, result: FrameResult) -> None:
-        cells = result.cells
+        cells = [c for c in result.cells if c.new]
         self.telemetry.on_processed(len(cells), sum(c.prediction.uncertain for c in cells), result.timings)
 
 
@@ -166,7 +172,7 @@ class ArchiveSink(Sink):
         for cell in result.cells:
             p = cell.prediction
             reason = self.archive.reason(p.label, p.uncertain)
-            if not reason:
+            if not reason or not cell.new:
                 continue
             meta = {
                 **cell_info(f, cell),
@@ -190,6 +196,8 @@ class DifferentialSink(Sink):
 
     def on_frame(self, result: FrameResult) -> None:
         for cell in result.cells:
+            if not cell.new:
+                continue
             for alert in self.differential.add(cell.prediction.label, cell.prediction.uncertain):
                 self.log(
                     f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
@@ -200,7 +208,7 @@ class DifferentialSink(Sink):
 def cell_info(frame: Frame, cell) -> dict:
     """What the page and the archive show of one cell."""
     p = cell.prediction
-    return {
+    info = {
         "frame_id": frame.frame_id,
         "crop_index": cell.index,
         "label": p.label,
@@ -208,6 +216,9 @@ def cell_info(frame: Frame, cell) -> dict:
         "uncertain": p.uncertain,
         "box": list(cell.view_box),
     }
+    if cell.track_id is not None:  # field mode
+        info.update(score=cell.score, track_id=cell.track_id, new=cell.new)
+    return info
 
 
 class LiveView(Sink):

@@ -35,7 +35,7 @@ from pathlib import Path
 from edge.daemon.differential import SessionCounts
 from edge.predict import UNKNOWN
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: results.track_id, results.detector_score (field mode)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS results (
     timings       TEXT NOT NULL CHECK (json_valid(timings)),
     reason        TEXT,  -- why it needs a look: unknown, low confidence, small margin (NULL: it does not)
     rejection_score REAL,  -- distance to the training cells, for bundles with rejection
+    track_id      INTEGER,  -- field mode: the tracked cell (one row per cell, at its first sighting)
+    detector_score REAL,  -- field mode: the detector's confidence in the box
     UNIQUE (session_id, frame_id, crop_index),
     FOREIGN KEY (session_id, frame_id) REFERENCES frames(session_id, frame_id)
 );
@@ -112,7 +114,10 @@ CREATE INDEX IF NOT EXISTS signoffs_by_session ON signoffs(session_id);
 
 
 # Columns added since schema 1, with their types: an older results.db gains them at the next start.
-_ADDED_COLUMNS = {"results": {"reason": "TEXT", "rejection_score": "REAL"}, "frames": {"file_stat": "TEXT"}}
+_ADDED_COLUMNS = {
+    "results": {"reason": "TEXT", "rejection_score": "REAL", "track_id": "INTEGER", "detector_score": "REAL"},
+    "frames": {"file_stat": "TEXT"},
+}
 
 
 @dataclass
@@ -126,6 +131,8 @@ class ResultRow:
     timings_ms: dict[str, float]
     reason: str | None = None
     rejection_score: float | None = None
+    track_id: int | None = None
+    detector_score: float | None = None
 
 
 def _migrations(db: sqlite3.Connection) -> str:
@@ -302,7 +309,8 @@ class ResultStore:
             )
             db.executemany(
                 "INSERT INTO results(session_id, frame_id, crop_index, ts, box, label, confidence, probabilities,"
-                " uncertain, model_sha, timings, reason, rejection_score) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " uncertain, model_sha, timings, reason, rejection_score, track_id, detector_score)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         self.session_id,
@@ -318,6 +326,8 @@ class ResultStore:
                         json.dumps({k: round(v, 3) for k, v in r.timings_ms.items()}),
                         r.reason,
                         None if r.rejection_score is None else round(r.rejection_score, 4),
+                        r.track_id,
+                        None if r.detector_score is None else round(r.detector_score, 4),
                     )
                     for r in rows
                 ],

@@ -10,7 +10,16 @@ from collections import deque
 
 import numpy as np
 
-STAGES = ("capture", "queue", "preprocess", "invoke", "result", "store", "latency")
+STAGES = (
+    "capture",
+    "queue",
+    "detect",
+    "preprocess",
+    "invoke",
+    "result",
+    "store",
+    "latency",
+)  # detect: field mode
 SUMMARY_FRAMES = 200_000  # 5.5 h at 10 fps; about 13 MB for the two series of Python floats
 
 

@@ -113,6 +113,33 @@ class DaemonCollector:
             "Cells rejected as unlike the training data",
             value=s["differential"]["unknown"],
         )
+        if "field" in s:  # field mode
+            f = s["field"]
+            yield g(
+                "edge_field_cells_per_frame",
+                "White cells detected per frame (recent frames)",
+                value=f["cells_per_frame"],
+            )
+            yield g(
+                "edge_field_cells_last_frame",
+                "White cells detected in the latest frame",
+                value=f["cells_last_frame"],
+            )
+            yield c(
+                "edge_fields_seen",
+                "Microscope fields seen (a jump or a drift of half the view starts one)",
+                value=f["fields_seen"],
+            )
+            yield c(
+                "edge_field_cells_counted",
+                "White cells counted: tracks started, once per cell",
+                value=f["cells_counted"],
+            )
+            yield g(
+                "edge_differential_progress",
+                "Cells in the differential over its target (pipeline.field.target_cells)",
+                value=f["differential_progress"],
+            )
         yield g("edge_uptime_seconds", "Seconds since the daemon started", value=s["uptime_s"])
         store = s["store"]
         yield g(
@@ -178,6 +205,8 @@ def render_preview(daemon) -> tuple[bytes, list[dict]] | None:
         color = (0, 140, 255) if crop["uncertain"] else (60, 170, 40)
         cv2.rectangle(img, (x, y), (x + w, y + h), color, 2)
         text = f"{crop['label']} {crop['confidence']:.0%}" + ("  uncertain" if crop["uncertain"] else "")
+        if crop.get("track_id") is not None:  # field mode: which cell, and whether it was just counted
+            text += f"  #{crop['track_id']}" + ("  new" if crop.get("new") else "")
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)
         ty = max(th + 6, y - 6)
         cv2.rectangle(img, (x, ty - th - 6), (x + tw + 8, ty + 4), color, -1)

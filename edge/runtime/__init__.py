@@ -83,6 +83,11 @@ class InferenceBackend(ABC):
         """float32 N x D: the model's second output (for rejection), after `invoke`; None without one."""
         return None
 
+    def named_outputs(self) -> dict[str, np.ndarray]:
+        """Every output by the model's tensor name, float32 (dequantized), after `invoke`: what a
+        detector decodes (its score map and box distances)."""
+        raise RuntimeUnavailableError(f"the {self.name} backend cannot run detector bundles")
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.set_input(batch)
         self.invoke()

@@ -87,6 +87,9 @@ class TFLiteBackend(InferenceBackend):
     def embedding(self) -> np.ndarray | None:
         return None if self._embedding_at is None else self.model.output(self._embedding_at)
 
+    def named_outputs(self) -> dict[str, np.ndarray]:
+        return {t.name: self.model.output(i) for i, t in enumerate(self.model.outputs)}
+
     def describe(self) -> dict:
         return {"backend": self.name, **self.model.describe()}
 

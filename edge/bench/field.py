@@ -1,0 +1,154 @@
+"""`edge bench --mode field`: the daemon's field mode timed per frame and per cell.
+
+The five standard stages keep their meaning, summed over the frame's models: `invoke` is the
+detector's invoke() plus the classifier's (batched over the frame's cells), `preprocess` everything
+before them (the detector's letterbox and decoding, stage motion, tracking, the crops, the
+classifier's preprocessing), `postprocess` the classifier's. So `overhead_ratio` is end_to_end over
+(detector invoke + classifier invoke): the field-mode goal (<= 1.5) on the same scale as cell mode's.
+`field` breaks each frame down further, and per cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.bench.stats import summarize
+
+TARGET = 1.5
+# the field stages, in the order a frame goes through them
+FIELD_STAGES = (
+    "motion",
+    "detect_preprocess",
+    "detect_invoke",
+    "detect_decode",
+    "track",
+    "crop",
+    "classify_preprocess",
+    "classify_invoke",
+    "classify_postprocess",
+    "end_to_end",
+)
+
+
+def open_field_mode(detector_path, backend: str, backend_options: dict, lab):
+    """The daemon's FieldMode with its defaults (edge/daemon/config.py FieldOptions)."""
+    from edge.bundle import Bundle
+    from edge.daemon.config import FieldOptions
+    from edge.daemon.fields import FieldWatch
+    from edge.daemon.modes import FieldMode
+    from edge.daemon.tracker import IoUTracker
+    from edge.detect.detector import Detector
+
+    f = FieldOptions()
+    detector = Detector.open(Bundle.load(detector_path), backend, lab=lab, **backend_options)
+    tracker = IoUTracker(f.track_iou, f.max_age_frames, f.max_age_s)
+    return FieldMode(
+        detector, tracker, FieldWatch(f.min_similarity, f.new_field_shift), target_cells=f.target_cells
+    )
+
+
+def standard_sample(t: dict) -> tuple[float, float, float, float, float]:
+    """(capture, preprocess, invoke, postprocess, end_to_end) of a field-mode frame."""
+    invoke = t["detect_invoke"] + t["invoke"]
+    before = t["mode"] - t["detect_invoke"] + t["preprocess"]
+    return t["capture"], before, invoke, t["postprocess"], t["result"]
+
+
+def field_sample(t: dict, cells: int) -> dict:
+    return {
+        **{k: t[k] for k in FIELD_STAGES[:6]},
+        "classify_preprocess": t["preprocess"],
+        "classify_invoke": t["invoke"],
+        "classify_postprocess": t["postprocess"],
+        "end_to_end": t["result"],
+        "cells": cells,
+    }
+
+
+def summary(samples: list[dict], mode) -> dict:
+    """The `field` section of the bench JSON."""
+    cells = np.array([s["cells"] for s in samples])
+    stages = {name: summarize([s[name] for s in samples]).to_dict() for name in FIELD_STAGES}
+    with_cells = [s for s in samples if s["cells"]]
+    per_cell = {}
+    if with_cells:
+        per_cell = {
+            "classify": summarize(
+                [
+                    (s["classify_preprocess"] + s["classify_invoke"] + s["classify_postprocess"]) / s["cells"]
+                    for s in with_cells
+                ]
+            ).to_dict(),
+            "classify_invoke": summarize([s["classify_invoke"] / s["cells"] for s in with_cells]).to_dict(),
+            "end_to_end": summarize([s["end_to_end"] / s["cells"] for s in with_cells]).to_dict(),
+        }
+    invokes = [s["detect_invoke"] + s["classify_invoke"] for s in samples]
+    e2e = stages["end_to_end"]["p50_ms"]
+    per_cell_invoke = per_cell.get("classify_invoke", {}).get("p50_ms", 0.0)
+    one_cell = stages["detect_invoke"]["p50_ms"] + per_cell_invoke * max(1.0, float(np.mean(cells)))
+    return {
+        "detector": {
+            "path": str(mode.detector.bundle.path),
+            "sha256": mode.detector.bundle.sha256,
+            "input": list(mode.detector.bundle.manifest.input.shape),
+            "threshold": mode.threshold,
+        },
+        "crop_cell_fraction": mode.crop_rule.cell_fraction,
+        "cells_per_frame": {
+            "mean": round(float(cells.mean()), 3),
+            "max": int(cells.max()),
+            "frames_without": int((cells == 0).sum()),
+            "frames": len(samples),
+        },
+        "stages": stages,
+        "per_cell": per_cell,
+        # end_to_end p50 over the p50 of each frame's detector + classifier invoke(); and over the
+        # detector's invoke plus the classifier's invoke per cell times the mean cells per frame
+        "overhead_ratio": round(e2e / float(np.median(invokes)), 4) if np.median(invokes) > 0 else None,
+        "overhead_ratio_per_cell_invoke": round(e2e / one_cell, 4) if one_cell > 0 else None,
+        "target": TARGET,
+    }
+
+
+def format_field(r: dict) -> list[str]:
+    from edge.bench.table import _line, _ms, grid
+
+    f = r["field"]
+    c = f["cells_per_frame"]
+    s = f["stages"]
+    rows = [
+        [
+            name,
+            str(s[name]["count"]),
+            *(_ms(s[name][k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")),
+        ]
+        for name in FIELD_STAGES
+    ]
+    for name, v in f["per_cell"].items():
+        rows.append(
+            [
+                f"per cell: {name}",
+                str(v["count"]),
+                *(_ms(v[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")),
+            ]
+        )
+    ratio = f["overhead_ratio"]
+    verdict = "ok" if ratio is not None and ratio <= TARGET else "ABOVE TARGET"
+    d = f["detector"]
+    return [
+        _line(
+            "field",
+            f"detector {d['path']} ({'x'.join(map(str, d['input'][1:3]))}, sha {d['sha256'][:12]}, threshold "
+            f"{d['threshold']:.3f}); {c['mean']:.2f} white cells per frame (max {c['max']}, none in "
+            f"{c['frames_without']} of {c['frames']} frames); crop rule {f['crop_cell_fraction']:g}",
+        ),
+        "",
+        grid(["field stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean"], rows),
+        "",
+        _line(
+            "field",
+            f"end_to_end p50 {_ms(s['end_to_end']['p50_ms'])} ms = (detector + classifier invoke) p50 "
+            f"x {ratio:.2f} (goal <= {TARGET}: {verdict}); x {f['overhead_ratio_per_cell_invoke']:.2f} over "
+            f"detector invoke + classifier invoke per cell x cells per frame",
+        ),
+    ]
