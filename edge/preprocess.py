@@ -27,6 +27,7 @@ _INTERPOLATIONS = {
 }
 _ASPECTS = ("center_crop", "pad", "stretch")
 _CONTRASTS = ("clahe", "none")
+_COLORS = ("none", "white_balance")
 
 # OpenCV's decoders are not always loud about short files; these are the end markers we check.
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
@@ -52,6 +53,12 @@ class PreprocessSpec:
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
     pad_value: int = 0
+    # Colour standardisation before everything else (docs/differential.md): "white_balance" scales
+    # each channel so the image's own background (its brightest pixels: the slide between the cells)
+    # takes the colour `white_reference` (R, G, B), measured on the training images and stored in the
+    # bundle. It removes the lamp's and camera's colour cast of another microscope, not the stain.
+    color: str = "none"
+    white_reference: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
@@ -66,9 +73,23 @@ class PreprocessSpec:
             raise ValueError(f"color_order must be RGB or BGR, not {self.color_order!r}")
         if not 16 <= int(self.size) <= 2048:
             raise ValueError(f"size must be between 16 and 2048, not {self.size}")
+        if self.color not in _COLORS:
+            raise ValueError(f"color must be one of {_COLORS}, not {self.color!r}")
+        if self.color == "white_balance":
+            ref = self.white_reference
+            if ref is None or len(ref) != 3 or not all(1.0 <= float(v) <= 255.0 for v in ref):
+                raise ValueError(
+                    f"white_balance needs white_reference: three values in [1, 255], not {ref!r}"
+                )
+            object.__setattr__(self, "white_reference", tuple(round(float(v), 2) for v in ref))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.color == "none":  # absent means none: specs sealed before colour standardisation agree
+            del data["color"], data["white_reference"]
+        else:
+            data["white_reference"] = list(self.white_reference)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
@@ -76,6 +97,9 @@ class PreprocessSpec:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown preprocess keys: {sorted(unknown)}")
+        data = dict(data)
+        if data.get("white_reference") is not None:
+            data["white_reference"] = tuple(data["white_reference"])
         return cls(**data)
 
 
@@ -207,6 +231,42 @@ def _resize(image: np.ndarray, spec: PreprocessSpec, channels: int = 3) -> np.nd
     return image
 
 
+# White balance: the background is the median colour of the brightest BACKGROUND_SHARE of the
+# pixels of a thumbnail (a white-cell image is mostly slide and red cells; the nucleus is dark), and
+# each channel's gain is bounded so a frame of nothing but stain cannot be turned inside out.
+BACKGROUND_SHARE = 0.10
+_THUMBNAIL = 96
+GAIN_LIMITS = (0.6, 1.8)
+
+
+def background_rgb(image_bgr: np.ndarray) -> np.ndarray:
+    """The background colour (R, G, B floats) of an 8-bit BGR image, as white balance measures it."""
+    h, w = image_bgr.shape[:2]
+    scale = _THUMBNAIL / max(h, w)
+    small = (
+        cv2.resize(
+            image_bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+        )
+        if scale < 1
+        else image_bgr
+    )
+    pixels = small.reshape(-1, 3).astype(np.float32)
+    brightness = pixels.sum(axis=1)
+    bright = pixels[brightness >= np.quantile(brightness, 1.0 - BACKGROUND_SHARE)]
+    return np.median(bright, axis=0)[::-1]
+
+
+def white_balance(image_bgr: np.ndarray, reference_rgb) -> np.ndarray:
+    """von Kries white balance: per-channel gains (one lookup table) that move the image's
+    background to `reference_rgb`."""
+    gains = np.clip(
+        np.asarray(reference_rgb, np.float32)[::-1] / np.maximum(background_rgb(image_bgr)[::-1], 1.0),
+        *GAIN_LIMITS,
+    )
+    table = np.clip(np.rint(np.arange(256, dtype=np.float32)[:, None] * gains[None, :]), 0, 255)
+    return cv2.LUT(image_bgr, table.astype(np.uint8).reshape(256, 1, 3))
+
+
 _per_thread = threading.local()
 
 
@@ -246,14 +306,16 @@ def preprocess(
 ) -> np.ndarray:
     """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
 
-    Steps: 8-bit BGR -> centred square (or pad) -> resize (2x area steps, then bilinear) -> CLAHE on
-    L of LAB -> colour order. `lab` is the strategy for the LAB round trip (CVTCOLOR by default;
+    Steps: 8-bit BGR -> centred square (or pad) -> colour standardisation (white balance, when the
+    spec asks) -> resize (2x area steps, then bilinear) -> CLAHE on L of LAB -> colour order. `lab` is the strategy for the LAB round trip (CVTCOLOR by default;
     the same bytes whichever is passed).
     Deterministic: the same input gives the same bytes on every call and every machine with the
     same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
     """
     spec = spec or PreprocessSpec()
     square = _square(to_bgr8(image, order), spec)
+    if spec.color == "white_balance":
+        square = white_balance(square, spec.white_reference)
     if spec.contrast == "clahe":
         lab = lab or CVTCOLOR
         clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))

@@ -263,3 +263,62 @@ def test_an_image_that_declares_too_many_pixels_is_refused_from_its_header(tmp_p
             load_image(small)
     finally:
         pp.set_max_pixels(pp.DEFAULT_MAX_PIXELS)
+
+
+def _with_cast(image: np.ndarray, gains_bgr) -> np.ndarray:
+    """The same slide under another lamp / camera: each channel scaled."""
+    return np.clip(np.rint(image.astype(np.float32) * np.asarray(gains_bgr, np.float32)), 0, 255).astype(
+        np.uint8
+    )
+
+
+def test_white_balance_moves_the_background_to_the_reference(cell):
+    from edge.preprocess import GAIN_LIMITS, background_rgb, white_balance
+
+    reference = (228.0, 222.0, 236.0)
+    balanced = white_balance(cell, reference)
+    assert np.abs(background_rgb(balanced) - reference).max() <= 2.0
+    # a colour cast of the same cell is removed: both come out alike
+    cast = _with_cast(cell, (0.78, 1.0, 1.15))
+    assert np.abs(cast.astype(int) - cell).mean() > 15
+    assert np.abs(white_balance(cast, reference).astype(int) - balanced).mean() < 3
+    # a frame of nothing but dark stain is not blown up: the gains are bounded
+    dark = np.full((64, 64, 3), 40, np.uint8)
+    assert white_balance(dark, reference).max() <= 40 * GAIN_LIMITS[1] + 1
+
+
+def test_white_balance_is_part_of_the_spec_and_of_preprocess(cell):
+    spec = PreprocessSpec(size=96, color="white_balance", white_reference=(228, 222, 236))
+    assert spec.to_dict()["white_reference"] == [228.0, 222.0, 236.0]
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    assert "color" not in PreprocessSpec(size=96).to_dict()  # absent means none: older bundles agree
+    cast = _with_cast(cell, (0.8, 1.0, 1.2))
+    plain = PreprocessSpec(size=96)
+    gap_plain = np.abs(preprocess(cast, plain).astype(int) - preprocess(cell, plain)).mean()
+    gap_wb = np.abs(preprocess(cast, spec).astype(int) - preprocess(cell, spec)).mean()
+    assert gap_wb < gap_plain / 3
+    np.testing.assert_array_equal(preprocess(cast, spec), preprocess(cast.copy(), spec))
+    for bad in (None, (0, 200, 200), (200, 200)):
+        with pytest.raises(ValueError, match="white_reference"):
+            PreprocessSpec(color="white_balance", white_reference=bad)
+    with pytest.raises(ValueError, match="color must be one of"):
+        PreprocessSpec(color="macenko")
+
+
+def test_the_manifest_schema_checks_colour_standardisation():
+    from edge.manifest_schema import PreprocessModel
+
+    assert PreprocessModel(
+        size=96, color="white_balance", white_reference=[228, 222, 236]
+    ).white_reference == [
+        228.0,
+        222.0,
+        236.0,
+    ]
+    for bad in (
+        {"color": "white_balance"},
+        {"white_reference": [228, 222, 236]},
+        {"white_reference": [0, 1, 2], "color": "white_balance"},
+    ):
+        with pytest.raises(ValueError):
+            PreprocessModel(size=96, **bad)
