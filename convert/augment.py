@@ -1,16 +1,91 @@
-"""Seed 000's augmentation list with albumentations, each transform with a probability.
+"""Training augmentation with albumentations, each transform with a probability; training split only.
 
-Applied after the split, to the training split only, on the preprocessed uint8 images (the model
-input), so augmented views never leave the value range the device produces.
+- `seed`: seed 000's list, applied to the preprocessed uint8 images (the model input), so augmented
+  views never leave the value range the device produces.
+- `stain`: seed 000's geometry plus what changes between microscopes and labs (stain, lamp, camera,
+  optics, magnification, compression), applied to the image *before* colour standardisation and
+  CLAHE; each view is then finished by the device's own `edge.preprocess`. A model that learned the
+  lab's colour or magnification instead of the cell sees every lab's look on every class.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
-AUGMENTS = ("seed", "none")
+from edge.preprocess import PreprocessSpec, preprocess
+
+AUGMENTS = ("seed", "stain", "none")
+# Magnification: a cell from another microscope fills anywhere from ~0.3 to ~0.8 of its image's side
+# (tecom-wbc ~0.75, pbc-8class ~0.45; docs/differential.md), so views are zoomed out and in.
+SCALE_RANGE = (0.6, 1.6)
+
+
+def raw_spec(spec: PreprocessSpec) -> PreprocessSpec:
+    """The same square and resize, without colour standardisation and contrast: what `stain`
+    augments before `finish` applies the rest of `spec`."""
+    return replace(spec, color="none", white_reference=None, contrast="none")
+
+
+def finish(raw_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """An augmented raw view (RGB, spec.size square) -> model input, through the device's preprocess
+    (the resize is a no-op at this size; colour standardisation and CLAHE run as on the device)."""
+    return preprocess(raw_rgb, spec, order="RGB")
+
+
+def _geometry(size: int, border: int):
+    import albumentations as A
+
+    rotations = A.OneOf(
+        [A.Rotate(limit=(a, a), border_mode=border, p=1.0) for a in (-45, -30, -15, 15, 30, 45)]
+        + [A.RandomRotate90(p=1.0)],
+        p=0.5,
+    )
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5), rotations]
+
+
+def build_stain_augmenter(size: int, seed: int):
+    """Geometry (flips, rotations), magnification 0.6-1.6x, then stain (haematoxylin/eosin amounts
+    in stain space, hue/saturation), lamp and camera (colour temperature, per-channel gain, gamma,
+    brightness/contrast), optics (defocus, blur), sensor noise and JPEG quality."""
+    import albumentations as A
+    import cv2
+
+    border = cv2.BORDER_REFLECT_101
+    return A.Compose(
+        [
+            *_geometry(size, border),
+            A.Affine(scale=SCALE_RANGE, balanced_scale=True, border_mode=border, p=0.7),
+            A.ElasticTransform(alpha=30, sigma=5, border_mode=border, p=0.1),
+            # Stain: the amount of each dye, in haematoxylin-eosin space (Ruifrok-style presets).
+            # Stronger settings turn cells red or black, which no lab's smear looks like.
+            A.HEStain(
+                method="random_preset",
+                intensity_scale_range=(0.8, 1.2),
+                intensity_shift_range=(-0.1, 0.1),
+                p=0.4,
+            ),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=25, val_shift_limit=10, p=0.5),
+            # Lamp and camera: colour temperature, one gain per channel (a background tint), gamma.
+            A.PlanckianJitter(mode="blackbody", p=0.4),
+            A.MultiplicativeNoise(multiplier=(0.85, 1.15), per_channel=True, elementwise=False, p=0.5),
+            A.RandomGamma(gamma_limit=(75, 140), p=0.4),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.25, p=0.5),
+            # Optics: focus and resolution.
+            A.OneOf(
+                [
+                    A.Defocus(radius=(1, 3), alias_blur=(0.1, 0.3), p=1.0),
+                    A.GaussianBlur(sigma_limit=(0.5, 1.5), blur_limit=0, p=1.0),
+                ],
+                p=0.3,
+            ),
+            A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
+            A.ImageCompression(quality_range=(40, 95), p=0.3),
+        ],
+        seed=seed,
+    )
 
 
 def build_augmenter(size: int, seed: int):
@@ -22,16 +97,9 @@ def build_augmenter(size: int, seed: int):
 
     # Reflect, not black: black corners would be a cue the device images never have.
     border = cv2.BORDER_REFLECT_101
-    rotations = A.OneOf(
-        [A.Rotate(limit=(a, a), border_mode=border, p=1.0) for a in (-45, -30, -15, 15, 30, 45)]
-        + [A.RandomRotate90(p=1.0)],
-        p=0.5,
-    )
     return A.Compose(
         [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            rotations,
+            *_geometry(size, border),
             # "crop of 80-100 %" of the side -> 64-100 % of the area, square, resized back.
             A.RandomResizedCrop(size=(size, size), scale=(0.64, 1.0), ratio=(1.0, 1.0), p=0.5),
             A.ElasticTransform(alpha=30, sigma=5, border_mode=border, p=0.2),
@@ -47,15 +115,34 @@ def build_augmenter(size: int, seed: int):
     )
 
 
-def augmented_views(images: np.ndarray, n_views: int, seed: int, desc: str = "augment"):
-    """Yield (view, batch of images) for view 1..n_views-1; view 0 is the unaugmented image itself."""
+def augmented_views(
+    images: np.ndarray,
+    n_views: int,
+    seed: int,
+    desc: str = "augment",
+    kind: str = "seed",
+    raw: np.ndarray | None = None,
+    spec: PreprocessSpec | None = None,
+):
+    """Yield (view, batch of model inputs) for view 1..n_views-1; view 0 is the unaugmented image.
+
+    `kind` "stain" augments `raw` (the images through `raw_spec(spec)`) and finishes each view with
+    `spec`; "seed" augments `images` themselves."""
     from convert.progress import progress
 
-    aug = build_augmenter(images.shape[1], seed)
+    if kind == "stain":
+        if raw is None or spec is None:
+            raise ValueError("stain augmentation needs the raw images and the preprocess spec")
+        aug = build_stain_augmenter(images.shape[1], seed)
+    else:
+        aug = build_augmenter(images.shape[1], seed)
     for view in range(1, n_views):
         out = np.empty_like(images)
         for i in progress(range(len(images)), desc=f"{desc} view {view}/{n_views - 1}", leave=False):
-            out[i] = aug(image=images[i])["image"]
+            if kind == "stain":
+                out[i] = finish(aug(image=raw[i])["image"], spec)
+            else:
+                out[i] = aug(image=images[i])["image"]
         yield view, out
 
 

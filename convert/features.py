@@ -46,8 +46,12 @@ def extract_views(
     cache_dir: str | os.PathLike | None = None,
     key: str | None = None,
     desc: str = "features",
+    kind: str = "seed",
+    raw: np.ndarray | None = None,
+    spec=None,
 ) -> np.ndarray:
-    """(n_views, N, ...) activations of `bottom` (float16), or the uint8 views when bottom is None."""
+    """(n_views, N, ...) activations of `bottom` (float16), or the uint8 views when bottom is None.
+    `kind`, `raw` and `spec` say how views are augmented (convert.augment.augmented_views)."""
     from convert.augment import augmented_views
     from convert.progress import progress
 
@@ -73,7 +77,7 @@ def extract_views(
 
         store(0, images)
         if augment:
-            for view, batch in augmented_views(images, n_views, seed, desc=desc):
+            for view, batch in augmented_views(images, n_views, seed, desc, kind, raw, spec):
                 store(view, batch)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

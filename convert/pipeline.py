@@ -59,14 +59,14 @@ def _limit(folder, n: int, seed: int):
     return folder.subset(keep)
 
 
-def _load(folder, cfg, desc):
+def _load(folder, cfg, desc, spec=None):
     """Hash, preprocess (cached) and drop unreadable files: returns (folder, images, hashes, skipped)."""
     from convert.cache import load_images
 
     for path in folder.ignored:
         print(f"warning: {path}: not an image file (by suffix), ignored")
     hashes = folder.hashes()
-    cached = load_images(folder.files, hashes, cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
+    cached = load_images(folder.files, hashes, spec or cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
     folder = folder.subset(cached.ok)
     if len(np.unique(folder.targets)) < len(folder.labels):
         missing = [n for i, n in enumerate(folder.labels) if i not in set(folder.targets.tolist())]
@@ -74,7 +74,42 @@ def _load(folder, cfg, desc):
     return folder, cached.images, [hashes[i] for i in cached.ok], cached.skipped
 
 
-def _views(built, images, cfg, augment: bool, hashes, resolved, desc):
+@dataclass
+class Raw:
+    """Training images before colour standardisation and contrast (`stain` augments these), and
+    the white reference measured on them."""
+
+    images: np.ndarray | None
+    white_reference: tuple[float, float, float] | None = None
+
+
+def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
+    """Load the raw training images when stain augmentation or colour standardisation needs them, and
+    fix the white reference (the median background colour of the training images) into cfg.preprocess,
+    so config.json, the bundle and the device all use the one value."""
+    from convert.augment import raw_spec
+    from edge.preprocess import background_rgb
+
+    if cfg.color == "none":  # also when a rerun's config.json had it on and --color none overrides it
+        cfg.preprocess = {k: v for k, v in cfg.preprocess.items() if k not in ("color", "white_reference")}
+    wants_reference = cfg.color == "white_balance" and not cfg.preprocess.get("white_reference")
+    if cfg.augment != "stain" and not wants_reference:
+        return Raw(None)
+    _, raw, _, _ = _load(folder, cfg, "train (raw, before colour standardisation)", raw_spec(cfg.spec()))
+    if cfg.color == "white_balance":
+        reference = cfg.preprocess.get("white_reference")
+        if not reference:
+            backgrounds = np.stack([background_rgb(img[..., ::-1]) for img in raw])
+            reference = [round(float(v), 2) for v in np.median(backgrounds, axis=0)]
+            print(
+                f"colour standardisation: white reference (R, G, B) {reference}, "
+                f"the median background of {len(raw)} training images"
+            )
+        cfg.preprocess = {**cfg.preprocess, "color": "white_balance", "white_reference": list(reference)}
+    return Raw(raw if cfg.augment == "stain" else None, cfg.preprocess.get("white_reference"))
+
+
+def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw=None):
     from convert.features import activation_key, extract_views
 
     key = (
@@ -92,7 +127,17 @@ def _views(built, images, cfg, augment: bool, hashes, resolved, desc):
         else None
     )  # random weights differ per run: never reuse their activations
     return extract_views(
-        built.bottom, images, cfg.views, augment, cfg.seed, cache_dir=cfg.cache, key=key, desc=desc
+        built.bottom,
+        images,
+        cfg.views,
+        augment,
+        cfg.seed,
+        cache_dir=cfg.cache,
+        key=key,
+        desc=desc,
+        kind=cfg.augment,
+        raw=raw,
+        spec=cfg.spec(),
     )
 
 
@@ -177,6 +222,7 @@ def run(cfg: TrainConfig) -> dict:
     print(
         f"split: train {len(train_folder)}, val {len(val_folder)} ({'--val-dir' if cfg.val_dir else f'stratified {cfg.val_fraction:g}'})"
     )
+    raw = _raw_and_reference(cfg, train_folder)
     train_folder, train_img, train_hash, skipped = _load(train_folder, cfg, "train")
     val_folder, val_img, val_hash, skipped_val = _load(val_folder, cfg, "val")
     fp = {"train": train_folder.fingerprint(), "val": val_folder.fingerprint()}
@@ -184,11 +230,13 @@ def run(cfg: TrainConfig) -> dict:
         train_folder, train_img, val_folder, val_img, cfg.dedupe
     )
     if dropped:
+        keep = np.isin(np.array(train_hash), np.array(train_folder.hashes()))
+        raw.images = raw.images[keep] if raw.images is not None else None
         train_hash = train_folder.hashes()
         fp["train"] = train_folder.fingerprint()
     built = build(cfg, resolved, len(labels))
-    augment = cfg.augment == "seed"
-    train_views = _views(built, train_img, cfg, augment, train_hash, resolved, "train views")
+    augment = cfg.augment != "none"
+    train_views = _views(built, train_img, cfg, augment, train_hash, resolved, "train views", raw.images)
     val_views = _views(built, val_img, cfg, False, val_hash, resolved, "val views")
     fit = fit_two_phase(
         cfg, built, train_views, train_folder.targets, val_views, val_folder.targets, len(labels)
@@ -225,11 +273,14 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     from convert import report as reporting
     from convert.data import stratified_kfold
 
+    raw = _raw_and_reference(cfg, folder)
     folder, images, hashes, skipped = _load(folder, cfg, "all")
     fp = folder.fingerprint()
     labels = folder.labels
     built = build(cfg, resolved, len(labels))
-    views = _views(built, images, cfg, cfg.augment == "seed", hashes, resolved, "views (all folds)")
+    views = _views(
+        built, images, cfg, cfg.augment != "none", hashes, resolved, "views (all folds)", raw.images
+    )
     # The pretrained frozen backbone is the same at the start of every fold: pool its features once.
     pooled = pooled_features(built, views) if built.pretrained and cfg.epochs > 0 else None
     folds = []

@@ -20,6 +20,7 @@ from edge.errors import DataError
 from edge.preprocess import PreprocessSpec
 
 LOSSES = ("ce", "focal")
+COLORS = ("none", "white_balance")
 CLASS_WEIGHTS = ("none", "balanced")
 
 
@@ -55,6 +56,9 @@ class TrainConfig:
     max_per_class: int = 0
     preprocess: dict = field(default_factory=lambda: PreprocessSpec().to_dict())
     class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL aliases across sources
+    # Colour standardisation (edge.preprocess): "white_balance" measures its reference on the
+    # training images and writes it into `preprocess`.
+    color: str = "none"
 
     def __post_init__(self):
         # `--epochs 1` means a one-epoch run: phase 2 follows --epochs unless it is given itself.
@@ -233,7 +237,13 @@ def check_config(cfg: TrainConfig) -> None:
     from convert.augment import AUGMENTS
     from convert.models import ARCHES
 
-    choices = {"arch": ARCHES, "loss": LOSSES, "class_weight": CLASS_WEIGHTS, "augment": AUGMENTS}
+    choices = {
+        "arch": ARCHES,
+        "loss": LOSSES,
+        "class_weight": CLASS_WEIGHTS,
+        "augment": AUGMENTS,
+        "color": COLORS,
+    }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise DataError(f"{name} must be one of {list(allowed)}, not {getattr(cfg, name)!r}")

@@ -202,3 +202,75 @@ def test_efficientnetb0_trains_end_to_end_from_scratch(synthetic_split, tmp_path
     assert report["weights"]["name"] == "none" and report["fine_tune_from"] is None
     assert report["splits"]["val"]["n"] == 10
     assert (out / "model.keras").is_file()
+
+
+def test_stain_augmentation_and_white_balance_from_two_sources(synthetic_split, tmp_path, capsys):
+    """Two sources with a class map, stain/optics augmentation before colour standardisation, and the
+    white reference measured on the training images and written where quantization finds it."""
+    from edge.preprocess import background_rgb
+
+    second = tmp_path / "second-lab"
+    for src, dst in (("round", "Round_Cell"), ("lobed", "lobed")):
+        shutil.copytree(synthetic_split / "val" / src, second / dst)
+    out = tmp_path / "stain"
+    code, stdout, _ = _edge(
+        [
+            "train",
+            "--data",
+            str(synthetic_split / "train"),
+            "--data",
+            str(second),
+            "--map",
+            "round_cell=round",
+            "--val-fraction",
+            "0.25",
+            "--augment",
+            "stain",
+            "--color",
+            "white_balance",
+            "--out",
+            str(out),
+            "--img-size",
+            "48",
+            "--epochs",
+            "2",
+            "--fine-tune-epochs",
+            "1",
+            "--views",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0, stdout[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    assert spec.color == "white_balance" and config["train"]["augment"] == "stain"
+    # the reference is the median background of the training images, before standardisation
+    import cv2
+
+    files = sorted((synthetic_split / "train").rglob("*.jpg"))
+    backgrounds = np.stack([background_rgb(cv2.imread(str(f))) for f in files])
+    assert np.allclose(spec.white_reference, np.median(backgrounds, axis=0), atol=6)
+    assert "colour standardisation: white reference" in stdout
+    sources = config["data_sources"]["train"] if "data_sources" in config else None
+    assert sources is None or {s["split"].split("/")[-1] for s in sources} == {"train", "second-lab"}
+
+
+def test_stain_views_start_from_the_raw_image_and_end_in_the_device_preprocessing(synthetic_split):
+    from convert.augment import augmented_views, finish, raw_spec
+    from edge.preprocess import load_image, preprocess
+
+    spec = PreprocessSpec(size=64, color="white_balance", white_reference=(240.0, 230.0, 235.0))
+    files = sorted((synthetic_split / "val").rglob("*.jpg"))[:6]
+    images = np.stack([preprocess(load_image(f), spec) for f in files])
+    raw = np.stack([preprocess(load_image(f), raw_spec(spec)) for f in files])
+    # finishing an unaugmented raw view is the device's preprocessing up to resize-before-balance rounding
+    finished = np.stack([finish(r, spec) for r in raw])
+    assert np.abs(finished.astype(int) - images.astype(int)).mean() < 3
+    views = list(augmented_views(images, 3, 0, kind="stain", raw=raw, spec=spec))
+    assert [v for v, _ in views] == [1, 2]
+    for _, batch in views:
+        assert batch.shape == images.shape and batch.dtype == np.uint8
+        assert np.abs(batch.astype(int) - images.astype(int)).mean() > 2  # they do change
+    with pytest.raises(ValueError, match="raw images"):
+        next(augmented_views(images, 2, 0, kind="stain"))

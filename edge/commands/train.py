@@ -20,6 +20,7 @@ _CONFIGURABLE = (
     "loss",
     "class_weight",
     "augment",
+    "color",
     "views",
     "fine_tune_from",
     "lr",
@@ -103,10 +104,20 @@ _CONFIGURABLE = (
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option(
     "--augment",
-    type=click.Choice(["seed", "none"]),
+    type=click.Choice(["seed", "stain", "none"]),
     default="seed",
     show_default=True,
-    help="seed: seed 000's augmentations, training split only.",
+    help="Training split only. seed: seed 000's augmentations. stain: its geometry plus stain, lamp, "
+    "camera, focus, magnification and JPEG changes before colour standardisation and CLAHE (for a "
+    "model that must work on other microscopes).",
+)
+@click.option(
+    "--color",
+    type=click.Choice(["none", "white_balance"]),
+    default="none",
+    show_default=True,
+    help="Colour standardisation in the preprocessing (training and device): white_balance moves each "
+    "image's background to a reference colour measured on the training images.",
 )
 @click.option(
     "--views",
@@ -158,7 +169,8 @@ def train(ctx, data_dirs, extra_data, out, config_path, verbose, **options):
       edge train data/train --val-dir data/val --arch mobilenetv2 --weights imagenet \\
                  --out runs/mnv2 --cache runs/cache
       edge train --data pbc-8class/train --data blood-5class/train --map seg_neutrophil=neutrophil \\
-                 --val-dir pbc-8class/val --val-dir blood-5class/val --out runs/differential
+                 --val-dir pbc-8class/val --val-dir blood-5class/val --augment stain \\
+                 --color white_balance --out runs/differential
     """
     require_train("edge train", verbose)
     from convert.pipeline import load_config, run
