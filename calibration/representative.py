@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.dataset import ImageSet, LabelledImages, load_labelled, require_classes, scan_labelled
+from edge.dataset import (
+    ImageSet,
+    LabelledImages,
+    load_labelled,
+    parse_class_map,
+    require_classes,
+    scan_labelled,
+)
 from edge.errors import DataError
 from edge.hashing import FINGERPRINT_METHOD
 from edge.preprocess import PreprocessSpec
@@ -65,42 +72,47 @@ def balanced_sample(images: ImageSet, count: int, seed: int) -> ImageSet:
 
 
 def build_calibration_set(
-    calib_dir: str | os.PathLike,
+    calib_dir: str | os.PathLike | list,
     spec: PreprocessSpec,
     labels: list[str],
     count: int = DEFAULT_COUNT,
     seed: int = 0,
     eval_dirs: list[str | os.PathLike] = (),
+    class_map: list[str] = (),
     progress=None,
 ) -> CalibrationSet:
-    """Sample, preprocess and describe the calibration images.
+    """Sample, preprocess and describe the calibration images (one class-folder root or several,
+    aliased by `class_map` FOLDER=LABEL pairs; a file found twice counts once).
 
     Refuses a calibration folder that is (or contains, or lies inside) an evaluation folder, and
     drops any sampled file whose bytes also occur in an evaluation folder (a duplicate across splits).
     """
-    root = Path(calib_dir)
+    roots = [Path(calib_dir)] if isinstance(calib_dir, (str, os.PathLike)) else [Path(r) for r in calib_dir]
     eval_paths = [Path(p) for p in eval_dirs if p]
-    for ev in eval_paths:
-        if _overlaps(root, ev):
-            raise DataError(
-                f"{root}: the calibration folder overlaps the evaluation split {ev}; "
-                "calibrate on training images (e.g. <data>/train), never on the split that judges the model"
-            )
+    for root in roots:
+        for ev in eval_paths:
+            if _overlaps(root, ev):
+                raise DataError(
+                    f"{root}: the calibration folder overlaps the evaluation split {ev}; "
+                    "calibrate on training images (e.g. <data>/train), never on the split that judges the model"
+                )
     if count < 1:
         raise DataError(f"--calib-count must be at least 1, not {count}")
-    available = scan_labelled(root, labels)
-    require_classes(available, root, "calibration needs every class")
+    aliases = parse_class_map(class_map)
+    available = scan_labelled(roots, labels, aliases, dedupe=True)
+    require_classes(available, available.split, "calibration needs every class")
     chosen = balanced_sample(available, count, seed)
     eval_hashes = set()
     for ev in eval_paths:
-        eval_hashes.update(scan_labelled(ev, labels).hashes())
+        eval_hashes.update(scan_labelled(ev, labels, aliases, keep_unknown=True).hashes())
     keep = [k for k, sha in enumerate(chosen.hashes()) if sha not in eval_hashes]
     dropped = len(chosen) - len(keep)
     data = load_labelled(chosen.subset(keep), spec, progress=progress)
     per_class = {name: int((data.y == i).sum()) for i, name in enumerate(labels)}
     description = {
         "split": data.split,
-        "source": str(root),
+        "source": str(roots[0]) if len(roots) == 1 else [str(r) for r in roots],
+        "class_map": list(class_map),
         "count": len(data),
         "requested": int(count),
         "per_class": per_class,

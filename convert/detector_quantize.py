@@ -54,9 +54,9 @@ def _say(msg: str) -> None:
 
 
 def _command(req) -> str:
-    args = ["edge", "quantize", str(req.source), "--calib", str(req.calib_dir)]
+    args = ["edge", "quantize", str(req.source), "--calib", str(req.calib_dir[0])]
     if req.eval_dir:
-        args += ["--eval", str(req.eval_dir)]
+        args += ["--eval", str(req.eval_dir[0])]
     args += ["--out", str(req.out_dir)]
     if req.precision != "int8":
         args += ["--precision", req.precision]
@@ -154,13 +154,13 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     kinds = list(config["kinds"])
     split = config["split"]
     command = _command(req)
-    train_frames = _frames_named(req.calib_dir, split["fit"]["files"] + split["tune"]["files"], "training")
-    tune_frames = _frames_named(req.calib_dir, split["tune"]["files"], "tune")
+    train_frames = _frames_named(req.calib_dir[0], split["fit"]["files"] + split["tune"]["files"], "training")
+    tune_frames = _frames_named(req.calib_dir[0], split["tune"]["files"], "tune")
     model_path = run / "model.keras"
     model = _load_keras(model_path)
     calib = calibration_images(train_frames, spec, max(req.calib_count, 1), req.seed)
     _say(
-        f"calibration: {len(calib)} images from the run's {len(train_frames)} training frames of {req.calib_dir}"
+        f"calibration: {len(calib)} images from the run's {len(train_frames)} training frames of {req.calib_dir[0]}"
     )
     _say(f"converting to {req.precision} TFLite...")
     tflite = make_converter(model, req.precision, calib if req.precision == "int8" else None).convert()
@@ -216,14 +216,14 @@ def quantize_detector(req) -> DetectorQuantizeResult:
             "val never used)",
         )
         tune = run_on_frames(detector, tune_frames, threshold)
-    metrics = _metrics(tune, f"{Path(req.calib_dir).name}/tune", command)
+    metrics = _metrics(tune, f"{Path(req.calib_dir[0]).name}/tune", command)
     lines = [_line("tune", tune)]
     if req.eval_dir:
-        val_frames = _frames_named(req.eval_dir, split["val"]["files"], "val")
+        val_frames = _frames_named(req.eval_dir[0], split["val"]["files"], "val")
         with tempfile.TemporaryDirectory() as tmp:
             write_bundle(tmp, {CPU_MODEL: tflite}, replace(manifest, detector=detector_spec, files={}))
             val = run_on_frames(Detector(Bundle.load(tmp)), val_frames)
-        metrics += _metrics(val, f"{Path(req.eval_dir).name}/val", command)
+        metrics += _metrics(val, f"{Path(req.eval_dir[0]).name}/val", command)
         lines.append(_line("val", val))
     manifest = replace(manifest, detector=detector_spec, metrics=metrics, files={})
     write_bundle(req.out_dir, {CPU_MODEL: tflite}, manifest)

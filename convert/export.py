@@ -116,15 +116,22 @@ def export_keras(
 def _calibration_for(req: ExportRequest, bundle: Bundle):
     """The calibration set of the TFLite conversion, rebuilt from the manifest unless told otherwise."""
     record = bundle.manifest.calibration
-    calib_dir = req.calib_dir or (Path(record["source"]) if record.get("source") else None)
-    if calib_dir is None or not calib_dir.is_dir():
+    recorded = record.get("source")
+    recorded = [recorded] if isinstance(recorded, str) else list(recorded or [])
+    calib_dirs = [req.calib_dir] if req.calib_dir else [Path(p) for p in recorded]
+    missing = [p for p in calib_dirs if not p.is_dir()]
+    if not calib_dirs or missing:
         raise DataError(
-            f"{bundle.path}: the manifest's calibration folder {calib_dir} is not here; pass --calib <data>/train"
+            f"{bundle.path}: the manifest's calibration folder {missing[0] if missing else None} is not here; "
+            "pass --calib <data>/train"
         )
     count = req.calib_count or record.get("requested") or DEFAULT_COUNT
     seed = req.seed if req.seed is not None else record.get("seed", 0)
     eval_dirs = [req.eval_dir] if req.eval_dir else []
-    return build_calibration_set(calib_dir, bundle.preprocess_spec, bundle.labels, count, seed, eval_dirs)
+    class_map = record.get("class_map") or []
+    return build_calibration_set(
+        calib_dirs, bundle.preprocess_spec, bundle.labels, count, seed, eval_dirs, class_map
+    )
 
 
 def export(req: ExportRequest) -> ExportResult:

@@ -37,7 +37,7 @@ from calibration.fidelity import (
 )
 from calibration.representative import DEFAULT_COUNT, CalibrationSet, build_calibration_set
 from calibration.thresholds import derive_uncertainty, flag_stats
-from convert.run_source import ModelSource, load_source
+from convert.run_source import ModelSource, find_key, load_source
 from convert.tflite_export import (
     INT8_SETTINGS,
     PRECISIONS,
@@ -49,7 +49,7 @@ from convert.tflite_export import (
 )
 from convert.tflite_graph import per_channel_ops, read_graph
 from edge.bundle import Bundle, Manifest, Metric, Rejection, TensorSpec, Uncertainty
-from edge.dataset import load_labelled, scan_labelled
+from edge.dataset import load_labelled, parse_class_map, scan_labelled
 from edge.errors import DataError
 from edge.metrics import classification_report
 from edge.rejection import MahalanobisScorer
@@ -57,12 +57,24 @@ from edge.rejection import MahalanobisScorer
 REJECTION_FILE = "rejection.npz"
 
 
+def _paths(value) -> list[Path]:
+    """One folder, several (a list or a click tuple), or none -> a list of Paths."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
 @dataclass
 class QuantizeRequest:
+    """What `edge quantize` was asked. `calib_dir`, `eval_dir` and `reject_holdout` are lists of class-folder
+    roots (one or several sources, aliased by `class_map` as in `edge train`)."""
+
     source: Path
-    calib_dir: Path
+    calib_dir: list[Path]
     out_dir: Path
-    eval_dir: Path | None = None
+    eval_dir: list[Path] = field(default_factory=list)
     precision: str = "int8"
     calib_count: int = DEFAULT_COUNT
     debug_layers: bool = False
@@ -73,17 +85,31 @@ class QuantizeRequest:
     reject: str = "none"  # "mahalanobis": a rejection score for cells unlike the training data
     reject_layer: str = "head_dense"
     reject_quantile: float = 0.99
-    reject_holdout: Path | None = None  # training-distribution cells not trained on, for the threshold
+    reject_holdout: list[Path] = field(default_factory=list)  # cells not trained on, for the threshold
     reject_dims: int = 0  # PCA dimensions before the Mahalanobis distance (0: none)
     format: str = "tflite"  # "onnx": also write model.onnx (the bundle always holds model.tflite)
     crop_fraction: float | None = None  # detector runs: the crop rule's cell fraction, if measured since
+    class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL; default: the training run's
+
+    def __post_init__(self):
+        self.calib_dir = _paths(self.calib_dir)
+        self.eval_dir = _paths(self.eval_dir)
+        self.reject_holdout = _paths(self.reject_holdout)
+        self.class_map = list(self.class_map or [])
+
+    def images(self, roots: list[Path], labels: list[str]):
+        """The labelled images under `roots` (each file once, aliases applied), as `edge train` saw them."""
+        return scan_labelled(roots, labels, parse_class_map(self.class_map), dedupe=True)
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
-        args = ["edge", "quantize", str(self.source), "--calib", str(self.calib_dir)]
-        if self.eval_dir:
-            args += ["--eval", str(self.eval_dir)]
+        args = ["edge", "quantize", str(self.source)]
+        for flag, roots in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
+            for root in roots:
+                args += [flag, str(root)]
         args += ["--out", str(self.out_dir)]
+        for pair in self.class_map:
+            args += ["--map", pair]
         if self.precision != "int8":
             args += ["--precision", self.precision]
         if self.calib_count != DEFAULT_COUNT:
@@ -97,8 +123,8 @@ class QuantizeRequest:
         if self.reject != "none":
             args += ["--reject", self.reject, "--reject-layer", self.reject_layer]
             args += ["--reject-quantile", f"{self.reject_quantile:g}"]
-            if self.reject_holdout:
-                args += ["--reject-holdout", str(self.reject_holdout)]
+            for root in self.reject_holdout:
+                args += ["--reject-holdout", str(root)]
             if self.reject_dims:
                 args += ["--reject-dims", str(self.reject_dims)]
         if self.format != "tflite":
@@ -145,8 +171,10 @@ def source_step(req: QuantizeRequest) -> ModelSource:
     if req.precision not in PRECISIONS:
         raise DataError(f"--precision must be one of {PRECISIONS}")
     src = load_source(req.source)
+    if not req.class_map:  # the aliases the run was trained with
+        req.class_map = list(find_key(src.info.get("run_config") or {}, ("class_map",)) or [])
     if src.labels is None:  # a bare model: its labels are the calibration folder's classes
-        src.labels = scan_labelled(req.calib_dir).labels
+        src.labels = scan_labelled(req.calib_dir, class_map=parse_class_map(req.class_map)).labels
     if len(src.labels) != src.info["n_outputs"]:
         raise DataError(
             f"{req.calib_dir}: {len(src.labels)} class folders {src.labels} but the model outputs "
@@ -160,7 +188,7 @@ def source_step(req: QuantizeRequest) -> ModelSource:
 
 def calibration_step(req: QuantizeRequest, src: ModelSource) -> CalibrationSet:
     calib = build_calibration_set(
-        req.calib_dir, src.spec, src.labels, req.calib_count, req.seed, [req.eval_dir] if req.eval_dir else []
+        req.calib_dir, src.spec, src.labels, req.calib_count, req.seed, req.eval_dir, req.class_map
     )
     d = calib.description
     _say(f"calibration: {d['count']} images from {d['split']} {d['per_class']}")
@@ -174,7 +202,7 @@ def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) ->
     if req.adapt_head:
         from convert.head_adaptation import adapt
 
-        train = load_labelled(req.calib_dir, src.spec, src.labels)
+        train = load_labelled(req.images(req.calib_dir, src.labels), src.spec)
         _say(
             f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
             f"(as they are and in augmented views; a few minutes for a 224 px model)..."
@@ -228,12 +256,12 @@ def rejection_step(
     held-out cells (--reject-holdout), or of the training images themselves without it."""
     if req.reject == "none":
         return None
-    train = load_labelled(req.calib_dir, src.spec, src.labels)
+    train = load_labelled(req.images(req.calib_dir, src.labels), src.spec)
     n = len(src.labels)
     _say(f"rejection: embeddings of the {len(train)} images of {train.split} ({req.reject_layer})...")
     train_emb = _embeddings(tflite, train.images, n, "embeddings (train)")
     scorer = MahalanobisScorer.fit(train_emb, train.y, n, dims=req.reject_dims or None)
-    held = load_labelled(req.reject_holdout, src.spec, src.labels) if req.reject_holdout else None
+    held = load_labelled(req.images(req.reject_holdout, src.labels), src.spec) if req.reject_holdout else None
     if held is not None:
         scores = scorer.scores(_embeddings(tflite, held.images, n, f"embeddings ({held.split})"))
         where = f"{len(held)} held-out cells of {held.split}"
@@ -273,7 +301,7 @@ def fidelity_step(
 ) -> Fidelity | None:
     if not req.eval_dir:
         return None
-    ev = load_labelled(req.eval_dir, src.spec, src.labels)
+    ev = load_labelled(req.images(req.eval_dir, src.labels), src.spec)
     # Fidelity is measured against the float model that was converted; when that was changed on
     # the way (head adaptation, bias correction), the trained model's numbers are reported too.
     float_p = keras_probs(fixes.model, ev.images, desc=f"float on {ev.split}")

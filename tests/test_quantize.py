@@ -206,6 +206,62 @@ def test_run_dir_labels_and_spec_come_from_the_run(tiny_float, synthetic_split, 
 
 
 @pytest.mark.train
+def test_several_sources_calibrate_and_evaluate_with_the_runs_class_map(
+    tiny_float, synthetic_split, tmp_path, capsys
+):
+    """A model trained on two labs is quantized on both: --calib and --eval repeat, and the run's
+    --map aliases (a folder called otherwise in the second lab) apply without being given again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_float / "float.keras", run / "model.keras")
+    labels = sorted(p.name for p in (synthetic_split / "train").iterdir())
+    (run / "config.json").write_text(
+        json.dumps(
+            {
+                "train": {"class_map": ["circle=round"]},
+                "arch": "tiny-cnn",
+                "preprocess": TINY_SPEC.to_dict(),
+                "labels": labels,
+            }
+        )
+    )
+    lab_b = tmp_path / "lab-b"
+    for name in labels:
+        shutil.copytree(
+            synthetic_split / "val" / name, lab_b / "train" / ("circle" if name == "round" else name)
+        )
+    val_b = tmp_path / "val-b"
+    shutil.copytree(synthetic_split / "val" / "round", val_b / "circle")
+    code, out, err = _run(
+        [
+            "quantize",
+            str(run),
+            "--calib",
+            str(synthetic_split / "train"),
+            "--calib",
+            str(lab_b / "train"),
+            "--eval",
+            str(val_b),
+            "--out",
+            str(tmp_path / "b"),
+            "--calib-count",
+            "40",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    m = Bundle.load(tmp_path / "b").manifest
+    assert m.calibration["source"] == [str(synthetic_split / "train"), str(lab_b / "train")]
+    assert m.calibration["class_map"] == ["circle=round"]
+    # lab b's round cells are the --eval cells: the two of them sampled are dropped from calibration
+    assert m.calibration["dropped_eval_duplicates"] == 2 and m.calibration["count"] == 38
+    assert m.calibration["per_class"]["round"] == 6
+    assert "--calib" in m.calibration["command"] and "--map circle=round" in m.calibration["command"]
+    accuracy = m.metric("accuracy")
+    assert accuracy.n == 8 and accuracy.split.endswith("val-b")
+
+
+@pytest.mark.train
 def test_bad_inputs_are_one_line(tiny_float, synthetic_split, tmp_path, capsys):
     val = synthetic_split / "val"
     code, _, err = _run(

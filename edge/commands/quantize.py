@@ -17,8 +17,10 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     "--calib",
     "calib_dir",
     required=True,
+    multiple=True,
     type=_DIR,
-    help="Training images (<class>/<image>) to calibrate int8 ranges on, e.g. data/train. Never the eval split.",
+    help="Training images (<class>/<image>) to calibrate int8 ranges on, e.g. data/train. Never the eval "
+    "split. Repeat for several sources, as given to `edge train`.",
 )
 @click.option(
     "--out",
@@ -30,8 +32,17 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option(
     "--eval",
     "eval_dir",
+    multiple=True,
     type=_DIR,
-    help="Labelled held-out images (e.g. data/val): float vs quantized accuracy, agreement, per-class deltas.",
+    help="Labelled held-out images (e.g. data/val): float vs quantized accuracy, agreement, per-class "
+    "deltas. Repeatable.",
+)
+@click.option(
+    "--map",
+    "class_map",
+    multiple=True,
+    metavar="FOLDER=LABEL",
+    help="Class folder alias across sources (repeatable) [default: the training run's --map].",
 )
 @click.option(
     "--precision",
@@ -96,6 +107,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 )
 @click.option(
     "--reject-holdout",
+    multiple=True,
     type=_DIR,
     help="Training-distribution cells the model did not train on (e.g. data/val) to set the threshold on; "
     "without it, the training images themselves (new cells then score higher: more are rejected).",
