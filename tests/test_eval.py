@@ -122,6 +122,28 @@ def test_map_aliases_a_folder_to_a_label(tiny_bundle, labelled, tmp_path):
     assert json.loads(out.read_text())["per_class"]["round"]["support"] == 8
 
 
+def test_several_sources_are_scored_together_each_file_once_and_one_by_one(
+    tiny_bundle, labelled, synthetic_split, tmp_path
+):
+    """Two labs' folders at once (a file both hold counts once), with each source's own accuracy and
+    recall: where a model that learned the lab shows it."""
+    lab_a, lab_b = tmp_path / "lab-a", tmp_path / "lab-b"
+    shutil.copytree(labelled, lab_a)
+    shutil.copytree(synthetic_split / "train" / "round", lab_b / "circular")  # 24 new cells
+    shutil.copytree(labelled / "LOBED", lab_b / "lobed")  # byte-identical to lab a's: counted once
+    out = tmp_path / "two.json"
+    proc = edge(
+        "eval", tiny_bundle, lab_a, lab_b, "--map", "circular=round", "--json", out, "--baseline-images", "0"
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["n"] == 40 + 24
+    a, b = (report["per_source"][f"{tmp_path.name}/{name}"] for name in ("lab-a", "lab-b"))
+    assert a["n"] == 40 and b["n"] == 24
+    assert set(a["recall"]) == set(SPELLINGS) and set(b["recall"]) == {"round"}
+    assert "source " in proc.stdout
+
+
 def test_eval_counts_unreadable_files_apart_and_exits_1(tiny_bundle, labelled, tmp_path):
     root = tmp_path / "with-bad"
     shutil.copytree(labelled, root)

@@ -41,7 +41,9 @@ def _baseline_sample(paths: list[Path], count: int) -> list[Path]:
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
-@click.argument("labelled_dir", type=click.Path(path_type=str))
+@click.argument(
+    "labelled_dirs", nargs=-1, required=True, type=click.Path(path_type=str), metavar="LABELLED_DIR..."
+)
 @click.option(
     "--json",
     "json_path",
@@ -94,7 +96,7 @@ def _baseline_sample(paths: list[Path], count: int) -> list[Path]:
 @runtime_options
 def eval_(
     bundle,
-    labelled_dir,
+    labelled_dirs,
     json_path,
     plot_path,
     threshold,
@@ -111,6 +113,7 @@ def eval_(
     onnx_options,
 ):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
+    Several folders (sources) are scored together, each file once, and also one by one ("per source").
 
     \b
     Folder names match the bundle's labels regardless of case, underscores and hyphens
@@ -125,13 +128,18 @@ def eval_(
     Examples:
       edge eval models/mobilenetv2-int8 data/blood-5class/val --json eval.json --plot confusion.png
       edge eval models/differential-int8 data/tecom-wbc --json tecom.json
+      edge eval models/differential-int8 data/pbc-8class/val data/blood-5class/val \\
+                --map seg_neutrophil=neutrophil
     """
     from edge.dataset import parse_class_map
     from edge.site_scores import false_blast_rate, known_class_report, should_reject_report
 
     model = Bundle.load(bundle)
     labels = model.labels
-    images = scan_labelled(labelled_dir, labels, parse_class_map(class_map), keep_unknown=True)
+    images = scan_labelled(
+        labelled_dirs, labels, parse_class_map(class_map), keep_unknown=True, dedupe=len(labelled_dirs) > 1
+    )
+    labelled_dir = " + ".join(labelled_dirs)
     for folder in images.unknown_folders:
         click.echo(
             f"note: folder {folder} is not a class of this bundle: its cells should be rejected", err=True
@@ -174,6 +182,8 @@ def eval_(
         report["should_be_rejected"] = should_reject_report(unknown_folders)
     true_names = [labels[item.label] if item.label >= 0 else item.folder for _, item in good]
     report["false_blast"] = false_blast_rate([r.prediction for r, _ in good], true_names, list(blast_classes))
+    if len(images.roots) > 1:
+        report["per_source"] = _per_source(good, labels, list(blast_classes))
     report["images_per_second"] = round(pipeline.images_per_second, 2)
 
     baseline = None
@@ -202,7 +212,7 @@ def eval_(
         n_failed=len(errors),
         errors=[{"path": printable(r.path), "error": r.error} for r in errors],
         folders=folders,
-        dataset=str(Path(labelled_dir)),
+        dataset=labelled_dir,
         bundle={"path": str(model.path), "sha256": model.sha256, "model": model.manifest.model},
         uncertainty={
             "min_confidence": rule.min_confidence,
@@ -239,6 +249,10 @@ def eval_(
             f"should be rejected: {folder} (n={v['n']}): {v['rejected_fraction'] * 100:.1f}% rejected, "
             f"{v['rejected_or_flagged_fraction'] * 100:.1f}% rejected or flagged; confident labels: {labels_seen}"
         )
+    for source, part in report.get("per_source", {}).items():
+        recalls = ", ".join(f"{k} {v * 100:.1f}%" for k, v in part["recall"].items())
+        accuracy = "-" if part["accuracy"] is None else f"{part['accuracy'] * 100:.2f}%"
+        click.echo(f"source {source}: n={part['n']} accuracy {accuracy}; recall {recalls}")
     fb = report["false_blast"]
     click.echo(
         f"false blast: {fb['false_blast']} of {fb['normal_cells']} normal cells "
@@ -255,10 +269,35 @@ def eval_(
     if plot_path and known:
         from edge.confusion_image import write_confusion_png
 
-        title = f"{Path(labelled_dir).name}: accuracy {report['accuracy'] * 100:.1f}%, n={report['n']}"
+        title = f"{' + '.join(Path(d).name for d in labelled_dirs)}: accuracy {report['accuracy'] * 100:.1f}%, n={report['n']}"
         write_confusion_png(plot_path, report["confusion"], report["labels"], title)
         click.echo(f"wrote {plot_path}")
     return 1 if errors else 0
+
+
+def _per_source(good, labels: list[str], blast_classes: list[str]) -> dict:
+    """Accuracy, per-class recall and false-blast rate of each source folder on its own: a model that
+    learned a lab shows it here (e.g. neutrophils right in one lab and wrong in the other)."""
+    from edge.dataset import split_name
+    from edge.site_scores import false_blast_rate
+
+    out = {}
+    for source in dict.fromkeys(item.source for _, item in good):
+        part = [(r.prediction, item) for r, item in good if item.source == source]
+        known = [(p, item.label) for p, item in part if item.label >= 0]
+        recall = {}
+        for i, name in enumerate(labels):
+            members = [p for p, t in known if t == i]
+            if members:
+                recall[name] = round(sum(p.label == name for p in members) / len(members), 4)
+        names = [labels[item.label] if item.label >= 0 else item.folder for _, item in part]
+        out[split_name(source)] = {
+            "n": len(part),
+            "accuracy": round(sum(p.label == labels[t] for p, t in known) / len(known), 4) if known else None,
+            "recall": recall,
+            "false_blast": false_blast_rate([p for p, _ in part], names, blast_classes),
+        }
+    return out
 
 
 def _throughput_line(
