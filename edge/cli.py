@@ -25,6 +25,7 @@ COMMANDS = {
     "detect": "edge.commands.detect:detect",
     "eval-detector": "edge.commands.eval_detector:eval_detector",
     "eval": "edge.commands.eval:eval_",
+    "adapt": "edge.commands.adapt:adapt",
     "run": "edge.commands.run:run",
     "bench": "edge.commands.bench:bench",
     "doctor": "edge.commands.doctor:doctor",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from edge.errors import BundleError
 
 @dataclass(frozen=True)
 class MahalanobisScorer:
-    means: np.ndarray  # C x D class means (after the projection)
+    means: np.ndarray  # K x D centres (after the projection): the class means, and any added by edge adapt
     precision: np.ndarray  # D x D inverse of the shared covariance
     projection: np.ndarray | None = None  # E x D, applied to (embedding - center)
     center: np.ndarray | None = None  # E
@@ -60,11 +60,34 @@ class MahalanobisScorer:
             None if center is None else center.astype(np.float32),
         )
 
-    def scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """N x E embeddings -> N distances (squared Mahalanobis to the nearest class mean)."""
+    def _project(self, embeddings: np.ndarray) -> np.ndarray:
         x = np.asarray(embeddings, np.float32)
-        if self.projection is not None:
-            x = (x - self.center) @ self.projection
+        return x if self.projection is None else (x - self.center) @ self.projection
+
+    def with_centres(self, embeddings: np.ndarray, y: np.ndarray) -> MahalanobisScorer:
+        """The same score with each class mean of (embeddings, y) added as a centre: a site's own
+        cells (edge adapt) become known without moving the training cells' centres."""
+        x = self._project(embeddings)
+        added = np.stack([x[y == c].mean(0) for c in np.unique(y)]).astype(np.float32)
+        return replace(self, means=np.concatenate([self.means, added]))
+
+    def left_out_scores(self, embeddings: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Each cell's distance to the mean of the *other* cells of its class (classes of 2 or more):
+        how far a new cell of that class would score from the centre `with_centres` adds."""
+        x = self._project(embeddings).astype(np.float64)
+        out = []
+        for c in np.unique(y):
+            members = x[y == c]
+            if len(members) < 2:
+                continue
+            others = (members.sum(0) - members) / (len(members) - 1)
+            diff = members - others
+            out.append(np.einsum("nd,de,ne->n", diff, self.precision.astype(np.float64), diff))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """N x E embeddings -> N distances (squared Mahalanobis to the nearest centre)."""
+        x = self._project(embeddings)
         diff = x[:, None, :] - self.means[None]  # N x C x D
         return np.einsum("ncd,de,nce->nc", diff, self.precision, diff).min(1)
 
