@@ -143,3 +143,29 @@ def test_too_few_cells_and_bundles_without_an_embedding_are_one_line(site, tmp_p
     result = edge("adapt", TINY_BUNDLE, site, "--out", tmp_path / "o3")
     assert result.returncode != 0 and "has no embedding output" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sites_signed_corrections_feed_edge_adapt(tmp_path):
+    """issue 16 -> issue 13: the cells a technician reviewed and signed, exported by `edge review
+    export`, are the SITE_DIR `edge adapt` takes."""
+    from edge.lab.reviews import ReviewBook
+    from edge.synthetic import CLASSES
+    from tests.lab_slides import write_slide
+
+    labels = Bundle.load(REJECT_BUNDLE).labels
+    db = tmp_path / "results.db"
+    write_slide(db, "SLIDE-7", [("round", 0.5, True)] * 40, labels=labels)  # every cell flagged
+    book = ReviewBook(db)
+    queue = sorted(book.queue("SLIDE-7", []), key=lambda c: c.id)
+    assert len(queue) == 40
+    for i, cell in enumerate(queue):  # write_slide draws cell i as CLASSES[i % 5]
+        book.review("SLIDE-7", cell.id, CLASSES[i % len(CLASSES)], "A. Tech", [*labels, "unknown"])
+    book.sign("SLIDE-7", "A. Tech", [])
+    book.close()
+    site = tmp_path / "site"
+    exported = edge("review", "export", "--db", db, "--out", site)
+    assert exported.returncode == 0, exported.stderr
+    result = edge("adapt", REJECT_BUNDLE, site, "--out", tmp_path / "scope-int8")
+    assert result.returncode == 0, result.stderr
+    record = Bundle.load(tmp_path / "scope-int8").manifest.calibration["site_adaptation"]
+    assert record["site"]["per_class"] == {name: 8 for name in labels}
