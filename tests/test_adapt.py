@@ -90,6 +90,8 @@ def test_edge_adapt_writes_a_bundle_that_loads_runs_and_records_the_site(site, t
         [__import__("cv2").imread(str(p)) for p in sorted(site.rglob("*.jpg"))]
     )
     assert len(preds) == 60
+    info = edge("info", out)
+    assert info.returncode == 0 and f"adapted     to {site.parent.name}/scope3 (60 cells" in info.stdout
     # the same again on the adapted bundle's own output is refused: never overwrite the source
     again = edge("adapt", out, site, "--out", out)
     assert again.returncode != 0 and "write the new bundle to another folder" in again.stderr

@@ -203,6 +203,8 @@ def test_run_dir_labels_and_spec_come_from_the_run(tiny_float, synthetic_split, 
     assert m.model["architecture"] == "tiny-cnn" and m.model["weights"] == "none"
     assert m.training["data_fingerprint"] == {"train": "f" * 64}
     assert m.metrics == []  # no --eval: nothing measured, nothing claimed
+    code, out, err = _run(["info", str(tmp_path / "b")], capsys)  # a fingerprint per split
+    assert code == 0 and "fingerprint train ffffffffffffffff" in out, err
 
 
 @pytest.mark.train

@@ -35,7 +35,8 @@ def info(bundle, as_json):
             f" (clip {p.clahe_clip_limit:g}, tiles {p.clahe_tile_grid}x{p.clahe_tile_grid})"
             if p.contrast == "clahe"
             else ""
-        ),
+        )
+        + (f", white balance to {list(p.white_reference)}" if p.color == "white_balance" else ""),
         f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})"
         if m.task == "classifier"
         else f"outputs     {m.detector.heatmap} (score map), {m.detector.boxes} (box distances)",
@@ -50,8 +51,13 @@ def info(bundle, as_json):
             f"crop rule   square of side max(w, h) / {d.crop.cell_fraction:g} around each cell, {d.crop.border} "
             f"outside the frame ({d.crop.source})"
         )
-    if m.training.get("data_fingerprint"):
-        lines.append(f"data        fingerprint {m.training['data_fingerprint'][:16]}")
+    fingerprint = m.training.get("data_fingerprint")
+    if isinstance(fingerprint, dict):  # one per split
+        lines.append("data        fingerprint " + ", ".join(f"{k} {v[:16]}" for k, v in fingerprint.items()))
+    elif fingerprint:
+        lines.append(f"data        fingerprint {fingerprint[:16]}")
+    for source in (m.training.get("sources") or {}).get("train", []):
+        lines.append(f"trained on  {source.get('split')}: {source.get('n')} images {source.get('per_class')}")
     for metric in m.metrics:
         n = f", n={metric.n}" if metric.n else ""
         lines.append(f"metric      {metric.name} = {metric.value:.4f}  [{metric.split}{n}]")
@@ -71,5 +77,13 @@ def info(bundle, as_json):
     if m.rejection:
         lines.append(
             f"rejection   {m.rejection.method}: unknown above {m.rejection.threshold:g} ({m.rejection.source})"
+        )
+    site = m.calibration.get("site_adaptation")
+    if site:
+        before, after = site.get("before", {}), site.get("after", {})
+        lines.append(
+            f"adapted     to {site['site']['split']} ({site['site']['n']} cells, fingerprint "
+            f"{site['site']['fingerprint'][:16]}) from bundle sha256 {site['from_bundle']['sha256'][:16]}…; "
+            f"held-back accuracy {before.get('accuracy')} -> {after.get('accuracy')}"
         )
     click.echo("\n".join(lines))
