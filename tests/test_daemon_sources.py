@@ -275,3 +275,69 @@ def test_one_hostile_file_never_puts_the_hot_folder_into_a_crash_loop(tiny_bundl
     third = edge_run(*common, "--max-frames", 1, cwd=tmp_path)
     assert third.returncode == 0, third.stderr
     assert frames()[-1][:2] == ("bomb.png", "classified")
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A 60-byte PNG whose header declares width x height (a decompression bomb's calling card)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+def test_replay_of_hostile_files_records_each_one_and_classifies_the_rest(tiny_bundle, tmp_path):
+    # Issue 15, defect 1 for replay: a name that is not UTF-8 ended `edge run --source replay:` with
+    # UnicodeEncodeError at the SQLite insert, before any later file was classified.
+    import os
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(2)
+
+    def write(name: bytes, data: bytes) -> None:
+        with open(os.fsencode(frames) + b"/" + name, "wb") as fh:
+            fh.write(data)
+
+    def jpeg() -> bytes:
+        return cv2.imencode(".jpg", render_cell("round", rng, 96))[1].tobytes()
+
+    write(b"a0.jpg", jpeg())
+    write(b"b_Zelle_\xe4.jpg", jpeg())  # decodes: the name alone used to stop the daemon
+    write(b"b_halb_\xe4.jpg", jpeg()[:300])  # truncated, and its name is not UTF-8 either
+    write(b"bomb.png", _png_declaring(100_000, 100_000))
+    write(b"c0.jpg", jpeg())
+    db = tmp_path / "r.db"
+    r = edge_run(
+        "--bundle",
+        tiny_bundle,
+        "--source",
+        f"replay:{frames}",
+        "--db",
+        db,
+        "--http",
+        "off",
+        "--summary-json",
+        tmp_path / "s.json",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames_classified"] == 3 and summary["corrupt"] == 2
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT source_ref, status, detail FROM frames ORDER BY frame_id").fetchall()
+    # Stored and printed as edge.dataset.printable writes them: lossless, \xNN for bytes that are not UTF-8
+    assert [(ref, status) for ref, status, _ in rows] == [
+        ("a0.jpg", "classified"),
+        ("b_Zelle_\\xe4.jpg", "classified"),
+        ("b_halb_\\xe4.jpg", "corrupt"),
+        ("bomb.png", "corrupt"),
+        ("c0.jpg", "classified"),
+    ]
+    assert "truncated JPEG" in rows[2][2] and "declares 100000 x 100000 pixels" in rows[3][2]
+    assert "skipped corrupt frame b_halb_\\xe4.jpg: truncated JPEG" in r.stderr

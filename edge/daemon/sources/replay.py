@@ -12,8 +12,7 @@ import cv2
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, Pacer, SourceError
-from edge.dataset import IMAGE_SUFFIXES
-from edge.errors import ImageLoadError
+from edge.dataset import IMAGE_SUFFIXES, printable
 from edge.preprocess import load_image, to_bgr8
 
 
@@ -55,11 +54,14 @@ class Source(FrameSource):
             self.index = 0
         path = self.files[self.index]
         self.index += 1
-        ref = str(path.relative_to(self.path))
+        # The name as stored and printed: lossless for any bytes (edge.dataset.printable), as the folder
+        # source does; a name that is not UTF-8 would otherwise stop the daemon at the SQLite insert.
+        ref = printable(path.relative_to(self.path))
         try:
             image = to_bgr8(load_image(path))
-        except (ImageLoadError, ValueError) as exc:
-            raise CorruptFrame(ref, getattr(exc, "reason", str(exc))) from None
+        except Exception as exc:  # any failure of one file is that file's record, never the daemon's end
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise CorruptFrame(ref, reason) from None
         return Frame(image=image, ref=ref)
 
     def _next_video_frame(self) -> Frame | None:
@@ -71,7 +73,7 @@ class Source(FrameSource):
         if not ok:
             return None
         self.index += 1
-        return Frame(image=to_bgr8(image), ref=f"{self.path.name}#{self.index - 1}")
+        return Frame(image=to_bgr8(image), ref=f"{printable(self.path.name)}#{self.index - 1}")
 
     def wait_for_next(self) -> None:
         self.pacer.wait()
