@@ -8,15 +8,19 @@ import sys
 from pathlib import Path
 
 
-def edge_run(*args, cwd: Path) -> subprocess.CompletedProcess:
+def edge_run(
+    *args, cwd: Path, entry: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`entry`: a script that calls edge.cli.main() itself (to plant a fault the daemon must survive);
+    `env`: extra environment variables."""
     # Not under a service manager, and no token from the caller's environment.
-    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "EDGE_RUN_TOKEN")}
+    full_env.update({"TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
+        [sys.executable, *([str(entry)] if entry else ["-m", "edge.cli"]), "run", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=full_env,
         timeout=120,
     )

@@ -341,3 +341,73 @@ def test_replay_of_hostile_files_records_each_one_and_classifies_the_rest(tiny_b
     ]
     assert "truncated JPEG" in rows[2][2] and "declares 100000 x 100000 pixels" in rows[3][2]
     assert "skipped corrupt frame b_halb_\\xe4.jpg: truncated JPEG" in r.stderr
+
+
+# No real image is known to decode and then break the cell mode or the classifier (1 x 1, 1 x 5000,
+# gray and 16-bit frames all classify), so the fault is planted: the real daemon, with its cell mode
+# raising on one image size, as a bug in a later stage would.
+BROKEN_STAGE = """
+import sys
+
+from edge import cli
+from edge.daemon import modes
+
+real = modes.CellMode.crops
+
+
+def crops(self, image, timestamp=None):
+    if image.shape[:2] == (77, 77):
+        raise RuntimeError("this stage breaks on 77 x 77 images")
+    return real(self, image, timestamp)
+
+
+modes.CellMode.crops = crops
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_file_that_breaks_a_later_stage_is_recorded_once_and_the_folder_goes_on(tiny_bundle, tmp_path):
+    # Issue 15, defect 1: only decoding was guarded. A file that decoded but then failed in the mode or
+    # the classifier ended edge run with no row written, so every restart took it again.
+    entry = tmp_path / "broken_stage.py"
+    entry.write_text(BROKEN_STAGE)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    rng = np.random.default_rng(3)
+
+    def drop(name: str, side: int = 96) -> None:
+        cv2.imwrite(str(inbox / name), render_cell("round", rng, side))
+        time.sleep(0.02)  # distinct mtimes: the folder is taken oldest first
+
+    drop("a0.jpg")
+    drop("b_poison.jpg", side=77)
+    drop("c0.jpg")
+    config = tmp_path / "c.toml"
+    config.write_text("[source.folder]\npoll_s = 0.05\nsettle_s = 0.1\n")
+    db = tmp_path / "f.db"
+    common = ["--config", config, "--bundle", tiny_bundle, "--source", f"folder:{inbox}", "--db", db]
+    common += ["--http", "off", "--summary-json", tmp_path / "s.json"]
+
+    first = edge_run(*common, "--max-frames", 3, cwd=tmp_path, entry=entry)
+    assert first.returncode == 0, first.stderr
+
+    def frames():
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT source_ref, status, detail FROM frames ORDER BY rowid").fetchall()
+
+    assert [(ref, status) for ref, status, _ in frames()] == [
+        ("a0.jpg", "classified"),
+        ("b_poison.jpg", "corrupt"),
+        ("c0.jpg", "classified"),
+    ]
+    reason = frames()[1][2]
+    assert reason.startswith("processing failed: RuntimeError: this stage breaks on 77 x 77 images at ")
+    assert f"skipped corrupt frame b_poison.jpg: {reason}" in first.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["corrupt"] == 1 and summary["frames_classified"] == 2
+    drop("d0.jpg")
+    second = edge_run(*common, "--max-frames", 1, cwd=tmp_path, entry=entry)  # the same fault is still there
+    assert second.returncode == 0, second.stderr
+    assert [row[:2] for row in frames()[3:]] == [
+        ("d0.jpg", "classified")
+    ]  # the broken file is not taken again

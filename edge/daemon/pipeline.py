@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from edge.daemon.capture import END, Capturer, CaptureThread, DropOldestQueue, Skipped
 from edge.daemon.processor import FrameProcessor
 from edge.daemon.sinks import SinkChain
+from edge.daemon.sources import Frame
 
 LAYOUTS = ("auto", "threaded", "inline")
 TRIAL_FRAMES = 32
@@ -64,9 +67,27 @@ class Pipeline:
         if isinstance(item, Skipped):
             self.sinks.on_skipped(item, self.capturer.source.name)
         elif item is not None:
-            self.sinks.on_frame(self.processor.process(item, time.perf_counter()))
-            self.processed += 1
+            try:
+                result = self.processor.process(item, time.perf_counter())
+            except Exception as exc:  # one frame that breaks a later stage is that frame's record
+                self._record_failure(item, exc)
+            else:
+                self.sinks.on_frame(result)
+            self.processed += 1  # taken and dealt with: what --max-frames and the capture limit count
         return True
+
+    def _record_failure(self, frame: Frame, exc: Exception) -> None:
+        """A frame that decoded but failed in the mode or the classifier: recorded and counted as
+        corrupt like an undecodable file (a hot folder does not take it again), with the exception and
+        where it was raised, so that a bug shows in the log and the database instead of a crash loop."""
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        reason = f"processing failed: {type(exc).__name__}: {str(exc)[:200]}{where}"
+        self.capturer.telemetry.on_corrupt()
+        self.sinks.on_skipped(
+            Skipped(frame.frame_id, frame.ref, reason, frame.timestamp, frame.file_stat),
+            self.capturer.source.name,
+        )
 
     @property
     def heartbeat(self) -> float:

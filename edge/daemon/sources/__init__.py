@@ -45,6 +45,9 @@ class Frame:
     frame_id: int = 0  # filled by the capture thread
     t_capture_start: float = 0.0  # perf_counter before the read
     t_captured: float = 0.0  # perf_counter after the read
+    # A hot folder's file: "size:mtime_ns" as it was taken, so a file that fails after decoding is
+    # recorded like an undecodable one and not taken again until it changes.
+    file_stat: str = ""
 
     @property
     def view(self) -> np.ndarray:

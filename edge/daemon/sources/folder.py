@@ -85,16 +85,16 @@ class Source(FrameSource):
                 time.sleep(self.options.poll_s)
         name, path = self._pending.pop(0)
         seen = self._seen_stat.pop(name, None)
+        stat = _stat_text(seen[:2]) if seen else ""
         try:
             image = to_bgr8(load_image(path))
         except Exception as exc:  # any failure of one file is that file's record, never the daemon's end
-            stat = _stat_text(seen[:2]) if seen else ""
             self.corrupt[name] = stat
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {str(exc)[:200]}"
             raise CorruptFrame(name, reason, stat) from None
         self.corrupt.pop(name, None)
         self.done.add(name)
-        return Frame(image=image, ref=name)
+        return Frame(image=image, ref=name, file_stat=stat)
 
 
 def _stat_text(key) -> str:
