@@ -1,10 +1,13 @@
-"""Terminal tables: one run at a glance, a matrix of runs, the op placement of --profile."""
+"""Terminal tables: one run at a glance (with field mode's per-frame and per-cell breakdown), a matrix of
+runs, the op placement of --profile."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edge.bench import STAGES
+from edge.bench.field import FIELD_STAGES
+from edge.bench.field import TARGET as FIELD_TARGET
 
 OVERHEAD_TARGET = 1.3
 _COLUMNS = ("count", "min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "std_ms")
@@ -70,7 +73,9 @@ def format_result(r: dict) -> str:
     src = " ".join(str(v) for k, v in r["source"].items() if k in ("kind", "frame", "folder", "uri"))
     load = " ".join(str(v) for v in ctx.get("load_average") or []) or "?"
     ratio = r.get("overhead_ratio")
-    target = 1.5 if "field" in r else OVERHEAD_TARGET  # field mode: over detector + classifier invoke
+    target = (
+        FIELD_TARGET if "field" in r else OVERHEAD_TARGET
+    )  # field mode: over detector + classifier invoke
     verdict = "ok" if ratio is not None and ratio <= target else "ABOVE TARGET"
     table = grid(
         ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
@@ -129,12 +134,52 @@ def format_result(r: dict) -> str:
         *(_line("warning", w) for w in ctx.get("warnings") or []),
     ]
     if r.get("field"):
-        from edge.bench.field import format_field
-
         out += ["", *format_field(r)]
     if r.get("profile"):
         out += ["", format_profile(r["profile"])]
     return "\n".join(out)
+
+
+def format_field(r: dict) -> list[str]:
+    f = r["field"]
+    c = f["cells_per_frame"]
+    s = f["stages"]
+    rows = [
+        [
+            name,
+            str(s[name]["count"]),
+            *(_ms(s[name][k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")),
+        ]
+        for name in FIELD_STAGES
+    ]
+    for name, v in f["per_cell"].items():
+        rows.append(
+            [
+                f"per cell: {name}",
+                str(v["count"]),
+                *(_ms(v[k]) for k in ("min_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")),
+            ]
+        )
+    ratio = f["overhead_ratio"]
+    verdict = "ok" if ratio is not None and ratio <= FIELD_TARGET else "ABOVE FIELD_TARGET"
+    d = f["detector"]
+    return [
+        _line(
+            "field",
+            f"detector {d['path']} ({'x'.join(map(str, d['input'][1:3]))}, sha {d['sha256'][:12]}, threshold "
+            f"{d['threshold']:.3f}); {c['mean']:.2f} white cells per frame (max {c['max']}, none in "
+            f"{c['frames_without']} of {c['frames']} frames); crop rule {f['crop_cell_fraction']:g}",
+        ),
+        "",
+        grid(["field stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean"], rows),
+        "",
+        _line(
+            "field",
+            f"end_to_end p50 {_ms(s['end_to_end']['p50_ms'])} ms = (detector + classifier invoke) p50 "
+            f"x {ratio:.2f} (goal <= {FIELD_TARGET}: {verdict}); x {f['overhead_ratio_per_cell_invoke']:.2f} over "
+            f"detector invoke + classifier invoke per cell x cells per frame",
+        ),
+    ]
 
 
 def format_reference(marks: list[dict], r: dict) -> list[str]:
