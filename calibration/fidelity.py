@@ -86,7 +86,7 @@ def _batches(n: int, size: int):
 
 def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "float model") -> np.ndarray:
     """Float Keras probabilities for uint8 images (the model rescales inside its graph)."""
-    from convert.progress import progress
+    from edge.progress import progress
 
     out = []
     for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
@@ -99,7 +99,7 @@ def tflite_outputs(
 ) -> list[np.ndarray]:
     """Every float32 output of a TFLite model (uint8, int8 or float input) for uint8 images, run
     through edge.runtime.tflite: the device's own input quantization and dequantization."""
-    from convert.progress import progress
+    from edge.progress import progress
     from edge.runtime.tflite import TFLiteModel
 
     model = TFLiteModel(tflite_bytes)

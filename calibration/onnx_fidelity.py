@@ -13,7 +13,7 @@ def onnx_probs(
     onnx_model: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "onnx model"
 ) -> np.ndarray:
     """Float32 scores of an ONNX model for uint8 images, through the device's input and output handling."""
-    from convert.progress import progress
+    from edge.progress import progress
     from edge.runtime.onnx import OnnxModel
 
     model = OnnxModel(onnx_model, ["CPUExecutionProvider"])

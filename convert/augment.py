@@ -128,7 +128,7 @@ def augmented_views(
 
     `kind` "stain" augments `raw` (the images through `raw_spec(spec)`) and finishes each view with
     `spec`; "seed" augments `images` themselves."""
-    from convert.progress import progress
+    from edge.progress import progress
 
     if kind == "stain":
         if raw is None or spec is None:

@@ -43,7 +43,7 @@ def load_images(
     workers: int = 2,
 ) -> CachedImages:
     """Preprocess `files` (or read them from `cache_dir`) into one uint8 array."""
-    from convert.progress import progress
+    from edge.progress import progress
 
     path = None
     if cache_dir is not None:

@@ -53,7 +53,7 @@ def extract_views(
     """(n_views, N, ...) activations of `bottom` (float16), or the uint8 views when bottom is None.
     `kind`, `raw` and `spec` say how views are augmented (convert.augment.augmented_views)."""
     from convert.augment import augmented_views
-    from convert.progress import progress
+    from edge.progress import progress
 
     path = Path(cache_dir) / f"activations-{key}.npy" if cache_dir is not None and key else None
     if path is not None and path.exists():
@@ -89,7 +89,7 @@ def extract_views(
 
 def predict_arrays(model, arrays: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
     """Run `model` over `arrays` in batches (training=False) and return float32 outputs."""
-    from convert.progress import progress
+    from edge.progress import progress
 
     predict = make_predictor(model)
     shape = tuple(int(d) for d in model.output.shape[1:])

@@ -1,4 +1,9 @@
-"""Progress bars for long host-side work: a live tqdm bar on a terminal, one plain line in a log.
+"""Progress bars for long host-side work (convert, calibration): a live tqdm bar on a terminal, one
+plain line in a log.
+
+Here rather than in convert/ so that calibration can use it without importing convert (dependencies
+run one way, docs/design.md). tqdm comes with the train extra and is imported only when a bar is made,
+so the device never needs it; device commands draw click's bar (edge/commands/_device_options.py).
 
 Nested or redrawn bars written to a file or a pipe leave escape codes (`\\x1b[A`) in the log, so
 off a terminal each job prints what it is doing once instead.
