@@ -172,3 +172,21 @@ def test_a_folder_of_bundles_and_a_missing_file_get_a_hint_and_no_speed(tiny_bun
     assert proc.returncode == 3 and "holds the bundles tiny-int8" in proc.stderr
     proc = edge("classify", tiny_bundle, tmp_path / "nothing.jpg")
     assert proc.returncode == 1 and "file not found" in proc.stderr and "images/s" not in proc.stderr
+
+
+def test_max_pixels_refuses_a_larger_image_in_one_line_and_classifies_a_smaller_one(tiny_bundle, tmp_path):
+    # Issue 15, defect 1: the pixel limit is configurable (edge classify, eval and run --max-pixels).
+    rng = np.random.default_rng(8)
+    cv2.imwrite(str(tmp_path / "large.png"), render_cell("round", rng, 100))  # 10,000 pixels
+    cv2.imwrite(str(tmp_path / "small.png"), render_cell("round", rng, 60))  # 3,600 pixels
+    proc = edge("classify", tiny_bundle, tmp_path / "large.png", tmp_path / "small.png", "--max-pixels", 5000)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert errors == [
+        f"error: {tmp_path / 'large.png'}: declares 100 x 100 pixels, over the limit of 5,000 (max_pixels)"
+    ]
+    assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == [str(tmp_path / "small.png")]
+    assert "Traceback" not in proc.stderr
+    again = edge("classify", tiny_bundle, tmp_path / "large.png", "--max-pixels", 20_000)  # under the limit
+    assert again.returncode == 0, again.stderr
+    assert edge("classify", tiny_bundle, tmp_path / "small.png", "--max-pixels", 0).returncode == 2

@@ -411,3 +411,30 @@ def test_a_file_that_breaks_a_later_stage_is_recorded_once_and_the_folder_goes_o
     assert [row[:2] for row in frames()[3:]] == [
         ("d0.jpg", "classified")
     ]  # the broken file is not taken again
+
+
+def test_the_pixel_limit_comes_from_the_config_and_the_command_line(tiny_bundle, tmp_path):
+    # Issue 15, defect 1: the pixel limit was fixed at 64 MP; source.max_pixels / --max-pixels set it.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(4)
+    cv2.imwrite(str(frames / "a_large.png"), render_cell("round", rng, 100))  # 10,000 pixels
+    cv2.imwrite(str(frames / "b_small.png"), render_cell("round", rng, 60))  # 3,600 pixels
+    config = tmp_path / "c.toml"
+    config.write_text("[source]\nmax_pixels = 5000\n")
+    common = ["--config", config, "--bundle", tiny_bundle, "--source", f"replay:{frames}", "--http", "off"]
+
+    def frames_of(db):
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT source_ref, status, detail FROM frames ORDER BY frame_id").fetchall()
+
+    r = edge_run(*common, "--db", tmp_path / "a.db", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert frames_of(tmp_path / "a.db") == [
+        ("a_large.png", "corrupt", "declares 100 x 100 pixels, over the limit of 5,000 (max_pixels)"),
+        ("b_small.png", "classified", ""),
+    ]
+    assert "skipped corrupt frame a_large.png: declares 100 x 100 pixels, over the limit of 5,000" in r.stderr
+    r = edge_run(*common, "--max-pixels", 20_000, "--db", tmp_path / "b.db", cwd=tmp_path)  # the flag wins
+    assert r.returncode == 0, r.stderr
+    assert [status for _, status, _ in frames_of(tmp_path / "b.db")] == ["classified", "classified"]

@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
             "differential.alerts[0].min_fraction: expected a number",
         ),
         ("[source.picamera2]\nlores_size = [640]", "source.picamera2.lores_size:"),
+        ("[source]\nmax_pixels = 0", "source.max_pixels: must be a positive number of pixels"),
+        ("[source]\nmax_pixels = 1.5e7", "source.max_pixels: expected an integer"),
         ('[http]\nlisten = "0.0.0.0:8080"', "http.token:"),
         ('[http]\nlisten = "localhost"', "http.listen:"),
         ("source = 3", "source: expected a table"),

@@ -1,4 +1,5 @@
-"""Options that `edge classify` and `edge eval` share: which runtime, how many threads, the pipeline."""
+"""Options that `edge classify` and `edge eval` share: which runtime, how many threads, the pipeline,
+the pixel limit (also `edge run`'s)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import click
 from edge.batch import PipelineOptions, default_workers
 from edge.bundle import Bundle
 from edge.predict import Classifier
+from edge.preprocess import DEFAULT_MAX_PIXELS, set_max_pixels
 from edge.runtime import BACKENDS
 from edge.runtime.tflite import RUNTIME_CHOICES, usable_cores
 
@@ -64,7 +66,31 @@ def runtime_options(func):
     ]
     for option in reversed(options):
         func = option(func)
-    return onnx_options(func)
+    return pixel_limit(onnx_options(func))
+
+
+def max_pixels_option(func):
+    """--max-pixels N, passed on as `max_pixels` (None when not given)."""
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Refuse an image of more than N pixels (width x height), from its header before decoding it: "
+        f"one error line naming the file and the limit.  [default: {DEFAULT_MAX_PIXELS:,}]",
+    )(func)
+
+
+def pixel_limit(func):
+    """--max-pixels, applied for the whole process at start (edge.preprocess.set_max_pixels) and not
+    passed on: every decode path, the loader threads included, reads the one limit."""
+
+    @functools.wraps(func)
+    def wrapper(*args, max_pixels, **kwargs):
+        set_max_pixels(max_pixels or DEFAULT_MAX_PIXELS)
+        return func(*args, **kwargs)
+
+    return max_pixels_option(wrapper)
 
 
 def onnx_options(func):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edge.commands._device_options import max_pixels_option
 from edge.runtime import BACKENDS
 
 
@@ -18,6 +19,7 @@ def _overrides(**flags) -> dict:
         "source": ("source", "uri"),
         "fps": ("source", "fps"),
         "loop": ("source", "loop"),
+        "max_pixels": ("source", "max_pixels"),
         "db": ("store", "db"),
         "session": ("store", "session"),
         "max_frames": ("pipeline", "max_frames"),
@@ -141,6 +143,7 @@ def format_summary(s: dict) -> str:
 )
 @click.option("--fps", type=float, help="Frame rate for sim and replay (and requested from cameras).")
 @click.option("--loop", is_flag=True, default=None, help="Replay: start again at the end.")
+@max_pixels_option
 @click.option(
     "--db",
     type=click.Path(dir_okay=False, path_type=Path),

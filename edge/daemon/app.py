@@ -32,6 +32,7 @@ from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
 from edge.lab.reviews import ReviewBook
 from edge.predict import Classifier
+from edge.preprocess import set_max_pixels
 from edge.signing import require_trusted
 
 
@@ -55,6 +56,7 @@ class Daemon:
     # -- setup -------------------------------------------------------------------------------
     def _load(self) -> None:
         c = self.config
+        set_max_pixels(c.source.max_pixels)  # one limit for every file the source decodes
         self.bundle = Bundle.load(c.bundle_path())  # BundleError: one line, exit 3
         # field mode: the detector bundle is verified before any interpreter starts (and talks)
         detector_bundle = (

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge.daemon.mqtt.config import MqttConfig, validate_mqtt
 from edge.errors import EdgeError
+from edge.preprocess import DEFAULT_MAX_PIXELS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -90,6 +91,9 @@ class SourceConfig:
     loop: bool = False
     queue_size: int = 4
     reconnect_max_s: float = 10.0
+    # Files (replay, hot folder) larger than this many pixels are refused from their header, before
+    # decoding allocates them (edge.preprocess.set_max_pixels): recorded corrupt, never the daemon's end.
+    max_pixels: int = DEFAULT_MAX_PIXELS
     picamera2: Picamera2Options = field(default_factory=Picamera2Options)
     opencv: OpenCVOptions = field(default_factory=OpenCVOptions)
     folder: FolderOptions = field(default_factory=FolderOptions)
@@ -352,6 +356,11 @@ def validate(c: DaemonConfig) -> None:
     _check(s.fps >= 0, "source.fps", f"must be >= 0, got {s.fps}")
     _check(1 <= s.queue_size <= 256, "source.queue_size", f"must be between 1 and 256, got {s.queue_size}")
     _check(s.reconnect_max_s > 0, "source.reconnect_max_s", "must be > 0")
+    _check(
+        s.max_pixels >= 1,
+        "source.max_pixels",
+        f"must be a positive number of pixels (width x height), got {s.max_pixels}",
+    )
     p2 = s.picamera2
     _check(
         len(p2.main_size) == 2 and min(p2.main_size) > 0,
