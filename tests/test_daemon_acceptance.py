@@ -469,3 +469,56 @@ def test_idle_connections_cannot_starve_the_page(tiny_bundle, replay_dir, tmp_pa
     finally:
         d.proc.send_signal(signal.SIGTERM)
         assert d.wait(60) == 0
+
+
+def test_a_killed_sessions_archive_is_repaired_at_the_next_start_under_a_new_session(
+    tiny_bundle, replay_dir, tmp_path
+):
+    # Issue 15, defect 8: a kill leaves images whose row never committed, half pairs and temporary
+    # files. The start-up check looked only at the folder of the session starting, and a plain restart
+    # starts a new session, so the killed session's folder was never checked.
+    labels = labels_of(tiny_bundle)
+    config = tmp_path / "c.toml"  # every cell archived, whatever the free space
+    config.write_text(f"[archive]\nalert_classes = {json.dumps(labels)}\nmin_free_mb = 0\n")
+    db = tmp_path / "results.db"
+    args = [*replay_args(tiny_bundle, replay_dir, db), "--config", config, "--http", "off"]
+    d = Daemon([*args, "--fps", 20, "--loop"], tmp_path)
+    wait_rows(db, 5)
+    d.proc.send_signal(signal.SIGKILL)
+    assert d.wait() == -signal.SIGKILL
+    with sqlite3.connect(db) as con:
+        (killed,) = con.execute("SELECT id FROM sessions").fetchone()
+    folder = tmp_path / "flagged" / killed
+    # What a kill between writing an image and committing its row leaves, each kind written by hand
+    # (frame ids far beyond the run's, so that none has a row)
+    crop = next(folder.glob("*.jpg"))
+    (folder / "9000000_0_round.jpg").write_bytes(crop.read_bytes())  # a pair whose row never committed
+    (folder / "9000000_0_round.json").write_text("{}\n")
+    (folder / "9000001_0_round.jpg").write_bytes(crop.read_bytes())  # half a pair
+    (folder / ".9000002_0_round.jpg.x1y2z3").write_bytes(b"\xff\xd8")  # _atomic_write's temporary file
+
+    restart = edge_run(*args, "--max-frames", 2, cwd=tmp_path)
+    assert restart.returncode == 0, restart.stderr
+    report = re.search(
+        rf"archive check of session {killed}: (\d+) temporary and (\d+) incomplete file\(s\) removed, "
+        r"(\d+) image\(s\) of cells never recorded moved to not-recorded/, 0 flagged cell\(s\) recorded without an image",
+        restart.stderr,
+    )
+    assert report and min(int(n) for n in report.groups()) >= 1, restart.stderr
+    assert (
+        not (folder / ".9000002_0_round.jpg.x1y2z3").exists()
+        and not (folder / "9000001_0_round.jpg").exists()
+    )
+    assert {p.name for p in (folder / "not-recorded").iterdir()} >= {
+        "9000000_0_round.jpg",
+        "9000000_0_round.json",
+    }
+    with sqlite3.connect(db) as con:
+        committed = set(
+            con.execute("SELECT frame_id, crop_index FROM results WHERE session_id = ?", (killed,)).fetchall()
+        )
+    kept = {tuple(int(n) for n in p.stem.split("_")[:2]) for p in folder.glob("*.jpg")}
+    assert kept == committed and all(p.with_suffix(".json").exists() for p in folder.glob("*.jpg"))
+    again = edge_run(*args, "--max-frames", 2, cwd=tmp_path)  # checked once: not read, nor reported, again
+    assert again.returncode == 0, again.stderr
+    assert "archive check" not in again.stderr

@@ -117,10 +117,7 @@ class Daemon:
         try:
             self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)
             if c.archive.enabled:  # a kill can leave the archive and the database out of step
-                recorded = self.store.flagged_cells(set(c.archive.alert_classes), c.archive.uncertain)
-                self.archive_repair = self.archive.repair(recorded)
-                if self.archive_repair.message():
-                    log(self.archive_repair.message())
+                self._check_archive()
         except OSError as exc:
             raise ConfigError(f"archive.dir: cannot use {c.archive_dir} ({exc.strerror or exc})") from None
         unknown = sorted(set(c.archive.alert_classes) - set(self.bundle.labels))
@@ -132,6 +129,27 @@ class Daemon:
         for w in self.warnings:
             log(f"warning: {w}")
         self.mqtt = self._open_mqtt()
+
+    def _check_archive(self) -> None:
+        """Repair this session's folder (a resumed slide), and every other session's that no clean
+        stop marked: a killed run is followed by a start under a new session id, so its folder is
+        found here, repaired once, and marked."""
+        a = self.config.archive
+        found = self.archive.repair(self.store.flagged_cells(set(a.alert_classes), a.uncertain))
+        self.archive.reopen()
+        if found.message():
+            log(found.message())
+        for session in self.archive.unchecked_sessions():
+            recorded_with = self.store.session_config(session)
+            if recorded_with is None:
+                continue  # a folder of another database's session: not ours to judge
+            # the archive rule that session ran with decides which of its cells had an image
+            rule = {**dataclasses.asdict(a), **recorded_with.get("archive", {})}
+            cells = self.store.flagged_cells(set(rule["alert_classes"]), rule["uncertain"], session)
+            message = self.archive.repair(cells, session).message(session)
+            if message:
+                log(message)
+            self.archive.mark_checked(session)
 
     def _open_mqtt(self):
         """The MQTT publisher when [mqtt] names a broker (it connects once the pipeline runs)."""
@@ -355,6 +373,11 @@ class Daemon:
             self.store.close()
             if self.web:
                 self.web.stop()
+        # A clean stop with every row written: the archive agrees with the database, and later starts
+        # need not read this session's folder (FlaggedArchive.unchecked_sessions).
+        store = self.store_sink.state()
+        if self.config.archive.enabled and not (store["waiting"] or store["lost"]):
+            self.archive.mark_checked()
         return self.summary(reason)
 
     def summary(self, reason: str) -> dict:

@@ -22,6 +22,9 @@ import numpy as np
 from edge.daemon.config import ArchiveConfig
 
 DISK_CHECK_EVERY_S = 5.0
+# In a session's folder: its images and the database agree (written at a clean stop, or once the
+# start-up check has repaired a killed session), so later starts need not read the folder again.
+CHECKED = "checked.txt"
 
 
 @dataclass
@@ -55,18 +58,18 @@ def crop_stem(frame_id: int, crop_index: int, label: str) -> str:
 
 @dataclass
 class Repair:
-    """What the start-up check found in this session's archive, and did about it."""
+    """What the start-up check found in one session's archive, and did about it."""
 
     temp_removed: int = 0  # half-written files of a process that was killed
     halves_removed: int = 0  # a JPEG without its JSON or a JSON without its JPEG
     not_recorded: int = 0  # whole pairs whose row never committed: moved to not-recorded/
     missing: int = 0  # committed flagged rows without an image (archive paused, full or off)
 
-    def message(self) -> str | None:
+    def message(self, session: str = "") -> str | None:
         if not (self.temp_removed or self.halves_removed or self.not_recorded or self.missing):
             return None
         return (
-            f"archive check: {self.temp_removed} temporary and {self.halves_removed} incomplete file(s) removed, "
+            f"archive check{f' of session {session}' if session else ''}: {self.temp_removed} temporary and {self.halves_removed} incomplete file(s) removed, "
             f"{self.not_recorded} image(s) of cells never recorded moved to not-recorded/, "
             f"{self.missing} flagged cell(s) recorded without an image"
         )
@@ -111,16 +114,45 @@ class FlaggedArchive:
                 flush=True,
             )
 
-    def repair(self, recorded: set[tuple[int, int]]) -> Repair:
-        """Make the session's archive agree with the database after a crash. The image is written
-        before its row commits, so a kill can leave temporary files, half a pair, or a pair whose row
-        never committed; `recorded` is (frame_id, crop_index) of every flagged row committed."""
+    def unchecked_sessions(self) -> list[str]:
+        """The other session folders under the root that no clean stop or earlier check has marked:
+        those of killed runs (and, once, those of a version before the mark). One listing of the root
+        and one stat per session, so a start stays quick however many sessions the archive holds."""
+        try:
+            with os.scandir(self.root) as entries:
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return []
+        return sorted(
+            n for n in names if n != self.session_dir.name and not (self.root / n / CHECKED).exists()
+        )
+
+    def mark_checked(self, session_id: str | None = None) -> None:
+        """The session's folder agrees with the database (a clean stop, or repaired)."""
+        folder = self.root / session_id if session_id else self.session_dir
+        try:
+            (folder / CHECKED).write_text(
+                "edge run: the images here agree with the database (a clean stop, or repaired at a start)\n"
+            )
+        except OSError:
+            pass  # a full or read-only disk: the next start checks this folder again, no harm done
+
+    def reopen(self) -> None:
+        """This session is being written again (a resumed slide): a kill may now leave it out of step."""
+        (self.session_dir / CHECKED).unlink(missing_ok=True)
+
+    def repair(self, recorded: set[tuple[int, int]], session_id: str | None = None) -> Repair:
+        """Make a session's archive (this one's, or `session_id`'s) agree with the database after a
+        crash. The image is written before its row commits, so a kill can leave temporary files, half
+        a pair, or a pair whose row never committed; `recorded` is (frame_id, crop_index) of every
+        flagged row of that session committed."""
+        folder = self.root / session_id if session_id else self.session_dir
         found = Repair()
-        if not self.session_dir.is_dir():
+        if not folder.is_dir():
             found.missing = len(recorded)
             return found
         pairs: dict[str, set[str]] = {}
-        for path in self.session_dir.iterdir():
+        for path in folder.iterdir():
             if not path.is_file():
                 continue
             if path.name.startswith("."):  # _atomic_write's temporary name
@@ -132,7 +164,7 @@ class FlaggedArchive:
         for stem, suffixes in pairs.items():
             if suffixes != {".jpg", ".json"}:
                 for suffix in suffixes:
-                    (self.session_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+                    (folder / f"{stem}{suffix}").unlink(missing_ok=True)
                 found.halves_removed += len(suffixes)
                 continue
             frame, crop, *_ = stem.split("_") + ["", ""]
@@ -140,10 +172,10 @@ class FlaggedArchive:
             if key in recorded:
                 kept.add(key)
                 continue
-            aside = self.session_dir / "not-recorded"
+            aside = folder / "not-recorded"
             aside.mkdir(exist_ok=True)
             for suffix in suffixes:
-                os.replace(self.session_dir / f"{stem}{suffix}", aside / f"{stem}{suffix}")
+                os.replace(folder / f"{stem}{suffix}", aside / f"{stem}{suffix}")
             found.not_recorded += 1
         found.missing = len(recorded - kept)
         return found

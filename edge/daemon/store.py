@@ -378,16 +378,31 @@ class ResultStore:
         ).fetchone()[0]
         return {"frames": int(frames), "corrupt": int(corrupt), "cells": int(cells)}
 
-    def flagged_cells(self, alert_classes: set[str], uncertain: bool = True) -> set[tuple[int, int]]:
-        """(frame_id, crop_index) of this session's committed rows the archive keeps an image of
-        (edge.daemon.archive.FlaggedArchive.reason)."""
+    def flagged_cells(
+        self, alert_classes: set[str], uncertain: bool = True, session_id: str | None = None
+    ) -> set[tuple[int, int]]:
+        """(frame_id, crop_index) of the committed rows of this session (or `session_id`) the archive
+        keeps an image of (edge.daemon.archive.FlaggedArchive.reason)."""
         if not self.ready:
             return set()
         rows = self.db.execute(
             "SELECT frame_id, crop_index, label, uncertain FROM results WHERE session_id = ?",
-            (self.session_id,),
+            (session_id or self.session_id,),
         ).fetchall()
         return {(f, c) for f, c, label, flag in rows if (flag and uncertain) or label in alert_classes}
+
+    def session_config(self, session_id: str) -> dict | None:
+        """The configuration a session was recorded with (as `without_secrets` wrote it), or None
+        when `session_id` is not a session of this database."""
+        if not self.ready:
+            return None
+        row = self.db.execute("SELECT config FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:
+            return {}
 
     def corrupt_refs(self, source: str) -> dict[str, str]:
         """source_ref -> file_stat of the files of `source` last recorded corrupt (hot-folder retry)."""
