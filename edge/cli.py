@@ -1,26 +1,25 @@
-"""The `edge` command line. Sub-commands live in edge/commands/, imported only when used, so
-`edge --help` stays fast and never touches TensorFlow."""
+"""The `edge` command line. The device's sub-commands live in edge/commands/; other packages add
+theirs as plugins (the training host's: pyproject.toml, entry points "edge.commands"). A command's
+module is imported only when it runs or its --help is asked, so `edge --help` stays fast and imports
+neither TensorFlow nor the training side."""
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import os
 import sys
+from importlib.metadata import entry_points
 
 import click
 
 from edge import __version__
 from edge.errors import EdgeError
 
-# command name -> "module:function". Training-side commands import convert/calibration lazily.
+# command name -> "module:function", edge's own.
 COMMANDS = {
     "info": "edge.commands.info:info",
-    "train": "edge.commands.train:train",
-    "train-detector": "edge.commands.train_detector:train_detector",
-    "weights": "edge.commands.weights:weights",
-    "quantize": "edge.commands.quantize:quantize",
-    "compile": "edge.commands.compile:compile_",
-    "export": "edge.commands.export:export",
     "classify": "edge.commands.classify:classify",
     "detect": "edge.commands.detect:detect",
     "eval-detector": "edge.commands.eval_detector:eval_detector",
@@ -35,16 +34,76 @@ COMMANDS = {
 }
 
 
+# The entry-point group where installed packages register more commands, as "module:function".
+PLUGINS = "edge.commands"
+
+
+@functools.cache
+def plugins() -> dict[str, str]:
+    """command name -> "module:function" of the commands other packages register (after frigate's
+    plugin per backend). Read from the installed metadata: nothing is imported. A name edge already
+    has stays edge's."""
+    return {
+        ep.name: f"{ep.module}:{ep.attr}" for ep in entry_points(group=PLUGINS) if ep.name not in COMMANDS
+    }
+
+
+def _find_spec(name: str, path):
+    for finder in sys.meta_path:
+        spec = getattr(finder, "find_spec", lambda *_: None)(name, path)
+        if spec is not None:
+            return spec
+    return None
+
+
+def _docstring(target: str) -> str | None:
+    """The docstring of "module:function", read from the module's source file without running the
+    module or its packages' __init__ (the finders only locate files). None when that fails."""
+    module_name, _, attr = target.partition(":")
+    parts, path, spec = module_name.split("."), None, None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        spec = getattr(sys.modules.get(name), "__spec__", None) or _find_spec(name, path)
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+    try:
+        tree = ast.parse(open(spec.origin, encoding="utf-8").read())  # noqa: SIM115
+    except (OSError, TypeError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            return ast.get_docstring(node)
+    return None
+
+
 class LazyGroup(click.Group):
+    def targets(self) -> dict[str, str]:
+        return {**COMMANDS, **plugins()}
+
     def list_commands(self, ctx):
-        return list(COMMANDS)
+        return list(self.targets())
 
     def get_command(self, ctx, name):
-        target = COMMANDS.get(name)
+        target = self.targets().get(name)
         if target is None:
             return None
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx, formatter):
+        """click's list of commands, each line made from the command's docstring as click makes it,
+        but read from the source: listing the commands imports none of them."""
+        targets = self.targets()
+        limit = formatter.width - 6 - max(len(name) for name in targets)
+        rows = []
+        for name, target in targets.items():
+            doc = _docstring(target)
+            command = click.Command(name, help=doc) if doc else self.get_command(ctx, name)
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(

@@ -145,7 +145,7 @@ def test_port_matches_numpy_reference_of_first_blocks():
 def test_weights_import_command_caches(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from edge.commands.weights import weights
+    from convert.commands.weights import weights
 
     monkeypatch.setenv("EDGE_CACHE", str(tmp_path))
     result = CliRunner().invoke(weights, ["import"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge.commands._extras import require_onnx_export
+from convert.commands._extras import require_onnx_export
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 

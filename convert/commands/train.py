@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from edge.commands._extras import require_train
+from convert.commands._extras import require_train
 
 # Options that a --config file can supply; an option given on the command line wins.
 _CONFIGURABLE = (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge.commands._extras import require_train
+from convert.commands._extras import require_train
 
 
 @click.command()

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from edge.commands._extras import require_train
+from convert.commands._extras import require_train
 
 
 @click.group()

@@ -1,1 +1,1 @@
-"""One module per `edge` sub-command (see edge/cli.py)."""
+"""One module per device sub-command of `edge` (see edge/cli.py; the training host's are in convert/commands/)."""
