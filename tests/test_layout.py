@@ -1,0 +1,179 @@
+"""The layout of docs/design.md, checked statically (Python's ast, nothing imported): dependencies run
+one way, convert -> calibration -> edge, and edge's modules import each other without a cycle.
+
+Every import counts for the packages, the ones inside functions too: a lazy import is still a
+dependency, only a later one."""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("edge", "convert", "calibration")
+# Which packages each package may import (besides itself).
+ALLOWED = {"convert": {"calibration", "edge"}, "calibration": {"edge"}, "edge": set()}
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # the importing module, e.g. edge.bench.table
+    target: str  # the imported module, e.g. edge.bench.stats
+    where: str  # file:line, for the message
+    module_level: bool  # run when the module is imported (not inside a function)
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
+
+
+def _in_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            return True
+    return False
+
+
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[Import]:
+    """Every import in the file; `from a.b import c` names a.b.c when that is a module, else a.b."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from .x import y
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+            ]
+        else:
+            continue
+        if _type_checking_only(node, parents):
+            continue
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}"
+        found += [Import(name, t, where, not _in_function(node, parents)) for t in targets]
+    return found
+
+
+def all_imports() -> list[Import]:
+    modules = project_modules()
+    return [i for name, path in modules.items() for i in imports_of(name, path, modules)]
+
+
+def top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def test_packages_depend_one_way():
+    wrong = sorted(
+        {
+            f"{i.where}: {i.source} imports {i.target}"
+            for i in all_imports()
+            if top(i.target) in PACKAGES
+            and top(i.target) != top(i.source)
+            and top(i.target) not in ALLOWED[top(i.source)]
+        }
+    )
+    assert not wrong, "imports against convert -> calibration -> edge:\n" + "\n".join(wrong)
+
+
+def test_edge_names_no_host_module_in_strings():
+    """edge cannot reach the host side through importlib either: no string in edge names a module of
+    convert or calibration ("convert.x" or "convert.x:function")."""
+    wrong = []
+    for name, path in project_modules().items():
+        if top(name) != "edge":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                head = node.value.split(":")[0].split(".")
+                if (
+                    head[0] in ("convert", "calibration")
+                    and len(head) > 1
+                    and all(p.isidentifier() for p in head)
+                ):
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module, or a module importing itself (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph.get(v, ()):
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def edge_graph(module_level_only: bool) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for i in all_imports():
+        if top(i.source) == top(i.target) == "edge" and (i.module_level or not module_level_only):
+            graph.setdefault(i.source, set()).add(i.target)
+    return graph
+
+
+def test_edge_has_no_import_cycle_at_module_level():
+    cycles = _cycles(edge_graph(module_level_only=True))
+    assert not cycles, "modules of edge that import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_edge_has_no_import_cycle_through_lazy_imports_either():
+    """A cycle hidden in a function cannot fail at import time, but it is still two modules that need
+    each other; the one exception is a package loading its plugins by name (edge.runtime), which the
+    static graph does not see."""
+    cycles = _cycles(edge_graph(module_level_only=False))
+    assert not cycles, "modules of edge that import each other: " + "; ".join(" <-> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_imports_inside_functions_relative_ones_and_cycles(tmp_path):
+    """The tests above would pass vacuously if the parser missed imports; check it on a known file."""
+    modules = {"edge.a": Path("a.py"), "edge.b": Path("b.py"), "convert.c": Path("c.py")}
+    src = tmp_path / "a.py"
+    src.write_text("from . import b\ndef f():\n    from convert import c\n")
+    found = imports_of("edge.a", src, modules)
+    assert {(i.target, i.module_level) for i in found} == {("edge.b", True), ("convert.c", False)}
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
