@@ -46,13 +46,9 @@ class Prediction:
 UNKNOWN = "unknown"  # the label of a rejected cell: it counts in no class and in no alert
 
 
-def is_uncertain(probs, rule: Uncertainty) -> tuple[bool, float]:
-    """Flag when the top probability is below min_confidence or top-1 minus top-2 is below min_margin."""
-    reason, margin = _uncertainty(sorted((float(p) for p in probs), reverse=True), rule)
-    return reason is not None, margin
-
-
 def _uncertainty(ordered: list[float], rule: Uncertainty) -> tuple[str | None, float]:
+    """Why a human should look, from the scores in descending order: the top one below
+    min_confidence, or top-1 minus top-2 below min_margin; None if neither. And that margin."""
     margin = ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0)
     if ordered[0] < rule.min_confidence:
         return "low confidence", margin
@@ -206,12 +202,3 @@ class Classifier:
             "invoke": (t2 - t1) * 1000,
             "postprocess": (t3 - t2) * 1000,
         }
-
-    def classify_frames(self, frames: list[np.ndarray], order: str = "BGR") -> list[Prediction]:
-        """Raw frames -> predictions carrying their share of the preprocess and invoke time."""
-        preds, stages = self.classify_images(frames, order)
-        for p in preds:
-            p.timings_ms.update(
-                preprocess=stages["preprocess"] / len(preds), invoke=stages["invoke"] / len(preds)
-            )
-        return preds
