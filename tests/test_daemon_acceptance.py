@@ -522,3 +522,32 @@ def test_a_killed_sessions_archive_is_repaired_at_the_next_start_under_a_new_ses
     again = edge_run(*args, "--max-frames", 2, cwd=tmp_path)  # checked once: not read, nor reported, again
     assert again.returncode == 0, again.stderr
     assert "archive check" not in again.stderr
+
+
+def test_the_page_token_from_a_file_never_reaches_the_database_or_the_terminal(
+    tiny_bundle, replay_dir, tmp_path
+):
+    # Issue 15, defect 8: the page's token was stored in plain text in sessions.config.
+    token = "s3cret-page-token-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    db = tmp_path / "r.db"
+    d = Daemon(
+        [*replay_args(tiny_bundle, replay_dir, db), "--token-file", token_file, "--http", "127.0.0.1:0"],
+        tmp_path,
+    )
+    d.wait_url()
+    assert d.get("/api/status")[0] == 401  # the token from the file guards the page
+    assert d.get("/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait() == 0, d.stderr
+    assert token not in "".join(d.lines) + d.stderr
+    with sqlite3.connect(db) as con:
+        tables = [t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for row in con.execute(f"SELECT * FROM {table}"):  # noqa: S608 - names from sqlite_master
+                assert not any(token in str(value) for value in row), table
+        (config,) = con.execute("SELECT config FROM sessions").fetchone()
+    assert json.loads(config)["http"]["token"] == "(set)"
+    for path in tmp_path.glob("r.db*"):  # nor in a free page or the WAL
+        assert token.encode() not in path.read_bytes(), path
