@@ -3,11 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# A device install: only what a Raspberry Pi / Jetson / Coral needs (no TensorFlow; onnxruntime for
-# the onnx backend).
+# A device install: only the device extra, what `make demo` needs (no TensorFlow). `make test-device`
+# adds the jetson extra (onnxruntime, for the onnx backend's tests) and the dev tools to the same venv.
 DEVICE_VENV := .venv-device
 DEVICE_BIN := $(DEVICE_VENV)/bin
 DEVICE_STAMP := $(DEVICE_VENV)/.installed
+DEVICE_TEST_STAMP := $(DEVICE_VENV)/.installed-test
 
 .PHONY: venv device-venv test test-device demo lint bench clean
 
@@ -23,8 +24,12 @@ $(STAMP): pyproject.toml
 $(DEVICE_STAMP): pyproject.toml
 	$(PY) -m venv $(DEVICE_VENV)
 	$(DEVICE_BIN)/pip install --quiet --upgrade pip
-	$(DEVICE_BIN)/pip install --quiet -e '.[device,jetson,dev]'
+	$(DEVICE_BIN)/pip install --quiet -e '.[device]'
 	touch $(DEVICE_STAMP)
+
+$(DEVICE_TEST_STAMP): $(DEVICE_STAMP)
+	$(DEVICE_BIN)/pip install --quiet -e '.[device,jetson,dev]'
+	touch $(DEVICE_TEST_STAMP)
 
 venv: $(STAMP)
 
@@ -36,7 +41,7 @@ test: $(STAMP)
 
 # The same suite on a device install (no TensorFlow): runtime, classify, eval, bench and daemon
 # tests run on the committed tests/fixtures/tiny-int8 bundle; training-side tests skip, saying why.
-test-device: $(DEVICE_STAMP)
+test-device: $(DEVICE_TEST_STAMP)
 	$(DEVICE_BIN)/python -m pytest -q -rs
 
 # The daemon on its embedded default (reference bundle, simulated microscope) for 30 s, on the device

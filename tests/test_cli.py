@@ -75,3 +75,25 @@ def test_device_only_venv_has_no_tensorflow(tmp_path_factory):
     assert train.returncode != 0
     assert len(train.stderr.strip().splitlines()) == 1 and "'train' extra" in train.stderr
     assert "Traceback" not in train.stderr
+
+
+def _make_dry_run(target: str) -> list[str]:
+    """What `make TARGET` would run on a fresh clone (-B: as if nothing were built; -n: run nothing)."""
+    if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-B", target], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_make_demo_installs_only_the_device_extra_and_test_device_adds_the_rest():
+    # Issue 15, defect 9: `make demo` installed TensorFlow (2.7 GB), later the jetson and dev extras too.
+    demo = _make_dry_run("demo")
+    assert [line for line in demo if "pip install" in line and "-e" in line] == [
+        ".venv-device/bin/pip install --quiet -e '.[device]'"
+    ]
+    assert demo[-1].startswith(".venv-device/bin/edge run ")
+    test_device = _make_dry_run("test-device")
+    assert ".venv-device/bin/pip install --quiet -e '.[device,jetson,dev]'" in test_device
+    assert test_device[-1].startswith(".venv-device/bin/python -m pytest")
+    assert any("-e '.[device,jetson,train,dev]'" in line for line in _make_dry_run("test"))  # unchanged
