@@ -12,6 +12,7 @@ import shutil
 import stat
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from edge.cli import main
 from tests.tiny_model import TINY_SPEC, load_folder
 
 pytestmark = pytest.mark.train
+ROOT = Path(__file__).resolve().parents[1]
 
 # Written in the layout edgetpu_compiler 16 prints with --show_operations (numbers are our own).
 PARTIAL_LOG = """\
@@ -178,6 +180,18 @@ def _run(argv, capsys):
         main(argv)
     out = capsys.readouterr()
     return exit_info.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("name", "ops"), [("wbc-detector-int8", 62), ("mobilenetv2-int8", 70), ("efficientnetb0-int8", 242)]
+)
+def test_committed_bundles_map_completely_as_their_model_cards_say(name, ops, capsys):
+    """`edge compile models/NAME --preflight`, the command each model card quotes: every op maps to the
+    Edge TPU, none is left to the CPU, and exit 0 (8 would mean some op falls back)."""
+    code, out, _ = _run(["compile", str(ROOT / "models" / name), "--preflight"], capsys)
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == f"pre-flight: all {ops} ops map to the Edge TPU"
+    assert "Mapped to Edge TPU" in out and "CPU" not in out
 
 
 def test_compile_without_compiler_exits_6_with_one_line(tiny_bundle, tmp_path, monkeypatch, capsys):
