@@ -234,7 +234,13 @@ def test_run_field_mode_counts_a_still_stage_once(detector_bundle, tiny_bundle, 
         noisy = np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(still / f"frame_{i:03d}.png"), noisy)
     db = tmp_path / "still.db"
+    # every label an alert class: every counted cell is flagged, so the archive must hold each one
+    config = tmp_path / "edge-run.toml"
+    labels = Bundle.load(tiny_bundle).labels
+    config.write_text(f"[archive]\nalert_classes = {json.dumps(labels)}\nmin_free_mb = 0\n")
     r = edge_run(
+        "--config",
+        config,
         "--mode",
         "field",
         "--detector",
@@ -263,9 +269,16 @@ def test_run_field_mode_counts_a_still_stage_once(detector_bundle, tiny_bundle, 
     (rows,) = _rows(db, "SELECT COUNT(*) FROM results")
     assert rows[0] == s["field"]["cells_counted"] == n_found  # each cell once, not once a frame
     assert s["field"]["cells_per_frame"] == pytest.approx(n_found, abs=0.5)
-    # a flagged cell is archived once per track, not once a frame
-    flagged = list((tmp_path / "flagged").rglob("*.jpg"))
-    assert len(flagged) <= rows[0]
+    # a flagged cell is archived once per track, not once a frame: one readable crop per row, with the
+    # sidecar that says why, and the row's label in its name
+    flagged = sorted((tmp_path / "flagged").rglob("*.jpg"))
+    assert len(flagged) == rows[0] >= 1
+    sidecars = [json.loads(f.with_suffix(".json").read_text()) for f in flagged]
+    row_labels = sorted(label for (label,) in _rows(db, "SELECT label FROM results"))
+    assert sorted(m["label"] for m in sidecars) == row_labels
+    for f, meta in zip(flagged, sidecars, strict=True):
+        assert cv2.imread(str(f)) is not None and f.stem.endswith(meta["label"])
+        assert meta["reason"] == "alert_class"
 
 
 def test_run_field_mode_rejects_a_bad_detector_in_one_line(tiny_bundle, tmp_path):
