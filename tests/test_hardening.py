@@ -93,12 +93,6 @@ def test_no_command_prints_the_tflite_xnnpack_info_line(tiny_bundle, tmp_path):
     assert "XNNPACK" not in proc.stdout + proc.stderr and "INFO:" not in proc.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="edge/runtime/edgetpu.py _quiet_failed_delegate collects while the OSError is in flight: its "
-    "traceback still holds the half-made Delegate, which dies (and complains) after the hook is gone; "
-    "traceback.clear_frames(exc.__traceback__) in an except clause there fixes it",
-)
 def test_a_missing_libedgetpu_is_one_line_without_the_delegate_traceback(tiny_bundle, tmp_path):
     # Issue 15, defect 9: without libedgetpu, the runtime's failed Delegate printed "Exception ignored in
     # ... AttributeError: 'Delegate' object has no attribute '_library'" when it was collected. Inside

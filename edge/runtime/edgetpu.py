@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +193,11 @@ def _quiet_failed_delegate():
     sys.unraisablehook = hook
     try:
         yield
+    except BaseException as exc:
+        # The error's traceback holds the frame of the half-built Delegate: clear it, or the object
+        # outlives the collection below and its __del__ prints after the hook is gone.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         gc.collect()  # the failed Delegate goes now, while the hook is in place
         sys.unraisablehook = previous
