@@ -12,6 +12,10 @@ metrics      AP@0.5, AP@0.5:0.95, precision, recall and false positives per fram
              val frames (--eval), measured by edge.detect.eval_run through the device's own
              runtime layer and decoding
 bundle       model.tflite + manifest (task "detector"), loaded back as the device will
+
+As convert/quantize.py does for classifiers, each stage is a step that returns a record (run_step,
+frames_step, conversion_step, threshold_step, evaluation_step) and one builder makes the manifest
+from them (build_manifest); quantize_detector only runs them in order.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from __future__ import annotations
 import json
 import shlex
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import CPU_MODEL, Bundle, Manifest, Metric, write_bundle
+from edge.bundle import CPU_MODEL, Bundle, Manifest, Metric, TensorSpec, write_bundle
 from edge.detect.spec import DetectorSpec
 from edge.detect.voc import read_voc
 from edge.errors import DataError
@@ -119,15 +124,7 @@ def _metrics(run, split: str, command: str) -> list[Metric]:
     return [Metric(name, float(v), split, r.frames, command) for name, v in values.items()]
 
 
-def quantize_detector(req) -> DetectorQuantizeResult:
-    """`req` is convert.quantize.QuantizeRequest; options only classifiers have are refused."""
-    from convert.run_source import _load_keras
-    from convert.tflite_export import INT8_SETTINGS, _spec, make_converter
-    from edge.detect.detector import Detector
-    from edge.detect.eval_run import run_on_frames
-    from edge.detect.evaluate import operating_threshold
-    from edge.runtime.tflite import model_io
-
+def refuse_classifier_options(req) -> None:
     for flag, on in (
         ("--adapt-head", req.adapt_head),
         ("--bias-correction", req.bias_correction),
@@ -136,10 +133,29 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     ):
         if on:
             raise DataError(f"{flag} applies to classifiers; {req.source} is a detector run")
+
+
+@dataclass
+class DetectorRun:
+    """What `edge train-detector` left in RUN, with --crop-fraction applied to its crop rule."""
+
+    path: Path
+    config: dict  # config.json
+    report: dict  # report.json: the float model's tune and val figures (absent: {})
+    spec: PreprocessSpec
+    detector: DetectorSpec
+    kinds: list[str]
+    split: dict  # fit / tune / val file names
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.keras"
+
+
+def run_step(req) -> DetectorRun:
     run = Path(req.source)
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").exists() else {}
-    spec = PreprocessSpec.from_dict(config["preprocess"])
     detector_spec = DetectorSpec.from_dict(config["detector"])
     if req.crop_fraction:
         detector_spec = replace(
@@ -151,89 +167,193 @@ def quantize_detector(req) -> DetectorQuantizeResult:
                 "measured by scripts/measure_cell_fraction.py with this detector (docs/field.md)",
             ),
         )
-    kinds = list(config["kinds"])
-    split = config["split"]
-    command = _command(req)
-    train_frames = _frames_named(req.calib_dir[0], split["fit"]["files"] + split["tune"]["files"], "training")
-    tune_frames = _frames_named(req.calib_dir[0], split["tune"]["files"], "tune")
-    model_path = run / "model.keras"
-    model = _load_keras(model_path)
-    calib = calibration_images(train_frames, spec, max(req.calib_count, 1), req.seed)
+    return DetectorRun(
+        run,
+        config,
+        report,
+        PreprocessSpec.from_dict(config["preprocess"]),
+        detector_spec,
+        list(config["kinds"]),
+        config["split"],
+    )
+
+
+@dataclass
+class DetectorFrames:
+    """The run's frames found again in --calib: fit + tune calibrate, tune sets the threshold."""
+
+    train: list
+    tune: list
+
+
+def frames_step(req, run: DetectorRun) -> DetectorFrames:
+    """Before the model is loaded, so a frame missing from --calib fails fast."""
+    fit, tune = run.split["fit"]["files"], run.split["tune"]["files"]
+    return DetectorFrames(
+        _frames_named(req.calib_dir[0], fit + tune, "training"), _frames_named(req.calib_dir[0], tune, "tune")
+    )
+
+
+@dataclass
+class DetectorConversion:
+    tflite: bytes
+    input: TensorSpec
+    heatmap: TensorSpec
+    boxes: TensorSpec
+    calibration_count: int
+
+
+def conversion_step(req, run: DetectorRun, frames: DetectorFrames) -> DetectorConversion:
+    """The calibration images, then the TFLite model; which output is which, by channels."""
+    from convert.run_source import _load_keras
+    from convert.tflite_export import _spec, make_converter
+    from edge.runtime.tflite import model_io
+
+    model = _load_keras(run.model_path)
+    calib = calibration_images(frames.train, run.spec, max(req.calib_count, 1), req.seed)
     _say(
-        f"calibration: {len(calib)} images from the run's {len(train_frames)} training frames of {req.calib_dir[0]}"
+        f"calibration: {len(calib)} images from the run's {len(frames.train)} training frames of {req.calib_dir[0]}"
     )
     _say(f"converting to {req.precision} TFLite...")
     tflite = make_converter(model, req.precision, calib if req.precision == "int8" else None).convert()
-    heat_name, boxes_name = output_names(tflite, len(kinds))
+    heat_name, boxes_name = output_names(tflite, len(run.kinds))
     inputs, outputs = model_io(tflite)
-    by_name = {t.name: t for t in outputs}
-    detector_spec = replace(detector_spec, heatmap=heat_name, boxes=boxes_name)
-    manifest = Manifest(
-        labels=kinds,
-        input=_spec(inputs[0]),
-        output=_spec(by_name[heat_name]),
-        preprocess=spec,
+    by_name = {t.name: _spec(t) for t in outputs}
+    return DetectorConversion(tflite, _spec(inputs[0]), by_name[heat_name], by_name[boxes_name], len(calib))
+
+
+def build_manifest(
+    req,
+    run: DetectorRun,
+    conversion: DetectorConversion,
+    detector: DetectorSpec,
+    metrics: list[Metric],
+    command: str,
+) -> Manifest:
+    """The detector bundle's manifest; `detector` is the run's spec with the model's output names
+    (and, once chosen, the int8 operating threshold)."""
+    from convert.tflite_export import INT8_SETTINGS
+
+    config, heat, boxes = run.config, conversion.heatmap, conversion.boxes
+    return Manifest(
+        labels=run.kinds,
+        input=replace(conversion.input),  # copies: write_bundle fills in a manifest, never the records
+        output=replace(heat),
+        preprocess=run.spec,
         task="detector",
-        detector=detector_spec,
+        detector=detector,
+        metrics=metrics,
         model={
             "architecture": config.get("arch", "?"),
             "weights": config.get("weights_source", "?"),
             "precision": req.precision,
-            "source": str(model_path),
-            "source_sha256": sha256_file(model_path),
+            "source": str(run.model_path),
+            "source_sha256": sha256_file(run.model_path),
             "head": config.get("model"),
             "outputs": {
-                "heatmap": {"name": heat_name, **_spec(by_name[heat_name]).__dict__},
-                "boxes": {"name": boxes_name, **_spec(by_name[boxes_name]).__dict__},
+                "heatmap": {"name": heat.name, **heat.__dict__},
+                "boxes": {"name": boxes.name, **boxes.__dict__},
             },
             "quantization": INT8_SETTINGS if req.precision == "int8" else {"method": req.precision},
         },
         training={
             "data_fingerprint": config.get("data", {}).get("fingerprint"),
             "data": config.get("data"),
-            "split": split,
-            "run_dir": str(run),
+            "split": run.split,
+            "run_dir": str(run.path),
             "run_config": config.get("training"),
-            "float_metrics": {k: report.get(k) for k in ("tune", "val") if k in report},
+            "float_metrics": {k: run.report.get(k) for k in ("tune", "val") if k in run.report},
         },
         calibration={
-            "count": len(calib),
+            "count": conversion.calibration_count,
             "split": "the run's fit + tune frames (train), plain and augmented",
             "command": command,
         },
     )
+
+
+@contextmanager
+def _detector(tflite: bytes, manifest: Manifest):
+    """The converted model as the device will run it: a bundle written and loaded back."""
+    from edge.detect.detector import Detector
+
     with tempfile.TemporaryDirectory() as tmp:
         write_bundle(tmp, {CPU_MODEL: tflite}, manifest)
-        detector = Detector(Bundle.load(tmp))
-        _say(f"int8 on the {len(tune_frames)} tune frames: choosing the operating threshold...")
-        tune = run_on_frames(detector, tune_frames)
-        target = float(config.get("training", {}).get("target_recall", 0.995))
+        yield Detector(Bundle.load(tmp))
+
+
+@dataclass
+class OperatingPoint:
+    detector: DetectorSpec  # with the threshold chosen on the quantized model
+    tune: object  # edge.detect.eval_run.EvalRun of the tune frames at that threshold
+
+
+def threshold_step(
+    req, run: DetectorRun, frames: DetectorFrames, conversion: DetectorConversion, command: str
+) -> OperatingPoint:
+    """The operating threshold chosen again on the quantized model's tune frames, by training's rule."""
+    from edge.detect.eval_run import run_on_frames
+    from edge.detect.evaluate import operating_threshold
+
+    detector_spec = replace(run.detector, heatmap=conversion.heatmap.name, boxes=conversion.boxes.name)
+    with _detector(
+        conversion.tflite, build_manifest(req, run, conversion, detector_spec, [], command)
+    ) as det:
+        _say(f"int8 on the {len(frames.tune)} tune frames: choosing the operating threshold...")
+        tune = run_on_frames(det, frames.tune)
+        target = float(run.config.get("training", {}).get("target_recall", 0.995))
         threshold, how = operating_threshold([(f.detections, f.truth) for f in tune.frames], target)
         detector_spec = replace(
             detector_spec,
             threshold=threshold,
-            threshold_source=f"{req.precision} model: {how} ({len(tune_frames)} frames of the train split; "
+            threshold_source=f"{req.precision} model: {how} ({len(frames.tune)} frames of the train split; "
             "val never used)",
         )
-        tune = run_on_frames(detector, tune_frames, threshold)
-    metrics = _metrics(tune, f"{Path(req.calib_dir[0]).name}/tune", command)
-    lines = [_line("tune", tune)]
+        tune = run_on_frames(det, frames.tune, threshold)
+    return OperatingPoint(detector_spec, tune)
+
+
+@dataclass
+class DetectorEvaluation:
+    metrics: list[Metric]
+    lines: list[str]  # one summary line per split
+
+
+def evaluation_step(
+    req, run: DetectorRun, conversion: DetectorConversion, point: OperatingPoint, command: str
+) -> DetectorEvaluation:
+    """The tune figures at the operating point, and the val frames of --eval through the final bundle."""
+    from edge.detect.eval_run import run_on_frames
+
+    metrics = _metrics(point.tune, f"{Path(req.calib_dir[0]).name}/tune", command)
+    lines = [_line("tune", point.tune)]
     if req.eval_dir:
-        val_frames = _frames_named(req.eval_dir[0], split["val"]["files"], "val")
-        with tempfile.TemporaryDirectory() as tmp:
-            write_bundle(tmp, {CPU_MODEL: tflite}, replace(manifest, detector=detector_spec, files={}))
-            val = run_on_frames(Detector(Bundle.load(tmp)), val_frames)
+        val_frames = _frames_named(req.eval_dir[0], run.split["val"]["files"], "val")
+        manifest = build_manifest(req, run, conversion, point.detector, [], command)
+        with _detector(conversion.tflite, manifest) as det:
+            val = run_on_frames(det, val_frames)
         metrics += _metrics(val, f"{Path(req.eval_dir[0]).name}/val", command)
         lines.append(_line("val", val))
-    manifest = replace(manifest, detector=detector_spec, metrics=metrics, files={})
-    write_bundle(req.out_dir, {CPU_MODEL: tflite}, manifest)
+    return DetectorEvaluation(metrics, lines)
+
+
+def quantize_detector(req) -> DetectorQuantizeResult:
+    """`req` is convert.quantize.QuantizeRequest; options only classifiers have are refused."""
+    refuse_classifier_options(req)
+    run = run_step(req)
+    command = _command(req)
+    frames = frames_step(req, run)
+    conversion = conversion_step(req, run, frames)
+    point = threshold_step(req, run, frames, conversion, command)
+    evaluation = evaluation_step(req, run, conversion, point, command)
+    manifest = build_manifest(req, run, conversion, point.detector, evaluation.metrics, command)
+    write_bundle(req.out_dir, {CPU_MODEL: conversion.tflite}, manifest)
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
-    lines.insert(
-        0,
+    head = (
         f"bundle: {req.out_dir}  ({req.precision} detector, input {bundle.manifest.input.shape} "
-        f"{bundle.manifest.input.dtype}; operating threshold {threshold:.3f})",
+        f"{bundle.manifest.input.dtype}; operating threshold {point.detector.threshold:.3f})"
     )
-    return DetectorQuantizeResult(bundle.manifest, Path(req.out_dir), lines)
+    return DetectorQuantizeResult(bundle.manifest, Path(req.out_dir), [head, *evaluation.lines])
 
 
 def _line(name: str, run) -> str:
