@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import click
 
@@ -68,7 +69,7 @@ def _docstring(target: str) -> str | None:
             return None
         path = spec.submodule_search_locations
     try:
-        tree = ast.parse(open(spec.origin, encoding="utf-8").read())  # noqa: SIM115
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
     except (OSError, TypeError, SyntaxError, ValueError):
         return None
     for node in tree.body:
@@ -91,19 +92,23 @@ class LazyGroup(click.Group):
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
 
+    def help_line(self, ctx, name: str, limit: int) -> str:
+        """The command's line in `edge --help`, as click makes it from the docstring, read from the
+        source; a command whose docstring cannot be read that way is imported instead."""
+        doc = _docstring(self.targets()[name])
+        if doc is not None:
+            return click.Command(name, help=doc).get_short_help_str(limit)
+        try:
+            return self.get_command(ctx, name).get_short_help_str(limit)
+        except Exception as exc:  # a broken plugin must not take `edge --help` down with it
+            return f"(cannot be loaded: {type(exc).__name__}: {exc})"
+
     def format_commands(self, ctx, formatter):
-        """click's list of commands, each line made from the command's docstring as click makes it,
-        but read from the source: listing the commands imports none of them."""
-        targets = self.targets()
-        limit = formatter.width - 6 - max(len(name) for name in targets)
-        rows = []
-        for name, target in targets.items():
-            doc = _docstring(target)
-            command = click.Command(name, help=doc) if doc else self.get_command(ctx, name)
-            if not command.hidden:
-                rows.append((name, command.get_short_help_str(limit)))
+        """click's list of commands, without importing any of them."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
         with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            formatter.write_dl([(name, self.help_line(ctx, name, limit)) for name in names])
 
 
 @click.group(

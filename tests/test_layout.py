@@ -7,6 +7,9 @@ dependency, only a later one."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +117,33 @@ def test_edge_names_no_host_module_in_strings():
                 ):
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
     assert not wrong, "\n".join(wrong)
+
+
+HOST_COMMANDS = ("train", "train-detector", "weights", "quantize", "compile", "export")
+
+
+def test_host_commands_are_plugins_listed_without_importing_them():
+    """The training host's commands reach `edge` as plugins (pyproject.toml, entry points
+    "edge.commands"): `edge --help` lists them, and edge's own, without importing any command, convert
+    or TensorFlow; each line is what click makes from the imported command."""
+    from edge.cli import COMMANDS, cli, plugins
+
+    assert set(HOST_COMMANDS) <= set(plugins()), "entry points missing: pip install -e . again"
+    assert not set(HOST_COMMANDS) & set(COMMANDS)
+    code = (
+        "import json, sys\n"
+        "from edge.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('edge', 'convert', 'calibration', 'tensorflow'))))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = proc.stdout.strip().splitlines()
+    imported = json.loads(out[-1])
+    assert not [m for m in imported if m.startswith(("convert", "tensorflow", "edge.commands"))], imported
+    assert [line.split()[0] for line in out[out.index("Commands:") + 1 : -1]] == cli.list_commands(None)
+    for name in cli.list_commands(None):  # the line read from the source is the imported command's
+        assert cli.help_line(None, name, 60) == cli.get_command(None, name).get_short_help_str(60)
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
