@@ -206,7 +206,7 @@ class DetectorConversion:
 def conversion_step(req, run: DetectorRun, frames: DetectorFrames) -> DetectorConversion:
     """The calibration images, then the TFLite model; which output is which, by channels."""
     from convert.run_source import _load_keras
-    from convert.tflite_export import _spec, make_converter
+    from convert.tflite_export import _spec, convert_model, make_converter
     from edge.runtime.tflite import model_io
 
     model = _load_keras(run.model_path)
@@ -215,7 +215,7 @@ def conversion_step(req, run: DetectorRun, frames: DetectorFrames) -> DetectorCo
         f"calibration: {len(calib)} images from the run's {len(frames.train)} training frames of {req.calib_dir[0]}"
     )
     _say(f"converting to {req.precision} TFLite...")
-    tflite = make_converter(model, req.precision, calib if req.precision == "int8" else None).convert()
+    tflite = convert_model(make_converter(model, req.precision, calib if req.precision == "int8" else None))
     heat_name, boxes_name = output_names(tflite, len(run.kinds))
     inputs, outputs = model_io(tflite)
     by_name = {t.name: _spec(t) for t in outputs}
