@@ -69,6 +69,23 @@ def runtime_options(func):
     return pixel_limit(onnx_options(func))
 
 
+def uncertainty_options(func):
+    """--threshold and --margin: the uncertainty rule's two numbers, overriding the bundle's."""
+    func = click.option(
+        "--margin",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Flag a cell as uncertain when top-1 minus top-2 probability is below this. Default: the bundle's.",
+    )(func)
+    return click.option(
+        "--threshold",
+        type=click.FloatRange(0, 1),
+        default=None,
+        help="Flag a cell as uncertain when its top probability is below this. Default: the bundle's "
+        "calibrated value.",
+    )(func)
+
+
 def max_pixels_option(func):
     """--max-pixels N, passed on as `max_pixels` (None when not given)."""
     return click.option(

@@ -11,7 +11,13 @@ import click
 
 from edge.batch import ImageResult, classify_paths
 from edge.bundle import Bundle
-from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
+from edge.commands._device_options import (
+    open_classifiers,
+    pipeline_for,
+    progress,
+    runtime_options,
+    uncertainty_options,
+)
 from edge.dataset import IMAGE_SUFFIXES, expand_paths, printable
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
@@ -78,18 +84,7 @@ def _text_line(result: ImageResult) -> str:
     show_default=True,
     help="How many labels to list per image.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Flag an image as uncertain when its top probability is below this. Default: the bundle's calibrated value.",
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Flag an image as uncertain when top-1 minus top-2 probability is below this. Default: the bundle's.",
-)
+@uncertainty_options
 @runtime_options
 def classify(
     bundle,

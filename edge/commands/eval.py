@@ -13,7 +13,13 @@ import numpy as np
 
 from edge.batch import Throughput, classify_paths, classify_sequential, timed
 from edge.bundle import Bundle
-from edge.commands._device_options import open_classifiers, pipeline_for, progress, runtime_options
+from edge.commands._device_options import (
+    open_classifiers,
+    pipeline_for,
+    progress,
+    runtime_options,
+    uncertainty_options,
+)
 from edge.dataset import load_one, printable, scan_labelled
 from edge.errors import EdgeError
 from edge.metrics import format_report
@@ -58,18 +64,7 @@ def _baseline_sample(paths: list[Path], count: int) -> list[Path]:
     default=None,
     help="Write the confusion matrix as a PNG picture.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Uncertain below this top probability. Default: the bundle's calibrated value.",
-)
-@click.option(
-    "--margin",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Uncertain below this top-1 minus top-2 margin. Default: the bundle's.",
-)
+@uncertainty_options
 @click.option(
     "--baseline-images",
     type=click.IntRange(0, None),
