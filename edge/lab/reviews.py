@@ -80,8 +80,24 @@ class QueuedCell:
     label: str  # the model's
     confidence: float
     uncertain: bool
-    reason: str
+    reason: str | None  # why it needs a look (alert_class, unknown, uncertain), None if it does not
     review: Review | None
+
+    @classmethod
+    def from_row(cls, row, reviews: dict[int, Review], alert_classes, **extra):
+        """A results row (id, frame_id, crop_index, ts, label, confidence, uncertain) with its latest review."""
+        return cls(
+            row["id"],
+            row["frame_id"],
+            row["crop_index"],
+            row["ts"],
+            row["label"],
+            float(row["confidence"]),
+            bool(row["uncertain"]),
+            needs_look(row["label"], bool(row["uncertain"]), alert_classes),
+            reviews.get(row["id"]),
+            **extra,
+        )
 
     @property
     def verified_label(self) -> str:
@@ -200,20 +216,7 @@ class ReviewBook:
                 (session_id, UNKNOWN, *alert_classes),
             ).fetchall()
         reviews = self.latest_reviews(session_id)
-        cells = [
-            QueuedCell(
-                r["id"],
-                r["frame_id"],
-                r["crop_index"],
-                r["ts"],
-                r["label"],
-                float(r["confidence"]),
-                bool(r["uncertain"]),
-                needs_look(r["label"], bool(r["uncertain"]), alert_classes),
-                reviews.get(r["id"]),
-            )
-            for r in rows
-        ]
+        cells = [QueuedCell.from_row(r, reviews, alert_classes) for r in rows]
         return sorted(
             cells, key=lambda c: (c.review is not None, REASONS.index(c.reason), c.confidence, c.id)
         )

@@ -22,7 +22,7 @@ from edge.daemon.config import AlertRule, DifferentialConfig
 from edge.daemon.differential import DifferentialCount, SessionCounts, wilson_interval
 from edge.errors import EdgeError
 from edge.lab.catalogue import UNKNOWN, CellClass, cell_class
-from edge.lab.reviews import REASONS, Review, ReviewBook, SignState, needs_look
+from edge.lab.reviews import REASONS, QueuedCell, ReviewBook, SignState
 
 
 class SlideError(EdgeError):
@@ -30,21 +30,10 @@ class SlideError(EdgeError):
 
 
 @dataclass
-class Cell:
-    id: int
-    frame_id: int
-    crop_index: int
-    ts: float
-    label: str  # the model's
-    confidence: float
-    uncertain: bool
-    reason: str | None  # why it needs a look (alert_class, unknown, uncertain), None if it does not
-    review: Review | None
-    crop: Path | None  # the archived JPEG, when the cell was flagged and archived
+class Cell(QueuedCell):
+    """A cell of the slide: the queue's view of it plus its archived crop."""
 
-    @property
-    def verified_label(self) -> str:
-        return self.review.label if self.review else self.label
+    crop: Path | None = None  # the archived JPEG, when the cell was flagged and archived
 
 
 @dataclass
@@ -275,20 +264,7 @@ def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> 
             if not labels:
                 labels = sorted(json.loads(r["probabilities"]))  # every result holds all the model's labels
             crop = root / session_id / (crop_stem(r["frame_id"], r["crop_index"], r["label"]) + ".jpg")
-            cells.append(
-                Cell(
-                    r["id"],
-                    r["frame_id"],
-                    r["crop_index"],
-                    r["ts"],
-                    r["label"],
-                    float(r["confidence"]),
-                    bool(r["uncertain"]),
-                    needs_look(r["label"], bool(r["uncertain"]), alert_classes),
-                    reviews.get(r["id"]),
-                    crop if crop.is_file() else None,
-                )
-            )
+            cells.append(Cell.from_row(r, reviews, alert_classes, crop=crop if crop.is_file() else None))
         return Slide(
             session_id=session_id,
             started=s["started"],
