@@ -19,8 +19,10 @@ from edge.preprocess import PreprocessSpec, preprocess
 
 AUGMENTS = ("seed", "stain", "none")
 # Magnification: a cell from another microscope fills anywhere from ~0.3 to ~0.8 of its image's side
-# (tecom-wbc ~0.75, pbc-8class ~0.45; docs/differential.md), so views are zoomed out and in.
-SCALE_RANGE = (0.6, 1.6)
+# (tecom-wbc ~0.75, pbc-8class ~0.45, blood-5class's myeloblasts ~0.58; docs/differential.md), so views
+# are zoomed out and in, far enough that a cell's share of the image says nothing about its class.
+# With 0.6-1.6 a first model still called tecom-wbc's large lymphocytes myeloblasts (docs/differential.md).
+SCALE_RANGE = (0.5, 2.0)
 
 
 def raw_spec(spec: PreprocessSpec) -> PreprocessSpec:
@@ -47,9 +49,9 @@ def _geometry(size: int, border: int):
 
 
 def build_stain_augmenter(size: int, seed: int):
-    """Geometry (flips, rotations), magnification 0.6-1.6x, then stain (haematoxylin/eosin amounts
-    in stain space, hue/saturation), lamp and camera (colour temperature, per-channel gain, gamma,
-    brightness/contrast), optics (defocus, blur), sensor noise and JPEG quality."""
+    """Geometry (flips, rotations), magnification 0.5-2x, then stain (haematoxylin/eosin amounts in
+    stain space, hue/saturation), lamp and camera (colour temperature, per-channel gain, gamma,
+    brightness/contrast), optics (defocus, blur, a low-resolution camera), sensor noise and JPEG quality."""
     import albumentations as A
     import cv2
 
@@ -57,7 +59,8 @@ def build_stain_augmenter(size: int, seed: int):
     return A.Compose(
         [
             *_geometry(size, border),
-            A.Affine(scale=SCALE_RANGE, balanced_scale=True, border_mode=border, p=0.7),
+            # keep_ratio: one zoom for both axes (independent ones squash a round cell into an oval)
+            A.Affine(scale=SCALE_RANGE, keep_ratio=True, balanced_scale=True, border_mode=border, p=0.8),
             A.ElasticTransform(alpha=30, sigma=5, border_mode=border, p=0.1),
             # Stain: the amount of each dye, in haematoxylin-eosin space (Ruifrok-style presets).
             # Stronger settings turn cells red or black, which no lab's smear looks like.
@@ -67,7 +70,7 @@ def build_stain_augmenter(size: int, seed: int):
                 intensity_shift_range=(-0.1, 0.1),
                 p=0.4,
             ),
-            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=25, val_shift_limit=10, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=12, sat_shift_limit=35, val_shift_limit=15, p=0.6),
             # Lamp and camera: colour temperature, one gain per channel (a background tint), gamma.
             A.PlanckianJitter(mode="blackbody", p=0.4),
             A.MultiplicativeNoise(multiplier=(0.85, 1.15), per_channel=True, elementwise=False, p=0.5),
@@ -78,8 +81,14 @@ def build_stain_augmenter(size: int, seed: int):
                 [
                     A.Defocus(radius=(1, 3), alias_blur=(0.1, 0.3), p=1.0),
                     A.GaussianBlur(sigma_limit=(0.5, 1.5), blur_limit=0, p=1.0),
+                    # a camera of a third to four fifths of the resolution (tecom-wbc's cells are 120 px)
+                    A.Downscale(
+                        scale_range=(0.35, 0.8),
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR},
+                        p=1.0,
+                    ),
                 ],
-                p=0.3,
+                p=0.4,
             ),
             A.GaussNoise(std_range=(0.01, 0.04), p=0.2),
             A.ImageCompression(quality_range=(40, 95), p=0.3),
