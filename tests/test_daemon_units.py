@@ -131,7 +131,31 @@ def test_differential_alert_fires_at_the_fraction_only_after_min_cells():
         "count": 17,
         "percent": 85.0,
         "interval_percent": [64.0, 94.8],
+        "white_cell": True,
     }
+
+
+def test_the_differential_is_of_white_cells_and_platelets_never_move_an_alert():
+    """Erythroblasts and platelets are counted per 100 white cells, outside the 100 %: a field full of
+    platelet calls neither fills a 100-cell differential nor dilutes (or raises) the blast fraction."""
+    rule = AlertRule("blast fraction", ["myeloblast"], 0.2, 10)
+    labels = ["myeloblast", "neutrophil", "platelet", "erythroblast"]
+    d = DifferentialCount(DifferentialConfig(alerts=[rule]), labels, ["myeloblast", "neutrophil"])
+    for _ in range(50):
+        d.add("platelet", False)
+    for _ in range(3):
+        d.add("myeloblast", False)
+    for _ in range(5):
+        d.add("neutrophil", False)
+    assert d.total == 8 and d.confident_total == 8  # the 50 platelets are not white cells
+    assert not d.alerts()[0].active and d.alerts()[0].cells == 8  # 8 white cells < min_cells 10
+    fired = [a.name for _ in range(2) for a in d.add("erythroblast", False)]
+    assert not fired
+    fired = [a.name for _ in range(2) for a in d.add("neutrophil", False)]
+    assert fired == ["blast fraction"] and d.alerts()[0].fraction == 0.3
+    rows = {r["label"]: r for r in d.table()}
+    assert rows["platelet"]["percent"] == 500.0 and rows["platelet"]["interval_percent"] is None
+    assert rows["myeloblast"]["percent"] == 30.0 and rows["myeloblast"]["white_cell"]
 
 
 def test_differential_warns_about_classes_the_model_lacks():

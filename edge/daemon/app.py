@@ -30,6 +30,7 @@ from edge.daemon.sources import SourceError, open_source
 from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
+from edge.lab.catalogue import cell_class
 from edge.lab.reviews import ReviewBook
 from edge.predict import Classifier
 from edge.preprocess import set_max_pixels
@@ -112,7 +113,9 @@ class Daemon:
                 f"session {self.session_id} continues: {self.before['frames']} frames and {self.before['cells']} "
                 "cells were recorded before this start"
             )
-        self.differential = DifferentialCount(c.differential, self.bundle.labels)
+        self.differential = DifferentialCount(
+            c.differential, self.bundle.labels, [n for n in self.bundle.labels if cell_class(n).white_cell]
+        )
         self.differential.restore(self.store.session_counts())
         try:
             self.archive = FlaggedArchive(c.archive, c.archive_dir, self.session_id)

@@ -1,10 +1,12 @@
 """The running differential count of a session (a slide), with alert rules.
 
 Every cell with a known label is counted in the differential; a rejected cell ("unknown") counts
-in no class. An alert rule counts only confident, known cells: a rule fires when the confident cells
-of its classes reach `min_fraction` of all confident known cells, once at least `min_cells` confident
-known cells have been counted (100 by default: a standard 100-cell differential; 20 % blasts among 5
-cells is noise, not a finding). Every fraction carries its 95 % Wilson interval.
+in no class. A differential is a count of white cells: classes that are not (erythroblasts, platelets,
+edge/lab/catalogue.py) are counted and shown per 100 white cells, as labs report nucleated red cells,
+but they are not part of the 100 %. An alert rule counts only confident, known white cells: a rule
+fires when the confident cells of its classes reach `min_fraction` of all confident white cells, once
+at least `min_cells` of them have been counted (100 by default: a standard 100-cell differential; 20 %
+blasts among 5 cells is noise, not a finding). Every fraction carries its 95 % Wilson interval.
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ class SessionCounts:
 
 
 class DifferentialCount:
-    def __init__(self, config: DifferentialConfig, labels: list[str]):
+    def __init__(self, config: DifferentialConfig, labels: list[str], white_cells=None):
+        """`white_cells`: the labels that are white cells (the differential's 100 %); default all."""
         self.config = config
         self.labels = list(labels)
+        self.white_cells = set(self.labels if white_cells is None else white_cells)
         self.counts: Counter[str] = Counter()
         self.confident: Counter[str] = Counter()
         self.uncertain = 0
@@ -79,11 +83,12 @@ class DifferentialCount:
 
     @property
     def total(self) -> int:
-        return sum(self.counts.values())
+        """White cells counted: the differential's 100 % (erythroblasts and platelets are not in it)."""
+        return sum(n for name, n in self.counts.items() if name in self.white_cells)
 
     @property
     def confident_total(self) -> int:
-        return sum(self.confident.values())
+        return sum(n for name, n in self.confident.items() if name in self.white_cells)
 
     def add(self, label: str, uncertain: bool) -> list[AlertState]:
         """Count one cell; returns the alerts that became active with it."""
@@ -107,7 +112,7 @@ class DifferentialCount:
 
     def _evaluate(self, rule: AlertRule) -> AlertState:
         total = self.confident_total
-        cells = sum(self.confident[c] for c in rule.classes)
+        cells = sum(self.confident[c] for c in rule.classes if c in self.white_cells)
         fraction = cells / total if total else 0.0
         active = total >= rule.min_cells and fraction >= rule.min_fraction
         lo, hi = wilson_interval(cells, total)
@@ -126,18 +131,22 @@ class DifferentialCount:
         return [self._evaluate(rule) for rule in self.config.alerts]
 
     def table(self) -> list[dict]:
-        """Every label of the model (zeros included), with count, percentage and its 95 % interval,
-        most frequent first; rejected cells are not in it (see `unknown`)."""
+        """Every label of the model (zeros included), with count, percentage of the white cells (per
+        100 white cells for a class that is not one) and its 95 % interval, most frequent first;
+        rejected cells are not in it (see `unknown`)."""
         total = self.total
         rows = []
         for name in self.labels:
-            lo, hi = wilson_interval(self.counts[name], total)
+            white = name in self.white_cells
+            # a share of the white cells has an interval; a count per 100 of them (may pass 100) has none
+            lo, hi = wilson_interval(self.counts[name], total) if white else (None, None)
             rows.append(
                 {
                     "label": name,
                     "count": self.counts[name],
                     "percent": round(100 * self.counts[name] / total, 1) if total else 0.0,
-                    "interval_percent": [round(100 * lo, 1), round(100 * hi, 1)],
+                    "interval_percent": [round(100 * lo, 1), round(100 * hi, 1)] if white else None,
+                    "white_cell": white,
                 }
             )
         return sorted(rows, key=lambda r: (-r["count"], r["label"]))

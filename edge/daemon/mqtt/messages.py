@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from edge.daemon.differential import AlertState, DifferentialCount, wilson_interval
+from edge.daemon.differential import AlertState, DifferentialCount
 
 # Columns of `results` that hold JSON text: published as JSON values, not as strings.
 JSON_COLUMNS = ("box", "probabilities", "timings")
@@ -86,12 +86,10 @@ def cell_payload(device: str, row: dict) -> dict:
 
 
 def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
-    """The session's count per label with a 95 % Wilson interval of each percentage, and its alerts."""
+    """The session's count per label with a 95 % Wilson interval of each percentage of the white cells
+    (none for a count per 100 white cells: erythroblasts, platelets), and its alerts."""
     total = d.total
-    counts = []
-    for row in d.table():
-        lo, hi = wilson_interval(row["count"], total)
-        counts.append({**row, "percent_95ci": [round(100 * lo, 1), round(100 * hi, 1)]})
+    counts = [{**row, "percent_95ci": row["interval_percent"]} for row in d.table()]
     return {
         "device": device,
         "session_id": session_id,
