@@ -59,9 +59,16 @@ def _op_name(model, op) -> str:
     return next((k for k, v in vars(schema.BuiltinOperator).items() if v == value), str(value))
 
 
+_ACTIVATIONS = {0: None, 1: (0.0, np.inf), 3: (0.0, 6.0)}  # TFLite fused activation: NONE, RELU, RELU6
+
+
 @dataclass
 class Head:
-    """The last FULLY_CONNECTED of an int8 classifier (its output goes into SOFTMAX), dequantized."""
+    """The last FULLY_CONNECTED of an int8 classifier (its output goes into SOFTMAX), dequantized.
+
+    `lead` is the FULLY_CONNECTED before it (weights, bias, activation range), dequantized, when the
+    bundle's embedding is that layer's input (rejection on the pooled features) rather than this one's:
+    `features` then computes this layer's input from the embedding in float."""
 
     weights: np.ndarray  # C x D float
     bias: np.ndarray  # C float
@@ -70,6 +77,16 @@ class Head:
     logits_tensor: int
     input_scale: float
     per_channel: bool
+    input_tensor: int = -1
+    lead: tuple | None = None
+
+    def features(self, embedding: np.ndarray) -> np.ndarray:
+        """The last layer's input for the model's embedding output."""
+        if self.lead is None:
+            return np.asarray(embedding, np.float64)
+        w, b, clip = self.lead
+        x = np.asarray(embedding, np.float64) @ w.T + b
+        return x if clip is None else np.clip(x, *clip)
 
 
 def _quant(tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +103,22 @@ def _buffer_array(model, tensor, dtype) -> np.ndarray:
     return np.frombuffer(np.asarray(data, np.uint8).tobytes(), dtype).reshape(tuple(tensor.shape))
 
 
-def read_head(model_bytes: bytes):
-    """(the unpacked model, its Head): the FULLY_CONNECTED whose output feeds the SOFTMAX."""
+def _fully_connected(model, graph, fc) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """Dequantized (weights, bias) of an int8 FULLY_CONNECTED, its input scale, and whether its weights
+    are quantized per channel."""
+    x, w, b = (graph.tensors[int(i)] for i in fc.inputs[:3])
+    x_scale, _ = _quant(x)
+    w_scale, _ = _quant(w)
+    w_int = _buffer_array(model, w, np.int8).astype(np.float64)
+    b_int = _buffer_array(model, b, np.int32).astype(np.float64)
+    per_channel = len(w_scale) == w_int.shape[0] > 1
+    scales = w_scale if per_channel else np.full(w_int.shape[0], w_scale[0])
+    return w_int * scales[:, None], b_int * scales * x_scale[0], float(x_scale[0]), per_channel
+
+
+def read_head(model_bytes: bytes, embedding_name: str | None = None):
+    """(the unpacked model, its Head): the FULLY_CONNECTED whose output feeds the SOFTMAX, and how
+    the output named `embedding_name` leads to its input."""
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
     graph = model.subgraphs[0]
@@ -98,24 +129,48 @@ def read_head(model_bytes: bytes):
         raise DataError(
             "no FULLY_CONNECTED layer with a bias before the softmax: not an edge train classifier"
         )
-    x, w, b, out = (graph.tensors[int(i)] for i in (*fc.inputs[:3], fc.outputs[0]))
-    x_scale, _ = _quant(x)
-    w_scale, _ = _quant(w)
-    _quant(out)
-    w_int = _buffer_array(model, w, np.int8).astype(np.float64)
-    b_int = _buffer_array(model, b, np.int32).astype(np.float64)
-    per_channel = len(w_scale) == w_int.shape[0] > 1
-    scales = w_scale if per_channel else np.full(w_int.shape[0], w_scale[0])
+    _quant(graph.tensors[int(fc.outputs[0])])
+    weights, bias, x_scale, per_channel = _fully_connected(model, graph, fc)
     head = Head(
-        weights=w_int * scales[:, None],
-        bias=b_int * scales * x_scale[0],
+        weights=weights,
+        bias=bias,
         weight_tensor=int(fc.inputs[1]),
         bias_tensor=int(fc.inputs[2]),
         logits_tensor=int(fc.outputs[0]),
-        input_scale=float(x_scale[0]),
+        input_scale=x_scale,
         per_channel=per_channel,
+        input_tensor=int(fc.inputs[0]),
     )
+    if embedding_name is not None:
+        head.lead = _lead(model, graph, producer, head, embedding_name)
     return model, head
+
+
+def _lead(model, graph, producer, head: Head, embedding_name: str):
+    """None when the embedding output is the head's input; the layer before when it is that one's."""
+    outputs = [int(i) for i in graph.outputs if _name(graph.tensors[int(i)].name) == embedding_name]
+    if not outputs:
+        raise DataError(f"the model has no output named {embedding_name!r} (the manifest's embedding)")
+    source = outputs[0]
+    op = producer.get(source)
+    if op is not None and _op_name(model, op) in ("QUANTIZE", "DEQUANTIZE"):  # uint8 I/O wraps outputs
+        source = int(op.inputs[0])
+    if source == head.input_tensor:
+        return None
+    lead = producer.get(head.input_tensor)
+    if lead is not None and _op_name(model, lead) == "FULLY_CONNECTED" and int(lead.inputs[0]) == source:
+        weights, bias, _, _ = _fully_connected(model, graph, lead)
+        activation = getattr(lead.builtinOptions, "fusedActivationFunction", 0)
+        if activation not in _ACTIVATIONS:
+            raise DataError(
+                f"the layer before the last has an activation edge adapt does not know ({activation})"
+            )
+        return weights, bias, _ACTIVATIONS[activation]
+    raise DataError("the model's embedding is neither the last layer's input nor the layer's before it")
+
+
+def _name(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def write_head(
@@ -339,11 +394,12 @@ def adapt(
     before = Classifier.open(bundle, "cpu", threads=None)
     emb, preds_before = _embed(before, images)
     model_bytes = bundle.model_path().read_bytes()
-    _, head = read_head(model_bytes)
-    x_fit, y_fit = emb[split.fit], y[split.fit]
+    _, head = read_head(model_bytes, bundle.manifest.embedding.name)
+    features = head.features(emb)  # the last layer's input (the embedding itself, or one layer on)
+    x_fit, y_fit = features[split.fit], y[split.fit]
     strength, cv = choose_strength(x_fit, y_fit, head.weights, head.bias, seed)
     weights, bias = fit_head(x_fit, y_fit, head.weights, head.bias, strength)
-    logits = emb @ weights.T + bias
+    logits = features @ weights.T + bias
     old_lo, old_hi = logit_range_of(model_bytes)
     margin = 0.1 * (logits.max() - logits.min())
     new_bytes = write_head(
@@ -357,8 +413,8 @@ def adapt(
     if bundle.manifest.rejection is not None:
         rejection = bundle.manifest.rejection
         scorer = MahalanobisScorer.load(bundle.path / rejection.file)
-        extra[rejection.file] = scorer.with_centres(x_fit, y_fit).to_bytes()
-        spread = scorer.left_out_scores(x_fit, y_fit)
+        extra[rejection.file] = scorer.with_centres(emb[split.fit], y_fit).to_bytes()
+        spread = scorer.left_out_scores(emb[split.fit], y_fit)
         wanted = float(np.quantile(spread, 0.99)) if len(spread) else 0.0
         threshold = round(min(MAX_THRESHOLD_RISE * rejection.threshold, max(rejection.threshold, wanted)), 4)
         rejection_record = {

@@ -171,3 +171,47 @@ def test_a_sites_signed_corrections_feed_edge_adapt(tmp_path):
     assert result.returncode == 0, result.stderr
     record = Bundle.load(tmp_path / "scope-int8").manifest.calibration["site_adaptation"]
     assert record["site"]["per_class"] == {name: 8 for name in labels}
+
+
+@pytest.mark.train
+def test_adapt_when_rejection_reads_the_pooled_features_before_a_dense_layer(synthetic_split, tmp_path):
+    """The differential bundle's layout: pooled features (the embedding, for rejection) -> dense ReLU
+    -> last layer. edge adapt computes the last layer's input from the embedding through the dense
+    layer (dequantized) and re-fits only the last layer."""
+    import keras
+
+    from convert.quantize import QuantizeRequest, quantize
+    from tests.tiny_model import TINY_SPEC, load_folder
+
+    keras.utils.set_random_seed(0)
+    x, y, labels = load_folder(synthetic_split / "train")
+    inputs = keras.Input((64, 64, 3), name="image")
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    h = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(h)
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="head_pool")(h)
+    h = keras.layers.Dense(12, activation="relu", name="head_dense")(h)
+    model = keras.Model(inputs, keras.layers.Dense(len(labels), activation="softmax")(h))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x.astype("float32"), y, epochs=15, batch_size=16, verbose=0)
+    model.save(tmp_path / "m.keras")
+    quantize(
+        QuantizeRequest(
+            source=tmp_path / "m.keras",
+            calib_dir=synthetic_split / "train",
+            out_dir=tmp_path / "b",
+            calib_count=60,
+            reject="mahalanobis",
+            reject_layer="head_pool",
+            reject_holdout=synthetic_split / "val",
+        )
+    )
+    bundle = Bundle.load(tmp_path / "b")
+    assert bundle.manifest.embedding.shape == [1, 16] and bundle.preprocess_spec == TINY_SPEC
+    _, head = read_head((tmp_path / "b" / "model.tflite").read_bytes(), bundle.manifest.embedding.name)
+    assert head.lead is not None and head.weights.shape == (len(labels), 12)
+    site = make_dataset(tmp_path / "site", per_class=10, seed=7)
+    result = edge("adapt", tmp_path / "b", site, "--out", tmp_path / "adapted")
+    assert result.returncode == 0, result.stderr
+    record = Bundle.load(tmp_path / "adapted").manifest.calibration["site_adaptation"]
+    assert record["fit"]["n"] + record["held_back"]["n"] == 50
