@@ -174,3 +174,14 @@ def test_signed_bundles_and_a_daemon_that_trusts_only_its_clinics_key(tiny_bundl
     with pytest.raises(BundleError, match="changed after signing"):
         Bundle.load(bundle)
     assert (bundle / SIGNATURE).exists() and "private" not in (bundle / SIGNATURE).read_text().lower()
+
+
+def test_committed_bundles_ship_unsigned_and_no_private_key_is_committed():
+    """A clinic signs the bundles it approved with its own key (issue 15, 7): ours carry no signature,
+    and no key file is in the repository."""
+    root = ROOT
+    for bundle in sorted((root / "models").iterdir()):
+        if (bundle / "manifest.json").is_file():
+            assert Bundle.load(bundle).signature is None, bundle.name
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True).stdout.split()
+    assert not [f for f in tracked if f.endswith((".key", ".pem")) or "signature" in f.rsplit("/", 1)[-1]]

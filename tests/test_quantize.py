@@ -184,7 +184,7 @@ def test_run_dir_labels_and_spec_come_from_the_run(tiny_float, synthetic_split, 
     (run / "report.json").write_text(
         json.dumps({"labels": labels, "data": {"fingerprint": {"train": "f" * 64}}})
     )
-    code, _, err = _run(
+    code, out, err = _run(
         [
             "quantize",
             str(run),
@@ -198,6 +198,9 @@ def test_run_dir_labels_and_spec_come_from_the_run(tiny_float, synthetic_split, 
         capsys,
     )
     assert code == 0, err
+    # only what the user can act on: no Keras export listing, no TensorFlow log lines (issue 15, 9b)
+    for noise in ("TensorSpec(", "cuInit", "absl::InitializeLog", "Created TensorFlow Lite XNNPACK"):
+        assert noise not in out + err, noise
     m = Bundle.load(tmp_path / "b").manifest
     assert m.preprocess.clahe_clip_limit == 3.0 and m.labels == labels
     assert m.model["architecture"] == "tiny-cnn" and m.model["weights"] == "none"
