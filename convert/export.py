@@ -21,7 +21,7 @@ from calibration.onnx_fidelity import agreement, format_agreement, onnx_probs
 from calibration.representative import DEFAULT_COUNT, build_calibration_set
 from convert.onnx_export import OnnxExport, add_to_bundle, from_keras, from_tflite
 from edge.bundle import Bundle
-from edge.dataset import load_labelled
+from edge.dataset import load_labelled, parse_class_map, scan_labelled
 from edge.errors import DataError
 
 FORMATS = ("onnx",)
@@ -62,11 +62,22 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _fidelity(bundle: Bundle, export: OnnxExport, eval_dir: Path | None, float_model=None) -> list[dict]:
-    """model.onnx against the bundle's TFLite int8 model (and the float model when there is one)."""
-    if eval_dir is None:
+def eval_images(bundle: Bundle, eval_dirs, class_map=None):
+    """The labelled evaluation images (ImageSet) of one or more folders, with the class map the
+    bundle was calibrated with; None without folders."""
+    roots = [Path(d) for d in ([eval_dirs] if isinstance(eval_dirs, (str, Path)) else eval_dirs or [])]
+    if not roots:
+        return None
+    aliases = class_map if class_map is not None else bundle.manifest.calibration.get("class_map") or []
+    return scan_labelled(roots, bundle.labels, parse_class_map(aliases), dedupe=True)
+
+
+def _fidelity(bundle: Bundle, export: OnnxExport, images, float_model=None) -> list[dict]:
+    """model.onnx against the bundle's TFLite int8 model (and the float model when there is one), on
+    `images` (an ImageSet from eval_images, or None)."""
+    if images is None:
         return []
-    ev = load_labelled(eval_dir, bundle.preprocess_spec, bundle.labels)
+    ev = load_labelled(images, bundle.preprocess_spec)
     onnx_p = onnx_probs(export.data, ev.images, desc=f"onnx on {ev.split}")
     tflite_p = tflite_probs(bundle.model_path().read_bytes(), ev.images, desc=f"tflite on {ev.split}")
     reports = [agreement(tflite_p, onnx_p, ev.y, bundle.labels, ev.split, "tflite-int8")]
@@ -80,13 +91,21 @@ def export_keras(
     bundle_dir: Path,
     model,
     calib,
-    eval_dir: Path | None,
+    images,
     made_from: str,
     made_from_sha256: str | None,
     command: str,
 ) -> ExportResult:
-    """`model` (float Keras) -> model.onnx in `bundle_dir`, quantized on `calib` (a CalibrationSet)."""
+    """`model` (float Keras) -> model.onnx in `bundle_dir`, quantized on `calib` (a CalibrationSet) and
+    compared on `images` (eval_images). A rejecting bundle's model.onnx carries the embedding output too,
+    from the layer its model.tflite was given."""
     bundle = Bundle.load(bundle_dir)
+    layer = (bundle.manifest.calibration.get("rejection") or {}).get("layer")
+    exported = model
+    if bundle.manifest.rejection is not None:
+        from convert.tflite_export import with_embedding
+
+        exported = with_embedding(model, layer or "head_dense")
     recorded = bundle.manifest.calibration.get("fingerprint")
     calibration = {
         **{k: calib.description[k] for k in ("split", "source", "count", "seed", "fingerprint")},
@@ -95,9 +114,9 @@ def export_keras(
     _say(
         f"exporting the float Keras model to ONNX and quantizing it on {calib.description['count']} calibration images..."
     )
-    export = from_keras(model, calib.images, calibration, made_from, made_from_sha256)
+    export = from_keras(exported, calib.images, calibration, made_from, made_from_sha256)
     export.record["command"] = command
-    fidelity = _fidelity(bundle, export, eval_dir, model)
+    fidelity = _fidelity(bundle, export, images, model)
     result = ExportResult(add_to_bundle(bundle.path, export, fidelity), fidelity)
     if recorded and recorded != calib.fingerprint:
         result.messages.append(
@@ -140,9 +159,11 @@ def export(req: ExportRequest) -> ExportResult:
     bundle = Bundle.load(req.bundle)
     if req.run is None:
         _say(f"converting {bundle.path / 'model.tflite'} to ONNX (tf2onnx, TFLite front end)...")
-        export_ = from_tflite(bundle.model_path().read_bytes(), f"{bundle.path.name}/model.tflite")
+        export_ = from_tflite(
+            bundle.model_path().read_bytes(), f"{bundle.path.name}/model.tflite", len(bundle.labels)
+        )
         export_.record["command"] = req.command_line()
-        fidelity = _fidelity(bundle, export_, req.eval_dir)
+        fidelity = _fidelity(bundle, export_, eval_images(bundle, req.eval_dir))
         messages = [export_.record["tensorrt_note"]] if "tensorrt_note" in export_.record else []
         return ExportResult(add_to_bundle(bundle.path, export_, fidelity), fidelity, messages)
     from convert.run_source import load_source
@@ -155,7 +176,7 @@ def export(req: ExportRequest) -> ExportResult:
         bundle.path,
         src.model,
         calib,
-        req.eval_dir,
+        eval_images(bundle, req.eval_dir),
         str(src.model_path),
         src.info.get("source_sha256"),
         req.command_line(),

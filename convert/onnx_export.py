@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import ONNX_MODEL, Bundle, write_bundle
-from edge.runtime.onnx import OUTPUT_SCALE_KEY, OUTPUT_ZERO_POINT_KEY, OnnxModel
+from edge.runtime.onnx import (
+    EMBEDDING_OUTPUT_KEY,
+    EMBEDDING_SCALE_KEY,
+    EMBEDDING_ZERO_POINT_KEY,
+    OUTPUT_SCALE_KEY,
+    OUTPUT_ZERO_POINT_KEY,
+    SCORES_OUTPUT_KEY,
+    OnnxModel,
+)
 
 OPSET = 17
 QDQ_SETTINGS = {
@@ -97,24 +105,43 @@ def _with_dynamic_batch(model) -> tuple[bytes, bool]:
     return (dynamic, True) if np.array_equal(together, alone) else (static, False)
 
 
-def from_tflite(tflite: bytes, made_from: str) -> OnnxExport:
-    """The int8 TFLite model as an ONNX QDQ model, its output scale and zero point in the metadata."""
+def _metadata(model, values: dict) -> None:
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else repr(value)
+
+
+def _mark_outputs(model, embedding: bool) -> None:
+    """Name the scores output (and the embedding output of a rejecting model) in the metadata, as
+    edge.runtime.onnx reads them: the first output of the model is the scores, the second the embedding."""
+    names = [o.name for o in model.graph.output]
+    _metadata(model, {SCORES_OUTPUT_KEY: names[0], **({EMBEDDING_OUTPUT_KEY: names[1]} if embedding else {})})
+
+
+def from_tflite(tflite: bytes, made_from: str, n_classes: int | None = None) -> OnnxExport:
+    """The int8 TFLite model as an ONNX QDQ model, with which output is the scores (and which the
+    embedding, for a rejecting bundle) and their scales and zero points in the metadata."""
     import tf2onnx
 
+    from convert.tflite_export import tensor_specs
     from edge.native_log import TENSORFLOW_NOISE, held_stderr
-    from edge.runtime.tflite import model_io
 
-    _, outputs = model_io(tflite)
-    out = outputs[0]
+    _, out, embedding = tensor_specs(tflite, n_classes)
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         path = Path(tmp) / "model.tflite"
         path.write_bytes(tflite)
         with held_stderr(TENSORFLOW_NOISE):  # the TFLite interpreter tf2onnx opens prints its INFO lines
             model, _ = tf2onnx.convert.from_tflite(str(path), opset=OPSET)
-    if out.quantized:
-        for key, value in ((OUTPUT_SCALE_KEY, out.scale), (OUTPUT_ZERO_POINT_KEY, out.zero_point)):
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, repr(value)
+    # tf2onnx keeps the TFLite tensor names for the outputs
+    _metadata(model, {SCORES_OUTPUT_KEY: out.name})
+    if out.scale:
+        _metadata(model, {OUTPUT_SCALE_KEY: out.scale, OUTPUT_ZERO_POINT_KEY: out.zero_point})
+    if embedding is not None:
+        _metadata(model, {EMBEDDING_OUTPUT_KEY: embedding.name})
+        if embedding.scale:
+            _metadata(
+                model, {EMBEDDING_SCALE_KEY: embedding.scale, EMBEDDING_ZERO_POINT_KEY: embedding.zero_point}
+            )
     model.producer_name = "edge-hemato (tf2onnx from_tflite)"
     zero_points = activation_zero_points(model)
     data, dynamic = _with_dynamic_batch(model)
@@ -135,7 +162,8 @@ def from_tflite(tflite: bytes, made_from: str) -> OnnxExport:
             "layout": "NHWC",
             "note": "the TFLite model's uint8 input (scale 1, zero point 0)",
         },
-        "output": {"dtype": out.dtype.name, "scale": out.scale, "zero_point": out.zero_point},
+        "output": {"dtype": out.dtype, "scale": out.scale, "zero_point": out.zero_point},
+        "embedding_output": embedding is not None,
         "dynamic_batch": dynamic,
     }
     if not zero_points["tensorrt_int8_ready"]:
@@ -208,11 +236,13 @@ def quantize_qdq(float_model: bytes, images: np.ndarray) -> bytes:
 def from_keras(
     model, images: np.ndarray, calibration: dict, made_from: str, made_from_sha256: str | None
 ) -> OnnxExport:
-    """The float Keras model -> float ONNX -> static int8 QDQ on the calibration images."""
+    """The float Keras model -> float ONNX -> static int8 QDQ on the calibration images. A model with
+    two outputs (convert.tflite_export.with_embedding) keeps both: scores, then the embedding."""
     import onnx
 
     quantized = onnx.load_from_string(quantize_qdq(float_onnx(model), images))
     quantized.producer_name = "edge-hemato (keras export + onnxruntime.quantization)"
+    _mark_outputs(quantized, embedding=len(model.outputs) > 1)
     zero_points = activation_zero_points(quantized)
     data, dynamic = _with_dynamic_batch(quantized)
     record = {
@@ -233,6 +263,7 @@ def from_keras(
             "note": "0-255 RGB as float; the device casts edge.preprocess's uint8",
         },
         "output": {"dtype": "float32"},
+        "embedding_output": len(model.outputs) > 1,
         "dynamic_batch": dynamic,
     }
     return OnnxExport(data, record)

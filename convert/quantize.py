@@ -468,7 +468,7 @@ def onnx_step(req: QuantizeRequest, src: ModelSource, fixes: Fixes, calib: Calib
         req.out_dir,
         fixes.model,
         calib,
-        req.eval_dir,
+        req.images(req.eval_dir, src.labels) if req.eval_dir else None,
         made_from,
         src.info["source_sha256"],
         req.command_line(),

@@ -46,6 +46,12 @@ ONNX_TYPES = {
 # Written by convert/onnx_export.py when the model's output is quantized (the TFLite route).
 OUTPUT_SCALE_KEY = "edge.output_scale"
 OUTPUT_ZERO_POINT_KEY = "edge.output_zero_point"
+# Which output holds the class scores and which the embedding (rejecting bundles have both), and the
+# embedding's scale and zero point when it is quantized.
+SCORES_OUTPUT_KEY = "edge.scores_output"
+EMBEDDING_OUTPUT_KEY = "edge.embedding_output"
+EMBEDDING_SCALE_KEY = "edge.embedding_scale"
+EMBEDDING_ZERO_POINT_KEY = "edge.embedding_zero_point"
 TRT_PRECISIONS = ("int8", "fp16", "fp32")
 
 
@@ -145,19 +151,34 @@ class OnnxModel:
         )
         self.active = list(self.session.get_providers())
         self.input = OnnxTensor.from_node(self.session.get_inputs()[0], "input")
-        self.output_tensor = OnnxTensor.from_node(self.session.get_outputs()[0], "output")
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.output_scale = self.output_zero_point = None
-        if not np.issubdtype(self.output_tensor.dtype, np.floating):
-            if OUTPUT_SCALE_KEY not in meta:
-                raise BundleError(
-                    f"{self.source}: the output is {self.output_tensor.dtype} but the model does not say its "
-                    f"scale ({OUTPUT_SCALE_KEY}); export it with `edge export BUNDLE --format onnx`"
-                )
-            self.output_scale = float(meta[OUTPUT_SCALE_KEY])
-            self.output_zero_point = int(meta.get(OUTPUT_ZERO_POINT_KEY, 0))
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        scores = outputs.get(meta.get(SCORES_OUTPUT_KEY), self.session.get_outputs()[0])
+        self.output_tensor = OnnxTensor.from_node(scores, "output")
+        self.output_scale, self.output_zero_point = self._quantization(
+            self.output_tensor, meta, OUTPUT_SCALE_KEY, OUTPUT_ZERO_POINT_KEY
+        )
+        embedding = outputs.get(meta.get(EMBEDDING_OUTPUT_KEY, ""))
+        self.embedding_tensor = OnnxTensor.from_node(embedding, "output") if embedding is not None else None
+        self.embedding_scale = self.embedding_zero_point = None
+        if self.embedding_tensor is not None:
+            self.embedding_scale, self.embedding_zero_point = self._quantization(
+                self.embedding_tensor, meta, EMBEDDING_SCALE_KEY, EMBEDDING_ZERO_POINT_KEY
+            )
+        self._names = [self.output_tensor.name] + ([embedding.name] if embedding is not None else [])
         self._feed: np.ndarray | None = None
-        self._raw: np.ndarray | None = None
+        self._raw: list[np.ndarray] | None = None
+
+    def _quantization(self, tensor, meta: dict, scale_key: str, zero_key: str):
+        """(scale, zero point) of an integer output, from the model's metadata; (None, None) for float."""
+        if np.issubdtype(tensor.dtype, np.floating):
+            return None, None
+        if scale_key not in meta:
+            raise BundleError(
+                f"{self.source}: the output {tensor.name} is {tensor.dtype} but the model does not say its "
+                f"scale ({scale_key}); export it with `edge export BUNDLE --format onnx`"
+            )
+        return float(meta[scale_key]), int(meta.get(zero_key, 0))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -181,19 +202,27 @@ class OnnxModel:
         self._raw = None
 
     def invoke(self) -> None:
-        name, out = self.input.name, [self.output_tensor.name]
+        name, out = self.input.name, self._names
         if self.input.batch is None or len(self._feed) == self.input.batch:
-            self._raw = self.session.run(out, {name: self._feed})[0]
+            self._raw = self.session.run(out, {name: self._feed})
             return
-        self._raw = np.concatenate([self.session.run(out, {name: one[None]})[0] for one in self._feed])
+        parts = [self.session.run(out, {name: one[None]}) for one in self._feed]
+        self._raw = [np.concatenate(column) for column in zip(*parts, strict=True)]
 
     def raw(self) -> np.ndarray:
-        """The output as the model wrote it."""
-        return self._raw
+        """The scores output as the model wrote it."""
+        return self._raw[0]
 
     def output(self) -> np.ndarray:
         """The output as float32 scores, dequantized."""
-        return to_scores(self._raw, self.output_scale, self.output_zero_point)
+        return to_scores(self._raw[0], self.output_scale, self.output_zero_point)
+
+    def embedding(self) -> np.ndarray | None:
+        """The embedding output (rejecting bundles) as float32 N x D, dequantized; None without one."""
+        if self.embedding_tensor is None:
+            return None
+        raw = self._raw[1]
+        return to_scores(raw.reshape(len(raw), -1), self.embedding_scale, self.embedding_zero_point)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.set_input(batch)
@@ -301,6 +330,7 @@ class Backend(InferenceBackend):
         self.threads = self.onnx.threads
         self.input_shape = self.onnx.input_shape
         self.n_outputs = self.onnx.n_outputs
+        self.has_embedding = self.onnx.embedding_tensor is not None
 
     def set_input(self, batch: np.ndarray) -> None:
         self.onnx.set_input(batch)
@@ -310,6 +340,9 @@ class Backend(InferenceBackend):
 
     def scores(self) -> np.ndarray:
         return self.onnx.output()
+
+    def embedding(self) -> np.ndarray | None:
+        return self.onnx.embedding()
 
     def describe(self) -> dict:
         short = SHORT[self.provider]
