@@ -82,7 +82,12 @@ def _make_dry_run(target: str) -> list[str]:
     """What `make TARGET` would run on a fresh clone (-B: as if nothing were built; -n: run nothing)."""
     if subprocess.run(["make", "--version"], capture_output=True).returncode != 0:
         pytest.skip("make is not installed")
-    out = subprocess.run(["make", "-n", "-B", target], capture_output=True, text=True, cwd=ROOT)
+    # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print "make[1]: Entering
+    # directory" lines; the dry run must read as on a fresh shell.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-B", target], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
 
