@@ -241,6 +241,8 @@ def run(cfg: TrainConfig) -> dict:
     fit = fit_two_phase(
         cfg, built, train_views, train_folder.targets, val_views, val_folder.targets, len(labels)
     )
+    # Saved before the (long) evaluations: a run killed while measuring keeps the model it trained.
+    fit.model.save(out / "model.keras")
     results = {
         "train": evaluate(fit.top, train_views[0], train_folder.targets, labels, cfg.loss, "evaluate train"),
         # The complete model on the images: checks that model.keras is the model we measured.
@@ -249,7 +251,6 @@ def run(cfg: TrainConfig) -> dict:
         ),
     }
     wall = time.perf_counter() - started
-    fit.model.save(out / "model.keras")
     data = {
         "train_dir": cfg.data_dir,
         "val_dir": cfg.val_dir,
