@@ -433,8 +433,15 @@ def test_a_rejecting_bundle_runs_on_onnx_with_its_embedding(tmp_path, synthetic_
 
     bundle_dir = tmp_path / "reject"
     shutil.copytree(Path(__file__).parent / "fixtures" / "tiny-reject-int8", bundle_dir)
-    done = CliRunner().invoke(cli, ["export", str(bundle_dir), "--format", "onnx"], catch_exceptions=False)
+    # --eval: model.onnx is scored against the TFLite model's class scores, not its embedding output
+    # (the two-output TFLite model once broke the comparison with a shape error)
+    done = CliRunner().invoke(
+        cli,
+        ["export", str(bundle_dir), "--format", "onnx", "--eval", str(synthetic_split / "val")],
+        catch_exceptions=False,
+    )
     assert done.exit_code == 0, done.output
+    assert "agreement" in done.output
     bundle = Bundle.load(bundle_dir)
     assert bundle.manifest.model["onnx"]["embedding_output"] is True
     onnx = Classifier.open(bundle, "onnx", providers="cpu", threads=1)
