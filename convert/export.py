@@ -80,7 +80,10 @@ def _fidelity(bundle: Bundle, export: OnnxExport, images, float_model=None) -> l
     ev = load_labelled(images, bundle.preprocess_spec)
     onnx_p = onnx_probs(export.data, ev.images, desc=f"onnx on {ev.split}")
     tflite_p = tflite_probs(
-        bundle.model_path().read_bytes(), ev.images, desc=f"tflite on {ev.split}", n_classes=len(bundle.labels)
+        bundle.model_path().read_bytes(),
+        ev.images,
+        desc=f"tflite on {ev.split}",
+        n_classes=len(bundle.labels),
     )
     reports = [agreement(tflite_p, onnx_p, ev.y, bundle.labels, ev.split, "tflite-int8")]
     if float_model is not None:

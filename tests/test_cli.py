@@ -86,7 +86,11 @@ def _make_dry_run(target: str) -> list[str]:
     # directory" lines; the dry run must read as on a fresh shell.
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     out = subprocess.run(
-        ["make", "--no-print-directory", "-n", "-B", target], capture_output=True, text=True, cwd=ROOT, env=env
+        ["make", "--no-print-directory", "-n", "-B", target],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
