@@ -24,3 +24,28 @@ def edge_run(
         env=full_env,
         timeout=120,
     )
+
+
+def replay_summary(
+    bundle: Path, frames: Path, tmp_path: Path, *args
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """`edge run --source replay:FRAMES` into tmp_path/r.db with no page, to the end of the folder; the
+    run and its summary (tmp_path/s.json). It must exit 0."""
+    import json
+
+    r = edge_run(
+        "--bundle",
+        bundle,
+        "--source",
+        f"replay:{frames}",
+        "--db",
+        tmp_path / "r.db",
+        "--http",
+        "off",
+        "--summary-json",
+        tmp_path / "s.json",
+        *args,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r, json.loads((tmp_path / "s.json").read_text())

@@ -17,7 +17,7 @@ from edge.daemon.config import ConfigError, load_config
 from edge.daemon.sources import Frame, open_source
 from edge.daemon.telemetry import Telemetry
 from edge.synthetic import make_dataset, render_cell
-from tests.daemon_cli import edge_run
+from tests.daemon_cli import edge_run, replay_summary
 
 
 def source_for(uri: str, **source):
@@ -48,21 +48,7 @@ def test_replay_skips_and_records_corrupt_files(tiny_bundle, tmp_path):
         truncate_jpeg(p)
     (frames / "round" / "empty.png").write_bytes(b"")
     db = tmp_path / "r.db"
-    r = edge_run(
-        "--bundle",
-        tiny_bundle,
-        "--source",
-        f"replay:{frames}",
-        "--db",
-        db,
-        "--http",
-        "off",
-        "--summary-json",
-        tmp_path / "s.json",
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
+    _, summary = replay_summary(tiny_bundle, frames, tmp_path)
     assert (
         summary["ended_by"] == "source exhausted"
         and summary["corrupt"] == 3
@@ -313,21 +299,7 @@ def test_replay_of_hostile_files_records_each_one_and_classifies_the_rest(tiny_b
     write(b"bomb.png", _png_declaring(100_000, 100_000))
     write(b"c0.jpg", jpeg())
     db = tmp_path / "r.db"
-    r = edge_run(
-        "--bundle",
-        tiny_bundle,
-        "--source",
-        f"replay:{frames}",
-        "--db",
-        db,
-        "--http",
-        "off",
-        "--summary-json",
-        tmp_path / "s.json",
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
+    r, summary = replay_summary(tiny_bundle, frames, tmp_path)
     assert summary["frames_classified"] == 3 and summary["corrupt"] == 2
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT source_ref, status, detail FROM frames ORDER BY frame_id").fetchall()

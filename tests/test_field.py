@@ -21,7 +21,7 @@ from edge.detect.evaluate import FrameTruth, match
 from edge.errors import BundleError
 from edge.predict import Classifier
 from edge.synthetic import make_voc_dataset, render_field
-from tests.daemon_cli import edge_run
+from tests.daemon_cli import edge_run, replay_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DETECTOR = ROOT / "tests" / "fixtures" / "tiny-detector-int8"
@@ -191,25 +191,9 @@ def _rows(db: Path, sql: str):
 
 def test_run_field_mode_rows_boxes_and_no_rows_for_empty_frames(detector_bundle, tiny_bundle, voc, tmp_path):
     db = tmp_path / "r.db"
-    r = edge_run(
-        "--mode",
-        "field",
-        "--detector",
-        detector_bundle,
-        "--bundle",
-        tiny_bundle,
-        "--source",
-        f"replay:{voc / 'JPEGImages'}",
-        "--db",
-        db,
-        "--http",
-        "off",
-        "--summary-json",
-        tmp_path / "s.json",
-        cwd=tmp_path,
+    r, summary = replay_summary(
+        tiny_bundle, voc / "JPEGImages", tmp_path, "--mode", "field", "--detector", detector_bundle
     )
-    assert r.returncode == 0, r.stderr
-    summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["frames_classified"] == 40
     f = summary["field"]
     assert f["fields_seen"] >= 35  # unrelated synthetic fields: (almost) every frame is a jump
