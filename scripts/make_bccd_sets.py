@@ -4,6 +4,10 @@ set (BCCD), as class folders for `edge eval`:
 
     python scripts/make_bccd_sets.py ../shared/data/bccd-frames --out /tmp/bccd-sets
 
+Each kind is a class folder inside a folder that `edge eval` takes as one labelled set: `OUT/wbc/wbc/`
+and `OUT/debris/{rbc_only,background,blurred}/`. None of them is a class of a bundle, so `edge eval`
+scores them as should-be-rejected and counts the myeloblast calls among them.
+
 - `wbc/`: every annotated white cell, cropped by the crop rule (a square of side max(w, h) / 0.45,
   centred on the box, reflected at the frame's edge: what `edge run --mode field` gives the
   classifier). These are cells of normal blood from another microscope and stain: none is a blast.
@@ -52,9 +56,12 @@ def main(argv=None) -> int:
 
     rule = CropRule(cell_fraction=CELL_FRACTION)
     rng = np.random.default_rng(args.seed)
-    out = Path(args.out)
-    for kind in ("wbc", "rbc_only", "background", "blurred"):
-        (out / kind).mkdir(parents=True, exist_ok=True)
+    root = Path(args.out)
+    folder = {"wbc": root / "wbc" / "wbc"} | {
+        k: root / "debris" / k for k in ("rbc_only", "background", "blurred")
+    }
+    for path in folder.values():
+        path.mkdir(parents=True, exist_ok=True)
     counts = dict.fromkeys(("wbc", "rbc_only", "background", "blurred"), 0)
     frames = read_voc(args.voc)
     for frame in frames:
@@ -66,11 +73,11 @@ def main(argv=None) -> int:
             square = crop_box(box, rule)
             sides.append(square[2])
             crop = crop_region(image, square, rule)
-            cv2.imwrite(str(out / "wbc" / f"{frame.stem}_{k}.png"), crop)
+            cv2.imwrite(str(folder["wbc"] / f"{frame.stem}_{k}.png"), crop)
             counts["wbc"] += 1
             if counts["blurred"] < args.per_kind:
                 cv2.imwrite(
-                    str(out / "blurred" / f"{frame.stem}_{k}.png"),
+                    str(folder["blurred"] / f"{frame.stem}_{k}.png"),
                     cv2.GaussianBlur(crop, (0, 0), square[2] / 25),
                 )
                 counts["blurred"] += 1
@@ -81,7 +88,9 @@ def main(argv=None) -> int:
             if counts["rbc_only"] >= args.per_kind or any(_overlap(square, w) > 0 for w in wbcs):
                 continue
             if rng.random() < 0.25:  # a few per frame, from many frames
-                cv2.imwrite(str(out / "rbc_only" / f"{frame.stem}_{k}.png"), crop_region(image, square, rule))
+                cv2.imwrite(
+                    str(folder["rbc_only"] / f"{frame.stem}_{k}.png"), crop_region(image, square, rule)
+                )
                 counts["rbc_only"] += 1
         if counts["background"] < args.per_kind and frame.width > side and frame.height > side:
             best, best_cover = None, None
@@ -94,10 +103,10 @@ def main(argv=None) -> int:
                 if best_cover is None or cover < best_cover:
                     best, best_cover = square, cover
             if best is not None:
-                cv2.imwrite(str(out / "background" / f"{frame.stem}.png"), crop_region(image, best, rule))
+                cv2.imwrite(str(folder["background"] / f"{frame.stem}.png"), crop_region(image, best, rule))
                 counts["background"] += 1
     print(
-        f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (from {len(frames)} frames)"
+        f"wrote {root}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" (from {len(frames)} frames)"
     )
     return 0
 
