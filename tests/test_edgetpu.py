@@ -183,7 +183,13 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize(
-    ("name", "ops"), [("wbc-detector-int8", 62), ("mobilenetv2-int8", 70), ("efficientnetb0-int8", 242)]
+    ("name", "ops"),
+    [
+        ("wbc-detector-int8", 62),
+        ("mobilenetv2-int8", 70),
+        ("differential-int8", 71),
+        ("efficientnetb0-int8", 242),
+    ],
 )
 def test_committed_bundles_map_completely_as_their_model_cards_say(name, ops, capsys):
     """`edge compile models/NAME --preflight`, the command each model card quotes: every op maps to the

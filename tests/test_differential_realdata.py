@@ -1,0 +1,152 @@
+"""The committed differential bundle on real data (issue 13): the numbers its model card states, on the
+sources it was trained on, on a microscope it never saw (tecom-wbc), after site calibration, on debris
+cut from real fields, and the daemon on normal blood. Skipped, with the reason, where
+../shared/data (EDGE_DATA_DIR) is absent.
+
+The bounds are the measured values (docs/differential.md) rounded down (up for the false-blast rates)
+by about one cell, so a changed model or preprocessing that loses ground fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge.bundle import Bundle
+from edge.daemon.config import DEFAULT_BUNDLE
+from tests.daemon_cli import replay_summary
+
+pytestmark = pytest.mark.realdata
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "models" / "differential-int8"
+LABELS = [
+    "basophil",
+    "eosinophil",
+    "erythroblast",
+    "ig",
+    "lymphocyte",
+    "monocyte",
+    "myeloblast",
+    "neutrophil",
+    "platelet",
+]
+
+# measured (docs/differential.md), rounded by about a cell; a rejected cell counts as wrong
+VAL_ACCURACY = 0.962  # 96.45 % of 1,999
+MYELOBLAST_RECALL = 0.98  # 98.5 % of 200
+NEUTROPHIL_RECALL_EACH_SOURCE = 0.96  # 96.5 % (pbc-8class), 98.5 % (blood-5class)
+TECOM_ACCURACY = 0.545  # 55.3 % of 300: far below the goal of 85 %
+TECOM_FALSE_BLAST = 0.22  # 21.7 %: far above the goal of 1 %; pinned so that it can only improve
+TECOM_ADAPTED_ACCURACY = 0.88  # 89.0 % of the 219 cells not used to adapt
+DEBRIS_REJECTED_OR_FLAGGED = 0.94  # 95.0 % of 457
+BCCD_WBC_FALSE_BLAST = 0.10  # 9.7 % of BCCD's 300 white cells called myeloblast without a flag
+FIELD_BLAST_FRACTION = 0.15  # 13.5 % of 207 confident known cells on BCCD's normal blood
+
+
+def edge(*args, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def evaluate(tmp_path: Path, *args) -> dict:
+    out = tmp_path / f"eval-{len(list(tmp_path.glob('eval-*.json')))}.json"
+    done = edge("eval", *args, "--json", out, "--baseline-images", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_the_differential_is_the_daemons_default_and_rejects():
+    bundle = Bundle.load(BUNDLE)
+    assert DEFAULT_BUNDLE == BUNDLE.name and bundle.labels == LABELS
+    assert bundle.manifest.rejection is not None and bundle.manifest.embedding is not None
+    assert bundle.preprocess_spec.color == "white_balance"
+    assert bundle.manifest.input.dtype == "uint8" and bundle.manifest.model["precision"] == "int8"
+
+
+def test_the_training_sources_each_lab_alike(realdata, tmp_path):
+    r = evaluate(
+        tmp_path,
+        BUNDLE,
+        realdata / "pbc-8class" / "val",
+        realdata / "blood-5class" / "val",
+        "--map",
+        "seg_neutrophil=neutrophil",
+    )
+    assert r["accuracy"] >= VAL_ACCURACY  # a rejected cell counts as wrong
+    assert r["per_class"]["myeloblast"]["recall"] >= MYELOBLAST_RECALL
+    sources = r["per_source"]
+    assert sources["pbc-8class/val"]["recall"]["neutrophil"] >= NEUTROPHIL_RECALL_EACH_SOURCE
+    assert sources["blood-5class/val"]["recall"]["neutrophil"] >= NEUTROPHIL_RECALL_EACH_SOURCE
+
+
+def test_a_microscope_it_never_saw(realdata, tmp_path):
+    r = evaluate(tmp_path, BUNDLE, realdata / "tecom-wbc")
+    assert r["accuracy"] >= TECOM_ACCURACY
+    assert r["false_blast"]["false_blast_rate"] <= TECOM_FALSE_BLAST
+
+
+def test_site_calibration_with_twenty_cells_a_class(realdata, tmp_path):
+    site, rest = tmp_path / "site", tmp_path / "rest"
+    split = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "split_site.py"), realdata / "tecom-wbc", "--per-class", "20"]
+        + ["--site", str(site), "--rest", str(rest)],
+        capture_output=True,
+        text=True,
+    )
+    assert split.returncode == 0, split.stderr
+    adapted = tmp_path / "differential-tecom"
+    done = edge("adapt", BUNDLE, site, "--out", adapted)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = Bundle.load(adapted).manifest.calibration["site_adaptation"]
+    assert record["after"]["accuracy"] >= record["before"]["accuracy"]
+    r = evaluate(tmp_path, adapted, rest)  # the cells not used to adapt
+    assert r["accuracy"] >= TECOM_ADAPTED_ACCURACY
+
+
+def test_debris_from_real_fields_is_rejected_or_flagged(realdata, tmp_path):
+    sets = tmp_path / "bccd-sets"
+    made = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_bccd_sets.py"),
+            realdata / "bccd-frames",
+            "--out",
+            str(sets),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    for kind in ("debris/rbc_only", "debris/background", "debris/blurred", "wbc/wbc"):
+        assert any((sets / kind).iterdir())
+    r = evaluate(tmp_path, BUNDLE, sets / "debris")
+    folders = r["should_be_rejected"]["folders"]
+    assert set(folders) == {"rbc_only", "background", "blurred"}
+    assert r["should_be_rejected"]["rejected_or_flagged_fraction"] >= DEBRIS_REJECTED_OR_FLAGGED
+    # the white cells of the same fields (normal blood, another microscope): few called a blast
+    wbc = evaluate(tmp_path, BUNDLE, sets / "wbc")
+    assert wbc["false_blast"]["false_blast_rate"] <= BCCD_WBC_FALSE_BLAST
+
+
+@pytest.mark.parametrize("mode", ["cell", "field"])
+def test_the_daemon_raises_no_blast_alarm_on_normal_blood(realdata, tmp_path, mode):
+    """The daemon on BCCD's 292 fields of normal blood (the 5-class model said "ALERT blast fraction:
+    52 % myeloblast" in cell mode). Cell mode: the centred square of a whole field mostly holds red
+    cells, which are now unknown, so too few confident white cells are left for the rule to judge.
+    Field mode: every detected cell, at the training scale; the fraction stays under the rule's."""
+    _, s = replay_summary(BUNDLE, realdata / "bccd-frames" / "JPEGImages", tmp_path, "--mode", mode)
+    assert s["frames_classified"] == 292 and s["alerts"] == []
+    (blast,) = [a for a in s["alert_rules"] if a["name"] == "blast fraction"]
+    if mode == "cell":
+        assert blast["cells"] < blast["min_cells"], blast
+    else:
+        assert blast["cells"] >= blast["min_cells"] and blast["fraction"] <= FIELD_BLAST_FRACTION, blast
