@@ -44,7 +44,7 @@ test: $(STAMP)
 test-device: $(DEVICE_TEST_STAMP)
 	$(DEVICE_BIN)/python -m pytest -q -rs
 
-# The daemon on its embedded default (reference bundle, simulated microscope) for 30 s, on the device
+# The daemon on its embedded default (the differential bundle, simulated microscope) for 30 s, on the device
 # install only; prints the page address at start and the session summary at the end.
 demo: $(DEVICE_STAMP)
 	$(DEVICE_BIN)/edge run --duration 30 --db runs/demo/results.db

@@ -135,7 +135,7 @@ def format_summary(s: dict) -> str:
 @click.option(
     "--bundle",
     type=click.Path(path_type=Path),
-    help="Model bundle directory [default: models/mobilenetv2-int8].",
+    help="Model bundle directory [default: models/differential-int8, the 9-class differential].",
 )
 @click.option(
     "--source",

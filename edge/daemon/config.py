@@ -26,7 +26,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 # The bundles `edge run` uses when none is named: found by name from any directory (edge.bundle.find_bundle).
-DEFAULT_BUNDLE = "mobilenetv2-int8"
+DEFAULT_BUNDLE = "differential-int8"
 DEFAULT_DETECTOR = "wbc-detector-int8"
 
 
