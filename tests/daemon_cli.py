@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,8 +32,6 @@ def replay_summary(
 ) -> tuple[subprocess.CompletedProcess, dict]:
     """`edge run --source replay:FRAMES` into tmp_path/r.db with no page, to the end of the folder; the
     run and its summary (tmp_path/s.json). It must exit 0."""
-    import json
-
     r = edge_run(
         "--bundle",
         bundle,
