@@ -1,4 +1,4 @@
-"""`edge run` as a user starts it: a real subprocess, for the daemon tests."""
+"""`edge` as a user starts it: a real subprocess (`edge_cli` for any command, `edge_run` for the daemon)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edge_cli(
+    *args, cwd: Path = ROOT, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`python -m edge.cli ARGS` in `cwd` (the project by default), output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def edge_run(

@@ -18,7 +18,7 @@ import pytest
 
 from edge.bundle import Bundle
 from edge.daemon.config import DEFAULT_BUNDLE
-from tests.daemon_cli import replay_summary
+from tests.daemon_cli import edge_cli, replay_summary
 
 pytestmark = pytest.mark.realdata
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,19 +47,9 @@ BCCD_WBC_FALSE_BLAST = 0.10  # 9.7 % of BCCD's 300 white cells called myeloblast
 FIELD_BLAST_FRACTION = 0.15  # 13.5 % of 207 confident known cells on BCCD's normal blood
 
 
-def edge(*args, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-    )
-
-
 def evaluate(tmp_path: Path, *args) -> dict:
     out = tmp_path / f"eval-{len(list(tmp_path.glob('eval-*.json')))}.json"
-    done = edge("eval", *args, "--json", out, "--baseline-images", "0")
+    done = edge_cli("eval", *args, "--json", out, "--baseline-images", "0", timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -104,7 +94,7 @@ def test_site_calibration_with_twenty_cells_a_class(realdata, tmp_path):
     )
     assert split.returncode == 0, split.stderr
     adapted = tmp_path / "differential-tecom"
-    done = edge("adapt", BUNDLE, site, "--out", adapted)
+    done = edge_cli("adapt", BUNDLE, site, "--out", adapted, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     record = Bundle.load(adapted).manifest.calibration["site_adaptation"]
     assert record["after"]["accuracy"] >= record["before"]["accuracy"]

@@ -4,8 +4,6 @@ from any directory, the page token kept out of the database, and no runtime nois
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,19 +11,9 @@ import numpy as np
 import pytest
 
 from edge.synthetic import render_cell
+from tests.daemon_cli import edge_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def edge(*args, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
 
 
 def test_eval_max_pixels_refuses_a_larger_image_and_scores_the_rest(tiny_bundle, tmp_path):
@@ -36,7 +24,7 @@ def test_eval_max_pixels_refuses_a_larger_image_and_scores_the_rest(tiny_bundle,
     for i in range(3):
         cv2.imwrite(str(folder / f"b_small{i}.png"), render_cell("round", rng, 60))  # 3,600 pixels
     out = tmp_path / "eval.json"
-    proc = edge(
+    proc = edge_cli(
         "eval", tiny_bundle, tmp_path / "val", "--json", out, "--baseline-images", 0, "--max-pixels", 5000
     )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
@@ -88,7 +76,7 @@ def _one_image(tmp_path: Path) -> Path:
 def test_no_command_prints_the_tflite_xnnpack_info_line(tiny_bundle, tmp_path):
     # Issue 15, defect 9: every command printed "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
     # (the runtime writes it to the process's stderr when an interpreter is made).
-    proc = edge("classify", tiny_bundle, _one_image(tmp_path))
+    proc = edge_cli("classify", tiny_bundle, _one_image(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "XNNPACK" not in proc.stdout + proc.stderr and "INFO:" not in proc.stderr
 
@@ -109,7 +97,7 @@ def test_a_missing_libedgetpu_is_one_line_without_the_delegate_traceback(tiny_bu
     bundle = Bundle.load(root)
     bundle.manifest.edgetpu = {"compiler": "none (test copy of model.tflite)"}
     write_bundle(root, {EDGETPU_MODEL: (root / "model.tflite").read_bytes()}, bundle.manifest)
-    proc = edge("classify", root, _one_image(tmp_path), "--backend", "edgetpu")
+    proc = edge_cli("classify", root, _one_image(tmp_path), "--backend", "edgetpu")
     assert proc.returncode != 0 and proc.stdout == ""
     assert (
         "_library" not in proc.stderr
