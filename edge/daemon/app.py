@@ -30,7 +30,7 @@ from edge.daemon.sources import SourceError, open_source
 from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
-from edge.lab.catalogue import cell_class
+from edge.catalogue import cell_class
 from edge.lab.reviews import ReviewBook
 from edge.predict import Classifier
 from edge.preprocess import set_max_pixels

@@ -21,7 +21,7 @@ from flask import Blueprint, jsonify, request, send_from_directory
 
 from edge.daemon.archive import crop_stem
 from edge.daemon.config import _is_loopback
-from edge.lab.catalogue import UNKNOWN
+from edge.catalogue import UNKNOWN
 from edge.lab.reviews import ReviewError
 
 WRITE_HEADER = "X-Edge-Review"

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.lab.catalogue import UNKNOWN
+from edge.catalogue import UNKNOWN
 from edge.lab.reviews import ReviewBook
 from edge.lab.slide import iso, load_slide
 

@@ -5,7 +5,7 @@ The Bundle is a `transaction`, what a FHIR server takes at its base URL in one P
 - Device: this microscope's computer and the model bundle (name, sha256) that classified the cells;
 - Practitioner: the technician who signed (a name only), once the slide is signed;
 - one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
-  white cells), coded with LOINC where edge.lab.catalogue has a checked code and as text otherwise; the
+  white cells), coded with LOINC where edge.catalogue has a checked code and as text otherwise; the
   counts, the model's value and the 95 % interval are in the note;
 - DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
   (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
@@ -26,7 +26,7 @@ import uuid
 
 from edge import __version__
 from edge.errors import EdgeError
-from edge.lab.catalogue import CellClass
+from edge.catalogue import CellClass
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
 

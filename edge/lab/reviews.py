@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge.errors import EdgeError
-from edge.lab.catalogue import UNKNOWN
+from edge.catalogue import UNKNOWN
 
 # Queue order: what matters most first.
 REASONS = ("alert_class", "unknown", "uncertain")

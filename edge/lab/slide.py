@@ -21,7 +21,7 @@ from edge.daemon.archive import crop_stem
 from edge.daemon.config import AlertRule, DifferentialConfig
 from edge.daemon.differential import DifferentialCount, SessionCounts, wilson_interval
 from edge.errors import EdgeError
-from edge.lab.catalogue import UNKNOWN, CellClass, cell_class
+from edge.catalogue import UNKNOWN, CellClass, cell_class
 from edge.lab.reviews import REASONS, QueuedCell, ReviewBook, SignState
 
 
