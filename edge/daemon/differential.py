@@ -15,8 +15,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from edge.daemon.config import AlertRule, DifferentialConfig
 from edge.catalogue import UNKNOWN
+from edge.daemon.config import AlertRule, DifferentialConfig
+from edge.results.store import SessionCounts
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -42,16 +43,6 @@ class AlertState:
     cells: int  # confident known cells counted
     min_cells: int
     active: bool
-
-
-@dataclass
-class SessionCounts:
-    """What a restarted daemon reads back from the database to continue a session's count."""
-
-    counts: dict[str, int]  # known labels, all cells
-    confident: dict[str, int]  # known labels, cells not flagged uncertain
-    uncertain: int
-    unknown: int
 
 
 class DifferentialCount:

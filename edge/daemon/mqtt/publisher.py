@@ -22,7 +22,7 @@ from pathlib import Path
 from edge.daemon.mqtt.client import HANDED_OVER, SUCCESS, error_string, make_client, reason
 from edge.daemon.mqtt.config import MqttConfig
 from edge.daemon.mqtt.messages import Topics, cell_payload, encode, status_payload, topic_level
-from edge.daemon.mqtt.outbox import STREAMS, Outbox
+from edge.results.outbox import STREAMS, Outbox
 
 ACK_COMMIT_S = 0.2  # the watermark is written this soon after a PUBACK (or after `limit` PUBACKs)
 POLL_S = 1.0  # look for new rows at least this often, even without a wake-up from the pipeline
