@@ -17,6 +17,7 @@ Status is `preliminary` until the slide is signed, `final` after.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import socket
 import time
@@ -45,35 +46,28 @@ class FhirError(EdgeError):
     exit_code = 6
 
 
+# The fhir.resources R4B modules the bundle is built from.
+_MODULES = (
+    "bundle",
+    "codeableconcept",
+    "coding",
+    "device",
+    "diagnosticreport",
+    "humanname",
+    "identifier",
+    "observation",
+    "practitioner",
+)
+
+
 def _models() -> SimpleNamespace:
-    """The fhir.resources R4B modules the bundle is built from, by name (bundle, device, ...)."""
+    """The fhir.resources R4B modules of _MODULES, by name (m.bundle, m.device, ...)."""
     try:
-        from fhir.resources.R4B import (
-            bundle,
-            codeableconcept,
-            coding,
-            device,
-            diagnosticreport,
-            humanname,
-            identifier,
-            observation,
-            practitioner,
-        )
+        return SimpleNamespace(**{n: importlib.import_module(f"fhir.resources.R4B.{n}") for n in _MODULES})
     except ImportError as exc:
         from edge.errors import MissingExtraError
 
         raise MissingExtraError("edge report --fhir", "device", exc.name or "fhir.resources") from None
-    return SimpleNamespace(
-        bundle=bundle,
-        codeableconcept=codeableconcept,
-        coding=coding,
-        device=device,
-        diagnosticreport=diagnosticreport,
-        humanname=humanname,
-        identifier=identifier,
-        observation=observation,
-        practitioner=practitioner,
-    )
 
 
 def _urn(slide: Slide, *parts) -> str:
