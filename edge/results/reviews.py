@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from edge.catalogue import UNKNOWN
 from edge.results.schema import ResultsError
@@ -111,7 +112,7 @@ class ReviewBook(ResultsReader):
     """Reviews and sign-offs of one results.db. Its own connection, so the page's threads never
     share the pipeline's; WAL lets both write, each waiting briefly for the other."""
 
-    def __init__(self, db):
+    def __init__(self, db: str | Path):
         super().__init__(db)
         self._summaries: dict[str, tuple[float, dict]] = {}
 

@@ -134,7 +134,8 @@ class StoreFull(Exception):
 
 def connect(path: str | Path, rows: bool = False) -> sqlite3.Connection:
     """A connection of its own to results.db, usable from any thread under its owner's lock, in
-    autocommit mode (each owner says where its transactions begin). `rows`: rows read by column name."""
+    autocommit mode (each owner says where its transactions begin). Read-write even for a reader:
+    SQLite then uses the WAL of a database the daemon is still writing. `rows`: rows by column name."""
     db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
     if rows:
         db.row_factory = sqlite3.Row
