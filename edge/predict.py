@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from edge.bundle import Bundle, Uncertainty
+from edge.catalogue import UNKNOWN
 from edge.errors import BundleError
 from edge.preprocess import preprocess
 from edge.rejection import MahalanobisScorer
@@ -41,9 +42,6 @@ class Prediction:
         if self.rejection_score is not None:
             out["rejection_score"] = round(self.rejection_score, 4)
         return out
-
-
-UNKNOWN = "unknown"  # the label of a rejected cell: it counts in no class and in no alert
 
 
 def _uncertainty(ordered: list[float], rule: Uncertainty) -> tuple[str | None, float]:

@@ -1,5 +1,5 @@
 """A slide written the way the daemon writes one, for the review, report and FHIR tests: a real
-results.db through edge.daemon.store.ResultStore and flagged crops through FlaggedArchive (synthetic
+results.db through edge.results.store.ResultStore and flagged crops through FlaggedArchive (synthetic
 cells drawn by edge.synthetic), without running a model."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.config import DaemonConfig, load_config
-from edge.daemon.store import ResultRow, ResultStore
+from edge.results.store import ResultRow, ResultStore
 from edge.synthetic import CLASSES, render_cell
 
 # The reference model's labels (models/mobilenetv2-int8).

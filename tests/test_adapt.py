@@ -150,7 +150,7 @@ def test_too_few_cells_and_bundles_without_an_embedding_are_one_line(site, tmp_p
 def test_a_sites_signed_corrections_feed_edge_adapt(tmp_path):
     """issue 16 -> issue 13: the cells a technician reviewed and signed, exported by `edge review
     export`, are the SITE_DIR `edge adapt` takes."""
-    from edge.lab.reviews import ReviewBook
+    from edge.results.reviews import ReviewBook
     from edge.synthetic import CLASSES
     from tests.lab_slides import write_slide
 

@@ -21,8 +21,8 @@ from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
 from edge.daemon.sources import Frame
-from edge.daemon.store import ResultRow, ResultStore
 from edge.preprocess import center_region
+from edge.results.store import ResultRow, ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -393,7 +393,7 @@ def test_a_store_opened_on_a_full_disk_starts_and_writes_nothing_until_it_can(tm
     store = ResultStore(db, max_db_mb=0.0001)  # and the disk is full: no page may be added
     store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
     assert store.ready and store.next_frame_id() == 0
-    from edge.daemon.store import StoreFull
+    from edge.results.store import StoreFull
 
     with pytest.raises(StoreFull, match="full"):  # the tables' empty pages fill, then no page may be added
         for i in range(1000):

@@ -18,7 +18,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from edge.dataset import scan_labelled
-from edge.lab.reviews import ReviewBook
+from edge.results.reviews import ReviewBook
 from tests.lab_slides import LABELS, write_slide
 
 ROOT = Path(__file__).resolve().parents[1]

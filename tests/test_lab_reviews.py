@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from edge.daemon.differential import wilson_interval
-from edge.daemon.store import SCHEMA, ResultStore
-from edge.lab.reviews import ReviewBook, ReviewError
 from edge.lab.slide import load_slide
+from edge.results.reviews import ReviewBook, ReviewError
+from edge.results.schema import SCHEMA
+from edge.results.store import ResultStore
 from tests.lab_slides import LABELS, write_slide
 
 ALERTS = ["myeloblast"]

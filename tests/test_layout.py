@@ -1,5 +1,7 @@
 """The layout of docs/design.md, checked statically (Python's ast, nothing imported): dependencies run
-one way, convert -> calibration -> edge, and edge's modules import each other without a cycle.
+one way, convert -> calibration -> edge; edge's modules import each other without a cycle; no two
+packages import each other both ways; and results.db has one owner, edge.results, the only package
+that imports sqlite3 or holds SQL.
 
 Every import counts for the packages, the ones inside functions too: a lazy import is still a
 dependency, only a later one."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -207,3 +210,130 @@ def test_the_checker_sees_imports_inside_functions_relative_ones_and_cycles(tmp_
     assert {(i.target, i.module_level) for i in found} == {("edge.b", True), ("convert.c", False)}
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+# -- packages that need each other -----------------------------------------------------------------
+
+
+def subpackages(modules: dict[str, Path]) -> list[str]:
+    """Every package below the top-level ones: edge.daemon, edge.daemon.mqtt, edge.lab, convert.commands..."""
+    return sorted(m for m, path in modules.items() if path.name == "__init__.py" and "." in m)
+
+
+def inside(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def packages_both_ways(imports: list[Import], packages: list[str]) -> dict[tuple[str, str], list[str]]:
+    """Pairs of packages, neither inside the other, that each import the other (a package counts with
+    its subpackages); for each pair, where every import between them is. A package and its own
+    subpackages are one thing seen from outside; inside, the module cycle tests above apply."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for i in imports:
+        for a in (p for p in packages if inside(i.source, p)):
+            for b in (p for p in packages if inside(i.target, p) and not inside(p, a) and not inside(a, p)):
+                edges.setdefault((a, b), []).append(f"{i.where}: {i.source} imports {i.target}")
+    return {(a, b): edges[a, b] + edges[b, a] for a, b in edges if a < b and (b, a) in edges}
+
+
+def test_no_two_packages_import_each_other():
+    """Two packages that need each other are one package, or share something that belongs below both
+    (the class catalogue, the results database): the daemon and the lab, for one, do not."""
+    both = packages_both_ways(all_imports(), subpackages(project_modules()))
+    assert not both, "packages that import each other both ways:\n" + "\n".join(
+        f"{a} <-> {b}:\n  " + "\n  ".join(where) for (a, b), where in both.items()
+    )
+
+
+def test_the_package_check_sees_a_pair_through_subpackages_and_lazy_imports():
+    packages = ["edge.a", "edge.a.x", "edge.b", "edge.c"]
+    imports = [
+        Import("edge.a.x.m", "edge.b.n", "a/x/m.py:1", True),
+        Import("edge.b.n", "edge.a", "b/n.py:9", False),  # lazy, and into the parent package
+        Import("edge.a.m", "edge.a.x.m", "a/m.py:1", True),  # a package and its own subpackage
+        Import("edge.c.m", "edge.a.m", "c/m.py:1", True),  # one way only
+    ]
+    # edge.b imports edge.a itself, not edge.a.x: the pair is the parents'
+    assert list(packages_both_ways(imports, packages)) == [("edge.a", "edge.b")]
+
+
+# -- one owner of results.db -----------------------------------------------------------------------
+
+RESULTS = "edge.results"
+# SQL as this project writes it (upper-case keywords), in any string or f-string of a module.
+SQL = re.compile(
+    r"\b(SELECT\b.*\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM"
+    r"|(CREATE|DROP)\s+(TABLE|(UNIQUE\s+)?INDEX|VIEW|TRIGGER)|ALTER\s+TABLE|PRAGMA\s+\w+"
+    r"|BEGIN\s+(IMMEDIATE|EXCLUSIVE|DEFERRED|TRANSACTION)|ROLLBACK|COMMIT)\b",
+    re.S,
+)
+DB_CALLS = ("execute", "executemany", "executescript")
+
+
+def _strings(tree: ast.AST):
+    """(line, text) of every string; an f-string whole, its placeholders as 'x'."""
+    in_fstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            in_fstrings.update(id(v) for v in node.values)
+            text = "".join(v.value if isinstance(v, ast.Constant) else "x" for v in node.values)
+            yield node.lineno, text
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in in_fstrings:
+            yield node.lineno, node.value
+
+
+def database_code(path: Path) -> list[str]:
+    """line: what, for every sqlite3 import, SQL string and execute call in the file, in line order."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        found += [(node.lineno, f"imports {n}") for n in names if n.partition(".")[0] == "sqlite3"]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in DB_CALLS:
+            found.append((node.lineno, f"calls .{node.func.attr}()"))
+    found += [
+        (line, f"SQL {SQL.search(text).group(0)[:40]!r}") for line, text in _strings(tree) if SQL.search(text)
+    ]
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_only_the_results_package_touches_the_database():
+    """results.db has one owner: the schema, its migrations and every query are in edge.results; the
+    daemon, the lab and MQTT call it (docs/design.md)."""
+    wrong = [
+        f"{path.relative_to(ROOT)}:{what}"
+        for name, path in project_modules().items()
+        if not inside(name, RESULTS)
+        for what in database_code(path)
+    ]
+    assert not wrong, "database code outside edge/results:\n" + "\n".join(wrong)
+
+
+def test_every_connection_is_opened_in_one_place():
+    """sqlite3.connect is called once, in edge.results.schema.connect: the timeout, the autocommit mode
+    and the thread rule of every connection to results.db are declared there."""
+    calls = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in project_modules().values()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "sqlite3.connect"
+    ]
+    assert [c.partition(":")[0] for c in calls] == ["edge/results/schema.py"], calls
+
+
+def test_the_database_check_sees_sql_imports_and_calls(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "import sqlite3\n"
+        "from sqlite3 import Row\n"
+        "def f(db, table):\n"
+        "    db.execute(f'UPDATE {table} SET ended = 1')\n"
+        "    return 'SELECT id\\n FROM sessions'\n"
+        "HELP = 'Select the frames from a folder; update the page; commit to a label'\n"
+    )
+    assert [line.split(":")[0] for line in database_code(src)] == ["1", "2", "4", "4", "5"]

@@ -481,8 +481,8 @@ def test_unreadable_password_file_is_one_line_naming_the_key(tiny_bundle, tmp_pa
 
 
 def test_backfill_false_starts_after_the_rows_already_there(tmp_path):
-    from edge.daemon.mqtt.outbox import Outbox
-    from edge.daemon.store import ResultRow, ResultStore
+    from edge.results.outbox import Outbox
+    from edge.results.store import ResultRow, ResultStore
 
     store = ResultStore(tmp_path / "r.db")
     store.start_session("s", "f" * 64, "b", "sim", "cell", {})

@@ -7,7 +7,6 @@ import dataclasses
 import datetime as dt
 import secrets
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -16,6 +15,7 @@ import numpy as np
 
 from edge import labtables
 from edge.bundle import Bundle
+from edge.catalogue import cell_class
 from edge.daemon import early_signals
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Capturer
@@ -27,13 +27,13 @@ from edge.daemon.pipeline import Pipeline
 from edge.daemon.processor import FrameProcessor
 from edge.daemon.sinks import ArchiveSink, DifferentialSink, LiveView, SinkChain, StoreSink, TelemetrySink
 from edge.daemon.sources import SourceError, open_source
-from edge.daemon.store import ResultStore
 from edge.daemon.telemetry import Telemetry
 from edge.errors import MissingExtraError
-from edge.lab.catalogue import cell_class
-from edge.lab.reviews import ReviewBook
 from edge.predict import Classifier
 from edge.preprocess import set_max_pixels
+from edge.results.reviews import ReviewBook
+from edge.results.schema import ResultsError
+from edge.results.store import ResultStore
 from edge.signing import require_trusted
 
 
@@ -84,11 +84,11 @@ class Daemon:
             self.store = ResultStore(
                 c.store.db, c.store.synchronous, c.store.fsync_interval_s, c.store.max_db_mb
             )
-        except (sqlite3.Error, OSError) as exc:
+        except (ResultsError, OSError) as exc:
             raise ConfigError(f"store.db: cannot open {c.store.db} ({exc})") from None
         # A new session per start unless one is named; the random suffix keeps two starts within a
         # second (a crash loop, a quick restart) from silently merging into one session.
-        # Reviews and sign-off from the page, on a connection of their own (edge/lab/reviews.py).
+        # Reviews and sign-off from the page, on a connection of their own (edge/results/reviews.py).
         self.reviews = ReviewBook(c.store.db)
         self.session_id = c.store.session or (
             dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)

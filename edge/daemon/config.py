@@ -8,7 +8,6 @@ one-line fix, not a traceback.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import sys
@@ -16,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.daemon.address import is_loopback
 from edge.daemon.mqtt.config import MqttConfig, validate_mqtt
 from edge.errors import EdgeError
 from edge.preprocess import DEFAULT_MAX_PIXELS
@@ -139,7 +139,7 @@ class PipelineConfig:
 class StoreConfig:
     db: str = "edge-run.db"
     session: str = ""  # empty: a new id per start (UTC time)
-    synchronous: str = "normal"  # see store.py for why; "full" syncs every commit
+    synchronous: str = "normal"  # see edge/results/store.py for why; "full" syncs every commit
     fsync_interval_s: float = 1.0  # normal: fsync the WAL at most this often (0: leave it to SQLite)
     # The database may grow to this size (0: as the disk allows); past it, as on a full disk, results
     # are kept in memory and written when there is room again (e.g. after rows are exported and pruned).
@@ -316,15 +316,6 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_listen(listen: str) -> tuple[str, int] | None:
     """'HOST:PORT' -> (host, port); 'off' -> None. Raises ConfigError naming http.listen."""
     if listen.lower() in ("off", "none", ""):
@@ -443,7 +434,7 @@ def validate(c: DaemonConfig) -> None:
         )
         _check(rule.min_cells >= 1, f"{key}.min_cells", "must be >= 1")
     listen = parse_listen(c.http.listen)
-    if listen and not _is_loopback(listen[0]):
+    if listen and not is_loopback(listen[0]):
         _check(
             len(c.http.token) >= 16,
             "http.token",

@@ -2,7 +2,7 @@
 
 Every cell with a known label is counted in the differential; a rejected cell ("unknown") counts
 in no class. A differential is a count of white cells: classes that are not (erythroblasts, platelets,
-edge/lab/catalogue.py) are counted and shown per 100 white cells, as labs report nucleated red cells,
+edge/catalogue.py) are counted and shown per 100 white cells, as labs report nucleated red cells,
 but they are not part of the 100 %. An alert rule counts only confident, known white cells: a rule
 fires when the confident cells of its classes reach `min_fraction` of all confident white cells, once
 at least `min_cells` of them have been counted (100 by default: a standard 100-cell differential; 20 %
@@ -15,8 +15,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from edge.catalogue import UNKNOWN
 from edge.daemon.config import AlertRule, DifferentialConfig
-from edge.predict import UNKNOWN
+from edge.results.store import SessionCounts
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -42,16 +43,6 @@ class AlertState:
     cells: int  # confident known cells counted
     min_cells: int
     active: bool
-
-
-@dataclass
-class SessionCounts:
-    """What a restarted daemon reads back from the database to continue a session's count."""
-
-    counts: dict[str, int]  # known labels, all cells
-    confident: dict[str, int]  # known labels, cells not flagged uncertain
-    uncertain: int
-    unknown: int
 
 
 class DifferentialCount:

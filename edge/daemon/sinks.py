@@ -23,8 +23,8 @@ from edge.daemon.capture import Skipped
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.processor import FrameResult
 from edge.daemon.sources import Frame
-from edge.daemon.store import ResultRow, ResultStore, StoreFull
 from edge.daemon.telemetry import Telemetry
+from edge.results.store import ResultRow, ResultStore, StoreFull
 
 
 class Sink:

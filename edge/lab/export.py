@@ -16,9 +16,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.lab.catalogue import UNKNOWN
-from edge.lab.reviews import ReviewBook
-from edge.lab.slide import iso, load_slide
+from edge.catalogue import UNKNOWN
+from edge.lab.slide import Cell, SlideError, iso, load_slide
+from edge.results.reviews import ReviewBook
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -54,6 +54,21 @@ class ExportSummary:
         return "\n".join(lines)
 
 
+CSV_COLUMNS = [
+    "file",
+    "status",
+    "session_id",
+    "result_id",
+    "frame_id",
+    "crop_index",
+    "model_label",
+    "model_confidence",
+    "verified_label",
+    "reviewer",
+    "reviewed_at",
+]
+
+
 def export_reviews(
     db: str | Path,
     out: str | Path,
@@ -62,16 +77,14 @@ def export_reviews(
     archive: Path | None = None,
 ) -> ExportSummary:
     db, out = Path(db), Path(out)
-    book = ReviewBook(db)
+    book = ReviewBook.existing(db)
     try:
-        known = [s["id"] for s in book.sessions()]
+        known = book.session_ids()
         states = {sid: book.sign_state(sid) for sid in known}
     finally:
         book.close()
     missing = sorted(set(sessions or []) - set(known))
     if missing:
-        from edge.lab.slide import SlideError
-
         raise SlideError(f"{db}: no session {', '.join(missing)}")
     summary = ExportSummary(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,59 +93,44 @@ def export_reviews(
         if signed_only and not states[sid].signed:
             summary.unsigned.append(sid)
             continue
-        slide = load_slide(db, sid, archive)
         summary.sessions.append(sid)
-        for cell in slide.cells:
-            if cell.review is None:
-                continue
-            label = cell.review.label
-            target = ""
-            if label == UNKNOWN:
-                status = "unknown"
-                summary.unknown += 1
-            elif cell.crop is None:
-                status = "no_crop"
-                summary.no_crop += 1
-            else:
-                folder = out / safe_name(label)
-                folder.mkdir(exist_ok=True)
-                dest = folder / f"{safe_name(sid)}_{cell.frame_id:07d}_{cell.crop_index}.jpg"
-                shutil.copyfile(cell.crop, dest)
-                target = str(dest.relative_to(out))
-                status = "exported"
-                summary.exported[label] = summary.exported.get(label, 0) + 1
-            rows.append(
-                {
-                    "file": target,
-                    "status": status,
-                    "session_id": sid,
-                    "result_id": cell.id,
-                    "frame_id": cell.frame_id,
-                    "crop_index": cell.crop_index,
-                    "model_label": cell.label,
-                    "model_confidence": round(cell.confidence, 4),
-                    "verified_label": label,
-                    "reviewer": cell.review.reviewer,
-                    "reviewed_at": iso(cell.review.ts),
-                }
-            )
+        rows += [_export_cell(c, sid, out, summary) for c in load_slide(db, sid, archive).cells if c.review]
     with open(out / "reviews.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(
-            fh,
-            fieldnames=[
-                "file",
-                "status",
-                "session_id",
-                "result_id",
-                "frame_id",
-                "crop_index",
-                "model_label",
-                "model_confidence",
-                "verified_label",
-                "reviewer",
-                "reviewed_at",
-            ],
-        )
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return summary
+
+
+def _export_cell(cell: Cell, sid: str, out: Path, summary: ExportSummary) -> dict:
+    """Copy one reviewed cell's crop into OUT/<verified label>/ (when it has a class and a crop);
+    its row of reviews.csv."""
+    label = cell.review.label
+    target = ""
+    if label == UNKNOWN:
+        status = "unknown"
+        summary.unknown += 1
+    elif cell.crop is None:
+        status = "no_crop"
+        summary.no_crop += 1
+    else:
+        folder = out / safe_name(label)
+        folder.mkdir(exist_ok=True)
+        dest = folder / f"{safe_name(sid)}_{cell.frame_id:07d}_{cell.crop_index}.jpg"
+        shutil.copyfile(cell.crop, dest)
+        target = str(dest.relative_to(out))
+        status = "exported"
+        summary.exported[label] = summary.exported.get(label, 0) + 1
+    return {
+        "file": target,
+        "status": status,
+        "session_id": sid,
+        "result_id": cell.id,
+        "frame_id": cell.frame_id,
+        "crop_index": cell.crop_index,
+        "model_label": cell.label,
+        "model_confidence": round(cell.confidence, 4),
+        "verified_label": label,
+        "reviewer": cell.review.reviewer,
+        "reviewed_at": iso(cell.review.ts),
+    }

@@ -5,7 +5,7 @@ The Bundle is a `transaction`, what a FHIR server takes at its base URL in one P
 - Device: this microscope's computer and the model bundle (name, sha256) that classified the cells;
 - Practitioner: the technician who signed (a name only), once the slide is signed;
 - one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
-  white cells), coded with LOINC where edge.lab.catalogue has a checked code and as text otherwise; the
+  white cells), coded with LOINC where edge.catalogue has a checked code and as text otherwise; the
   counts, the model's value and the 95 % interval are in the note;
 - DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
   (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
@@ -17,16 +17,18 @@ Status is `preliminary` until the slide is signed, `final` after.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
+from types import SimpleNamespace
 
 from edge import __version__
+from edge.catalogue import CellClass
 from edge.errors import EdgeError
-from edge.lab.catalogue import CellClass
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
 
@@ -34,6 +36,8 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 SLIDE_SYSTEM = "urn:edge-hemato:slide"  # identifier system of the slide id; a site may map it in its LIS
 DEVICE_SYSTEM = "urn:edge-hemato:device"
+CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service sections: HM, haematology
 # Namespace for the bundle's urn:uuid ids: the same slide and state give the same ids.
 NAMESPACE = uuid.UUID("4d0f6a52-5b8e-4f7e-9d53-0d7a3c1b2e60")
 
@@ -42,34 +46,28 @@ class FhirError(EdgeError):
     exit_code = 6
 
 
-def _models():
+# The fhir.resources R4B modules the bundle is built from.
+_MODULES = (
+    "bundle",
+    "codeableconcept",
+    "coding",
+    "device",
+    "diagnosticreport",
+    "humanname",
+    "identifier",
+    "observation",
+    "practitioner",
+)
+
+
+def _models() -> SimpleNamespace:
+    """The fhir.resources R4B modules of _MODULES, by name (m.bundle, m.device, ...)."""
     try:
-        from fhir.resources.R4B import (
-            bundle,
-            codeableconcept,
-            coding,
-            device,
-            diagnosticreport,
-            humanname,
-            identifier,
-            observation,
-            practitioner,
-        )
+        return SimpleNamespace(**{n: importlib.import_module(f"fhir.resources.R4B.{n}") for n in _MODULES})
     except ImportError as exc:
         from edge.errors import MissingExtraError
 
         raise MissingExtraError("edge report --fhir", "device", exc.name or "fhir.resources") from None
-    return (
-        bundle,
-        codeableconcept,
-        coding,
-        device,
-        diagnosticreport,
-        humanname,
-        identifier,
-        observation,
-        practitioner,
-    )
 
 
 def _urn(slide: Slide, *parts) -> str:
@@ -100,124 +98,118 @@ def _note(row: ClassRow) -> str:
 
 def build_bundle(slide: Slide, pdf: bytes | None = None):
     """The slide as a validated fhir.resources R4B Bundle (type transaction)."""
-    (
-        bundle,
-        codeableconcept,
-        coding,
-        device,
-        diagnosticreport,
-        humanname,
-        identifier,
-        observation,
-        practitioner,
-    ) = _models()
-    CodeableConcept, Coding = codeableconcept.CodeableConcept, coding.Coding
-    status = "final" if slide.sign.signed else "preliminary"
-    issued = iso(time.time())
-    lab = CodeableConcept(
-        coding=[
-            Coding(system="http://terminology.hl7.org/CodeSystem/observation-category", code="laboratory")
-        ]
-    )
-    entries = []
+    return _BundleBuilder(slide).build(pdf)
 
-    def add(resource, url: str, if_none_exist: str | None = None):
+
+class _BundleBuilder:
+    """The resources of one slide's bundle, each added as a transaction entry (POST) in order."""
+
+    def __init__(self, slide: Slide):
+        self.m = _models()
+        self.slide = slide
+        self.status = "final" if slide.sign.signed else "preliminary"
+        self.issued = iso(time.time())
+        self.period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
+        self.entries: list = []
+
+    def concept(self, text: str | None = None, system: str = "", code: str = ""):
+        """A CodeableConcept: a text, or one code of `system`."""
+        coding = [self.m.coding.Coding(system=system, code=code)] if code else None
+        return self.m.codeableconcept.CodeableConcept(coding=coding, text=text)
+
+    def add(self, resource, url: str, if_none_exist: str | None = None) -> str:
         request = {"method": "POST", "url": resource.get_resource_type()}
         if if_none_exist:
             request["ifNoneExist"] = if_none_exist
-        entries.append(
+        bundle = self.m.bundle
+        self.entries.append(
             bundle.BundleEntry(fullUrl=url, resource=resource, request=bundle.BundleEntryRequest(**request))
         )
+        return url
 
-    device_key = f"{slide.host}/{slide.model_sha}"
-    device_url = _urn(slide, "device")
-    add(
-        device.Device(
-            identifier=[identifier.Identifier(system=DEVICE_SYSTEM, value=device_key)],
+    def build(self, pdf: bytes | None):
+        device_url = self.add_device()
+        interpreter = self.add_signer()
+        results = [self.add_observation(row, device_url, interpreter) for row in self.slide.rows()]
+        self.add_report(results, interpreter, pdf)
+        return self.m.bundle.Bundle(type="transaction", timestamp=self.issued, entry=self.entries)
+
+    def add_device(self) -> str:
+        m, slide = self.m, self.slide
+        key = f"{slide.host}/{slide.model_sha}"
+        device = m.device.Device(
+            identifier=[m.identifier.Identifier(system=DEVICE_SYSTEM, value=key)],
             status="active",
             deviceName=[
-                device.DeviceDeviceName(name=f"edge-hemato on {slide.host}", type="user-friendly-name"),
-                device.DeviceDeviceName(name=slide.bundle_name, type="model-name"),
+                m.device.DeviceDeviceName(name=f"edge-hemato on {slide.host}", type="user-friendly-name"),
+                m.device.DeviceDeviceName(name=slide.bundle_name, type="model-name"),
             ],
             version=[
-                device.DeviceVersion(type=CodeableConcept(text="model sha256"), value=slide.model_sha),
-                device.DeviceVersion(
-                    type=CodeableConcept(text="software"), value=f"edge-hemato {__version__}"
-                ),
+                m.device.DeviceVersion(type=self.concept("model sha256"), value=slide.model_sha),
+                m.device.DeviceVersion(type=self.concept("software"), value=f"edge-hemato {__version__}"),
             ],
             note=[{"text": INTENDED_USE}],
-        ),
-        device_url,
-        if_none_exist=f"identifier={DEVICE_SYSTEM}|{device_key}",
-    )
-    interpreter = []
-    if slide.sign.signed:
-        signer_url = _urn(slide, "signer")
-        add(practitioner.Practitioner(name=[humanname.HumanName(text=slide.sign.name)]), signer_url)
-        interpreter = [{"reference": signer_url, "display": slide.sign.name}]
-
-    period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
-    results = []
-    for row in slide.rows():
-        cls = row.cls
-        unit, unit_code = ("/100 WBC", "/100{WBCs}") if row.per_100_white else ("%", "%")
-        url = _urn(slide, "observation", cls.label)
-        add(
-            observation.Observation(
-                status=status,
-                category=[lab],
-                code=_code(cls, CodeableConcept, Coding),
-                effectivePeriod=period,
-                issued=issued,
-                valueQuantity={
-                    "value": round(row.verified.percent, 1),
-                    "unit": unit,
-                    "system": UCUM,
-                    "code": unit_code,
-                },
-                method=CodeableConcept(
-                    text="image classification of stained cells"
-                    + (", reviewed by a technician" if slide.sign.signed else "")
-                ),
-                device={"reference": device_url},
-                performer=interpreter or None,
-                note=[{"text": _note(row)}],
-            ),
-            url,
         )
-        results.append({"reference": url, "display": cls.display})
+        return self.add(device, _urn(slide, "device"), if_none_exist=f"identifier={DEVICE_SYSTEM}|{key}")
 
-    alerts = [a for a in slide.alerts() if a.verified_active]
-    conclusion = (
-        "; ".join(f"Alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts)
-        or "No alert rule firing"
-    )
-    report = diagnosticreport.DiagnosticReport(
-        identifier=[identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id)],
-        status=status,
-        category=[
-            CodeableConcept(
-                coding=[Coding(system="http://terminology.hl7.org/CodeSystem/v2-0074", code="HM")]
+    def add_signer(self) -> list[dict]:
+        """The Practitioner who signed, as the references that name them (none before signing)."""
+        sign = self.slide.sign
+        if not sign.signed:
+            return []
+        practitioner = self.m.practitioner.Practitioner(name=[self.m.humanname.HumanName(text=sign.name)])
+        return [{"reference": self.add(practitioner, _urn(self.slide, "signer")), "display": sign.name}]
+
+    def add_observation(self, row: ClassRow, device_url: str, interpreter: list[dict]) -> dict:
+        cls, signed = row.cls, self.slide.sign.signed
+        unit, unit_code = ("/100 WBC", "/100{WBCs}") if row.per_100_white else ("%", "%")
+        observation = self.m.observation.Observation(
+            status=self.status,
+            category=[self.concept(system=CATEGORY_SYSTEM, code="laboratory")],
+            code=_code(cls, self.m.codeableconcept.CodeableConcept, self.m.coding.Coding),
+            effectivePeriod=self.period,
+            issued=self.issued,
+            valueQuantity={
+                "value": round(row.verified.percent, 1),
+                "unit": unit,
+                "system": UCUM,
+                "code": unit_code,
+            },
+            method=self.concept(
+                "image classification of stained cells" + (", reviewed by a technician" if signed else "")
+            ),
+            device={"reference": device_url},
+            performer=interpreter or None,
+            note=[{"text": _note(row)}],
+        )
+        return {
+            "reference": self.add(observation, _urn(self.slide, "observation", cls.label)),
+            "display": cls.display,
+        }
+
+    def add_report(self, results: list[dict], interpreter: list[dict], pdf: bytes | None) -> None:
+        slide = self.slide
+        alerts = [a for a in slide.alerts() if a.verified_active]
+        conclusion = (
+            "; ".join(
+                f"Alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts
             )
-        ],
-        code=CodeableConcept(text="White-cell differential, image classification of a stained blood slide"),
-        effectivePeriod=period,
-        issued=issued,
-        resultsInterpreter=interpreter or None,
-        result=results,
-        conclusion=f"{INTENDED_USE} {conclusion}.",
-        presentedForm=[
-            {
-                "contentType": "application/pdf",
-                "data": base64.b64encode(pdf).decode(),
-                "title": f"{slide.session_id}.pdf",
-            }
-        ]
-        if pdf
-        else None,
-    )
-    add(report, _urn(slide, "report"))
-    return bundle.Bundle(type="transaction", timestamp=issued, entry=entries)
+            or "No alert rule firing"
+        )
+        form = {"contentType": "application/pdf", "data": base64.b64encode(pdf or b"").decode()}
+        report = self.m.diagnosticreport.DiagnosticReport(
+            identifier=[self.m.identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id)],
+            status=self.status,
+            category=[self.concept(system=V2_0074, code="HM")],
+            code=self.concept("White-cell differential, image classification of a stained blood slide"),
+            effectivePeriod=self.period,
+            issued=self.issued,
+            resultsInterpreter=interpreter or None,
+            result=results,
+            conclusion=f"{INTENDED_USE} {conclusion}.",
+            presentedForm=[{**form, "title": f"{slide.session_id}.pdf"}] if pdf else None,
+        )
+        self.add(report, _urn(slide, "report"))
 
 
 def bundle_json(resource) -> str:

@@ -11,18 +11,17 @@ cells, as labs report nucleated red cells. Before signing, "verified" is the rev
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.catalogue import UNKNOWN, CellClass, cell_class
 from edge.daemon.archive import crop_stem
 from edge.daemon.config import AlertRule, DifferentialConfig
-from edge.daemon.differential import DifferentialCount, SessionCounts, wilson_interval
+from edge.daemon.differential import DifferentialCount, wilson_interval
 from edge.errors import EdgeError
-from edge.lab.catalogue import UNKNOWN, CellClass, cell_class
-from edge.lab.reviews import REASONS, QueuedCell, ReviewBook, SignState
+from edge.results.reviews import REASONS, QueuedCell, ReviewBook, SignState
+from edge.results.store import SessionCounts
 
 
 class SlideError(EdgeError):
@@ -209,11 +208,11 @@ def archive_root(db: Path, config: dict, override: Path | None = None) -> Path:
 
 def pick_session(db: Path, session_id: str | None) -> str:
     """The session asked for, or the only one in the database."""
-    con = _connect(db)
+    book = ReviewBook.existing(db)
     try:
-        ids = [r[0] for r in con.execute("SELECT id FROM sessions ORDER BY started DESC")]
+        ids = book.session_ids()
     finally:
-        con.close()
+        book.close()
     if session_id:
         if session_id not in ids:
             latest = ", ".join(ids[:5]) or "none"
@@ -224,56 +223,30 @@ def pick_session(db: Path, session_id: str | None) -> str:
     return ids[0]
 
 
-def _connect(db: Path) -> sqlite3.Connection:
-    if not Path(db).is_file():
-        raise SlideError(f"{db}: no such database")
-    try:
-        # The report reads; opening read-write lets SQLite use the WAL of a database still being written.
-        con = sqlite3.connect(db, timeout=10)
-        con.execute("SELECT 1 FROM sessions LIMIT 1")
-    except sqlite3.Error as exc:
-        raise SlideError(f"{db}: not a results database ({exc})") from None
-    return con
-
-
 def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> Slide:
     db = Path(db)
-    _connect(db).close()
-    # Opening through the store applies its schema, so a results.db from before reviews existed gains
-    # the (empty) reviews and signoffs tables instead of failing here.
-    from edge.daemon.store import ResultStore
-
-    ResultStore(db).db.close()
-    book = ReviewBook(db)
+    # A results.db from before reviews existed gains the (empty) reviews and signoffs tables.
+    book = ReviewBook.existing(db)
     try:
         s = book.session(session_id)
-        config = json.loads(s["config"] or "{}")
-        alert_classes = list((config.get("archive") or {}).get("alert_classes") or [])
-        differential = config.get("differential") or {}
+        alert_classes = s.alert_classes
+        differential = s.config.get("differential") or {}
         rules = [AlertRule(**r) for r in differential.get("alerts") or []]
-        root = archive_root(db, config, archive)
+        root = archive_root(db, s.config, archive)
         reviews = book.latest_reviews(session_id)
-        rows = book.db.execute(
-            "SELECT id, frame_id, crop_index, ts, label, confidence, uncertain, probabilities FROM results"
-            " WHERE session_id = ? ORDER BY id",
-            (session_id,),
-        ).fetchall()
-        labels: list[str] = []
         cells = []
-        for r in rows:
-            if not labels:
-                labels = sorted(json.loads(r["probabilities"]))  # every result holds all the model's labels
+        for r in book.cells(session_id):
             crop = root / session_id / (crop_stem(r["frame_id"], r["crop_index"], r["label"]) + ".jpg")
             cells.append(Cell.from_row(r, reviews, alert_classes, crop=crop if crop.is_file() else None))
         return Slide(
             session_id=session_id,
-            started=s["started"],
-            ended=s["ended"],
-            host=s["host"],
-            source=s["source"],
-            bundle=s["bundle"],
-            model_sha=s["model_sha"],
-            labels=labels,
+            started=s.started,
+            ended=s.ended,
+            host=s.host,
+            source=s.source,
+            bundle=s.bundle,
+            model_sha=s.model_sha,
+            labels=book.model_labels(session_id),
             alert_classes=alert_classes,
             cells=cells,
             sign=book.sign_state(session_id),

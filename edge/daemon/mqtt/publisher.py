@@ -19,17 +19,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.daemon.config import ConfigError
+from edge.daemon.mqtt.client import HANDED_OVER, SUCCESS, error_string, make_client, reason
 from edge.daemon.mqtt.config import MqttConfig
 from edge.daemon.mqtt.messages import Topics, cell_payload, encode, status_payload, topic_level
-from edge.daemon.mqtt.outbox import STREAMS, Outbox
-from edge.errors import MissingExtraError
-
-try:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-except ImportError as exc:  # the 'device' extra brings paho-mqtt
-    raise MissingExtraError("edge run (mqtt)", "device", exc.name or "paho-mqtt") from None
+from edge.results.outbox import STREAMS, Outbox
 
 ACK_COMMIT_S = 0.2  # the watermark is written this soon after a PUBACK (or after `limit` PUBACKs)
 POLL_S = 1.0  # look for new rows at least this often, even without a wake-up from the pipeline
@@ -55,17 +48,6 @@ class Stream:
         return min(waiting) - 1 if waiting else self.cursor
 
 
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _read_secret(path: str, key: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{key}: cannot read {path} ({_reason(exc)})") from None
-
-
 class MqttPublisher:
     def __init__(
         self,
@@ -80,7 +62,14 @@ class MqttPublisher:
         self.status_fn = status_fn
         self.device = config.device or topic_level(socket.gethostname())
         self.topics = Topics(config.prefix, self.device)
-        self.client = self._make_client(config)
+        self.client = make_client(
+            config,
+            self.device,
+            self.topics.available,
+            self._on_connect,
+            self._on_disconnect,
+            self._on_publish,
+        )
         self.outbox = Outbox(db_path, config.backfill, synchronous)
         self.streams = {name: Stream(name, self.outbox.acked_through(name)) for name in STREAMS}
         self._mids: dict[int, tuple[str | None, int, str]] = {}  # paho message id -> (stream, row id, topic)
@@ -115,41 +104,6 @@ class MqttPublisher:
         self._differential_at = 0.0
         self._final_sent = False
         self.thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-
-    # -- setup ---------------------------------------------------------------------------------
-    def _make_client(self, c: MqttConfig):
-        v5 = c.protocol == "5"
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=c.client_id or f"edge-run-{self.device}",
-            protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-            **({} if v5 else {"clean_session": True}),
-        )
-        if c.username:
-            password = _read_secret(c.password_file, "mqtt.password_file") if c.password_file else c.password
-            client.username_pw_set(c.username, password or None)
-        if c.tls.enabled:
-            for key in ("ca", "cert", "key"):
-                path = getattr(c.tls, key)
-                if path and not Path(path).is_file():
-                    raise ConfigError(f"mqtt.tls.{key}: {path} is not a readable file")
-            try:
-                client.tls_set(
-                    ca_certs=c.tls.ca or None, certfile=c.tls.cert or None, keyfile=c.tls.key or None
-                )
-            except (
-                OSError,
-                ValueError,
-            ) as exc:  # ssl.SSLError is an OSError: a bad PEM, a key that does not match
-                raise ConfigError(f"mqtt.tls: cannot use the certificate files ({_reason(exc)})") from None
-        client.will_set(self.topics.available, "offline", qos=1, retain=True)
-        client.max_inflight_messages_set(c.max_inflight)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        # Stores the address only; the thread connects (and reconnects) with client.reconnect().
-        client.connect_async(c.host, c.broker_port, c.keepalive_s, **({"clean_start": True} if v5 else {}))
-        return client
 
     # -- called from other threads ---------------------------------------------------------------
     def start(self) -> None:
@@ -254,13 +208,13 @@ class MqttPublisher:
                 if self._step():
                     break
             except Exception as exc:  # noqa: BLE001 - the publisher must never take the daemon down
-                self._error(f"publisher error: {_reason(exc)}", log=True)
+                self._error(f"publisher error: {reason(exc)}", log=True)
                 self._drop_connection()
                 time.sleep(1.0)
         try:
             self._finish()
         except Exception as exc:  # noqa: BLE001
-            self._error(f"publisher error at shutdown: {_reason(exc)}", log=True)
+            self._error(f"publisher error at shutdown: {reason(exc)}", log=True)
 
     def _step(self) -> bool:
         """One turn of the loop; True when the thread should end."""
@@ -276,7 +230,7 @@ class MqttPublisher:
             return False
         busy = self._fill(now) if self.connected else False
         rc = self.client.loop(timeout=0.0 if busy else 0.05)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and (self.connected or self._connecting_since is not None):
+        if rc != SUCCESS and (self.connected or self._connecting_since is not None):
             self._drop_connection()  # on_disconnect has run when paho saw the loss itself
         if self._connecting_since is not None and now - self._connecting_since > CONNACK_TIMEOUT_S:
             self._drop_connection(f"no answer (CONNACK) from {self.config.broker}")
@@ -292,7 +246,7 @@ class MqttPublisher:
             self.client.reconnect()  # TCP, TLS and CONNECT; the CONNACK arrives in client.loop()
             self._connecting_since = now
         except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS verification, ...
-            self._failed(f"cannot connect to {self.config.broker}: {_reason(exc)}")
+            self._failed(f"cannot connect to {self.config.broker}: {reason(exc)}")
 
     def _drop_connection(self, message: str = "") -> None:
         """Give up on this connection; the next reconnect() closes its socket and opens a new one."""
@@ -344,9 +298,8 @@ class MqttPublisher:
         else:
             topic, payload = self.topics.below(row["topic"]), row["payload"].encode()
         info = self.client.publish(topic, payload, qos=1)
-        # NO_CONN: paho keeps the message and sends it after the next CONNACK, so track it all the same.
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise RuntimeError(f"publish on {topic} failed ({paho.error_string(info.rc)})")
+        if info.rc not in HANDED_OVER:  # NO_CONN is tracked all the same: paho sends it after the CONNACK
+            raise RuntimeError(f"publish on {topic} failed ({error_string(info.rc)})")
         self._mids[info.mid] = (stream.name, row["id"], topic)
         stream.inflight.add(row["id"])
         stream.cursor = max(stream.cursor, row["id"])
@@ -356,7 +309,7 @@ class MqttPublisher:
         """Status, availability and the differential: QoS 1 and retained, not through the outbox
         (a newer one replaces a lost one)."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+        if info.rc in HANDED_OVER:
             self._mids[info.mid] = (None, 0, topic)
 
     def _publish_due(self, now: float) -> None:
@@ -412,7 +365,7 @@ class MqttPublisher:
             self._publish_extra(self.topics.available, b"offline")
             end = time.monotonic() + OFFLINE_WAIT_S
             while self._mids and self.connected and time.monotonic() < end:
-                if self.client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if self.client.loop(timeout=0.05) != SUCCESS:
                     break
             self._persist(time.monotonic(), force=True)
             self.client.disconnect()

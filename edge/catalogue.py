@@ -1,5 +1,5 @@
-"""What the lab needs to know about a model's class names: how to print them, whether they are white
-cells (the denominator of a differential), and their LOINC code where one fits.
+"""What the daemon and the lab need to know about a model's class names: how to print them, whether they
+are white cells (the denominator of a differential), and their LOINC code where one fits.
 
 Labels stay plain strings everywhere else; a label this catalogue does not know (a synthetic class, a
 new model's class) is a white cell without a code: reported by name, sent as a text-coded Observation.
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-UNKNOWN = "unknown"  # a cell the model rejected (no class); reported, never counted in the differential
+# The label of a cell the model rejected (no class): reported, counted in no class and in no alert.
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)

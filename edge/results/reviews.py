@@ -1,4 +1,4 @@
-"""Reviews and sign-off of a slide, kept in results.db beside the model's rows (tables in store.py).
+"""Reviews and sign-off of a slide, kept in results.db beside the model's rows (tables in schema.py).
 
 - A review is a technician's label for one cell (`results.id`): the model's label again (confirmed) or
   another one (reclassified), with the reviewer's name and the time. Reviews are appended, never
@@ -14,29 +14,21 @@ Queries name their columns: other work adds columns to `results`.
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge.errors import EdgeError
-from edge.lab.catalogue import UNKNOWN
+from edge.catalogue import UNKNOWN
+from edge.results.schema import ResultsError
+from edge.results.sessions import ResultsReader
 
 # Queue order: what matters most first.
 REASONS = ("alert_class", "unknown", "uncertain")
 
 
-class ReviewError(EdgeError):
+class ReviewError(ResultsError):
     """A review or sign-off that cannot be taken (signed slide, unknown cell or label...)."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, status: int = 409):
-        super().__init__(message)
-        self.status = status  # the HTTP status the page gets
 
 
 def needs_look(label: str, uncertain: bool, alert_classes) -> str | None:
@@ -116,61 +108,18 @@ def _clean_name(name: str, what: str) -> str:
     return name
 
 
-class ReviewBook:
+class ReviewBook(ResultsReader):
     """Reviews and sign-offs of one results.db. Its own connection, so the page's threads never
     share the pipeline's; WAL lets both write, each waiting briefly for the other."""
 
     def __init__(self, db: str | Path):
-        self.path = Path(db)
-        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.lock = threading.RLock()
+        super().__init__(db)
         self._summaries: dict[str, tuple[float, dict]] = {}
 
-    def close(self) -> None:
-        with self.lock:
-            self.db.close()
-
     # -- reading ------------------------------------------------------------------------------
-    def session(self, session_id: str) -> sqlite3.Row:
-        row = self.db.execute(
-            "SELECT id, started, ended, model_sha, bundle, source, mode, host, config FROM sessions WHERE id = ?",
-            (session_id,),
-        ).fetchone()
-        if row is None:
-            raise ReviewError(f"session {session_id!r} is not in {self.path}", 404)
-        return row
-
     def sessions(self) -> list[dict]:
         """Every session, newest first, with its cell count and sign state."""
-        rows = self.db.execute(
-            "SELECT s.id AS id, s.started AS started, s.ended AS ended,"
-            " (SELECT COUNT(*) FROM results r WHERE r.session_id = s.id) AS cells"
-            " FROM sessions s ORDER BY s.started DESC"
-        ).fetchall()
-        return [{**dict(r), "sign": asdict(self.sign_state(r["id"]))} for r in rows]
-
-    def labels(self, session_id: str) -> list[str]:
-        """What a reviewer may choose for this session's cells: the model's labels and 'unknown'."""
-        with self.lock:
-            row = self.db.execute(
-                "SELECT probabilities FROM results WHERE session_id = ? LIMIT 1", (session_id,)
-            ).fetchone()
-        labels = sorted(json.loads(row["probabilities"])) if row else []  # every row holds all labels
-        return labels + ([UNKNOWN] if UNKNOWN not in labels else [])
-
-    def model_counts(self, session_id: str) -> dict[str, int]:
-        """The model's cells per label in a session (a slide that is not the live one)."""
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT label, COUNT(*) AS n FROM results WHERE session_id = ? GROUP BY label", (session_id,)
-            ).fetchall()
-        return {r["label"]: r["n"] for r in rows}
-
-    def alert_classes(self, session_id: str) -> list[str]:
-        """The session's archive.alert_classes, as the daemon was configured when it recorded it."""
-        config = json.loads(self.session(session_id)["config"] or "{}")
-        return list((config.get("archive") or {}).get("alert_classes") or [])
+        return [{**s, "sign": asdict(self.sign_state(s["id"]))} for s in self.cell_counts()]
 
     def summary(
         self, session_id: str, model_counts: dict, count_uncertain: bool = True, max_age_s: float = 2.0
@@ -208,13 +157,7 @@ class ReviewBook:
         """The cells that need a look, most important first: unreviewed before reviewed, then alert
         classes, unknown, uncertain, each from the least confident."""
         alert_classes = list(alert_classes)
-        marks = ",".join("?" * len(alert_classes)) or "''"
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT id, frame_id, crop_index, ts, label, confidence, uncertain FROM results"
-                f" WHERE session_id = ? AND (uncertain = 1 OR label = ? OR label IN ({marks}))",
-                (session_id, UNKNOWN, *alert_classes),
-            ).fetchall()
+        rows = self.cells(session_id, flagged_by=alert_classes)
         reviews = self.latest_reviews(session_id)
         cells = [QueuedCell.from_row(r, reviews, alert_classes) for r in rows]
         return sorted(
@@ -251,10 +194,7 @@ class ReviewBook:
                 return SignState("unsigned")
             if last["action"] == "reopen":
                 return SignState("reopened", last["name"], last["ts"], note=last["note"])
-            since = self.db.execute(
-                "SELECT COUNT(*) FROM results WHERE session_id = ? AND id > ?",
-                (session_id, last["last_result_id"]),
-            ).fetchone()[0]
+            since = self.cells_after(session_id, last["last_result_id"])
         return SignState(
             "changed" if since else "signed", last["name"], last["ts"], last["cells"], since, last["note"]
         )
@@ -272,8 +212,7 @@ class ReviewBook:
                 f"session {session_id} was signed by {state.name}; reopen it before changing a review"
             )
         with self.lock:
-            row = self.db.execute("SELECT session_id FROM results WHERE id = ?", (int(result_id),)).fetchone()
-            if row is None or row["session_id"] != session_id:
+            if self.session_of_cell(result_id) != session_id:
                 raise ReviewError(f"cell {result_id} is not a cell of session {session_id}", 404)
             now = time.time()
             self.db.execute(

@@ -1,4 +1,5 @@
-"""What the broker has acknowledged, kept in results.db beside the results themselves.
+"""What the MQTT broker has acknowledged, kept in results.db beside the results themselves (the
+tables: edge/results/schema.py, OUTBOX_SCHEMA; the publisher: edge/daemon/mqtt/publisher.py).
 
 The results table is already the outbox: every committed row is a message to send. What this
 module adds is, per stream, a watermark: `acked_through`, the row id up to which every row was
@@ -24,25 +25,11 @@ messages: those acknowledged but not yet marked, and those in flight.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS mqtt_outbox (
-    stream        TEXT PRIMARY KEY,   -- 'cells': rows of results; 'events': rows of mqtt_events
-    acked_through INTEGER NOT NULL,   -- every row id <= this was acknowledged by the broker
-    updated       REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS mqtt_events (
-    id      INTEGER PRIMARY KEY,
-    msg_id  TEXT NOT NULL UNIQUE,
-    topic   TEXT NOT NULL,            -- below PREFIX/DEVICE/, e.g. 'alerts'
-    payload TEXT NOT NULL CHECK (json_valid(payload)),
-    created REAL NOT NULL
-);
-"""
+from edge.results.schema import OUTBOX_SCHEMA, connect, set_synchronous
 
 STREAMS = ("events", "cells")  # events first: an alert should not wait behind an hour of cells
 
@@ -61,10 +48,9 @@ class Outbox:
     pipeline thread (`add_event`) under a lock. It only ever reads committed rows."""
 
     def __init__(self, path: str | Path, backfill: bool = True, synchronous: str = "normal"):
-        self.db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
+        self.db = connect(path, rows=True)
         self.lock = threading.Lock()
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        set_synchronous(self.db, synchronous)
         now = time.time()
         # The first start with MQTT either sends what the database already holds (backfill) or
         # starts after it; later starts carry on from the watermark either way.
@@ -72,7 +58,7 @@ class Outbox:
         with self.lock:
             self.db.executescript(
                 "BEGIN IMMEDIATE;"
-                + SCHEMA
+                + OUTBOX_SCHEMA
                 + f"INSERT OR IGNORE INTO mqtt_outbox VALUES ('cells', {start}, {now});"
                 + f"INSERT OR IGNORE INTO mqtt_outbox VALUES ('events', 0, {now});"
                 + "COMMIT;"

@@ -1,7 +1,6 @@
-"""The results database: SQLite in WAL mode, one transaction per frame.
-
-Why WAL: readers (the page, `sqlite3` in a shell, a LIMS export) never block the writer, and a
-process killed at any instant leaves the database consistent; the WAL is replayed on next open.
+"""The daemon's side of results.db: sessions, frames and cells written one transaction per frame, and
+what the daemon reads back to carry on (a restarted session, a hot folder's files). Written by the
+pipeline thread only; the schema and the connection are edge/results/schema.py's.
 
 Why synchronous=NORMAL (+ a WAL fsync every second) by default, not FULL:
 - a killed or crashed process loses nothing either way: in WAL mode every COMMIT is in the OS's
@@ -22,7 +21,6 @@ starts anyway, writing nothing until it can.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
@@ -32,92 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.daemon.differential import SessionCounts
-from edge.predict import UNKNOWN
-
-SCHEMA_VERSION = 3  # 3: results.track_id, results.detector_score (field mode)
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id          TEXT PRIMARY KEY,
-    started     REAL NOT NULL,
-    ended       REAL,
-    model_sha   TEXT NOT NULL,
-    bundle      TEXT NOT NULL,
-    source      TEXT NOT NULL,
-    mode        TEXT NOT NULL,
-    host        TEXT NOT NULL,
-    config      TEXT NOT NULL
-);
--- One row per frame taken from the source: classified or skipped (corrupt). The hot folder's
--- "already processed" memory is this table.
-CREATE TABLE IF NOT EXISTS frames (
-    session_id  TEXT NOT NULL REFERENCES sessions(id),
-    frame_id    INTEGER NOT NULL,
-    ts          REAL NOT NULL,
-    source      TEXT NOT NULL,
-    source_ref  TEXT NOT NULL,
-    status      TEXT NOT NULL CHECK (status IN ('classified', 'corrupt')),
-    detail      TEXT NOT NULL DEFAULT '',
-    n_results   INTEGER NOT NULL,
-    file_stat   TEXT,  -- a hot folder's corrupt file: "size:mtime_ns", to retry it once it changes
-    PRIMARY KEY (session_id, frame_id)
-);
-CREATE INDEX IF NOT EXISTS frames_by_source ON frames(source, source_ref);
--- One row per classified crop (cell mode: one per frame; field mode: one per cell found).
-CREATE TABLE IF NOT EXISTS results (
-    id            INTEGER PRIMARY KEY,
-    session_id    TEXT NOT NULL,
-    frame_id      INTEGER NOT NULL,
-    crop_index    INTEGER NOT NULL,
-    ts            REAL NOT NULL,
-    box           TEXT NOT NULL,
-    label         TEXT NOT NULL,
-    confidence    REAL NOT NULL,
-    probabilities TEXT NOT NULL CHECK (json_valid(probabilities)),
-    uncertain     INTEGER NOT NULL CHECK (uncertain IN (0, 1)),
-    model_sha     TEXT NOT NULL,
-    timings       TEXT NOT NULL CHECK (json_valid(timings)),
-    reason        TEXT,  -- why it needs a look: unknown, low confidence, small margin (NULL: it does not)
-    rejection_score REAL,  -- distance to the training cells, for bundles with rejection
-    track_id      INTEGER,  -- field mode: the tracked cell (one row per cell, at its first sighting)
-    detector_score REAL,  -- field mode: the detector's confidence in the box
-    UNIQUE (session_id, frame_id, crop_index),
-    FOREIGN KEY (session_id, frame_id) REFERENCES frames(session_id, frame_id)
-);
-CREATE INDEX IF NOT EXISTS results_by_session ON results(session_id, label);
--- A technician's look at one cell (edge/lab/reviews.py): confirmed or reclassified. Append-only and
--- never written into `results`, so the model's answer stays as it was; a cell's latest review wins.
-CREATE TABLE IF NOT EXISTS reviews (
-    id          INTEGER PRIMARY KEY,
-    result_id   INTEGER NOT NULL REFERENCES results(id),
-    session_id  TEXT NOT NULL,
-    label       TEXT NOT NULL,
-    reviewer    TEXT NOT NULL,
-    ts          REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reviews_by_session ON reviews(session_id, result_id);
--- Signing a slide, and re-opening it: an event log, the latest event of a session is its state. A
--- signature covers the session's cells up to last_result_id (a live slide may gain cells after it).
-CREATE TABLE IF NOT EXISTS signoffs (
-    id              INTEGER PRIMARY KEY,
-    session_id      TEXT NOT NULL REFERENCES sessions(id),
-    action          TEXT NOT NULL CHECK (action IN ('sign', 'reopen')),
-    name            TEXT NOT NULL,
-    ts              REAL NOT NULL,
-    cells           INTEGER NOT NULL,
-    last_result_id  INTEGER NOT NULL,
-    note            TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS signoffs_by_session ON signoffs(session_id);
-"""
-
-
-# Columns added since schema 1, with their types: an older results.db gains them at the next start.
-_ADDED_COLUMNS = {
-    "results": {"reason": "TEXT", "rejection_score": "REAL", "track_id": "INTEGER", "detector_score": "REAL"},
-    "frames": {"file_stat": "TEXT"},
-}
+from edge.catalogue import UNKNOWN
+from edge.results.schema import ResultsError, StoreFull, connect, full_disk_guard, prepare
 
 
 @dataclass
@@ -135,33 +49,19 @@ class ResultRow:
     detector_score: float | None = None
 
 
-def _migrations(db: sqlite3.Connection) -> str:
-    """ALTER TABLE statements that bring an older results.db up to this schema (nothing is lost)."""
-    statements = []
-    for table, columns in _ADDED_COLUMNS.items():
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if not have:
-            continue  # a new database: CREATE TABLE has every column
-        statements += [
-            f"ALTER TABLE {table} ADD COLUMN {name} {kind};"
-            for name, kind in columns.items()
-            if name not in have
-        ]
-    return "".join(statements)
+@dataclass
+class SessionCounts:
+    """What a restarted daemon reads back from the database to continue a session's count."""
 
-
-class StoreFull(Exception):
-    """SQLite refused a write because the disk (or store.max_db_mb) is full; nothing was written."""
-
-
-def _full(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        return "full" in str(exc).lower() or "disk i/o error" in str(exc).lower()
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    counts: dict[str, int]  # known labels, all cells
+    confident: dict[str, int]  # known labels, cells not flagged uncertain
+    uncertain: int
+    unknown: int
 
 
 class ResultStore:
-    """Written by the pipeline thread only; the lock makes the odd read from another thread safe."""
+    """Written by the pipeline thread only; the lock makes the odd read from another thread safe.
+    ResultsError (or OSError for its folder) when the database cannot be opened."""
 
     def __init__(
         self,
@@ -171,8 +71,11 @@ class ResultStore:
         max_db_mb: float = 0.0,
     ):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # OSError: the caller names the setting
+        try:
+            self.db = connect(self.path)
+        except sqlite3.Error as exc:
+            raise ResultsError(str(exc)) from None
         self.lock = threading.Lock()
         self.session_id: str | None = None
         self.model_sha = ""
@@ -187,46 +90,23 @@ class ResultStore:
             self._prepare()
         except StoreFull:
             pass  # start anyway: StoreSink retries, and nothing is classified the less
+        except sqlite3.Error as exc:  # not a database, read-only, ...
+            self.db.close()
+            raise ResultsError(str(exc)) from None
 
     def _prepare(self) -> None:
-        """WAL mode, settings and the schema; writes only when the schema is not already current,
-        so a store on a full disk with an up-to-date database starts without writing."""
+        """WAL mode, settings and the schema (edge.results.schema.prepare: no write when current)."""
         with self.lock:
-            try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
-                self.db.execute("PRAGMA foreign_keys=ON")
-                if self.max_db_mb:
-                    page = self.db.execute("PRAGMA page_size").fetchone()[0]
-                    # SQLite keeps at least the pages the database has: it never shrinks it.
-                    self.db.execute(f"PRAGMA max_page_count={max(1, int(self.max_db_mb * 1e6 / page))}")
-                current = self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-                migrations = _migrations(self.db)
-                if not current or migrations:
-                    self.db.executescript(
-                        "BEGIN;" + SCHEMA + migrations + f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-                    )
-            except (sqlite3.OperationalError, OSError) as exc:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                if _full(exc):
-                    raise StoreFull(str(exc)) from None
-                raise
+            with full_disk_guard(self.db):
+                prepare(self.db, self.synchronous, self.max_db_mb)
             self.ready = True
 
     def _write(self, statements) -> None:
         """Run `statements(db)` in one transaction; StoreFull (and nothing written) when it is full."""
-        with self.lock:
-            try:
-                self.db.execute("BEGIN IMMEDIATE")
-                statements(self.db)
-                self.db.execute("COMMIT")
-            except BaseException as exc:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                if _full(exc):
-                    raise StoreFull(str(exc)) from None
-                raise
+        with self.lock, full_disk_guard(self.db):
+            self.db.execute("BEGIN IMMEDIATE")
+            statements(self.db)
+            self.db.execute("COMMIT")
 
     def flush_pending(self) -> None:
         """The schema and the session start, if a full disk kept them back (StoreFull while it still is)."""
