@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -28,7 +27,7 @@ SCALE_RANGE = (0.5, 2.0)
 def raw_spec(spec: PreprocessSpec) -> PreprocessSpec:
     """The same square and resize, without colour standardisation and contrast: what `stain`
     augments before `finish` applies the rest of `spec`."""
-    return replace(spec, color="none", white_reference=None, contrast="none")
+    return spec.replace(color="none", white_reference=None, contrast="none")
 
 
 def finish(raw_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

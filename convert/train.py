@@ -72,7 +72,7 @@ class TrainConfig:
         self.val_dir = list(self.val_dir or [])
 
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict({**self.preprocess, "size": int(self.img_size)})
+        return PreprocessSpec.model_validate({**self.preprocess, "size": int(self.img_size)})
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -84,7 +84,7 @@ def test_saved_model_reproduces_reported_val_accuracy(run_dir, synthetic_split):
     out, _, _, _ = run_dir
     report = json.loads((out / "report.json").read_text())
     model = keras.models.load_model(out / "model.keras")
-    spec = PreprocessSpec.from_dict(report["preprocess"])
+    spec = PreprocessSpec.model_validate(report["preprocess"])
     labels = report["labels"]
     x, y = [], []
     for i, name in enumerate(labels):
@@ -243,7 +243,7 @@ def test_stain_augmentation_and_white_balance_from_two_sources(synthetic_split, 
     )
     assert code == 0, stdout[-2000:]
     config = json.loads((out / "config.json").read_text())
-    spec = PreprocessSpec.from_dict(config["preprocess"])
+    spec = PreprocessSpec.model_validate(config["preprocess"])
     assert spec.color == "white_balance" and config["train"]["augment"] == "stain"
     # the reference is the median background of the training images, before standardisation
     import cv2
