@@ -11,12 +11,13 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import numpy as np
 
 from edge.preprocess import PreprocessSpec, preprocess
 
-AUGMENTS = ("seed", "stain", "none")
+Augment = Literal["seed", "stain", "none"]
 # Magnification: a cell from another microscope fills anywhere from ~0.3 to ~0.8 of its image's side
 # (tecom-wbc ~0.75, pbc-8class ~0.45, blood-5class's myeloblasts ~0.58; docs/differential.md), so views
 # are zoomed out and in, far enough that a cell's share of the image says nothing about its class.

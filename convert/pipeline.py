@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.train import TrainConfig, check_config, evaluate, fit_two_phase, pooled_features
+from convert.train import TrainConfig, evaluate, fit_two_phase, pooled_features
 from edge.errors import DataError
 
 
@@ -201,7 +201,6 @@ def run(cfg: TrainConfig) -> dict:
     from convert.data import stratified_split
     from convert.weights import resolve_weights
 
-    check_config(cfg)
     started = time.perf_counter()
     folder, val_folder = scan_splits(cfg)
     out = Path(cfg.out)

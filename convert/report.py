@@ -42,7 +42,7 @@ def combined_fingerprint(parts: dict) -> str:
 def _config(cfg, labels, resolved, split_layer, data) -> dict:
     spec = cfg.spec().to_dict()
     return {
-        "train": asdict(cfg),
+        "train": cfg.to_dict(),
         "labels": list(labels),
         "arch": cfg.arch,
         # What quantization copies into the bundle manifest: the exact preprocessing of training.
