@@ -88,6 +88,16 @@ def test_train_config_replays_known_keys_and_refuses_unknown_ones(small, tmp_pat
         assert "\n" not in str(refused.value)
 
 
+def test_the_union_of_splits_has_the_fingerprint_of_the_whole_folder(small):
+    """A run's data_fingerprint (all its images) compares with any folder's, by the one method."""
+    from edge.hashing import fingerprint
+
+    whole = scan_labelled(small)
+    train, val = stratified_split(whole.targets, 0.3, seed=0)
+    parts = [*whole.subset(train).entries(), *whole.subset(val).entries()]
+    assert fingerprint(parts) == whole.fingerprint() != whole.subset(train).fingerprint()
+
+
 def test_stratified_split_and_kfold_keep_proportions():
     targets = np.repeat(np.arange(3), [50, 30, 20])
     tr, va = stratified_split(targets, 0.2, seed=1)
