@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 
 from edge.preprocess import PreprocessSpec, preprocess
 
-AUGMENTS = ("seed", "stain", "none")
+Augment = Literal["seed", "stain", "none"]
 # Magnification: a cell from another microscope fills anywhere from ~0.3 to ~0.8 of its image's side
 # (tecom-wbc ~0.75, pbc-8class ~0.45, blood-5class's myeloblasts ~0.58; docs/differential.md), so views
 # are zoomed out and in, far enough that a cell's share of the image says nothing about its class.
@@ -28,7 +28,7 @@ SCALE_RANGE = (0.5, 2.0)
 def raw_spec(spec: PreprocessSpec) -> PreprocessSpec:
     """The same square and resize, without colour standardisation and contrast: what `stain`
     augments before `finish` applies the rest of `spec`."""
-    return replace(spec, color="none", white_reference=None, contrast="none")
+    return spec.replace(color="none", white_reference=None, contrast="none")
 
 
 def finish(raw_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

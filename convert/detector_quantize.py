@@ -24,7 +24,7 @@ import json
 import shlex
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,9 @@ def _metrics(run, split: str, command: str) -> list[Metric]:
         "recall": r.recall,
         "false_positives_per_frame": r.false_positives_per_frame,
     }
-    return [Metric(name, float(v), split, r.frames, command) for name, v in values.items()]
+    return [
+        Metric(name=k, value=float(v), split=split, n=r.frames, command=command) for k, v in values.items()
+    ]
 
 
 def refuse_classifier_options(req) -> None:
@@ -156,12 +158,10 @@ def run_step(req) -> DetectorRun:
     run = Path(req.source)
     config = json.loads((run / "config.json").read_text())
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").exists() else {}
-    detector_spec = DetectorSpec.from_dict(config["detector"])
+    detector_spec = DetectorSpec.model_validate(config["detector"])
     if req.crop_fraction:
-        detector_spec = replace(
-            detector_spec,
-            crop=replace(
-                detector_spec.crop,
+        detector_spec = detector_spec.replace(
+            crop=detector_spec.crop.replace(
                 cell_fraction=float(req.crop_fraction),
                 source="median white cell side / image side of pbc-8class/train and blood-5class/train, "
                 "measured by scripts/measure_cell_fraction.py with this detector (docs/field.md)",
@@ -171,7 +171,7 @@ def run_step(req) -> DetectorRun:
         run,
         config,
         report,
-        PreprocessSpec.from_dict(config["preprocess"]),
+        PreprocessSpec.model_validate(config["preprocess"]),
         detector_spec,
         list(config["kinds"]),
         config["split"],
@@ -237,8 +237,8 @@ def build_manifest(
     config, heat, boxes = run.config, conversion.heatmap, conversion.boxes
     return Manifest(
         labels=run.kinds,
-        input=replace(conversion.input),  # copies: write_bundle fills in a manifest, never the records
-        output=replace(heat),
+        input=conversion.input.model_copy(),  # copies: write_bundle fills in a manifest, never the records
+        output=heat.model_copy(),
         preprocess=run.spec,
         task="detector",
         detector=detector,
@@ -251,8 +251,8 @@ def build_manifest(
             "source_sha256": sha256_file(run.model_path),
             "head": config.get("model"),
             "outputs": {
-                "heatmap": {"name": heat.name, **heat.__dict__},
-                "boxes": {"name": boxes.name, **boxes.__dict__},
+                "heatmap": {"name": heat.name, **heat.to_dict()},
+                "boxes": {"name": boxes.name, **boxes.to_dict()},
             },
             "quantization": INT8_SETTINGS if req.precision == "int8" else {"method": req.precision},
         },
@@ -295,7 +295,7 @@ def threshold_step(
     from edge.detect.eval_run import run_on_frames
     from edge.detect.evaluate import operating_threshold
 
-    detector_spec = replace(run.detector, heatmap=conversion.heatmap.name, boxes=conversion.boxes.name)
+    detector_spec = run.detector.replace(heatmap=conversion.heatmap.name, boxes=conversion.boxes.name)
     with _detector(
         conversion.tflite, build_manifest(req, run, conversion, detector_spec, [], command)
     ) as det:
@@ -303,8 +303,7 @@ def threshold_step(
         tune = run_on_frames(det, frames.tune)
         target = float(run.config.get("training", {}).get("target_recall", 0.995))
         threshold, how = operating_threshold([(f.detections, f.truth) for f in tune.frames], target)
-        detector_spec = replace(
-            detector_spec,
+        detector_spec = detector_spec.replace(
             threshold=threshold,
             threshold_source=f"{req.precision} model: {how} ({len(frames.tune)} frames of the train split; "
             "val never used)",

@@ -291,7 +291,7 @@ def train_detector(req: DetectorTrainRequest) -> dict:
     data_fp = voc_fingerprint(splits.fit + splits.tune + splits.val)
     key = hashlib.sha256(
         json.dumps(
-            [data_fp, rec["fit"]["files"], asdict(spec), asdict(mspec), req.views, req.seed, weights.name]
+            [data_fp, rec["fit"]["files"], spec.to_dict(), asdict(mspec), req.views, req.seed, weights.name]
         ).encode()
     ).hexdigest()[:16]
     x, heat_t, heat_w, box_t, box_w = _views(fit_images, splits.fit, spec, req.views, req.seed)

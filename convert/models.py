@@ -14,10 +14,12 @@ All layers are stock Keras layers, so model.keras loads without custom objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-ARCHES = ("mobilenetv2", "efficientnetb0", "efficientnet-lite0")
+Arch = Literal["mobilenetv2", "efficientnetb0", "efficientnet-lite0"]
+ARCHES = get_args(Arch)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.train import TrainConfig, check_config, evaluate, fit_two_phase, pooled_features
+from convert.train import TrainConfig, evaluate, fit_two_phase, pooled_features
 from edge.errors import DataError
+from edge.hashing import fingerprint
 
 
 @dataclass
@@ -201,7 +202,6 @@ def run(cfg: TrainConfig) -> dict:
     from convert.data import stratified_split
     from convert.weights import resolve_weights
 
-    check_config(cfg)
     started = time.perf_counter()
     folder, val_folder = scan_splits(cfg)
     out = Path(cfg.out)
@@ -260,6 +260,7 @@ def run(cfg: TrainConfig) -> dict:
         "n_train": len(train_folder),
         "n_val": len(val_folder),
         "fingerprint": fp,
+        "all_fingerprint": fingerprint([*train_folder.entries(), *val_folder.entries()]),
         "skipped": [list(s) for s in skipped + skipped_val],
         "near_duplicates": dups,
         "dedupe_removed": dropped,
@@ -310,6 +311,7 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
         "sources": {"all": folder.sources()},
         "n": len(folder),
         "fingerprint": {"all": fp},
+        "all_fingerprint": fp,
         "skipped": [list(s) for s in skipped],
     }
     return reporting.write_folds(Path(cfg.out), cfg, labels, resolved, built.split_layer, data, folds, wall)

@@ -362,7 +362,8 @@ def _metrics(report: FidelityReport, quant_p, y, labels, flags: dict, command: s
             ("trained_float_accuracy", report.trained_float_accuracy),
             ("top1_agreement_with_trained_float", report.agreement_with_trained_float),
         ]
-    return [Metric(name, round(float(v), 6), split, n, command) for name, v in values if np.isfinite(v)]
+    kept = [(name, round(float(v), 6)) for name, v in values if np.isfinite(v)]
+    return [Metric(name=name, value=v, split=split, n=n, command=command) for name, v in kept]
 
 
 # --- the manifest ----------------------------------------------------------------------------------

@@ -33,16 +33,10 @@ def versions() -> dict:
     return out
 
 
-def combined_fingerprint(parts: dict) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
 def _config(cfg, labels, resolved, split_layer, data) -> dict:
     spec = cfg.spec().to_dict()
     return {
-        "train": asdict(cfg),
+        "train": cfg.to_dict(),
         "labels": list(labels),
         "arch": cfg.arch,
         # What quantization copies into the bundle manifest: the exact preprocessing of training.
@@ -54,8 +48,8 @@ def _config(cfg, labels, resolved, split_layer, data) -> dict:
         },
         "weights": asdict(resolved),
         "fine_tune_from": split_layer,
-        # One string for the bundle manifest; the per-split fingerprints next to it.
-        "data_fingerprint": combined_fingerprint(data["fingerprint"]),
+        # One string for the bundle manifest (all the run's images); the per-split fingerprints next to it.
+        "data_fingerprint": data["all_fingerprint"],
         "data_fingerprints": data["fingerprint"],
         # Each source (root folder) with its fingerprint and per-class counts; the bundle records them.
         "data_sources": data.get("sources"),

@@ -14,9 +14,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from edge.errors import DataError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
+from edge.schema import one_line
 
 MODEL_FILE = "model.keras"
 
@@ -83,9 +86,9 @@ def _spec_from(config: dict, size: int) -> PreprocessSpec:
         )
         return PreprocessSpec(size=size)
     try:
-        return PreprocessSpec.from_dict({**raw, "size": size})
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"run config: bad preprocess spec ({exc})") from None
+        return PreprocessSpec.model_validate({**raw, "size": size})
+    except ValidationError as exc:
+        raise DataError(f"run config: bad preprocess spec ({one_line(exc)})") from None
 
 
 def load_source(path: str | Path) -> ModelSource:

@@ -12,72 +12,88 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from convert.augment import Augment
+from convert.models import Arch
 from edge.errors import DataError
 from edge.preprocess import PreprocessSpec
-
-LOSSES = ("ce", "focal")
-COLORS = ("none", "white_balance")
-CLASS_WEIGHTS = ("none", "balanced")
-
+from edge.schema import Spec, one_line
 
 DEFAULT_FINE_TUNE_EPOCHS = 15
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Spec):
     """Every choice of a run; saved as config.json, which `edge train --config` replays."""
 
     data_dir: list[str]  # one or more class-folder roots (sources)
     out: str
-    arch: str = "mobilenetv2"
-    val_dir: list[str] = field(default_factory=list)
-    val_fraction: float = 0.2
+    arch: Arch = "mobilenetv2"
+    val_dir: list[str] = Field(default_factory=list)
+    val_fraction: float = Field(default=0.2, gt=0, lt=1)
     weights: str = "imagenet"
-    img_size: int = 224
-    epochs: int = 40
-    fine_tune_epochs: int | None = None  # None: as many as --epochs, at most DEFAULT_FINE_TUNE_EPOCHS
-    batch_size: int = 32
-    loss: str = "ce"
-    class_weight: str = "none"
-    augment: str = "seed"
-    views: int = 6
+    img_size: int = 224  # bounded as PreprocessSpec.size
+    epochs: int = Field(default=40, ge=0)
+    # None: as many as --epochs, at most DEFAULT_FINE_TUNE_EPOCHS
+    fine_tune_epochs: int | None = Field(default=None, ge=0)
+    batch_size: int = Field(default=32, ge=1)
+    loss: Literal["ce", "focal"] = "ce"
+    class_weight: Literal["none", "balanced"] = "none"
+    augment: Augment = "seed"
+    views: int = Field(default=6, ge=1)
     fine_tune_from: str = "auto"
-    lr: float = 1e-3
-    fine_tune_lr: float = 1e-4
-    patience: int = 5
-    seed: int = 0
-    folds: int = 0
+    lr: float = Field(default=1e-3, gt=0)
+    fine_tune_lr: float = Field(default=1e-4, gt=0)
+    patience: int = Field(default=5, ge=0)
+    seed: int = Field(default=0, ge=0)
+    folds: int = Field(default=0, ge=0)
     cache: str | None = None
     dedupe: bool = False
-    max_per_class: int = 0
-    preprocess: dict = field(default_factory=lambda: PreprocessSpec().to_dict())
-    class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL aliases across sources
+    max_per_class: int = Field(default=0, ge=0)
+    # PreprocessSpec's serialised form without the size (img_size); white balance adds its reference.
+    preprocess: dict = Field(default_factory=lambda: PreprocessSpec().to_dict())
+    class_map: list[str] = Field(default_factory=list)  # FOLDER=LABEL aliases across sources
     # Colour standardisation (edge.preprocess): "white_balance" measures its reference on the
     # training images and writes it into `preprocess`.
-    color: str = "none"
+    color: Literal["none", "white_balance"] = "none"
 
-    def __post_init__(self):
+    @field_validator("data_dir", "val_dir", mode="before")
+    @classmethod
+    def _a_list(cls, value):
+        # A single folder (as older config.json files hold it) is a list of one.
+        if isinstance(value, str):
+            return [value]
+        return [] if value is None else list(value)
+
+    @model_validator(mode="after")
+    def _consistent(self):
         # `--epochs 1` means a one-epoch run: phase 2 follows --epochs unless it is given itself.
         if self.fine_tune_epochs is None:
-            self.fine_tune_epochs = min(int(self.epochs), DEFAULT_FINE_TUNE_EPOCHS)
-        # A single folder (as older config.json files hold it) is a list of one.
-        if isinstance(self.data_dir, (str, bytes)) or self.data_dir is None:
-            self.data_dir = [self.data_dir] if self.data_dir else []
-        if isinstance(self.val_dir, str):
-            self.val_dir = [self.val_dir]
-        self.val_dir = list(self.val_dir or [])
+            self.fine_tune_epochs = min(self.epochs, DEFAULT_FINE_TUNE_EPOCHS)
+        if self.folds == 1:
+            raise ValueError("folds: 0 (no cross-validation) or at least 2")
+        if self.folds and self.val_dir:
+            raise ValueError("--folds splits DATA_DIR itself; leave out --val-dir")
+        try:
+            self.spec()
+        except ValidationError as exc:
+            raise ValueError(f"preprocess (size from img_size): {one_line(exc)}") from None
+        return self
 
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_dict({**self.preprocess, "size": int(self.img_size)})
+        return PreprocessSpec.model_validate({**self.preprocess, "size": self.img_size})
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, values: dict, where: str = "train config") -> TrainConfig:
+        """The validated config; DataError naming `where` and the first bad key (an unknown one too)."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise DataError(f"{where}: {one_line(exc)}") from None
 
 
 def _log(msg: str) -> None:
@@ -231,23 +247,3 @@ def evaluate(
         -np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], 1e-12, 1)))
     )
     return report
-
-
-def check_config(cfg: TrainConfig) -> None:
-    from convert.augment import AUGMENTS
-    from convert.models import ARCHES
-
-    choices = {
-        "arch": ARCHES,
-        "loss": LOSSES,
-        "class_weight": CLASS_WEIGHTS,
-        "augment": AUGMENTS,
-        "color": COLORS,
-    }
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise DataError(f"{name} must be one of {list(allowed)}, not {getattr(cfg, name)!r}")
-    if cfg.views < 1 or cfg.batch_size < 1 or cfg.epochs < 0 or cfg.fine_tune_epochs < 0:
-        raise DataError("views and batch size must be >= 1, epochs >= 0")
-    if cfg.folds and cfg.val_dir:
-        raise DataError("--folds splits DATA_DIR itself; leave out --val-dir")

@@ -475,8 +475,9 @@ def adapt(
     record["after_on_fit_cells"] = _scores([preds_after[i] for i in split.fit], y[split.fit], labels)
     split_name = f"{site.split} held back ({len(held)})"
     for name, key in (("site_accuracy_before", "before"), ("site_accuracy_after", "after")):
-        if record[key]["accuracy"] is not None:
-            manifest.metrics.append(Metric(name, record[key]["accuracy"], split_name, len(held), command))
+        if (value := record[key]["accuracy"]) is not None:
+            metric = Metric(name=name, value=value, split=split_name, n=len(held), command=command)
+            manifest.metrics.append(metric)
     manifest.calibration["site_adaptation"] = record
     write_bundle(out_dir, {CPU_MODEL: new_bytes, **extra}, manifest)  # the same files, the final manifest
     return AdaptResult(Bundle.load(out_dir), record, _summary(record, out_dir))

@@ -12,127 +12,24 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge import __version__, contract, manifest_schema
-from edge.detect.spec import DetectorSpec
+from pydantic import ValidationError
+
+from edge import __version__, contract
 from edge.errors import BundleError
 from edge.hashing import sha256_file
-from edge.preprocess import PreprocessSpec
 
-# 2: the labels, preprocessing and flagging rules are sealed in model.tflite (edge/contract.py), and
-# the manifest may describe an embedding output and rejection.
-SCHEMA_VERSION = 2
+# The manifest's parts (edge/manifest.py), where callers have always found them.
+from edge.manifest import SCHEMA_VERSION, Manifest, Metric, Rejection, TensorSpec, Uncertainty  # noqa: F401
+from edge.preprocess import PreprocessSpec
+from edge.schema import one_line
+
 MANIFEST = "manifest.json"
 CPU_MODEL = "model.tflite"
 EDGETPU_MODEL = "model_edgetpu.tflite"
 ONNX_MODEL = "model.onnx"  # optional: the same model for ONNX Runtime (Jetson: TensorRT / CUDA)
-
-
-@dataclass
-class TensorSpec:
-    """Shape, dtype and (for quantized tensors) scale / zero point of a model input or output."""
-
-    shape: list[int]
-    dtype: str
-    scale: float | None = None
-    zero_point: int | None = None
-    name: str | None = None  # the model's own tensor name, to tell several outputs apart
-
-
-@dataclass
-class Metric:
-    """One measured number, always with the split it was measured on."""
-
-    name: str
-    value: float
-    split: str
-    n: int | None = None
-    command: str | None = None
-
-
-@dataclass
-class Uncertainty:
-    """When a prediction is flagged for human review: top probability or top-1 minus top-2 margin too low."""
-
-    min_confidence: float = 0.6
-    min_margin: float = 0.2
-    source: str = "default"
-    # Set by edge quantize when, on its evaluation split, the rule catches too few of the model's
-    # errors: the flag then says little, and everyone who loads the bundle is told.
-    warning: str | None = None
-
-
-@dataclass
-class Rejection:
-    """When a cell is unlike anything the model was trained on, it is labelled "unknown".
-
-    The score is the Mahalanobis distance of the cell's embedding (the model's second output) to the
-    nearest class mean, under one shared covariance (Lee et al., 2018); `file` holds the class means,
-    the shared precision matrix and an optional projection, and `threshold` was set on held-out
-    training-distribution cells at quantization (`source` says how)."""
-
-    method: str
-    threshold: float
-    file: str
-    source: str = ""
-
-
-@dataclass
-class Manifest:
-    labels: list[str]
-    input: TensorSpec
-    output: TensorSpec
-    preprocess: PreprocessSpec
-    model: dict = field(default_factory=dict)  # architecture, weights, precision, ...
-    training: dict = field(default_factory=dict)  # data fingerprint, splits, run config
-    calibration: dict = field(default_factory=dict)
-    metrics: list[Metric] = field(default_factory=list)
-    uncertainty: Uncertainty = field(default_factory=Uncertainty)
-    edgetpu: dict | None = None
-    embedding: TensorSpec | None = None  # the second output, for rejection
-    rejection: Rejection | None = None
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
-    writer: dict = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
-    # "detector": `labels` are the kinds of object found (wbc, ...) and `detector` says how its
-    # outputs decode into boxes (edge/detect/spec.py). Manifests written before it are classifiers.
-    task: str = "classifier"
-    detector: DetectorSpec | None = None
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["preprocess"] = self.preprocess.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Manifest:
-        data = dict(data)
-        return cls(
-            labels=list(data.pop("labels")),
-            input=TensorSpec(**data.pop("input")),
-            output=TensorSpec(**data.pop("output")),
-            preprocess=PreprocessSpec.from_dict(data.pop("preprocess")),
-            metrics=[Metric(**m) for m in data.pop("metrics", [])],
-            uncertainty=Uncertainty(**data.pop("uncertainty", {})),
-            embedding=TensorSpec(**data.pop("embedding"))
-            if data.get("embedding")
-            else data.pop("embedding", None),
-            rejection=Rejection(**data.pop("rejection"))
-            if data.get("rejection")
-            else data.pop("rejection", None),
-            detector=DetectorSpec.from_dict(data.pop("detector"))
-            if data.get("detector")
-            else data.pop("detector", None),
-            **data,
-        )
-
-    def metric(self, name: str, split: str | None = None) -> Metric | None:
-        for m in self.metrics:
-            if m.name == name and (split is None or m.split == split):
-                return m
-        return None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -262,11 +159,15 @@ class Bundle:
                 f"{SCHEMA_VERSION}){hint}"
             )
         try:
-            manifest = Manifest.from_dict(manifest_schema.validate(raw).model_dump())
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{manifest_path}: {exc}") from None
+            manifest = Manifest.model_validate(raw, strict=True)
+        except ValidationError as exc:
+            raise BundleError(f"{manifest_path}: {one_line(exc)}") from None
         if CPU_MODEL not in manifest.files:
             raise BundleError(f"{manifest_path}: lists no {CPU_MODEL}")
+        if manifest.rejection is not None and manifest.rejection.file not in manifest.files:
+            raise BundleError(
+                f"{manifest_path}: rejection.file {manifest.rejection.file} is not listed in files"
+            )
         for name, expected in manifest.files.items():
             file = root / name
             if not file.exists():

@@ -189,9 +189,13 @@ class ImageSet:
                 self._hashes[item.path] = sha256_file(item.path)
         return [self._hashes[i.path] for i in self.items]
 
-    def fingerprint(self) -> str:
+    def entries(self) -> list[tuple[str, str, str]]:
+        """(label, path relative to the class folder, sha256) of every image: what a fingerprint hashes."""
         names = [self.labels[i.label] if i.label >= 0 else i.folder for i in self.items]
-        return fingerprint(zip(names, (i.relative() for i in self.items), self.hashes(), strict=True))
+        return list(zip(names, (i.relative() for i in self.items), self.hashes(), strict=True))
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.entries())
 
     def sources(self) -> list[dict]:
         """What a manifest records of each root: its path, fingerprint and per-class counts."""

@@ -4,7 +4,7 @@ and an `uncertain` flag for cells that need a human look. Used by classify, eval
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -99,8 +99,7 @@ def uncertainty_rule(
             raise ValueError(f"{name} must be between 0 and 1, not {value}")
     if min_confidence is None and min_margin is None:
         return rule
-    return replace(
-        rule,
+    return rule.replace(
         min_confidence=rule.min_confidence if min_confidence is None else float(min_confidence),
         min_margin=rule.min_margin if min_margin is None else float(min_margin),
         source="command line",

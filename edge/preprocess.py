@@ -1,7 +1,7 @@
 """The one and only image preprocessing, shared by training and the device.
 
 Training imports this module; the device reads the parameters from the bundle manifest
-(`PreprocessSpec.from_dict`) and calls the same `preprocess`. The output is always uint8 RGB
+(its `preprocess` section, a `PreprocessSpec`) and calls the same `preprocess`. The output is always uint8 RGB
 H x W x 3, so the model sees identical tensors on both sides (docs/design.md, "One preprocessing").
 """
 
@@ -10,97 +10,81 @@ from __future__ import annotations
 import io
 import os
 import threading
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import cv2
 import imagesize
 import numpy as np
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from edge.errors import ImageLoadError
+from edge.schema import FrozenSpec
 
-_INTERPOLATIONS = {
-    "area": cv2.INTER_AREA,
-    "linear": cv2.INTER_LINEAR,
-    "cubic": cv2.INTER_CUBIC,
-    "nearest": cv2.INTER_NEAREST,
-}
-_ASPECTS = ("center_crop", "pad", "stretch")
-_CONTRASTS = ("clahe", "none")
-_COLORS = ("none", "white_balance")
+Interpolation = Literal["area", "linear", "cubic", "nearest"]
+_INTERPOLATIONS = {name: getattr(cv2, f"INTER_{name.upper()}") for name in get_args(Interpolation)}
 
 # OpenCV's decoders are not always loud about short files; these are the end markers we check.
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 
+_Channel = Annotated[float, Field(ge=1.0, le=255.0)]
 
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """Everything that decides the model input tensor. Stored verbatim in the bundle manifest."""
 
-    size: int = 224
+class PreprocessSpec(FrozenSpec):
+    """Everything that decides the model input tensor. Stored verbatim in the bundle manifest and
+    sealed in the model (edge/contract.py), so its serialised form (`to_dict`) never changes."""
+
+    size: int = Field(default=224, ge=16, le=2048)
     # Bilinear after exact 2x area steps (`antialias`) is nearly as clean as INTER_AREA and several
     # times faster for non-integer ratios (docs/bench.md): it keeps preprocessing well under the
     # invoke() time on the device. "area" remains available.
-    interpolation: str = "linear"
+    interpolation: Interpolation = "linear"
     antialias: bool = True
     # The seed paper "preserves the aspect ratio": we take the centred square (cells are centred
     # in single-cell images, and the daemon centres the region of interest), never stretch.
-    aspect: str = "center_crop"
-    color_order: str = "RGB"
+    aspect: Literal["center_crop", "pad", "stretch"] = "center_crop"
+    color_order: Literal["RGB", "BGR"] = "RGB"
     # CLAHE on the L channel of LAB evens out stain and illumination without shifting hue.
-    contrast: str = "clahe"
-    clahe_clip_limit: float = 2.0
-    clahe_tile_grid: int = 8
-    pad_value: int = 0
+    contrast: Literal["clahe", "none"] = "clahe"
+    clahe_clip_limit: float = Field(default=2.0, gt=0, le=100)
+    # OpenCV dies of a floating-point exception on a tile grid of 0.
+    clahe_tile_grid: int = Field(default=8, ge=1, le=64)
+    pad_value: int = Field(default=0, ge=0, le=255)
     # Colour standardisation before everything else (docs/differential.md): "white_balance" scales
     # each channel so the image's own background (its brightest pixels: the slide between the cells)
     # takes the colour `white_reference` (R, G, B), measured on the training images and stored in the
     # bundle. It removes the lamp's and camera's colour cast of another microscope, not the stain.
-    color: str = "none"
-    white_reference: tuple[float, float, float] | None = None
+    color: Literal["none", "white_balance"] = "none"
+    white_reference: tuple[_Channel, _Channel, _Channel] | None = None
 
-    def __post_init__(self):
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}"
-            )
-        if self.aspect not in _ASPECTS:
-            raise ValueError(f"aspect must be one of {_ASPECTS}, not {self.aspect!r}")
-        if self.contrast not in _CONTRASTS:
-            raise ValueError(f"contrast must be one of {_CONTRASTS}, not {self.contrast!r}")
-        if self.color_order not in ("RGB", "BGR"):
-            raise ValueError(f"color_order must be RGB or BGR, not {self.color_order!r}")
-        if not 16 <= int(self.size) <= 2048:
-            raise ValueError(f"size must be between 16 and 2048, not {self.size}")
-        if self.color not in _COLORS:
-            raise ValueError(f"color must be one of {_COLORS}, not {self.color!r}")
-        if self.color == "white_balance":
-            ref = self.white_reference
-            if ref is None or len(ref) != 3 or not all(1.0 <= float(v) <= 255.0 for v in ref):
-                raise ValueError(
-                    f"white_balance needs white_reference: three values in [1, 255], not {ref!r}"
-                )
-            object.__setattr__(self, "white_reference", tuple(round(float(v), 2) for v in ref))
+    # absent means none: specs sealed before colour standardisation agree
+    omitted_at_default = ("color", "white_reference")
 
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        if self.color == "none":  # absent means none: specs sealed before colour standardisation agree
-            del data["color"], data["white_reference"]
-        else:
-            data["white_reference"] = list(self.white_reference)
-        return data
-
+    @field_validator("white_reference", mode="before")
     @classmethod
-    def from_dict(cls, data: dict) -> PreprocessSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown preprocess keys: {sorted(unknown)}")
-        data = dict(data)
-        if data.get("white_reference") is not None:
-            data["white_reference"] = tuple(data["white_reference"])
-        return cls(**data)
+    def _three_values(cls, value):
+        if isinstance(value, (list, tuple)) and len(value) != 3:
+            raise ValueError("three values (R, G, B) in [1, 255]")
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("white_reference")
+    @classmethod
+    def _rounded(cls, value):
+        return None if value is None else tuple(round(v, 2) for v in value)
+
+    @field_serializer("white_reference")
+    def _as_list(self, value):
+        return None if value is None else list(value)
+
+    @model_validator(mode="after")
+    def _reference_with_white_balance(self):
+        if (self.color == "white_balance") != (self.white_reference is not None):
+            raise ValueError(
+                "color white_balance and white_reference (three values in [1, 255]) go together, "
+                f"not color {self.color!r} with white_reference {self.white_reference!r}"
+            )
+        return self
 
 
 # Decoding a file allocates width x height x channels bytes before anyone can look at it: a 3 KB

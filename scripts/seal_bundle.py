@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     raw["schema_version"] = SCHEMA_VERSION
     raw.pop("edgetpu", None)
     (root / EDGETPU_MODEL).unlink(missing_ok=True)
-    write_bundle(root, {CPU_MODEL: model}, Manifest.from_dict(raw))
+    write_bundle(root, {CPU_MODEL: model}, Manifest.model_validate(raw))
     bundle = Bundle.load(root)
     print(f"sealed {root}: {CPU_MODEL} sha256 {bundle.sha256}")
     return 0

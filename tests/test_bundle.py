@@ -24,10 +24,10 @@ def _fake_bundle(path, labels=("a", "b"), payload=None):
     payload = TINY_MODEL.read_bytes() if payload is None else payload
     manifest = Manifest(
         labels=list(labels),
-        input=TensorSpec([1, 64, 64, 3], "uint8", 1.0, 0),
-        output=TensorSpec([1, len(labels)], "uint8", 1 / 256, 0),
+        input=TensorSpec(shape=[1, 64, 64, 3], dtype="uint8", scale=1.0, zero_point=0),
+        output=TensorSpec(shape=[1, len(labels)], dtype="uint8", scale=1 / 256, zero_point=0),
         preprocess=PreprocessSpec(size=64),
-        metrics=[Metric("accuracy", 0.5, "synthetic/val", n=10)],
+        metrics=[Metric(name="accuracy", value=0.5, split="synthetic/val", n=10)],
     )
     write_bundle(path, {CPU_MODEL: payload}, manifest)
     return path
@@ -39,6 +39,19 @@ def test_round_trip_without_model_check(tmp_path):
     assert b.manifest.metric("accuracy").split == "synthetic/val"
     assert b.manifest.writer["version"]
     assert len(b.sha256) == 64
+    # one declaration, read and written: the manifest loaded is the manifest written
+    assert b.manifest.to_dict() == json.loads((b.path / MANIFEST).read_text())
+
+
+def test_a_manifest_that_would_not_load_is_not_built():
+    """The model that Bundle.load reads with is the one the training host builds with."""
+    with pytest.raises(ValueError, match="3 labels but the model output has 2 classes"):
+        Manifest(
+            labels=["a", "b", "c"],
+            input=TensorSpec(shape=[1, 64, 64, 3], dtype="uint8"),
+            output=TensorSpec(shape=[1, 2], dtype="uint8"),
+            preprocess=PreprocessSpec(size=64),
+        )
 
 
 @pytest.mark.parametrize(
@@ -96,6 +109,11 @@ def test_the_model_is_asked_when_a_backend_opens(tmp_path):
             "preprocess.size 112 does not fit the model input 64x64",
         ),
         (lambda d: d["files"].update({"../x": "0" * 64}), "is not a file name inside the bundle"),
+        # read strictly: JSON types as written, no "1" for true or "64" for 64
+        (
+            lambda d: d["preprocess"].update(antialias=1),
+            "preprocess.antialias: Input should be a valid boolean (got 1)",
+        ),
         (lambda d: d.update(schema_version=1), "written by edge 0.1"),
     ],
 )

@@ -130,7 +130,7 @@ def test_uncertainty_thresholds():
     loose = derive_uncertainty(vague, "x/train")
     assert loose.min_confidence == 0.5 and loose.min_margin >= 0.1
     y = np.zeros(200, int)
-    stats = flag_stats(confident, y, Uncertainty(0.97, 0.2))
+    stats = flag_stats(confident, y, Uncertainty(min_confidence=0.97, min_margin=0.2))
     assert stats["flagged_fraction"] == 1.0 and np.isnan(stats["accuracy_unflagged"])
 
 

@@ -68,6 +68,36 @@ def test_val_folder_must_have_the_training_classes(small, tmp_path):
         scan_splits(TrainConfig(data_dir=str(small), out=str(tmp_path / "run"), val_dir=str(tmp_path / "v")))
 
 
+def test_train_config_replays_known_keys_and_refuses_unknown_ones(small, tmp_path):
+    """`edge train --config` used to drop keys it did not know; now each is one line naming it."""
+    from convert.train import TrainConfig
+
+    old = {"data_dir": str(small), "out": str(tmp_path / "run"), "epochs": 1, "preprocess": {"size": 224}}
+    cfg = TrainConfig.from_dict(old)  # a config.json of an older run: one folder, not a list
+    assert cfg.data_dir == [str(small)] and cfg.fine_tune_epochs == 1 and cfg.spec().size == 224
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # what config.json holds replays as it was
+    for bad, message in (
+        ({"learning_rate": 0.1}, "run/config.json: learning_rate: Extra inputs are not permitted"),
+        ({"loss": "hinge"}, "loss: Input should be 'ce' or 'focal'"),
+        ({"batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+        ({"preprocess": {"clahe_tile_grid": 0}}, "preprocess (size from img_size): clahe_tile_grid"),
+        ({"folds": 5, "val_dir": [str(small)]}, "leave out --val-dir"),
+    ):
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+            TrainConfig.from_dict({**old, **bad}, "run/config.json")
+        assert "\n" not in str(refused.value)
+
+
+def test_the_union_of_splits_has_the_fingerprint_of_the_whole_folder(small):
+    """A run's data_fingerprint (all its images) compares with any folder's, by the one method."""
+    from edge.hashing import fingerprint
+
+    whole = scan_labelled(small)
+    train, val = stratified_split(whole.targets, 0.3, seed=0)
+    parts = [*whole.subset(train).entries(), *whole.subset(val).entries()]
+    assert fingerprint(parts) == whole.fingerprint() != whole.subset(train).fingerprint()
+
+
 def test_stratified_split_and_kfold_keep_proportions():
     targets = np.repeat(np.arange(3), [50, 30, 20])
     tr, va = stratified_split(targets, 0.2, seed=1)

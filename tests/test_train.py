@@ -84,7 +84,7 @@ def test_saved_model_reproduces_reported_val_accuracy(run_dir, synthetic_split):
     out, _, _, _ = run_dir
     report = json.loads((out / "report.json").read_text())
     model = keras.models.load_model(out / "model.keras")
-    spec = PreprocessSpec.from_dict(report["preprocess"])
+    spec = PreprocessSpec.model_validate(report["preprocess"])
     labels = report["labels"]
     x, y = [], []
     for i, name in enumerate(labels):
@@ -243,7 +243,7 @@ def test_stain_augmentation_and_white_balance_from_two_sources(synthetic_split, 
     )
     assert code == 0, stdout[-2000:]
     config = json.loads((out / "config.json").read_text())
-    spec = PreprocessSpec.from_dict(config["preprocess"])
+    spec = PreprocessSpec.model_validate(config["preprocess"])
     assert spec.color == "white_balance" and config["train"]["augment"] == "stain"
     # the reference is the median background of the training images, before standardisation
     import cv2
@@ -274,3 +274,14 @@ def test_stain_views_start_from_the_raw_image_and_end_in_the_device_preprocessin
         assert np.abs(batch.astype(int) - images.astype(int)).mean() > 2  # they do change
     with pytest.raises(ValueError, match="raw images"):
         next(augmented_views(images, 2, 0, kind="stain"))
+
+
+def test_a_replayed_config_with_an_unknown_key_is_refused_in_one_line(tmp_path, capsys):
+    """TrainConfig.from_dict used to drop keys it did not know: a misspelt option replayed silently."""
+    config = tmp_path / "config.json"
+    train = {"data_dir": [str(tmp_path)], "out": str(tmp_path / "run"), "learning_rate": 0.1}
+    config.write_text(json.dumps({"train": train}))
+    code, _, stderr = _edge(["train", "--config", str(config)], capsys)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert f"{config}: learning_rate: Extra inputs are not permitted" in lines[0]

@@ -191,4 +191,4 @@ def train(ctx, data_dirs, extra_data, out, config_path, verbose, **options):
         raise click.UsageError("DATA_DIR is required (or --config RUN_DIR/config.json)")
     if not values.get("out"):
         raise click.UsageError("--out RUN_DIR is required")
-    run(TrainConfig.from_dict(values))
+    run(TrainConfig.from_dict(values, config_path or "train options"))

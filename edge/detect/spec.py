@@ -1,4 +1,4 @@
-"""The `detector` section of a detector bundle's manifest, parsed once into dataclasses.
+"""The `detector` section of a detector bundle's manifest, declared once (pydantic, edge/schema.py).
 
 A detector bundle is a bundle like any other (edge/bundle.py: model.tflite, manifest, sha256 of every
 file, preprocessing spec, metrics with their split), with `task: "detector"` and this section, which
@@ -7,48 +7,28 @@ says how to turn the model's outputs into boxes (decode.py) and boxes into class
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from edge.schema import FrozenSpec
 
 WBC = "wbc"  # the kind of a white cell; other kinds (platelet, rbc) are reported but not classified
-BORDERS = ("reflect", "constant")
 
 
-def _from_dict(cls, data: dict, what: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {what} keys: {unknown}")
-    return cls(**data)
-
-
-@dataclass(frozen=True)
-class CropRule:
+class CropRule(FrozenSpec):
     """A detected box -> the square the classifier sees: centred on the box, of side
     max(w, h) / cell_fraction, so the cell fills the same fraction of the crop's side as it did of the
     training images' side (measured on the training sets; `source` says how). Where the square leaves
     the frame it is filled by reflection (or `border_value` for "constant")."""
 
-    cell_fraction: float = 0.5
-    border: str = "reflect"
-    border_value: int = 0
+    cell_fraction: float = Field(default=0.5, ge=0.05, le=1.0)
+    border: Literal["reflect", "constant"] = "reflect"
+    border_value: int = Field(default=0, ge=0, le=255)
     source: str = "default"
 
-    def __post_init__(self):
-        if not 0.05 <= float(self.cell_fraction) <= 1.0:
-            raise ValueError(f"crop cell_fraction must be in [0.05, 1], not {self.cell_fraction}")
-        if self.border not in BORDERS:
-            raise ValueError(f"crop border must be one of {BORDERS}, not {self.border!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CropRule:
-        return _from_dict(cls, data, "crop")
-
-
-@dataclass(frozen=True)
-class DetectorSpec:
+class DetectorSpec(FrozenSpec):
     """How the outputs of a CenterNet-style detector decode (decode.py).
 
     `heatmap` names the output holding one score map per kind (sigmoid, H' x W' x K), `boxes` the one
@@ -57,35 +37,21 @@ class DetectorSpec:
     counts when its score reaches it), `threshold_source` how it was chosen.
     """
 
-    method: str = "centernet-ltrb"
-    stride: int = 16
-    heatmap: str = ""
-    boxes: str = ""
-    threshold: float = 0.5
+    method: Literal["centernet-ltrb"] = "centernet-ltrb"  # what this edge decodes
+    stride: int = Field(default=16, ge=1, le=256)
+    heatmap: str = Field(min_length=1)
+    boxes: str = Field(min_length=1)
+    threshold: float = Field(default=0.5, gt=0, le=1)
     threshold_source: str = "default"
-    nms_iou: float = 0.5
-    max_detections: int = 50
-    peak_kernel: int = 3  # a peak is the maximum of its k x k neighbourhood
-    crop: CropRule = field(default_factory=CropRule)
-    notes: list[str] = field(default_factory=list)
+    nms_iou: float = Field(default=0.5, gt=0, le=1)
+    max_detections: int = Field(default=50, ge=1, le=10000)
+    peak_kernel: int = Field(default=3, ge=1, le=31)  # a peak is the maximum of its k x k neighbourhood
+    crop: CropRule = Field(default_factory=CropRule)
+    notes: list[str] = Field(default_factory=list)
 
-    def __post_init__(self):
-        if self.method != "centernet-ltrb":
-            raise ValueError(f"unknown detector method {self.method!r} (this edge decodes centernet-ltrb)")
-        if int(self.stride) < 1:
-            raise ValueError(f"detector stride must be >= 1, not {self.stride}")
-        if not 0.0 < float(self.threshold) <= 1.0:
-            raise ValueError(f"detector threshold must be in (0, 1], not {self.threshold}")
-        if not 0.0 < float(self.nms_iou) <= 1.0:
-            raise ValueError(f"detector nms_iou must be in (0, 1], not {self.nms_iou}")
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["crop"] = self.crop.to_dict()
-        return data
-
+    @field_validator("peak_kernel")
     @classmethod
-    def from_dict(cls, data: dict) -> DetectorSpec:
-        data = dict(data)
-        crop = CropRule.from_dict(data.pop("crop", {}))
-        return _from_dict(cls, {**data, "crop": crop}, "detector")
+    def _odd(cls, k):
+        if k % 2 == 0:
+            raise ValueError("peak_kernel must be odd (a centred neighbourhood)")
+        return k
