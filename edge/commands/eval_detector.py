@@ -62,10 +62,10 @@ def _centred(detector, root: Path, per_class: int, seed: int, keep_fractions: bo
     fraction of the image's shorter side does it span (the crop rule's measure)?"""
     import numpy as np
 
-    from edge.dataset import images_in
+    from edge.image_files import images_in, subfolders
     from edge.preprocess import load_image, to_bgr8
 
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) or [root]
+    folders = subfolders(root) or [root]
     rng = np.random.default_rng(seed)
     out, errors = {}, []
     for folder in folders:
