@@ -11,6 +11,7 @@ import numpy as np
 
 from convert.train import TrainConfig, check_config, evaluate, fit_two_phase, pooled_features
 from edge.errors import DataError
+from edge.splits import per_class_sample
 
 
 @dataclass
@@ -48,15 +49,7 @@ def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
 
 
 def _limit(folder, n: int, seed: int):
-    if n <= 0:
-        return folder
-    rng = np.random.default_rng(seed)
-    keep = np.sort(
-        np.concatenate(
-            [rng.permutation(np.flatnonzero(folder.targets == c))[:n] for c in range(len(folder.labels))]
-        )
-    )
-    return folder.subset(keep)
+    return folder.subset(per_class_sample(folder.targets, n, seed)) if n > 0 else folder
 
 
 def _load(folder, cfg, desc, spec=None):
