@@ -70,5 +70,5 @@ def adapt(bundle, site_dir, out_dir, holdout, class_map, seed):
     for path in site.ignored:
         click.echo(f"warning: {printable(path)}: not an image file (by suffix), ignored", err=True)
     command = shlex.join(["edge", "adapt", *sys.argv[2:]]) if sys.argv[1:2] == ["adapt"] else ""
-    result = run_adapt(model, site, out_dir, holdout, seed, command, say=lambda m: click.echo(m, err=True))
+    result = run_adapt(model, site, out_dir, holdout, seed, command)
     click.echo("\n".join(result.lines))
