@@ -33,6 +33,7 @@ from calibration.fidelity import (
     loss_warning,
     tflite_outputs,
     tflite_probs,
+    top1_agreement,
     worst_layers,
 )
 from calibration.representative import DEFAULT_COUNT, CalibrationSet, build_calibration_set
@@ -312,7 +313,7 @@ def fidelity_step(
     if fixes.changed:
         trained_p = keras_probs(src.model, ev.images, desc=f"trained float on {ev.split}")
         report.trained_float_accuracy = float((trained_p.argmax(1) == ev.y).mean())
-        report.agreement_with_trained_float = float((trained_p.argmax(1) == quant_p.argmax(1)).mean())
+        report.agreement_with_trained_float = top1_agreement(trained_p, quant_p)
     if req.debug_layers and req.precision == "int8":
         _say("running the quantization debugger (per-layer float vs int8)...")
         report.worst_layers = worst_layers(

@@ -11,7 +11,7 @@ import numpy as np
 from edge.bundle import Bundle, Uncertainty
 from edge.errors import BundleError
 from edge.preprocess import preprocess
-from edge.rejection import MahalanobisScorer
+from edge.rejection import UNKNOWN, MahalanobisScorer
 from edge.runtime import InferenceBackend, open_backend
 
 
@@ -41,9 +41,6 @@ class Prediction:
         if self.rejection_score is not None:
             out["rejection_score"] = round(self.rejection_score, 4)
         return out
-
-
-UNKNOWN = "unknown"  # the label of a rejected cell: it counts in no class and in no alert
 
 
 def _uncertainty(ordered: list[float], rule: Uncertainty) -> tuple[str | None, float]:

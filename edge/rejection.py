@@ -22,6 +22,10 @@ import numpy as np
 
 from edge.errors import BundleError
 
+# The label of a rejected cell, everywhere (predictions, results.db, the lab's reports): it counts in
+# no class, in no alert and never in the differential.
+UNKNOWN = "unknown"
+
 
 @dataclass(frozen=True)
 class MahalanobisScorer:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-UNKNOWN = "unknown"  # a cell the model rejected (no class); reported, never counted in the differential
+from edge.rejection import UNKNOWN  # noqa: F401 - the lab's modules take it from here
 
 
 @dataclass(frozen=True)
