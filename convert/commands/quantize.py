@@ -153,13 +153,16 @@ def quantize(verbose, **options):
     if options["format"] == "onnx":
         require_onnx_export("edge quantize --format onnx", verbose)
     from convert.detector_quantize import is_detector_run, quantize_detector
-    from convert.quantize import QuantizeRequest, print_summary
+    from convert.quantize import QuantizeRequest, summary, warnings
     from convert.quantize import quantize as run_quantize
 
     request = QuantizeRequest(**options)  # the options are named after its fields
     if is_detector_run(request.source):  # an `edge train-detector` run: --calib/--eval are VOC folders
-        print("\n".join(quantize_detector(request).lines))
+        click.echo("\n".join(quantize_detector(request).lines))
         return
     if request.crop_fraction is not None:
         raise click.UsageError("--crop-fraction applies to detector runs (edge train-detector)")
-    print_summary(run_quantize(request))
+    result = run_quantize(request)
+    click.echo(summary(result))
+    for warning in warnings(result):
+        click.echo(warning, err=True)
