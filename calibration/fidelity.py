@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edge.metrics import recall_by_class
+from edge.progress import progress
+from edge.runtime.tflite import TFLiteModel
 
 DEFAULT_THRESHOLD_PP = 1.0
 
@@ -88,8 +90,6 @@ def _batches(n: int, size: int):
 
 def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "float model") -> np.ndarray:
     """Float Keras probabilities for uint8 images (the model rescales inside its graph)."""
-    from edge.progress import progress
-
     out = []
     for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
         out.append(np.asarray(model(images[a:b].astype(np.float32), training=False)))
@@ -101,9 +101,6 @@ def tflite_outputs(
 ) -> list[np.ndarray]:
     """Every float32 output of a TFLite model (uint8, int8 or float input) for uint8 images, run
     through edge.runtime.tflite: the device's own input quantization and dequantization."""
-    from edge.progress import progress
-    from edge.runtime.tflite import TFLiteModel
-
     model = TFLiteModel(tflite_bytes)
     parts = []
     for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):

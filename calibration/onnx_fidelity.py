@@ -9,15 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.fidelity import compare
+from edge.progress import progress
+from edge.runtime.onnx import OnnxModel
 
 
 def onnx_probs(
     onnx_model: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "onnx model"
 ) -> np.ndarray:
     """Float32 scores of an ONNX model for uint8 images, through the device's input and output handling."""
-    from edge.progress import progress
-    from edge.runtime.onnx import OnnxModel
-
     model = OnnxModel(onnx_model, ["CPUExecutionProvider"])
     starts = range(0, len(images), batch_size)
     return np.concatenate(

@@ -10,13 +10,15 @@ preprocessing at the model's input size.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.errors import DataError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 
@@ -77,10 +79,7 @@ def _input_size(model, path: Path) -> int:
 def _spec_from(config: dict, size: int) -> PreprocessSpec:
     raw = find_key(config, ("preprocess", "preprocess_spec"))
     if not isinstance(raw, dict):
-        print(
-            "warning: run config has no preprocess spec; using the default at the model's input size",
-            file=sys.stderr,
-        )
+        log.warning("warning: run config has no preprocess spec; using the default at the model's input size")
         return PreprocessSpec(size=size)
     try:
         return PreprocessSpec.from_dict({**raw, "size": size})

@@ -10,6 +10,7 @@ spaces (`Seg-Neutrophil` = `seg_neutrophil`), after an optional class map (`seg_
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -32,6 +33,8 @@ from edge.image_files import (  # noqa: F401 - the scanner's names, re-exported:
     subfolders,
 )
 from edge.preprocess import PreprocessSpec, load_image, preprocess
+
+log = logging.getLogger(__name__)
 
 
 def normalize_label(name: str) -> str:
@@ -298,7 +301,7 @@ def load_array(
                 images[i], good[i] = loaded.tensor, True
             else:
                 skipped.append((str(loaded.path), loaded.error))
-                print(f"skipped: {loaded.path}: {loaded.error}", flush=True)
+                log.info(f"skipped: {loaded.path}: {loaded.error}")
             if progress is not None:
                 progress(1)
     ok = np.flatnonzero(good)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import RuntimeUnavailableError
 from edge.native_log import LITERT_NOISE, held_stderr
 
 # Import order matters: tflite_runtime 2.14 (its last release) fails to import beside NumPy 2.
@@ -51,8 +52,6 @@ def usable_cores() -> int:
 
 def import_runtime(preference: str = "auto") -> TFLiteRuntime:
     """The first importable TFLite runtime (or exactly `preference`). ImportError names what to install."""
-    from edge.errors import RuntimeUnavailableError
-
     if preference != "auto" and preference not in RUNTIMES:
         raise RuntimeUnavailableError(f"unknown runtime {preference!r}; choose auto, {', '.join(RUNTIMES)}")
     names = list(RUNTIMES) if preference == "auto" else [preference]
