@@ -12,6 +12,7 @@ import click
 from edge.batch import ImageResult, Inference, classify_paths, open_classifiers, plan
 from edge.bundle import Bundle
 from edge.commands._device_options import progress, runtime_options, uncertainty_options
+from edge.commands._options import top_k_option
 from edge.dataset import IMAGE_SUFFIXES, expand_paths, printable
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
@@ -71,13 +72,7 @@ def _text_line(result: ImageResult) -> str:
     "--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included."
 )
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
-@click.option(
-    "--top-k",
-    type=click.IntRange(1, 100),
-    default=3,
-    show_default=True,
-    help="How many labels to list per image.",
-)
+@top_k_option
 @uncertainty_options
 @runtime_options
 def classify(

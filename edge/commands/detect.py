@@ -13,6 +13,7 @@ import cv2
 from edge.batch import Inference
 from edge.bundle import Bundle, find_bundle
 from edge.commands._device_options import backend_options
+from edge.commands._options import detector_threshold_option, json_flag, top_k_option
 from edge.daemon.config import DEFAULT_DETECTOR
 from edge.detect.cells import find_cells
 from edge.detect.detector import Detector
@@ -58,22 +59,15 @@ def _plot_name(path: Path, used: set[str]) -> str:
     type=click.Path(path_type=Path),
     help="Detector bundle [default: models/wbc-detector-int8].",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object per image (JSON Lines), errors included."
-)
+@json_flag("One JSON object per image (JSON Lines), errors included.")
 @click.option(
     "--plot",
     "plot_dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write each image with its boxes and labels drawn into this folder.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=None,
-    help="Detector score a box needs [default: the detector bundle's operating threshold].",
-)
-@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True)
+@detector_threshold_option("Detector score a box needs [default: the detector bundle's operating threshold].")
+@top_k_option
 @backend_options
 def detect(bundle, paths, detector_path, as_json, plot_dir, threshold, top_k, inference: Inference):
     """Find every white cell in the images in PATH... (files, or folders searched recursively), crop

@@ -11,7 +11,7 @@ import click
 from edge.batch import Inference
 from edge.bundle import Bundle
 from edge.commands._device_options import progress, runtime_options, uncertainty_options
-from edge.commands._options import class_map_option
+from edge.commands._options import class_map_option, plot_file_option
 from edge.confusion_image import write_confusion_png
 from edge.dataset import parse_class_map, printable, scan_labelled
 from edge.evaluation import EvalRun, evaluate
@@ -31,13 +31,7 @@ from edge.predict import uncertainty_rule
     default=None,
     help="Write every number (and the per-image errors) to this JSON file.",
 )
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False, writable=True),
-    default=None,
-    help="Write the confusion matrix as a PNG picture.",
-)
+@plot_file_option("Write the confusion matrix as a PNG picture.")
 @uncertainty_options
 @click.option(
     "--baseline-images",

@@ -11,7 +11,7 @@ import click
 from edge.batch import Inference
 from edge.bundle import Bundle
 from edge.commands._device_options import backend_options, progress
-from edge.commands._options import seed_option
+from edge.commands._options import detector_threshold_option, json_flag, plot_file_option, seed_option
 from edge.detect.centred import NOT_WHITE, centred_report
 from edge.detect.classical import ClassicalDetector
 from edge.detect.detector import Detector
@@ -39,19 +39,9 @@ def _open(detector: str, inference: Inference):
     show_default=True,
     help="auto: the detector's own val frames when it records them, else every frame.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=None,
-    help="Operating threshold for precision / recall [default: the bundle's].",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the precision-recall curve (PNG). VOC folders only.",
-)
+@detector_threshold_option("Operating threshold for precision / recall [default: the bundle's].")
+@json_flag("Print the report as JSON.")
+@plot_file_option("Write the precision-recall curve (PNG). VOC folders only.")
 @click.option(
     "--centred",
     is_flag=True,

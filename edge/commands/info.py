@@ -7,11 +7,12 @@ import json
 import click
 
 from edge.bundle import Bundle
+from edge.commands._options import json_flag
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@json_flag("Print the whole manifest as JSON.")
 def info(bundle, as_json):
     """Verify BUNDLE (schema, hashes, labels) and summarise its manifest."""
     b = Bundle.load(bundle)

@@ -33,7 +33,7 @@ from edge.runtime.onnx_providers import (
     select,
     why_missing,
 )
-from edge.runtime.tflite import dequantize, usable_cores
+from edge.runtime.tflite import dequantize, uint8_batch, usable_cores
 
 INSTALL = "pip install '.[jetson]' (on a Jetson: NVIDIA's onnxruntime-gpu wheel, docs/device.md)"
 # ONNX element types the backend can feed or read.
@@ -192,13 +192,7 @@ class OnnxModel:
 
     def set_input(self, batch: np.ndarray) -> None:
         """uint8 N x H x W x 3 (or one H x W x 3 image) -> the input the model takes."""
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
-        if tuple(batch.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input {self.input_shape}, got {tuple(batch.shape[1:])}")
-        self._feed = to_model_input(batch, self.input)
+        self._feed = to_model_input(uint8_batch(batch, self.input_shape), self.input)
         self._raw = None
 
     def invoke(self) -> None:

@@ -111,6 +111,18 @@ def quantize(batch: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     return batch.astype(tensor.dtype)
 
 
+def uint8_batch(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`batch` as a uint8 N x H x W x C batch of `input_shape` images (one H x W x C image becomes a
+    batch of one); ValueError naming what differs otherwise. Every backend's set_input starts here."""
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
+    if tuple(batch.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"expected input {tuple(input_shape)}, got {tuple(batch.shape[1:])}")
+    return batch
+
+
 def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """uint8/int8 tensor -> float32, in int64 arithmetic as pycoral does (no overflow, no wrap)."""
     if not scale:
@@ -207,12 +219,7 @@ class TFLiteModel:
     def set_input(self, batch: np.ndarray) -> None:
         """uint8 N x H x W x C (or one H x W x C image) -> the input tensor. A fixed-batch model
         given another batch size keeps the batch, and `invoke` runs it one image at a time."""
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
-        if tuple(batch.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input {self.input_shape}, got {tuple(batch.shape[1:])}")
+        batch = uint8_batch(batch, self.input_shape)
         self._pending = self._gathered = None
         if len(batch) != self.batch:
             if not self.resizable_batch:
