@@ -117,7 +117,8 @@ class LazyGroup(click.Group):
 )
 @click.version_option(__version__, prog_name="edge")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-def cli(debug):
+@click.pass_context
+def cli(ctx, debug):
     """Blood-cell classification on the microscope.
 
     \b
@@ -125,6 +126,7 @@ def cli(debug):
     Lab:      review (export), report (HTML, PDF, FHIR)
     Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """
+    setup_logging(ctx.invoked_subcommand, debug or os.environ.get("EDGE_DEBUG") == "1")
 
 
 # The packages whose modules log (each with logging.getLogger(__name__)); the handler is set up here only.
@@ -155,10 +157,9 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(argv, debug: bool = False) -> None:
-    """The one place logging is set up. Safe to call again (tests run main() many times in one process):
-    the handler is replaced, never added twice."""
-    command = next((a for a in argv if not a.startswith("-")), None)
+def setup_logging(command: str | None, debug: bool = False) -> None:
+    """The one place logging is set up, before any sub-command runs. Safe to call again (tests run the
+    CLI many times in one process): the handler is replaced, never added twice."""
     handler = ConsoleHandler(daemon=command == "run")
     for name in LOGGED_PACKAGES:
         logger = logging.getLogger(name)
@@ -180,7 +181,6 @@ def main(argv=None) -> None:
 
         early_signals.catch()
     debug = _debug_requested(argv)
-    setup_logging(argv, debug)
     try:
         rv = cli.main(args=argv, prog_name="edge", standalone_mode=False)
     except click.exceptions.Abort:

@@ -34,7 +34,7 @@ from edge.commands._options import verbose_option
     show_default=True,
     help="Seconds the compiler may take.",
 )
-@verbose_option("List every op that cannot map, with its reasons.")
+@verbose_option("List every op that cannot map, with its reasons.", "-v")
 def compile_(bundle_dir, preflight_only, compiler, timeout_s, verbose):
     """Check a bundle's int8 model for the Coral Edge TPU and compile it into model_edgetpu.tflite.
 

@@ -32,8 +32,9 @@ def cache_option(help_text: str):
     )
 
 
-def verbose_option(help_text: str = "Also show TensorFlow's own log."):
-    return click.option("--verbose", is_flag=True, help=help_text)
+def verbose_option(help_text: str = "Also show TensorFlow's own log.", *short: str):
+    """--verbose (and any `short` spelling, e.g. "-v"), a flag."""
+    return click.option("--verbose", *short, is_flag=True, help=help_text)
 
 
 def top_k_option(func):
