@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edge.metrics import recall_by_class
+from edge.progress import progress
+from edge.runtime.tflite import TFLiteModel
+
 DEFAULT_THRESHOLD_PP = 1.0
 
 REMEDIES = (
@@ -86,8 +90,6 @@ def _batches(n: int, size: int):
 
 def keras_probs(model, images: np.ndarray, batch_size: int = 32, desc: str = "float model") -> np.ndarray:
     """Float Keras probabilities for uint8 images (the model rescales inside its graph)."""
-    from edge.progress import progress
-
     out = []
     for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
         out.append(np.asarray(model(images[a:b].astype(np.float32), training=False)))
@@ -99,9 +101,6 @@ def tflite_outputs(
 ) -> list[np.ndarray]:
     """Every float32 output of a TFLite model (uint8, int8 or float input) for uint8 images, run
     through edge.runtime.tflite: the device's own input quantization and dequantization."""
-    from edge.progress import progress
-    from edge.runtime.tflite import TFLiteModel
-
     model = TFLiteModel(tflite_bytes)
     parts = []
     for a, b in progress(_batches(len(images), batch_size), desc=desc, unit="batch", leave=False):
@@ -122,6 +121,11 @@ def tflite_probs(
     return next((o for o in outputs if n_classes and o.shape[-1] == n_classes), outputs[0])
 
 
+def top1_agreement(a_p: np.ndarray, b_p: np.ndarray) -> float:
+    """The share of images two models give the same top-1 class, from their scores."""
+    return float((a_p.argmax(1) == b_p.argmax(1)).mean())
+
+
 def compare(
     float_p: np.ndarray,
     quant_p: np.ndarray,
@@ -131,24 +135,21 @@ def compare(
     precision: str = "int8",
     threshold_pp: float = DEFAULT_THRESHOLD_PP,
 ) -> FidelityReport:
-    """The fidelity numbers from the two models' probabilities on the same labelled images."""
+    """The fidelity numbers from the two models' probabilities on the same labelled images: the one
+    model-vs-model measure (calibration/onnx_fidelity.py reports it for model.onnx)."""
     fp, qp = float_p.argmax(1), quant_p.argmax(1)
-    per_class = []
-    for i, name in enumerate(labels):
-        mask = y == i
-        if mask.any():
-            per_class.append(
-                ClassDelta(
-                    name, int(mask.sum()), float((fp[mask] == i).mean()), float((qp[mask] == i).mean())
-                )
-            )
+    quant_recall = recall_by_class(y, qp, labels)
+    per_class = [
+        ClassDelta(name, n, accuracy, quant_recall[name][1])
+        for name, (n, accuracy) in recall_by_class(y, fp, labels).items()
+    ]
     return FidelityReport(
         split=split,
         n=int(len(y)),
         precision=precision,
         float_accuracy=float((fp == y).mean()),
         quant_accuracy=float((qp == y).mean()),
-        agreement=float((fp == qp).mean()),
+        agreement=top1_agreement(float_p, quant_p),
         mean_abs_prob_diff=float(np.abs(float_p - quant_p).mean()),
         per_class=per_class,
         threshold_pp=float(threshold_pp),

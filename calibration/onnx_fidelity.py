@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from calibration.fidelity import compare
+from edge.progress import progress
+from edge.runtime.onnx import OnnxModel
+
 
 def onnx_probs(
     onnx_model: bytes, images: np.ndarray, batch_size: int = 16, desc: str = "onnx model"
 ) -> np.ndarray:
     """Float32 scores of an ONNX model for uint8 images, through the device's input and output handling."""
-    from edge.progress import progress
-    from edge.runtime.onnx import OnnxModel
-
     model = OnnxModel(onnx_model, ["CPUExecutionProvider"])
     starts = range(0, len(images), batch_size)
     return np.concatenate(
@@ -30,30 +31,27 @@ def agreement(
     reference_p: np.ndarray, onnx_p: np.ndarray, y: np.ndarray, labels: list[str], split: str, reference: str
 ) -> dict:
     """The ONNX model against `reference` ("float", "tflite-int8") on the same images: top-1 agreement,
-    both accuracies overall and per class, and the mean absolute probability difference."""
-    rp, op = reference_p.argmax(1), onnx_p.argmax(1)
-    per_class = []
-    for i, name in enumerate(labels):
-        mask = y == i
-        if mask.any():
-            per_class.append(
-                {
-                    "label": name,
-                    "n": int(mask.sum()),
-                    "reference_accuracy": round(float((rp[mask] == i).mean()), 6),
-                    "onnx_accuracy": round(float((op[mask] == i).mean()), 6),
-                }
-            )
+    both accuracies overall and per class, and the mean absolute probability difference
+    (calibration.fidelity.compare, in the shape the export report records)."""
+    r = compare(reference_p, onnx_p, y, labels, split)
     return {
         "against": reference,
         "split": split,
-        "n": int(len(y)),
-        "agreement": round(float((rp == op).mean()), 6),
-        "disagreements": int((rp != op).sum()),
-        "reference_accuracy": round(float((rp == y).mean()), 6),
-        "onnx_accuracy": round(float((op == y).mean()), 6),
-        "mean_abs_prob_diff": round(float(np.abs(reference_p - onnx_p).mean()), 6),
-        "per_class": per_class,
+        "n": r.n,
+        "agreement": round(r.agreement, 6),
+        "disagreements": r.n - round(r.agreement * r.n),
+        "reference_accuracy": round(r.float_accuracy, 6),
+        "onnx_accuracy": round(r.quant_accuracy, 6),
+        "mean_abs_prob_diff": round(r.mean_abs_prob_diff, 6),
+        "per_class": [
+            {
+                "label": c.label,
+                "n": c.n,
+                "reference_accuracy": round(c.float_accuracy, 6),
+                "onnx_accuracy": round(c.quant_accuracy, 6),
+            }
+            for c in r.per_class
+        ],
     }
 
 

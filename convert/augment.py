@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from edge.preprocess import PreprocessSpec, preprocess
+from edge.progress import progress
 
 Augment = Literal["seed", "stain", "none"]
 # Magnification: a cell from another microscope fills anywhere from ~0.3 to ~0.8 of its image's side
@@ -137,8 +138,6 @@ def augmented_views(
 
     `kind` "stain" augments `raw` (the images through `raw_spec(spec)`) and finishes each view with
     `spec`; "seed" augments `images` themselves."""
-    from edge.progress import progress
-
     if kind == "stain":
         if raw is None or spec is None:
             raise ValueError("stain augmentation needs the raw images and the preprocess spec")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.fidelity import keras_probs, tflite_probs
+from convert.tflite_export import to_tflite
 from edge.errors import DataError
 
 
@@ -53,9 +55,6 @@ def _logits_model(model):
 
 def measure(model, images: np.ndarray) -> BiasCorrection:
     """Convert a logits-output copy to int8 with `images` as calibration and compare it with float."""
-    from calibration.fidelity import keras_probs, tflite_probs
-    from convert.tflite_export import to_tflite
-
     logits = _logits_model(model)
     float_z = keras_probs(logits, images, desc="float logits")
     int8_z = tflite_probs(to_tflite(logits, "int8", images), images, desc="int8 logits")

@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.dataset import load_array
 from edge.preprocess import PreprocessSpec
+from edge.progress import progress
 
 
 @dataclass
@@ -43,8 +44,6 @@ def load_images(
     workers: int = 2,
 ) -> CachedImages:
     """Preprocess `files` (or read them from `cache_dir`) into one uint8 array."""
-    from edge.progress import progress
-
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"images-{cache_key(spec, hashes)}"

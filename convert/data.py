@@ -10,38 +10,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge import splits
 from edge.errors import DataError
 
 
+def _require_per_class(targets: np.ndarray, at_least: int, what: str) -> None:
+    for cls in np.unique(targets):
+        n = int((targets == cls).sum())
+        if n < at_least:
+            raise DataError(f"class index {cls} has {n} {what}")
+
+
 def stratified_split(targets: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices with the same class proportions; each class keeps >= 1 image in each split."""
+    """(train, val) indices with the same class proportions; each class keeps >= 1 image in each split
+    (edge.splits, the one stratified split)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction must be between 0 and 1, not {val_fraction}")
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for cls in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == cls))
-        if len(idx) < 2:
-            raise DataError(f"class index {cls} has {len(idx)} image; a split needs at least 2 per class")
-        n_val = min(len(idx) - 1, max(1, int(round(len(idx) * val_fraction))))
-        val += idx[:n_val].tolist()
-        train += idx[n_val:].tolist()
-    return np.sort(train), np.sort(val)
+    _require_per_class(targets, 2, "image; a split needs at least 2 per class")
+    return splits.stratified_split(targets, val_fraction, seed, min_rest=1)
 
 
 def stratified_kfold(targets: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """K (train, val) index pairs; every image is in exactly one val fold, class proportions kept."""
     if k < 2:
         raise DataError(f"--folds must be at least 2, not {k}")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(targets), dtype=np.int64)
-    for cls in np.unique(targets):
-        idx = rng.permutation(np.flatnonzero(targets == cls))
-        if len(idx) < k:
-            raise DataError(f"class index {cls} has {len(idx)} images, fewer than --folds {k}")
-        fold_of[idx] = np.arange(len(idx)) % k
-    all_idx = np.arange(len(targets))
-    return [(all_idx[fold_of != f], all_idx[fold_of == f]) for f in range(k)]
+    _require_per_class(targets, k, f"images, fewer than --folds {k}")
+    every = np.arange(len(targets))
+    return [(np.setdiff1d(every, val), val) for val in splits.stratified_folds(targets, k, seed)]
 
 
 # --- near-duplicates across splits ------------------------------------------------------------

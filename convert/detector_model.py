@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convert.models import _normalize, build_backbone
+from convert.weights import apply_layer_weights
+
 STRIDE = 16
 FEATURES = "block_12_add"  # MobileNetV2's last stride-16 block (96 channels)
 HEAT, BOXES = "heatmap", "boxes"
@@ -34,13 +37,9 @@ def build_bottom(spec: DetectorModelSpec, npz_path: str | None):
     """0-255 RGB image -> the frozen backbone features (stride 16)."""
     import keras
 
-    from convert.models import _normalize, build_backbone
-
     inputs = keras.Input((spec.size, spec.size, 3), name="image")
     base = build_backbone("mobilenetv2", spec.size, None, _normalize(inputs, spec.normalization))
     if npz_path:
-        from convert.weights import apply_layer_weights
-
         apply_layer_weights(base, npz_path)
     features = base.get_layer(spec.features).output
     bottom = keras.Model(inputs, features, name="detector_bottom")

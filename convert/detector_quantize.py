@@ -21,6 +21,7 @@ from them (build_manifest); quantize_detector only runs them in order.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import tempfile
 from contextlib import contextmanager
@@ -29,12 +30,22 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.detector_data import build_photometric, frame_boxes, make_view, plain_view
+from convert.detector_splits import load_frames
+from convert.run_source import _load_keras
+from convert.tflite_export import INT8_SETTINGS, _spec, convert_model, make_converter
 from edge.bundle import CPU_MODEL, Bundle, Manifest, Metric, TensorSpec, write_bundle
+from edge.detect.detector import Detector
+from edge.detect.eval_run import run_on_frames
+from edge.detect.evaluate import operating_threshold
 from edge.detect.spec import DetectorSpec
 from edge.detect.voc import read_voc
 from edge.errors import DataError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
+from edge.runtime.tflite import model_io
+
+log = logging.getLogger(__name__)
 
 
 def is_detector_run(path: Path) -> bool:
@@ -52,10 +63,6 @@ class DetectorQuantizeResult:
     manifest: Manifest
     out_dir: Path
     lines: list[str] = field(default_factory=list)
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def _command(req) -> str:
@@ -84,10 +91,7 @@ def _frames_named(voc: Path, names: list[str], what: str):
 
 def calibration_images(frames, spec: PreprocessSpec, count: int, seed: int) -> np.ndarray:
     """The frames as the device sees them, then augmented views of them up to `count`."""
-    from convert.detector_data import build_photometric, frame_boxes, make_view, plain_view
-    from convert.detector_train import _load
-
-    images = _load(frames)
+    images = load_frames(frames)
     out = [plain_view(i, f, spec).image for i, f in zip(images, frames, strict=True)][:count]
     rng = np.random.default_rng(seed)
     photometric = build_photometric(spec.size, seed)
@@ -100,8 +104,6 @@ def calibration_images(frames, spec: PreprocessSpec, count: int, seed: int) -> n
 
 def output_names(tflite: bytes, n_kinds: int) -> tuple[str, str]:
     """(score map, box distances) tensor names: the outputs with `n_kinds` and 4 channels."""
-    from edge.runtime.tflite import model_io
-
     _, outputs = model_io(tflite)
     if n_kinds == 4 or len(outputs) != 2:
         raise DataError(
@@ -205,16 +207,12 @@ class DetectorConversion:
 
 def conversion_step(req, run: DetectorRun, frames: DetectorFrames) -> DetectorConversion:
     """The calibration images, then the TFLite model; which output is which, by channels."""
-    from convert.run_source import _load_keras
-    from convert.tflite_export import _spec, convert_model, make_converter
-    from edge.runtime.tflite import model_io
-
     model = _load_keras(run.model_path)
     calib = calibration_images(frames.train, run.spec, max(req.calib_count, 1), req.seed)
-    _say(
+    log.info(
         f"calibration: {len(calib)} images from the run's {len(frames.train)} training frames of {req.calib_dir[0]}"
     )
-    _say(f"converting to {req.precision} TFLite...")
+    log.info(f"converting to {req.precision} TFLite...")
     tflite = convert_model(make_converter(model, req.precision, calib if req.precision == "int8" else None))
     heat_name, boxes_name = output_names(tflite, len(run.kinds))
     inputs, outputs = model_io(tflite)
@@ -232,8 +230,6 @@ def build_manifest(
 ) -> Manifest:
     """The detector bundle's manifest; `detector` is the run's spec with the model's output names
     (and, once chosen, the int8 operating threshold)."""
-    from convert.tflite_export import INT8_SETTINGS
-
     config, heat, boxes = run.config, conversion.heatmap, conversion.boxes
     return Manifest(
         labels=run.kinds,
@@ -275,8 +271,6 @@ def build_manifest(
 @contextmanager
 def _detector(tflite: bytes, manifest: Manifest):
     """The converted model as the device will run it: a bundle written and loaded back."""
-    from edge.detect.detector import Detector
-
     with tempfile.TemporaryDirectory() as tmp:
         write_bundle(tmp, {CPU_MODEL: tflite}, manifest)
         yield Detector(Bundle.load(tmp))
@@ -292,14 +286,11 @@ def threshold_step(
     req, run: DetectorRun, frames: DetectorFrames, conversion: DetectorConversion, command: str
 ) -> OperatingPoint:
     """The operating threshold chosen again on the quantized model's tune frames, by training's rule."""
-    from edge.detect.eval_run import run_on_frames
-    from edge.detect.evaluate import operating_threshold
-
     detector_spec = run.detector.replace(heatmap=conversion.heatmap.name, boxes=conversion.boxes.name)
     with _detector(
         conversion.tflite, build_manifest(req, run, conversion, detector_spec, [], command)
     ) as det:
-        _say(f"int8 on the {len(frames.tune)} tune frames: choosing the operating threshold...")
+        log.info(f"int8 on the {len(frames.tune)} tune frames: choosing the operating threshold...")
         tune = run_on_frames(det, frames.tune)
         target = float(run.config.get("training", {}).get("target_recall", 0.995))
         threshold, how = operating_threshold([(f.detections, f.truth) for f in tune.frames], target)
@@ -322,8 +313,6 @@ def evaluation_step(
     req, run: DetectorRun, conversion: DetectorConversion, point: OperatingPoint, command: str
 ) -> DetectorEvaluation:
     """The tune figures at the operating point, and the val frames of --eval through the final bundle."""
-    from edge.detect.eval_run import run_on_frames
-
     metrics = _metrics(point.tune, f"{Path(req.calib_dir[0]).name}/tune", command)
     lines = [_line("tune", point.tune)]
     if req.eval_dir:

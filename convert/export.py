@@ -12,6 +12,7 @@ route) image by image: top-1 agreement and per-class accuracy.
 
 from __future__ import annotations
 
+import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,13 @@ from calibration.fidelity import keras_probs, tflite_probs
 from calibration.onnx_fidelity import agreement, format_agreement, onnx_probs
 from calibration.representative import DEFAULT_COUNT, build_calibration_set
 from convert.onnx_export import OnnxExport, add_to_bundle, from_keras, from_tflite
+from convert.run_source import load_source
+from convert.tflite_export import with_embedding
 from edge.bundle import Bundle
 from edge.dataset import load_labelled, parse_class_map, scan_labelled
 from edge.errors import DataError
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
 
@@ -56,10 +61,6 @@ class ExportResult:
     bundle: Bundle
     fidelity: list[dict] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
-
-
-def _say(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def eval_images(bundle: Bundle, eval_dirs, class_map=None):
@@ -108,15 +109,13 @@ def export_keras(
     layer = (bundle.manifest.calibration.get("rejection") or {}).get("layer")
     exported = model
     if bundle.manifest.rejection is not None:
-        from convert.tflite_export import with_embedding
-
         exported = with_embedding(model, layer or "head_dense")
     recorded = bundle.manifest.calibration.get("fingerprint")
     calibration = {
         **{k: calib.description[k] for k in ("split", "source", "count", "seed", "fingerprint")},
         "same_images_as_tflite": recorded == calib.fingerprint if recorded else None,
     }
-    _say(
+    log.info(
         f"exporting the float Keras model to ONNX and quantizing it on {calib.description['count']} calibration images..."
     )
     export = from_keras(exported, calib.images, calibration, made_from, made_from_sha256)
@@ -163,7 +162,7 @@ def export(req: ExportRequest) -> ExportResult:
         raise DataError(f"--format must be one of {', '.join(FORMATS)}")
     bundle = Bundle.load(req.bundle)
     if req.run is None:
-        _say(f"converting {bundle.path / 'model.tflite'} to ONNX (tf2onnx, TFLite front end)...")
+        log.info(f"converting {bundle.path / 'model.tflite'} to ONNX (tf2onnx, TFLite front end)...")
         export_ = from_tflite(
             bundle.model_path().read_bytes(), f"{bundle.path.name}/model.tflite", len(bundle.labels)
         )
@@ -171,7 +170,6 @@ def export(req: ExportRequest) -> ExportResult:
         fidelity = _fidelity(bundle, export_, eval_images(bundle, req.eval_dir))
         messages = [export_.record["tensorrt_note"]] if "tensorrt_note" in export_.record else []
         return ExportResult(add_to_bundle(bundle.path, export_, fidelity), fidelity, messages)
-    from convert.run_source import load_source
 
     src = load_source(req.run)
     if src.labels is not None and list(src.labels) != list(bundle.labels):

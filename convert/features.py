@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
+
+from convert.augment import augmented_views
+from edge.progress import progress
+
+log = logging.getLogger(__name__)
 
 
 def _batched_predict(fn, images: np.ndarray, batch_size: int, out: np.ndarray, bar=None) -> None:
@@ -52,12 +58,9 @@ def extract_views(
 ) -> np.ndarray:
     """(n_views, N, ...) activations of `bottom` (float16), or the uint8 views when bottom is None.
     `kind`, `raw` and `spec` say how views are augmented (convert.augment.augmented_views)."""
-    from convert.augment import augmented_views
-    from edge.progress import progress
-
     path = Path(cache_dir) / f"activations-{key}.npy" if cache_dir is not None and key else None
     if path is not None and path.exists():
-        print(f"{desc}: activations read from cache {path}")
+        log.info(f"{desc}: activations read from cache {path}")
         return np.load(path, mmap_mode="r")
     n_views = n_views if augment else 1
     if bottom is None:
@@ -89,8 +92,6 @@ def extract_views(
 
 def predict_arrays(model, arrays: np.ndarray, batch_size: int = 64, desc: str | None = None) -> np.ndarray:
     """Run `model` over `arrays` in batches (training=False) and return float32 outputs."""
-    from edge.progress import progress
-
     predict = make_predictor(model)
     shape = tuple(int(d) for d in model.output.shape[1:])
     out = np.empty((len(arrays), *shape), dtype=np.float32)

@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calibration.fidelity import keras_probs, tflite_probs
+from convert.augment import augmented_views
+from convert.tflite_export import to_tflite
 from edge.errors import DataError
 
 EPOCHS = 10
@@ -111,10 +114,6 @@ def adapt(
     in `views - 1` augmented views.
     """
     import keras
-
-    from calibration.fidelity import keras_probs, tflite_probs
-    from convert.augment import augmented_views
-    from convert.tflite_export import to_tflite
 
     if len(images) == 0:
         raise DataError("head adaptation needs labelled training images; the folder gave none")

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.tflite_export import tensor_specs
 from edge.bundle import ONNX_MODEL, Bundle, write_bundle
+from edge.native_log import TENSORFLOW_NOISE, held_stderr
 from edge.runtime.onnx import (
     EMBEDDING_OUTPUT_KEY,
     EMBEDDING_SCALE_KEY,
@@ -123,9 +125,6 @@ def from_tflite(tflite: bytes, made_from: str, n_classes: int | None = None) -> 
     embedding, for a rejecting bundle) and their scales and zero points in the metadata."""
     import tf2onnx
 
-    from convert.tflite_export import tensor_specs
-    from edge.native_log import TENSORFLOW_NOISE, held_stderr
-
     _, out, embedding = tensor_specs(tflite, n_classes)
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         path = Path(tmp) / "model.tflite"
@@ -208,7 +207,6 @@ def float_onnx(model) -> bytes:
         for placeholder, value in zip(traced.graph.internal_captures, traced.captured_inputs, strict=True)
         if value.dtype != tf.resource
     }
-    from edge.native_log import TENSORFLOW_NOISE, held_stderr
 
     with held_stderr(TENSORFLOW_NOISE):
         proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=OPSET)

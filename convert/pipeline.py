@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from convert import report as reporting
+from convert.augment import raw_spec
+from convert.cache import load_images
+from convert.data import near_duplicates, perceptual_hashes, stratified_kfold, stratified_split
+from convert.features import activation_key, extract_views
+from convert.models import DEFAULT_SPLIT, ModelSpec, build_model, split_model
 from convert.train import TrainConfig, evaluate, fit_two_phase, pooled_features
+from convert.weights import apply_layer_weights, resolve_weights
+from edge.dataset import parse_class_map, require_classes, scan_labelled
 from edge.errors import DataError
 from edge.hashing import fingerprint
+from edge.preprocess import background_rgb
+from edge.splits import per_class_sample
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -25,9 +38,6 @@ class Built:
 
 def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
     import keras
-
-    from convert.models import DEFAULT_SPLIT, ModelSpec, build_model, split_model
-    from convert.weights import apply_layer_weights
 
     keras.utils.set_random_seed(cfg.seed)
     spec = ModelSpec(cfg.arch, n_classes, int(cfg.img_size), resolved.normalization)
@@ -49,23 +59,13 @@ def build(cfg: TrainConfig, resolved, n_classes: int) -> Built:
 
 
 def _limit(folder, n: int, seed: int):
-    if n <= 0:
-        return folder
-    rng = np.random.default_rng(seed)
-    keep = np.sort(
-        np.concatenate(
-            [rng.permutation(np.flatnonzero(folder.targets == c))[:n] for c in range(len(folder.labels))]
-        )
-    )
-    return folder.subset(keep)
+    return folder.subset(per_class_sample(folder.targets, n, seed)) if n > 0 else folder
 
 
 def _load(folder, cfg, desc, spec=None):
     """Hash, preprocess (cached) and drop unreadable files: returns (folder, images, hashes, skipped)."""
-    from convert.cache import load_images
-
     for path in folder.ignored:
-        print(f"warning: {path}: not an image file (by suffix), ignored")
+        log.info(f"warning: {path}: not an image file (by suffix), ignored")
     hashes = folder.hashes()
     cached = load_images(folder.files, hashes, spec or cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
     folder = folder.subset(cached.ok)
@@ -88,9 +88,6 @@ def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
     """Load the raw training images when stain augmentation or colour standardisation needs them, and
     fix the white reference (the median background colour of the training images) into cfg.preprocess,
     so config.json, the bundle and the device all use the one value."""
-    from convert.augment import raw_spec
-    from edge.preprocess import background_rgb
-
     if cfg.color == "none":  # also when a rerun's config.json had it on and --color none overrides it
         cfg.preprocess = {k: v for k, v in cfg.preprocess.items() if k not in ("color", "white_reference")}
     wants_reference = cfg.color == "white_balance" and not cfg.preprocess.get("white_reference")
@@ -102,7 +99,7 @@ def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
         if not reference:
             backgrounds = np.stack([background_rgb(img[..., ::-1]) for img in raw])
             reference = [round(float(v), 2) for v in np.median(backgrounds, axis=0)]
-            print(
+            log.info(
                 f"colour standardisation: white reference (R, G, B) {reference}, "
                 f"the median background of {len(raw)} training images"
             )
@@ -111,8 +108,6 @@ def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
 
 
 def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw=None):
-    from convert.features import activation_key, extract_views
-
     key = (
         activation_key(
             files=hashes,
@@ -143,16 +138,14 @@ def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw=None):
 
 
 def _dedupe_check(train_f, train_img, val_f, val_img, remove: bool):
-    from convert.data import near_duplicates, perceptual_hashes
-
     pairs = near_duplicates(
         perceptual_hashes(train_img), perceptual_hashes(val_img), train_f.files, val_f.files
     )
-    print(f"near-duplicates across train/val (pHash distance <= 4 of 64): {len(pairs)}")
+    log.info(f"near-duplicates across train/val (pHash distance <= 4 of 64): {len(pairs)}")
     for p in pairs[:10]:
-        print(f"  {p.train_file} ~ {p.val_file} (distance {p.distance})")
+        log.info(f"  {p.train_file} ~ {p.val_file} (distance {p.distance})")
     if len(pairs) > 10:
-        print(f"  ... and {len(pairs) - 10} more (all listed in report.json)")
+        log.info(f"  ... and {len(pairs) - 10} more (all listed in report.json)")
     dropped = 0
     if remove and pairs:
         # The validation set stays fixed (comparable between runs); the duplicates leave training.
@@ -160,15 +153,13 @@ def _dedupe_check(train_f, train_img, val_f, val_img, remove: bool):
         keep = np.array([i for i, f in enumerate(train_f.files) if str(f) not in bad], dtype=int)
         dropped = len(train_f) - len(keep)
         train_f, train_img = train_f.subset(keep), train_img[keep]
-        print(f"--dedupe: removed {dropped} training images that duplicate validation images")
+        log.info(f"--dedupe: removed {dropped} training images that duplicate validation images")
     return train_f, train_img, [p.__dict__ for p in pairs], dropped
 
 
 def scan_splits(cfg: TrainConfig):
     """(all training-folder images, the --val-dir images or None), scanned before anything slow, so a
     bad folder fails in a second."""
-    from edge.dataset import parse_class_map, require_classes, scan_labelled
-
     class_map = parse_class_map(cfg.class_map)
     folder = scan_labelled(cfg.data_dir, class_map=class_map, dedupe=True)
     _report_duplicates(folder, "training")
@@ -185,43 +176,45 @@ def _report_duplicates(images, what: str) -> None:
     """Files found twice (byte-identical, across or within sources) are counted once; the same
     bytes under two labels are dropped. Say so, with a few examples."""
     if images.duplicates:
-        print(f"{what} data: {len(images.duplicates)} byte-identical duplicate file(s) counted once, e.g.")
+        log.info(f"{what} data: {len(images.duplicates)} byte-identical duplicate file(s) counted once, e.g.")
         for kept, dropped in images.duplicates[:3]:
-            print(f"  {dropped} = {kept}")
+            log.info(f"  {dropped} = {kept}")
     if images.conflicts:
-        print(
+        log.info(
             f"{what} data: {len(images.conflicts)} file(s) with the same bytes under different labels, dropped:"
         )
         for group in images.conflicts[:5]:
-            print("  " + " = ".join(group))
+            log.info("  " + " = ".join(group))
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train per `cfg` and write RUN_DIR; returns the report dict."""
-    from convert import report as reporting
-    from convert.data import stratified_split
-    from convert.weights import resolve_weights
-
-    started = time.perf_counter()
-    folder, val_folder = scan_splits(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    labels = folder.labels
-    print(
-        f"data: {' + '.join(cfg.data_dir)}: {len(folder)} images in {len(labels)} classes {folder.counts()}"
-    )
-    resolved = resolve_weights(cfg.arch, cfg.weights, int(cfg.img_size))
-    print(f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else ""))
-    if cfg.folds:
-        return _run_folds(cfg, folder, resolved, started)
+def _train_and_val(cfg: TrainConfig, folder, val_folder):
+    """The training and validation images: --val-dir's, or a stratified split of the training folder's."""
     if val_folder is not None:
         train_folder = folder
     else:
         tr, va = stratified_split(folder.targets, cfg.val_fraction, cfg.seed)
         train_folder, val_folder = folder.subset(tr), folder.subset(va)
-    print(
+    log.info(
         f"split: train {len(train_folder)}, val {len(val_folder)} ({'--val-dir' if cfg.val_dir else f'stratified {cfg.val_fraction:g}'})"
     )
+    return train_folder, val_folder
+
+
+@dataclass
+class Prepared:
+    """Both splits read, preprocessed, checked for near-duplicates across them."""
+
+    train: object  # ImageSet
+    train_images: np.ndarray
+    train_hashes: list[str]
+    val: object
+    val_images: np.ndarray
+    val_hashes: list[str]
+    raw: Raw
+    data: dict  # what report.json records of the data
+
+
+def _prepare(cfg: TrainConfig, train_folder, val_folder) -> Prepared:
     raw = _raw_and_reference(cfg, train_folder)
     train_folder, train_img, train_hash, skipped = _load(train_folder, cfg, "train")
     val_folder, val_img, val_hash, skipped_val = _load(val_folder, cfg, "val")
@@ -234,23 +227,6 @@ def run(cfg: TrainConfig) -> dict:
         raw.images = raw.images[keep] if raw.images is not None else None
         train_hash = train_folder.hashes()
         fp["train"] = train_folder.fingerprint()
-    built = build(cfg, resolved, len(labels))
-    augment = cfg.augment != "none"
-    train_views = _views(built, train_img, cfg, augment, train_hash, resolved, "train views", raw.images)
-    val_views = _views(built, val_img, cfg, False, val_hash, resolved, "val views")
-    fit = fit_two_phase(
-        cfg, built, train_views, train_folder.targets, val_views, val_folder.targets, len(labels)
-    )
-    # Saved before the (long) evaluations: a run killed while measuring keeps the model it trained.
-    fit.model.save(out / "model.keras")
-    results = {
-        "train": evaluate(fit.top, train_views[0], train_folder.targets, labels, cfg.loss, "evaluate train"),
-        # The complete model on the images: checks that model.keras is the model we measured.
-        "val": evaluate(
-            fit.model, val_img, val_folder.targets, labels, cfg.loss, "evaluate val (complete model)"
-        ),
-    }
-    wall = time.perf_counter() - started
     data = {
         "train_dir": cfg.data_dir,
         "val_dir": cfg.val_dir,
@@ -265,16 +241,50 @@ def run(cfg: TrainConfig) -> dict:
         "near_duplicates": dups,
         "dedupe_removed": dropped,
     }
+    return Prepared(train_folder, train_img, train_hash, val_folder, val_img, val_hash, raw, data)
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train per `cfg` and write RUN_DIR; returns the report dict."""
+    started = time.perf_counter()
+    folder, val_folder = scan_splits(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = folder.labels
+    log.info(
+        f"data: {' + '.join(cfg.data_dir)}: {len(folder)} images in {len(labels)} classes {folder.counts()}"
+    )
+    resolved = resolve_weights(cfg.arch, cfg.weights, int(cfg.img_size))
+    log.info(
+        f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else "")
+    )
+    if cfg.folds:
+        return _run_folds(cfg, folder, resolved, started)
+    d = _prepare(cfg, *_train_and_val(cfg, folder, val_folder))
+    built = build(cfg, resolved, len(labels))
+    augment = cfg.augment != "none"
+    train_views = _views(
+        built, d.train_images, cfg, augment, d.train_hashes, resolved, "train views", d.raw.images
+    )
+    val_views = _views(built, d.val_images, cfg, False, d.val_hashes, resolved, "val views")
+    fit = fit_two_phase(cfg, built, train_views, d.train.targets, val_views, d.val.targets, len(labels))
+    # Saved before the (long) evaluations: a run killed while measuring keeps the model it trained.
+    fit.model.save(out / "model.keras")
+    results = {
+        "train": evaluate(fit.top, train_views[0], d.train.targets, labels, cfg.loss, "evaluate train"),
+        # The complete model on the images: checks that model.keras is the model we measured.
+        "val": evaluate(
+            fit.model, d.val_images, d.val.targets, labels, cfg.loss, "evaluate val (complete model)"
+        ),
+    }
+    wall = time.perf_counter() - started
     return reporting.write_run(
-        out, cfg, labels, resolved, built.split_layer, data, results, fit.history, fit.best_epochs, wall
+        out, cfg, labels, resolved, built.split_layer, d.data, results, fit.history, fit.best_epochs, wall
     )
 
 
 def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     """Stratified k-fold on DATA_DIR: views are computed once for all images, each fold trains afresh."""
-    from convert import report as reporting
-    from convert.data import stratified_kfold
-
     raw = _raw_and_reference(cfg, folder)
     folder, images, hashes, skipped = _load(folder, cfg, "all")
     fp = folder.fingerprint()
@@ -287,7 +297,7 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     pooled = pooled_features(built, views) if built.pretrained and cfg.epochs > 0 else None
     folds = []
     for k, (tr, va) in enumerate(stratified_kfold(folder.targets, cfg.folds, cfg.seed)):
-        print(f"\n=== fold {k + 1}/{cfg.folds}: train {len(tr)}, val {len(va)} ===")
+        log.info(f"\n=== fold {k + 1}/{cfg.folds}: train {len(tr)}, val {len(va)} ===")
         fresh = build(cfg, resolved, len(labels)) if k else built
         fold_pooled = (pooled[:, tr], pooled[0, va]) if pooled is not None else None
         fit = fit_two_phase(
@@ -303,7 +313,7 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
         report = evaluate(
             fit.top, views[0, va], folder.targets[va], labels, cfg.loss, f"evaluate fold {k + 1}"
         )
-        print(f"fold {k + 1}: accuracy {report['accuracy'] * 100:.2f}%  macro-F1 {report['macro_f1']:.4f}")
+        log.info(f"fold {k + 1}: accuracy {report['accuracy'] * 100:.2f}%  macro-F1 {report['macro_f1']:.4f}")
         folds.append({"fold": k + 1, "val": report, "history": fit.history, "best_epochs": fit.best_epochs})
     wall = time.perf_counter() - started
     data = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.metrics import format_report
+
+log = logging.getLogger(__name__)
 
 
 def versions() -> dict:
@@ -149,20 +152,20 @@ def write_run(
 
 def print_summary(report: dict, out: Path) -> None:
     val, train = report["splits"]["val"], report["splits"]["train"]
-    print("\n" + "=" * 72)
-    print(
+    log.info("\n" + "=" * 72)
+    log.info(
         f"{report['arch']}  weights {report['weights']['name']}  fine-tuned above {report['fine_tune_from']}"
     )
-    print(
+    log.info(
         f"train: {report['data']['n_train']} images, val: {report['data']['n_val']} images, "
         f"skipped {len(report['data']['skipped'])}, near-duplicates train/val {len(report['data']['near_duplicates'])}"
     )
-    print(f"best epochs {report['best_epochs']}   wall time {report['wall_time_s'] / 60:.1f} min")
-    print(f"train accuracy {train['accuracy'] * 100:.2f}%   loss {train['loss']:.4f}")
-    print(f"VAL   loss {val['loss']:.4f}")
-    print(format_report(val))
-    print(f"outputs: {out}/model.keras config.json report.json training_curves.png confusion_val.png")
-    print("=" * 72)
+    log.info(f"best epochs {report['best_epochs']}   wall time {report['wall_time_s'] / 60:.1f} min")
+    log.info(f"train accuracy {train['accuracy'] * 100:.2f}%   loss {train['loss']:.4f}")
+    log.info(f"VAL   loss {val['loss']:.4f}")
+    log.info(format_report(val))
+    log.info(f"outputs: {out}/model.keras config.json report.json training_curves.png confusion_val.png")
+    log.info("=" * 72)
 
 
 def write_folds(out: Path, cfg, labels, resolved, split_layer, data, folds, wall) -> dict:
@@ -198,16 +201,16 @@ def write_folds(out: Path, cfg, labels, resolved, split_layer, data, folds, wall
         "accuracy": float(np.trace(total) / total.sum()),
     }
     plot_confusion(pooled, out / "confusion_folds.png", f"{cfg.arch} {cfg.folds}-fold (pooled)")
-    print("\n" + "=" * 72)
-    print(f"{cfg.folds}-fold cross-validation, {cfg.arch}, {data['n']} images, img size {cfg.img_size}")
+    log.info("\n" + "=" * 72)
+    log.info(f"{cfg.folds}-fold cross-validation, {cfg.arch}, {data['n']} images, img size {cfg.img_size}")
     for f in folds:
-        print(
+        log.info(
             f"  fold {f['fold']}: accuracy {f['val']['accuracy'] * 100:.2f}%  macro-F1 {f['val']['macro_f1']:.4f}"
         )
-    print(
+    log.info(
         f"accuracy {summary['accuracy_mean'] * 100:.2f}% ± {summary['accuracy_std'] * 100:.2f}  "
         f"macro-F1 {summary['macro_f1_mean']:.4f} ± {summary['macro_f1_std']:.4f} (mean ± sample std)"
     )
-    print(f"wall time {wall / 60:.1f} min; outputs in {out}")
-    print("=" * 72)
+    log.info(f"wall time {wall / 60:.1f} min; outputs in {out}")
+    log.info("=" * 72)
     return report

@@ -10,7 +10,7 @@ preprocessing at the model's input size.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from edge.errors import DataError
 from edge.hashing import sha256_file
 from edge.preprocess import PreprocessSpec
 from edge.schema import one_line
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 
@@ -80,10 +82,7 @@ def _input_size(model, path: Path) -> int:
 def _spec_from(config: dict, size: int) -> PreprocessSpec:
     raw = find_key(config, ("preprocess", "preprocess_spec"))
     if not isinstance(raw, dict):
-        print(
-            "warning: run config has no preprocess spec; using the default at the model's input size",
-            file=sys.stderr,
-        )
+        log.warning("warning: run config has no preprocess spec; using the default at the model's input size")
         return PreprocessSpec(size=size)
     try:
         return PreprocessSpec.model_validate({**raw, "size": size})

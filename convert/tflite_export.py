@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from edge.bundle import CPU_MODEL, Manifest, TensorSpec, write_bundle
+from edge.native_log import TENSORFLOW_NOISE, held_stderr
 from edge.preprocess import PreprocessSpec
+from edge.runtime.tflite import model_io
 
 PRECISIONS = ("int8", "float16", "float32")
 
@@ -101,7 +103,6 @@ def convert_model(converter) -> bytes:
     """converter.convert(), with Keras's export listing kept off stdout when QUIET."""
     if not QUIET:
         return converter.convert()
-    from edge.native_log import TENSORFLOW_NOISE, held_stderr
 
     with contextlib.redirect_stdout(io.StringIO()), held_stderr(TENSORFLOW_NOISE):
         return converter.convert()
@@ -123,8 +124,6 @@ def tensor_specs(
     """Input, class-score output and (models with a second output) embedding TensorSpecs, with
     quantization and names, read from the converted model. The scores are the output with one
     value per class (`n_classes`), the embedding the other."""
-    from edge.runtime.tflite import model_io
-
     inputs, outputs = model_io(tflite_bytes)
     if len(outputs) == 1:
         return _spec(inputs[0]), _spec(outputs[0]), None

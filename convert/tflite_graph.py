@@ -11,13 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-def _schema():
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:
-        from tensorflow.lite.python import schema_py_generated as schema
-    return schema
+from edge.contract import tflite_schema
 
 
 @dataclass
@@ -61,7 +55,7 @@ def _names(enum_cls) -> dict[int, str]:
 
 
 def read_graph(tflite_bytes: bytes) -> Graph:
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
     op_names = _names(schema.BuiltinOperator)
     type_names = _names(schema.TensorType)

@@ -128,14 +128,8 @@ def _materialise(obj, blobs: dict[str, np.ndarray]):
     return obj
 
 
-def _read_legacy(fh) -> dict:
-    def load():
-        return _RestrictedUnpickler(fh).load()
-
-    if load() != _LEGACY_MAGIC:
-        raise pickle.UnpicklingError("not a torch legacy file (bad magic number)")
-    load()  # protocol version
-    load()  # sys info (endianness, type sizes)
+def _storage_refs(state) -> dict[str, _StorageRef]:
+    """Every tensor storage a state dict (nested dicts) refers to, by key."""
     refs: dict[str, _StorageRef] = {}
 
     def collect(obj):
@@ -145,8 +139,20 @@ def _read_legacy(fh) -> dict:
         elif isinstance(obj, _TensorRef):
             refs[obj.storage.key] = obj.storage
 
-    state = load()
     collect(state)
+    return refs
+
+
+def _read_legacy(fh) -> dict:
+    def load():
+        return _RestrictedUnpickler(fh).load()
+
+    if load() != _LEGACY_MAGIC:
+        raise pickle.UnpicklingError("not a torch legacy file (bad magic number)")
+    load()  # protocol version
+    load()  # sys info (endianness, type sizes)
+    state = load()
+    refs = _storage_refs(state)
     keys = load()
     blobs = {}
     for key in keys:
@@ -166,16 +172,7 @@ def _read_zip(path: Path) -> dict:
         root = names[0].split("/")[0]
         unpickler = _RestrictedUnpickler(io.BytesIO(zf.read(f"{root}/data.pkl")))
         state = unpickler.load()
-        refs: dict[str, _StorageRef] = {}
-
-        def collect(obj):
-            if isinstance(obj, dict):
-                for v in obj.values():
-                    collect(v)
-            elif isinstance(obj, _TensorRef):
-                refs[obj.storage.key] = obj.storage
-
-        collect(state)
+        refs = _storage_refs(state)
         blobs = {
             k: np.frombuffer(zf.read(f"{root}/data/{k}"), np.dtype(r.dtype).newbyteorder("<"))
             for k, r in refs.items()

@@ -10,6 +10,7 @@ images (phase 1 is skipped).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from convert.models import Arch
 from edge.errors import DataError
 from edge.preprocess import PreprocessSpec
 from edge.schema import Spec, one_line
+
+log = logging.getLogger(__name__)
 
 DEFAULT_FINE_TUNE_EPOCHS = 15
 
@@ -96,10 +99,6 @@ class TrainConfig(Spec):
             raise DataError(f"{where}: {one_line(exc)}") from None
 
 
-def _log(msg: str) -> None:
-    print(msg, flush=True)
-
-
 def _fit_verbose() -> int:
     # Keras's live bar on a terminal; one line per epoch in a log file.
     return 1 if sys.stdout.isatty() else 2
@@ -143,19 +142,19 @@ def _class_weights(targets: np.ndarray, n_classes: int, mode: str) -> np.ndarray
     return (len(targets) / (n_classes * np.maximum(counts, 1)))[targets].astype(np.float32)
 
 
-def _fit(model, train_data, val, epochs, lr, loss, patience, log: _EpochLog, phase: str):
+def _fit(model, train_data, val, epochs, lr, loss, patience, epochs_log: _EpochLog, phase: str):
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1
     )
-    _log(f"\n{phase}: up to {epochs} epochs, lr {lr:g}, early stopping on val_loss (patience {patience})")
+    log.info(f"\n{phase}: up to {epochs} epochs, lr {lr:g}, early stopping on val_loss (patience {patience})")
     model.fit(
         train_data,
         validation_data=val,
         epochs=epochs,
-        callbacks=[stop, log.callback(phase)],
+        callbacks=[stop, epochs_log.callback(phase)],
         verbose=_fit_verbose(),
     )
     return stop.best_epoch + 1 if stop.best_weights is not None else epochs
@@ -198,11 +197,11 @@ def fit_two_phase(
     loss = _loss(cfg.loss)
     yt, yv = keras.utils.to_categorical(y_train, n_classes), keras.utils.to_categorical(y_val, n_classes)
     weights = _class_weights(y_train, n_classes, cfg.class_weight)
-    log = _EpochLog()
+    epochs_log = _EpochLog()
     best = {}
     keras.utils.set_random_seed(cfg.seed)
     head_epochs = cfg.epochs if built.pretrained else 0  # a random backbone has no frozen phase
-    _log(
+    log.info(
         f"training plan: phase 1 (head) up to {head_epochs} epochs"
         + ("" if built.pretrained else " (skipped: no pretrained backbone)")
         + f", phase 2 (fine-tune) up to {cfg.fine_tune_epochs} epochs"
@@ -217,7 +216,15 @@ def fit_two_phase(
             feats, val_feats = pooled
         sampler = make_sampler(feats, yt, cfg.batch_size, cfg.seed, weights)
         best["head"] = _fit(
-            head, sampler, (val_feats, yv), cfg.epochs, cfg.lr, loss, cfg.patience, log, "phase 1 (head)"
+            head,
+            sampler,
+            (val_feats, yv),
+            cfg.epochs,
+            cfg.lr,
+            loss,
+            cfg.patience,
+            epochs_log,
+            "phase 1 (head)",
         )
     if cfg.fine_tune_epochs > 0:
         n = set_trainable(top, head_only=False, freeze_bn=built.pretrained)
@@ -225,9 +232,9 @@ def fit_two_phase(
         sampler = make_sampler(train_views, yt, cfg.batch_size, cfg.seed + 1, weights)
         what = f"phase 2 (fine-tune {n} layers above {built.split_layer or 'the input'})"
         best["fine_tune"] = _fit(
-            top, sampler, (val_views[0], yv), cfg.fine_tune_epochs, lr, loss, cfg.patience, log, what
+            top, sampler, (val_views[0], yv), cfg.fine_tune_epochs, lr, loss, cfg.patience, epochs_log, what
         )
-    return FitResult(model, top, log.rows, best)
+    return FitResult(model, top, epochs_log.rows, best)
 
 
 def evaluate(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convert.models import build_backbone
 from convert.torch_file import WeightsError, read_torch_state_dict
 from edge.hashing import sha256_file
 
@@ -184,8 +185,6 @@ def import_weights(
     arch: str, pth: str | os.PathLike | None = None, img_size: int = 224, force: bool = False
 ) -> PortedWeights:
     """Convert (once) the torch ImageNet file for `arch` into a cached Keras backbone weights file."""
-    from convert.models import build_backbone
-
     if arch not in SOURCES:
         raise WeightsError(f"no torch weight mapping for {arch}")
     source = SOURCES[arch]

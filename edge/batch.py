@@ -14,14 +14,16 @@ import os
 import queue
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import Bundle
 from edge.dataset import LoadedImage, load_one
 from edge.predict import Classifier, Prediction
 from edge.preprocess import PreprocessSpec
+from edge.runtime.tflite import usable_cores
 
 
 @dataclass
@@ -154,3 +156,56 @@ def timed(results: Iterable[ImageResult]) -> tuple[list[ImageResult], Throughput
 def default_workers(interpreter_threads: int) -> int:
     """Loader workers beside the interpreter: one per core it leaves free, at least one."""
     return max(1, (os.cpu_count() or 1) - interpreter_threads)
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a command classifies: --backend, --device, --runtime, --threads (None: decided by `plan`),
+    and for many files --batch-size, --workers; `onnx` holds the onnx backend's options when given."""
+
+    backend: str = "cpu"
+    device: str | None = None
+    runtime: str = "auto"
+    threads: int | None = None
+    batch_size: int = 8
+    workers: int | None = None
+    onnx: dict = field(default_factory=dict)
+
+    def backend_options(self, threads: int | None) -> dict:
+        """What edge.runtime's open_backend takes, for interpreters of `threads` threads."""
+        return {"runtime": self.runtime, "threads": threads, "device": self.device, **self.onnx}
+
+
+@dataclass(frozen=True)
+class Plan:
+    threads: int  # per interpreter
+    replicas: int  # interpreters, one per worker thread
+    options: PipelineOptions
+
+
+def plan(inference: Inference, n_files: int | None = None) -> Plan:
+    """Threads per interpreter, interpreter replicas and loader options for this machine.
+
+    For many files on the CPU, throughput wins with one single-threaded interpreter per core, each
+    decoding its own batches (measured in docs/device.md): no XNNPACK thread synchronisation, and a
+    core is never idle while another decodes. A handful of files, --threads, or the Edge TPU (one
+    device, one interpreter) get a single interpreter with a loader thread beside it.
+    """
+    cores, threads, batch_size = usable_cores(), inference.threads, inference.batch_size
+    few = n_files is not None and n_files <= batch_size
+    if inference.backend != "cpu":
+        threads, replicas = threads or cores, 1
+    elif threads is None:
+        threads, replicas = (cores, 1) if few else (1, cores)
+    else:
+        replicas = 1 if few else max(1, cores // threads)
+    workers = inference.workers or default_workers(threads)
+    return Plan(threads, replicas, PipelineOptions(batch_size=batch_size, workers=workers))
+
+
+def open_classifiers(bundle: Bundle, inference: Inference, plan: Plan, **options) -> list[Classifier]:
+    """`plan.replicas` independent classifiers of the same bundle (interpreters are not thread-safe)."""
+    backend_options = inference.backend_options(plan.threads)
+    return [
+        Classifier.open(bundle, inference.backend, **options, **backend_options) for _ in range(plan.replicas)
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import logging
 import os
 import sys
 from importlib.metadata import entry_points
@@ -116,7 +117,8 @@ class LazyGroup(click.Group):
 )
 @click.version_option(__version__, prog_name="edge")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-def cli(debug):
+@click.pass_context
+def cli(ctx, debug):
     """Blood-cell classification on the microscope.
 
     \b
@@ -124,6 +126,46 @@ def cli(debug):
     Lab:      review (export), report (HTML, PDF, FHIR)
     Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """
+    setup_logging(ctx.invoked_subcommand, debug or os.environ.get("EDGE_DEBUG") == "1")
+
+
+# The packages whose modules log (each with logging.getLogger(__name__)); the handler is set up here only.
+LOGGED_PACKAGES = ("edge", "convert", "calibration")
+
+
+class ConsoleHandler(logging.Handler):
+    """Log records as the terminal has always shown them: the message alone, INFO (the progress of
+    long host-side work) on stdout and WARNING and above on stderr; `edge run` puts everything on
+    stderr behind a time stamp, as a daemon's log. The stream is looked up at each record, so a
+    redirected sys.stdout (a pipe, a test) gets what follows."""
+
+    def __init__(self, daemon: bool = False):
+        super().__init__()
+        self.daemon = daemon
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+            if daemon
+            else logging.Formatter("%(message)s")
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if self.daemon or record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging's own rule: a failing handler never stops the program
+            self.handleError(record)
+
+
+def setup_logging(command: str | None, debug: bool = False) -> None:
+    """The one place logging is set up, before any sub-command runs. Safe to call again (tests run the
+    CLI many times in one process): the handler is replaced, never added twice."""
+    handler = ConsoleHandler(daemon=command == "run")
+    for name in LOGGED_PACKAGES:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.propagate = False  # a library's root configuration must not print our lines twice
 
 
 def _debug_requested(argv) -> bool:

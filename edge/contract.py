@@ -16,7 +16,8 @@ METADATA_NAME = "edge_hemato.contract"
 FILE_IDENTIFIER = b"TFL3"
 
 
-def _schema():
+def tflite_schema():
+    """The TFLite flatbuffer schema's Python classes, from whichever runtime is installed."""
     try:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError:
@@ -49,7 +50,7 @@ def embed(tflite_bytes: bytes, contract: dict) -> bytes:
     """The same model with `contract` as its METADATA_NAME metadata (replacing an older one)."""
     import flatbuffers
 
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(tflite_bytes), 0)
     model.metadata = [m for m in (model.metadata or []) if _name(m.name) != METADATA_NAME]
     buffer = schema.BufferT()
@@ -71,7 +72,7 @@ def _name(value) -> str:
 def read(tflite_bytes: bytes) -> dict | None:
     """The embedded contract, or None when the model carries none (a bundle older than this check).
     Reads only the metadata table, without unpacking the weights."""
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.Model.GetRootAs(tflite_bytes, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)

@@ -2,17 +2,15 @@
 and loading them through `edge.preprocess`.
 
 Every command that reads images from folders (`edge classify`, `eval`, `train`, `quantize --calib/
---eval`, `adapt`) goes through `images_in` and `scan_labelled`, so they all see the same images:
-
-- folders are searched recursively; hidden files and folders are skipped; only IMAGE_SUFFIXES count;
-- a symbolic link is followed only while it stays inside the folder given, and each real file is
-  taken once (a link to `.` or `..` can neither loop nor count an image twice);
-- class folder names match labels regardless of case, underscores, hyphens and spaces
-  (`Seg-Neutrophil` = `seg_neutrophil`), after an optional class map (`seg_neutrophil=neutrophil`).
+--eval`, `adapt`) goes through `scan_labelled` or the one folder scanner (edge/image_files.py:
+hidden entries skipped, links followed only inside the folder, each real file once), so they all
+see the same images. Class folder names match labels regardless of case, underscores, hyphens and
+spaces (`Seg-Neutrophil` = `seg_neutrophil`), after an optional class map (`seg_neutrophil=neutrophil`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -25,78 +23,18 @@ import numpy as np
 
 from edge.errors import DataError, ImageLoadError
 from edge.hashing import FINGERPRINT_METHOD, fingerprint, sha256_file
+from edge.image_files import (  # noqa: F401 - the scanner's names, re-exported: the data layer's own
+    IMAGE_SUFFIXES,
+    expand_paths,
+    files_in,
+    images_in,
+    is_image_name,
+    printable,
+    subfolders,
+)
 from edge.preprocess import PreprocessSpec, load_image, preprocess
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-
-
-def is_image_name(name: str) -> bool:
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _files_in(folder: Path, within: Path | None = None) -> list[Path]:
-    """Visible files under `folder`, recursively, sorted; links followed only inside `within`
-    (default: `folder` itself); each real file once."""
-    root = os.path.realpath(within or folder)
-    found, seen_dirs, seen_files = [], set(), set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs or not _inside(real, root):
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            target = os.path.realpath(path)
-            if target in seen_files or not _inside(target, root) or not os.path.isfile(target):
-                continue
-            seen_files.add(target)
-            found.append(path)
-    return found
-
-
-def images_in(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden entries skipped; links followed only
-    inside `folder`; each real file once."""
-    return [p for p in _files_in(Path(folder)) if is_image_name(p.name)]
-
-
-def expand_paths(paths: Iterable) -> list[Path]:
-    """Files and folders -> image files, in the order given, each real file once.
-
-    A file named directly is kept whatever its suffix, and so is a path that does not exist: the
-    loader then reports it by name ("file not found", "not a decodable image") like any bad image.
-    """
-    out: list[Path] = []
-    seen: set = set()
-    for raw in paths:
-        path = Path(raw)
-        for item in images_in(path) if path.is_dir() else [path]:
-            key = os.path.realpath(item) if item.exists() else item
-            if key not in seen:
-                seen.add(key)
-                out.append(item)
-    return out
-
-
-def printable(path: str | os.PathLike) -> str:
-    """A file name as text that can always be printed, stored and read back: bytes that are not
-    UTF-8 (a name from another system, b"Zelle_\\xe4.jpg") become \\xNN escapes, and a backslash
-    itself becomes two, so two different names never print alike."""
-    raw = os.fsencode(path)
-    if b"\\" not in raw:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+log = logging.getLogger(__name__)
 
 
 def normalize_label(name: str) -> str:
@@ -218,13 +156,7 @@ class ImageSet:
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected one sub-folder per class: {root}/<class>/<image>)")
-    real = os.path.realpath(root)
-    # A class folder that is a link out of the root is not part of it.
-    folders = sorted(
-        p
-        for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and _inside(os.path.realpath(p), real)
-    )
+    folders = subfolders(root)  # a class folder that is a link out of the root is not part of it
     if not folders:
         raise DataError(f"{root}: no class subfolders (expected {root}/<class>/<image>)")
     return folders
@@ -267,7 +199,7 @@ def scan_labelled(
     items, ignored, seen = [], [], set()
     for root, folder, name in found:
         label = index.get(normalize_label(name), -1)
-        for path in _files_in(folder):
+        for path in files_in(folder):
             real = os.path.realpath(path)
             if real in seen:  # the same file again through a link: once, under the first folder
                 continue
@@ -373,7 +305,7 @@ def load_array(
                 images[i], good[i] = loaded.tensor, True
             else:
                 skipped.append((str(loaded.path), loaded.error))
-                print(f"skipped: {loaded.path}: {loaded.error}", flush=True)
+                log.info(f"skipped: {loaded.path}: {loaded.error}")
             if progress is not None:
                 progress(1)
     ok = np.flatnonzero(good)

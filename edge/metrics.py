@@ -50,6 +50,23 @@ def classification_report(y_true, y_pred, labels: list[str]) -> dict:
     }
 
 
+def label_indices(names, labels: list[str]) -> np.ndarray:
+    """Predicted label names -> indices into `labels`; -1 for a name that is none of them ("unknown")."""
+    index = {name: i for i, name in enumerate(labels)}
+    return np.array([index.get(name, -1) for name in names], dtype=np.int64)
+
+
+def recall_by_class(y_true, y_pred, labels: list[str]) -> dict[str, tuple[int, float]]:
+    """The one per-class score: for each class that has cells in `y_true`, in label order, (its
+    cells, the share of them predicted as it). A -1 in `y_pred` (no class) is wrong for every class."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    out = {}
+    for c in np.unique(y_true):
+        mask = y_true == c
+        out[labels[c]] = (int(mask.sum()), float((y_pred[mask] == c).mean()))
+    return out
+
+
 def format_report(report: dict) -> str:
     """A fixed-width table for the terminal."""
     labels = report["labels"]

@@ -11,7 +11,10 @@ off a terminal each job prints what it is doing once instead.
 
 from __future__ import annotations
 
+import logging
 import sys
+
+log = logging.getLogger(__name__)
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str | None = None, unit: str = "img", **kw):
@@ -23,5 +26,5 @@ def progress(iterable=None, *, total: int | None = None, desc: str | None = None
     live = sys.stderr.isatty() and desc is not None
     if not live and desc:
         count = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        print(f"{desc}: {count} {unit}" if count is not None else f"{desc}...", flush=True)
+        log.info(f"{desc}: {count} {unit}" if count is not None else f"{desc}...")
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not live, **kw)

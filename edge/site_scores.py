@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from edge.catalogue import UNKNOWN
 from edge.metrics import classification_report
-from edge.predict import UNKNOWN
 
 
 def known_class_report(preds, targets: list[int], labels: list[str]) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.augment import throughput  # noqa: E402
-from edge.dataset import IMAGE_SUFFIXES
+from edge.image_files import images_in  # noqa: E402
 from edge.preprocess import PreprocessSpec, preprocess_file  # noqa: E402
 from edge.synthetic import make_dataset  # noqa: E402
 
@@ -36,7 +36,7 @@ def main() -> None:
         root = Path(args.image_dir) if args.image_dir else Path(tmp)
         if not args.image_dir:
             make_dataset(root, per_class=max(1, args.n // 5), seed=0)
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[: args.n]
+        files = images_in(root)[: args.n]
         spec = PreprocessSpec(size=args.size)
         start = time.perf_counter()
         images = np.stack([preprocess_file(f, spec) for f in files])

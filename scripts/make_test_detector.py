@@ -6,7 +6,7 @@
 Three strided convolutions and the white-cell detector's own head outputs (a score map and box
 distances, stride 8 at 128 px), trained for a few minutes on synthetic fields
 (edge.synthetic.make_voc_dataset: drawn white and red cells), with the training side's own targets and
-losses (convert/detector_data.py, convert/detector_train.py), then converted by `edge quantize`'s
+losses (convert/detector_data.py, convert/detector_fit.py), then converted by `edge quantize`'s
 detector path (convert/detector_quantize.py): full int8, uint8 in and out. With it the detect,
 eval-detector, run --mode field and bench --mode field tests run on a device install without
 TensorFlow. It finds synthetic cells and nothing else; run it again (train extra) only when the
@@ -59,8 +59,9 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from convert.detector_data import build_photometric, frame_boxes, grid_targets, make_view, plain_view
+    from convert.detector_fit import losses
     from convert.detector_quantize import quantize_detector
-    from convert.detector_train import _load, _losses, make_splits
+    from convert.detector_splits import load_frames, make_splits
     from convert.quantize import QuantizeRequest
     from edge.detect.spec import CropRule, DetectorSpec
     from edge.preprocess import PreprocessSpec
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         voc = make_voc_dataset(Path(tmp) / "voc", frames=160, seed=3)
         splits = make_splits(voc)
         frames = splits.fit + splits.tune
-        images = _load(frames)
+        images = load_frames(frames)
         rng = np.random.default_rng(0)
         photometric = build_photometric(SIZE, 0)
         views = [plain_view(i, f, spec) for i, f in zip(images, frames, strict=True)]
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         def step(xb, ht, hw, bt, bw):
             with tf.GradientTape() as tape:
                 hp, bp = model(xb, training=True)
-                focal, box = _losses(tf, hp, bp, ht, hw, bt, bw)
+                focal, box = losses(tf, hp, bp, ht, hw, bt, bw)
                 loss = focal + 2.0 * box
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from edge.bundle import Bundle
-    from edge.commands.eval_detector import NOT_WHITE, _centred
+    from edge.detect.centred import NOT_WHITE, centred_report
     from edge.detect.classical import ClassicalDetector
     from edge.detect.detector import Detector
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     pooled: dict[str, list[float]] = {"detector": [], "classical": []}
     for name, det in (("detector", detector), ("classical", ClassicalDetector(threshold=0.05))):
         for root in args.sets:
-            report = _centred(det, Path(root), args.per_class, args.seed, keep_fractions=True)
+            report = centred_report(det, Path(root), args.per_class, args.seed, keep_fractions=True)
             for folder, r in report["folders"].items():
                 f = r["cell_side_fraction"]
                 print(

@@ -37,10 +37,11 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from edge.adapt import fit_head, stratified_folds
     from edge.bundle import Bundle
     from edge.dataset import images_in, load_array
+    from edge.head_fit import fit_head
     from edge.predict import Classifier
+    from edge.splits import stratified_folds
 
     labs = dict(pair.split("=", 1) for pair in args.lab)
     if len(labs) != 2:

@@ -6,8 +6,8 @@ and the rest, to measure site calibration on cells it never saw:
     edge adapt models/differential-int8 /tmp/tecom-site --out /tmp/differential-tecom
     edge eval /tmp/differential-tecom /tmp/tecom-rest
 
-`--per-class` cells of each class (chosen with numpy default_rng(--seed) over the class's files in
-edge.dataset's scan order; all of them where a class has fewer, and then the class has none left in
+`--per-class` cells of each class (edge.splits.per_class_sample with --seed, over the class's files
+in edge.dataset's scan order; all of them where a class has fewer, and then the class has none left in
 --rest) are copied to --site, the others to --rest. Files are copied, never linked: both outputs are
 ordinary class folders. Nothing is written into the project.
 """
@@ -34,13 +34,14 @@ def main(argv=None) -> int:
     import numpy as np
 
     from edge.dataset import scan_labelled
+    from edge.splits import per_class_sample
 
     images = scan_labelled(args.source)
-    rng = np.random.default_rng(args.seed)
     targets = images.targets
+    site = set(per_class_sample(targets, args.per_class, args.seed).tolist())
     for c, name in enumerate(images.labels):
         members = np.flatnonzero(targets == c)
-        chosen = set(rng.permutation(members)[: args.per_class].tolist())
+        chosen = site.intersection(members.tolist())
         for i in members:
             item = images.items[i]
             dest = Path(args.site if i in chosen else args.rest) / item.folder / item.relative()

@@ -21,9 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge.batch import PipelineOptions, classify_paths, classify_sequential, default_workers, timed  # noqa: E402
+from edge.batch import (  # noqa: E402
+    Inference,
+    PipelineOptions,
+    classify_paths,
+    classify_sequential,
+    default_workers,
+    plan,
+    timed,
+)
 from edge.bundle import Bundle  # noqa: E402
-from edge.commands._device_options import pipeline_for  # noqa: E402
 from edge.dataset import expand_paths  # noqa: E402
 from edge.predict import Classifier  # noqa: E402
 from edge.runtime import open_backend  # noqa: E402
@@ -67,8 +74,10 @@ def main(argv=None) -> int:
     paths = expand_paths(args.images)
     if args.limit:
         paths = paths[: args.limit]
-    threads, replicas, _ = pipeline_for(args.backend, args.threads, args.batch, args.workers, len(paths))
-    replicas = args.replicas or replicas
+    chosen = plan(
+        Inference(args.backend, threads=args.threads, batch_size=args.batch, workers=args.workers), len(paths)
+    )
+    threads, replicas = chosen.threads, args.replicas or chosen.replicas
     classifiers = [
         Classifier(
             bundle,

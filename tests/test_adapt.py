@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.adapt import fit_head, logit_range_of, read_head, split_site, write_head
+from edge.adapt import split_site
 from edge.bundle import Bundle
+from edge.head_fit import fit_head
 from edge.predict import Classifier
 from edge.synthetic import make_dataset
+from edge.tflite_edit import logit_range_of, read_head, write_head
 
 REJECT_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "tiny-reject-int8"
 TINY_BUNDLE = Path(__file__).resolve().parent / "fixtures" / "tiny-int8"

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from convert.commands._extras import require_train
+from edge.commands._options import verbose_option
 
 
 @click.command()
@@ -33,7 +34,7 @@ from convert.commands._extras import require_train
     show_default=True,
     help="Seconds the compiler may take.",
 )
-@click.option("--verbose", "-v", is_flag=True, help="List every op that cannot map, with its reasons.")
+@verbose_option("List every op that cannot map, with its reasons.", "-v")
 def compile_(bundle_dir, preflight_only, compiler, timeout_s, verbose):
     """Check a bundle's int8 model for the Coral Edge TPU and compile it into model_edgetpu.tflite.
 

@@ -7,6 +7,13 @@ from pathlib import Path
 import click
 
 from convert.commands._extras import require_onnx_export, require_train
+from edge.commands._options import (
+    class_map_option,
+    crop_fraction_option,
+    out_dir_option,
+    seed_option,
+    verbose_option,
+)
 
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -22,13 +29,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="Training images (<class>/<image>) to calibrate int8 ranges on, e.g. data/train. Never the eval "
     "split. Repeat for several sources, as given to `edge train`.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Bundle directory to write (model.tflite + manifest.json).",
-)
+@out_dir_option("Bundle directory to write (model.tflite + manifest.json).")
 @click.option(
     "--eval",
     "eval_dir",
@@ -37,13 +38,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="Labelled held-out images (e.g. data/val): float vs quantized accuracy, agreement, per-class "
     "deltas. Repeatable.",
 )
-@click.option(
-    "--map",
-    "class_map",
-    multiple=True,
-    metavar="FOLDER=LABEL",
-    help="Class folder alias across sources (repeatable) [default: the training run's --map].",
-)
+@class_map_option("Class folder alias across sources (repeatable) [default: the training run's --map].")
 @click.option(
     "--precision",
     type=click.Choice(["int8", "float16", "float32"]),
@@ -71,7 +66,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     show_default=True,
     help="Warn loudly when the quantized model loses more than this many percentage points of accuracy.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@seed_option("Seed of the calibration sample.")
 @click.option(
     "--bias-correction",
     is_flag=True,
@@ -127,13 +122,11 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
     help="onnx: also write model.onnx (int8 QDQ by onnxruntime on the same calibration images, for the "
     "onnx backend: TensorRT / CUDA on a Jetson). model.tflite is always written.",
 )
-@click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log and the converter's output.")
-@click.option(
-    "--crop-fraction",
-    type=click.FloatRange(0.05, 1.0),
-    default=None,
-    help="Detector runs: the crop rule's cell fraction (a white cell's side over its crop's side), as "
-    "scripts/measure_cell_fraction.py measured it on the classifier's training images [default: the run's].",
+@verbose_option("Also show TensorFlow's own log and the converter's output.")
+@crop_fraction_option(
+    None,
+    "Detector runs: the crop rule's cell fraction, as scripts/measure_cell_fraction.py measured it on the "
+    "classifier's training images [default: the run's].",
 )
 def quantize(verbose, **options):
     """Convert a trained model (an `edge train` run directory or a .keras file) into a bundle.
@@ -153,13 +146,16 @@ def quantize(verbose, **options):
     if options["format"] == "onnx":
         require_onnx_export("edge quantize --format onnx", verbose)
     from convert.detector_quantize import is_detector_run, quantize_detector
-    from convert.quantize import QuantizeRequest, print_summary
+    from convert.quantize import QuantizeRequest, summary, warnings
     from convert.quantize import quantize as run_quantize
 
     request = QuantizeRequest(**options)  # the options are named after its fields
     if is_detector_run(request.source):  # an `edge train-detector` run: --calib/--eval are VOC folders
-        print("\n".join(quantize_detector(request).lines))
+        click.echo("\n".join(quantize_detector(request).lines))
         return
     if request.crop_fraction is not None:
         raise click.UsageError("--crop-fraction applies to detector runs (edge train-detector)")
-    print_summary(run_quantize(request))
+    result = run_quantize(request)
+    click.echo(summary(result))
+    for warning in warnings(result):
+        click.echo(warning, err=True)

@@ -8,13 +8,18 @@ from pathlib import Path
 import click
 
 from convert.commands._extras import require_train
+from edge.commands._options import (
+    cache_option,
+    crop_fraction_option,
+    out_dir_option,
+    seed_option,
+    weights_option,
+)
 
 
 @click.command()
 @click.argument("voc_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory to write."
-)
+@out_dir_option("Run directory to write.")
 @click.option(
     "--size", type=click.IntRange(96, 640), default=256, show_default=True, help="Model input side (px)."
 )
@@ -26,18 +31,9 @@ from convert.commands._extras import require_train
     help="Views of every training frame (the first unaugmented), each run once through the frozen backbone.",
 )
 @click.option("--epochs", type=click.IntRange(1, 500), default=24, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--weights",
-    default="imagenet",
-    show_default=True,
-    help="Backbone weights: imagenet (the offline torchvision port), none, or a .pth/.npz file.",
-)
-@click.option(
-    "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the backbone features of the training views here, keyed by data and settings.",
-)
+@seed_option()
+@weights_option("Backbone weights: imagenet (the offline torchvision port), none, or a .pth/.npz file.")
+@cache_option("Keep the backbone features of the training views here, keyed by data and settings.")
 @click.option(
     "--target-recall",
     type=click.FloatRange(0.5, 1.0),
@@ -45,15 +41,12 @@ from convert.commands._extras import require_train
     show_default=True,
     help="The operating threshold is the highest score that finds this share of the tune frames' white cells.",
 )
-@click.option(
-    "--crop-fraction",
-    type=click.FloatRange(0.05, 1.0),
-    default=0.5,
-    show_default=True,
-    help="The crop rule the bundle carries: the cell's share of the classifier crop's side, as measured "
-    "on the classifier's training images (scripts/measure_cell_fraction.py).",
+@crop_fraction_option(
+    0.5,
+    "The crop rule the bundle carries, as measured on the classifier's training images "
+    "(scripts/measure_cell_fraction.py).",
 )
-def train_detector(voc_dir, out, **options):
+def train_detector(voc_dir, out_dir, **options):
     """Train the white-cell detector on the annotated frames of VOC_DIR (Annotations/ + JPEGImages/).
 
     \b
@@ -68,4 +61,4 @@ def train_detector(voc_dir, out, **options):
     from convert.detector_train import DetectorTrainRequest
     from convert.detector_train import train_detector as run
 
-    run(DetectorTrainRequest(voc=voc_dir, out=out, **options))
+    run(DetectorTrainRequest(voc=voc_dir, out=out_dir, **options))

@@ -265,7 +265,8 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
         backend.close()
 
 
-def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick) -> dict:
+def _passes(config, processor, tick) -> tuple[Recorder, _CpuMeter, Recorder, _CpuMeter, dict]:
+    """The inline pass (first frame, warm-up, steady state), then the threaded one; and the source's record."""
     stop = threading.Event()
     source = open_bench_source(config.source, stop)  # after the backend, so a missing runtime fails fast
     try:
@@ -273,6 +274,25 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         threaded, threaded_cpu = _pass(source, processor, "threaded", config.runs, tick, threading.Event())
     finally:
         source.close()
+    source_info = describe_source(config.source, source, serial.frame_shape)
+    if serial.corrupt + threaded.corrupt:
+        source_info["corrupt_frames_skipped"] = serial.corrupt + threaded.corrupt
+    return serial, serial_cpu, threaded, threaded_cpu, source_info
+
+
+def _startup(load_ms: float, init_ms: float, tables_ms: float, first, warm) -> dict:
+    return {
+        "bundle_load_ms": round(load_ms, 3),
+        "init_ms": round(init_ms, 3),
+        "lab_tables_ms": round(tables_ms, 3),
+        "first_inference_ms": round(first[2], 3),
+        "first_end_to_end_ms": round(first[4], 3),
+        "warmup_invoke_mean_ms": round(sum(w[2] for w in warm) / len(warm), 3) if warm else None,
+    }
+
+
+def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick) -> dict:
+    serial, serial_cpu, threaded, threaded_cpu, source_info = _passes(config, processor, tick)
     first, warm, samples = (
         serial.samples[0],
         serial.samples[1 : 1 + config.warmup],
@@ -287,9 +307,6 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
     serial_fps = config.runs / (serial.stamps[-1] - serial.stamps[config.warmup])
     threaded_fps = config.runs / threaded_cpu.wall_s
     description = backend.describe()
-    source_info = describe_source(config.source, source, serial.frame_shape)
-    if serial.corrupt + threaded.corrupt:
-        source_info["corrupt_frames_skipped"] = serial.corrupt + threaded.corrupt
     result = {
         "schema": SCHEMA,
         "bundle": bundle_info(bundle, config.backend),
@@ -301,14 +318,7 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         "warmup": config.warmup,
         "invoke_scope": getattr(backend, "invoke_scope", None)
         or ("interpreter.invoke()" if hasattr(backend, "model") else "backend.invoke()"),
-        "startup": {
-            "bundle_load_ms": round(load_ms, 3),
-            "init_ms": round(init_ms, 3),
-            "lab_tables_ms": round(tables_ms, 3),
-            "first_inference_ms": round(first[2], 3),
-            "first_end_to_end_ms": round(first[4], 3),
-            "warmup_invoke_mean_ms": round(sum(w[2] for w in warm) / len(warm), 3) if warm else None,
-        },
+        "startup": _startup(load_ms, init_ms, tables_ms, first, warm),
         "stages": stages,
         "overhead_ratio": round(stages["end_to_end"]["p50_ms"] / invoke_p50, 4) if invoke_p50 > 0 else None,
         "serial_fps": round(serial_fps, 2),

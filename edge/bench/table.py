@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.bench import STAGES
+from edge.bench import STAGES, reference
 from edge.bench.field import FIELD_STAGES
 from edge.bench.field import TARGET as FIELD_TARGET
 
@@ -68,24 +68,12 @@ def _line(label: str, text: str) -> str:
     return f"{label:<10}{text}"
 
 
-def format_result(r: dict) -> str:
-    b, ctx, s, up, res = r["bundle"], r["context"], r["stages"], r["startup"], r["resources"]
+def _header(r: dict) -> list[str]:
+    """What ran where: bundle, device, runtime, source, start-up."""
+    b, ctx, up = r["bundle"], r["context"], r["startup"]
     src = " ".join(str(v) for k, v in r["source"].items() if k in ("kind", "frame", "folder", "uri"))
     load = " ".join(str(v) for v in ctx.get("load_average") or []) or "?"
-    ratio = r.get("overhead_ratio")
-    target = (
-        FIELD_TARGET if "field" in r else OVERHEAD_TARGET
-    )  # field mode: over detector + classifier invoke
-    verdict = "ok" if ratio is not None and ratio <= target else "ABOVE TARGET"
-    table = grid(
-        ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
-        [
-            [name, str(s[name]["count"]), *(_ms(s[name][c]) for c in _COLUMNS[1:])]
-            for name in STAGES
-            if name in s
-        ],
-    )
-    out = [
+    return [
         _line(
             "bundle",
             f"{b['name']}  {b.get('architecture') or '?'} {b.get('precision') or ''} "
@@ -109,9 +97,17 @@ def format_result(r: dict) -> str:
             f"first inference {_ms(up['first_inference_ms'])} ms  "
             f"warm-up invoke mean {_ms(up['warmup_invoke_mean_ms'])} ms",
         ),
-        "",
-        table,
-        "",
+    ]
+
+
+def _verdict(r: dict) -> list[str]:
+    """The overhead against its target, the frame rates and the resources."""
+    s, res, ratio = r["stages"], r["resources"], r.get("overhead_ratio")
+    target = (
+        FIELD_TARGET if "field" in r else OVERHEAD_TARGET
+    )  # field mode: over detector + classifier invoke
+    verdict = "ok" if ratio is not None and ratio <= target else "ABOVE TARGET"
+    return [
         _line(
             "result",
             f"end_to_end p50 {_ms(s['end_to_end']['p50_ms'])} ms = invoke p50 {_ms(s['invoke']['p50_ms'])} ms "
@@ -130,8 +126,27 @@ def format_result(r: dict) -> str:
             f"peak RSS {res['peak_rss_mb']} MB   CPU {res['cpu_percent_serial']}% serial, "
             f"{res['cpu_percent_pipelined']}% pipelined (100% = one core)",
         ),
+    ]
+
+
+def format_result(r: dict) -> str:
+    s = r["stages"]
+    table = grid(
+        ["stage (ms)", "n", "min", "p50", "p90", "p99", "max", "mean", "std"],
+        [
+            [name, str(s[name]["count"]), *(_ms(s[name][c]) for c in _COLUMNS[1:])]
+            for name in STAGES
+            if name in s
+        ],
+    )
+    out = [
+        *_header(r),
+        "",
+        table,
+        "",
+        *_verdict(r),
         *format_reference(r.get("reference") or [], r),
-        *(_line("warning", w) for w in ctx.get("warnings") or []),
+        *(_line("warning", w) for w in r["context"].get("warnings") or []),
     ]
     if r.get("field"):
         out += ["", *format_field(r)]
@@ -275,4 +290,22 @@ def format_profile(p: dict) -> str:
             for x in p["placement"]
         ]
         lines.append(grid(["op", "runs on", "count", "M MACs", "share"], rows, 2))
+    return "\n".join(lines)
+
+
+def format_references() -> str:
+    """The built-in published numbers (`edge bench --list-references`)."""
+    rows = [
+        [
+            r.board,
+            f"{r.backend}/{r.provider}" if r.provider else r.backend,
+            f"{r.model} {r.size}",
+            f"{r.low_ms}" if r.low_ms == r.high_ms else f"{r.low_ms}-{r.high_ms}",
+            r.source,
+        ]
+        for r in reference.REFERENCES
+    ]
+    lines = [grid(["board", "backend", "model", "published invoke ms", "source"], rows, left=3)]
+    lines += [f"{r.board}: {r.caveat}" for r in reference.REFERENCES if r.caveat]
+    lines.append(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
     return "\n".join(lines)

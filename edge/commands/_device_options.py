@@ -1,5 +1,6 @@
-"""Options that `edge classify` and `edge eval` share: which runtime, how many threads, the pipeline,
-the pixel limit (also `edge run`'s)."""
+"""Options the device commands share, declared once: which backend and runtime, how many threads,
+the pipeline (`edge classify`, `eval`; one interpreter's for `detect`, `eval-detector`), the
+uncertainty rule, the pixel limit (also `edge run`'s), and the progress bar."""
 
 from __future__ import annotations
 
@@ -8,39 +9,48 @@ import sys
 
 import click
 
-from edge.batch import PipelineOptions, default_workers
-from edge.bundle import Bundle
-from edge.predict import Classifier
+from edge.batch import Inference
 from edge.preprocess import DEFAULT_MAX_PIXELS, set_max_pixels
 from edge.runtime import BACKENDS
-from edge.runtime.tflite import RUNTIME_CHOICES, usable_cores
+from edge.runtime.tflite import RUNTIME_CHOICES
+
+BACKEND_OPTION = click.option(
+    "--backend",
+    type=click.Choice(list(BACKENDS)),
+    default="cpu",
+    show_default=True,
+    help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU. "
+    "onnx: the bundle's model.onnx through ONNX Runtime (TensorRT / CUDA on a Jetson, else the CPU).",
+)
+DEVICE_OPTION = click.option(
+    "--device",
+    default=None,
+    metavar="DEV",
+    help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found); "
+    "with --backend onnx, the GPU index (0, cuda:1).",
+)
+RUNTIME_OPTION = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIME_CHOICES),
+    default="auto",
+    show_default=True,
+    help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports.",
+)
+
+
+def _apply(func, options):
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def runtime_options(func):
-    """--backend, --device, --runtime, --threads, --batch-size, --workers, and the onnx options."""
+    """--backend, --device, --runtime, --threads, --batch-size, --workers, the onnx options and
+    --max-pixels, passed on as one `inference` (edge.batch.Inference)."""
     options = [
-        click.option(
-            "--backend",
-            type=click.Choice(list(BACKENDS)),
-            default="cpu",
-            show_default=True,
-            help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU. "
-            "onnx: the bundle's model.onnx through ONNX Runtime (TensorRT / CUDA on a Jetson, else the CPU).",
-        ),
-        click.option(
-            "--device",
-            default=None,
-            metavar="DEV",
-            help="Edge TPU to use: usb, usb:0, usb:1, pci:0 ... (default: the first one found); "
-            "with --backend onnx, the GPU index (0, cuda:1).",
-        ),
-        click.option(
-            "--runtime",
-            type=click.Choice(RUNTIME_CHOICES),
-            default="auto",
-            show_default=True,
-            help="TFLite runtime; auto takes the first of litert, tflite-runtime, tensorflow that imports.",
-        ),
+        BACKEND_OPTION,
+        DEVICE_OPTION,
+        RUNTIME_OPTION,
         click.option(
             "--threads",
             type=click.IntRange(1, 256),
@@ -64,9 +74,30 @@ def runtime_options(func):
             "(default: the cores it leaves free, at least 1).",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return pixel_limit(onnx_options(func))
+
+    @functools.wraps(func)
+    def wrapper(*args, backend, device, runtime, threads, batch_size, workers, onnx_options, **kwargs):
+        inference = Inference(backend, device, runtime, threads, batch_size, workers, onnx_options)
+        return func(*args, inference=inference, **kwargs)
+
+    return pixel_limit(onnx_options(_apply(wrapper, options)))
+
+
+def backend_options(func):
+    """--backend, --device, --runtime and --threads of one interpreter (edge detect, eval-detector),
+    passed on as one `inference` (edge.batch.Inference)."""
+    threads = click.option(
+        "--threads",
+        type=click.IntRange(1, 256),
+        default=None,
+        help="Interpreter threads [default: all cores].",
+    )
+
+    @functools.wraps(func)
+    def wrapper(*args, backend, device, runtime, threads, **kwargs):
+        return func(*args, inference=Inference(backend, device, runtime, threads), **kwargs)
+
+    return _apply(wrapper, [BACKEND_OPTION, DEVICE_OPTION, RUNTIME_OPTION, threads])
 
 
 def uncertainty_options(func):
@@ -143,36 +174,6 @@ def onnx_options(func):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
-
-
-def pipeline_for(
-    backend: str, threads: int | None, batch_size: int, workers: int | None, n_files: int | None = None
-) -> tuple[int, int, PipelineOptions]:
-    """(threads per interpreter, interpreter replicas, loader options) for this machine.
-
-    For many files on the CPU, throughput wins with one single-threaded interpreter per core, each
-    decoding its own batches (measured in docs/device.md): no XNNPACK thread synchronisation, and a
-    core is never idle while another decodes. A handful of files, --threads, or the Edge TPU (one
-    device, one interpreter) get a single interpreter with a loader thread beside it.
-    """
-    cores = usable_cores()
-    few = n_files is not None and n_files <= batch_size
-    if backend != "cpu":
-        threads, replicas = threads or cores, 1
-    elif threads is None:
-        threads, replicas = (cores, 1) if few else (1, cores)
-    else:
-        replicas = 1 if few else max(1, cores // threads)
-    return (
-        threads,
-        replicas,
-        PipelineOptions(batch_size=batch_size, workers=workers or default_workers(threads)),
-    )
-
-
-def open_classifiers(bundle: Bundle, backend: str, replicas: int, **options) -> list[Classifier]:
-    """`replicas` independent classifiers of the same bundle (interpreters are not thread-safe)."""
-    return [Classifier.open(bundle, backend, **options) for _ in range(replicas)]
 
 
 def progress(items, length: int, label: str, enabled: bool = True):

@@ -8,17 +8,17 @@ from pathlib import Path
 
 import click
 
+from edge.adapt import adapt as run_adapt
+from edge.bundle import Bundle
+from edge.commands._options import class_map_option, out_dir_option, seed_option
+from edge.dataset import parse_class_map, printable, scan_labelled
+from edge.errors import DataError
+
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("site_dir", type=click.Path(path_type=str))
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The new bundle's folder (never the bundle itself).",
-)
+@out_dir_option("The new bundle's folder (never the bundle itself).")
 @click.option(
     "--holdout",
     type=click.FloatRange(0.0, 0.9),
@@ -26,16 +26,8 @@ import click
     show_default=True,
     help="Share of each class's cells held back (never fitted) to measure before and after.",
 )
-@click.option(
-    "--map",
-    "class_map",
-    multiple=True,
-    metavar="FOLDER=LABEL",
-    help="Class folder alias, e.g. Neutrophil_band=neutrophil (repeatable).",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the held-back choice and the folds."
-)
+@class_map_option()
+@seed_option("Seed of the held-back choice and the folds.")
 def adapt(bundle, site_dir, out_dir, holdout, class_map, seed):
     """Re-fit BUNDLE to your microscope from SITE_DIR/<class>/<image>: a few labelled cells of each
     class you see (20 a class is plenty; 3 is the least a class needs to be fitted).
@@ -51,11 +43,6 @@ def adapt(bundle, site_dir, out_dir, holdout, class_map, seed):
       edge adapt models/differential-int8 site-cells/ --out models/differential-int8-scope3
       edge eval models/differential-int8-scope3 more-site-cells/
     """
-    from edge.adapt import adapt as run_adapt
-    from edge.bundle import Bundle
-    from edge.dataset import parse_class_map, printable, scan_labelled
-    from edge.errors import DataError
-
     model = Bundle.load(bundle)
     model.require_task("classifier")
     site = scan_labelled(site_dir, model.labels, parse_class_map(class_map), keep_unknown=True, dedupe=True)
@@ -70,5 +57,5 @@ def adapt(bundle, site_dir, out_dir, holdout, class_map, seed):
     for path in site.ignored:
         click.echo(f"warning: {printable(path)}: not an image file (by suffix), ignored", err=True)
     command = shlex.join(["edge", "adapt", *sys.argv[2:]]) if sys.argv[1:2] == ["adapt"] else ""
-    result = run_adapt(model, site, out_dir, holdout, seed, command, say=lambda m: click.echo(m, err=True))
+    result = run_adapt(model, site, out_dir, holdout, seed, command)
     click.echo("\n".join(result.lines))

@@ -3,25 +3,20 @@ that makes numbers comparable across devices. Definitions: edge/bench/__init__.p
 
 from __future__ import annotations
 
-import importlib.util
-import itertools
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from edge.bench import compare as compare_mod
+from edge.bench import export, sweep, table
 from edge.commands._device_options import onnx_options
+from edge.commands.detect import default_detector
 from edge.daemon.config import PipelineConfig
 from edge.runtime import BACKENDS
 
 # The bench times what `edge run` does to each frame, so it crops as the daemon's defaults do.
 DEFAULT_REGION = PipelineConfig.region
-
-REFERENCE_BUNDLE = "mobilenetv2-int8"
-# Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
-# unless the user names it with --runtime tensorflow.
-_DEVICE_RUNTIMES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
 
 
 def _int_list(ctx, param, value):
@@ -48,24 +43,6 @@ def _backend_list(ctx, param, value):
                 f"unknown backend {name!r}; choose from {', '.join(BACKENDS)} (a list sweeps them)"
             )
     return items
-
-
-def _matrix_backends(runtimes_given: bool) -> list[str]:
-    """What a default --matrix compares: TFLite on the CPU, and the onnx backend where onnxruntime is
-    installed (not when --runtime names TFLite runtimes to sweep)."""
-    onnx = not runtimes_given and importlib.util.find_spec("onnxruntime") is not None
-    return ["cpu", "onnx"] if onnx else ["cpu"]
-
-
-def default_bundle() -> Path:
-    from edge.bundle import find_bundle
-
-    return find_bundle(REFERENCE_BUNDLE)
-
-
-def _matrix_threads() -> list[int]:
-    cores = os.cpu_count() or 1
-    return sorted({1, cores, *(t for t in (2, 4, 8) if t <= cores)})
 
 
 class _NoProgress:
@@ -200,28 +177,7 @@ def _progress(config, total):
     "--list-references", is_flag=True, help="Print the built-in published reference numbers and exit."
 )
 @onnx_options
-def bench(
-    bundles,
-    backends,
-    device,
-    runtimes,
-    threads,
-    runs,
-    warmup,
-    source,
-    region,
-    region_px,
-    mode,
-    detector,
-    lab,
-    json_path,
-    csv_path,
-    compare_path,
-    matrix,
-    profile,
-    list_references,
-    onnx_options,
-):
+def bench(bundles, json_path, csv_path, compare_path, matrix, list_references, **run_options):
     """Measure latency per stage (capture, preprocess, invoke, postprocess, end_to_end) and pipelined
     throughput of BUNDLE on this device, with the context that makes the numbers comparable.
 
@@ -235,124 +191,43 @@ def bench(
       edge bench --compare out.json
       edge bench --mode field --source replay:../shared/data/bccd-frames/JPEGImages --runs 200
     """
-    from edge.bench import compare as compare_mod
-    from edge.bench import export, reference, table
-    from edge.bench.runner import BenchConfig
-    from edge.bench.runner import run as run_bench
-    from edge.errors import BundleError, EdgeError, RuntimeUnavailableError
-
     if list_references:
-        click.echo(
-            table.grid(
-                ["board", "backend", "model", "published invoke ms", "source"],
-                [
-                    [
-                        r.board,
-                        f"{r.backend}/{r.provider}" if r.provider else r.backend,
-                        f"{r.model} {r.size}",
-                        f"{r.low_ms}" if r.low_ms == r.high_ms else f"{r.low_ms}-{r.high_ms}",
-                        r.source,
-                    ]
-                    for r in reference.REFERENCES
-                ],
-                left=3,
-            )
-        )
-        for r in reference.REFERENCES:
-            if r.caveat:
-                click.echo(f"{r.board}: {r.caveat}")
-        click.echo(f"results more than {reference.TOLERANCE:.0%} away are marked OUTSIDE")
+        click.echo(table.format_references())
         return
     old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
     for option, path in (("--json", json_path), ("--csv", csv_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
-    bundles = list(bundles) or [default_bundle()]
-    if backends is None:
-        backends = _matrix_backends(runtimes is not None) if matrix else ["cpu"]
-    if runtimes is None:
-        runtimes = (
-            [n for n, mod in _DEVICE_RUNTIMES.items() if importlib.util.find_spec(mod)]
-            if matrix
-            else ["auto"]
-        )
-        runtimes = runtimes or ["auto"]
-    if threads is None:
-        threads = _matrix_threads() if matrix else [None]
-    if mode == "field" and detector is None:
-        from edge.commands.detect import default_detector
-
-        detector = default_detector()
-    configs = [
-        BenchConfig(
-            b,
-            be,
-            rt,
-            t,
-            runs,
-            warmup,
-            source,
-            profile,
-            device,
-            region,
-            region_px,
-            lab,
-            onnx_options,
-            mode,
-            detector,
-        )
-        for b, be in itertools.product(bundles, backends)
-        # the runtime sweep is TFLite's; model.onnx always runs on onnxruntime
-        for rt in (runtimes if be != "onnx" else ["auto"])
-        for t in threads
-    ]
-    as_matrix = matrix or len(configs) > 1
-
-    results = []
-    for config in configs:
-        try:
-            with _progress(config, 1 + warmup + 2 * runs) as bar:  # the inline pass, then the threaded one
-                results.append(run_bench(config, tick=bar.update))
-        except (RuntimeUnavailableError, BundleError) as exc:  # one bad cell must not sink a matrix
-            if not as_matrix:
-                raise
-            results.append(
-                {
-                    "config": {
-                        "bundle": str(config.bundle),
-                        "backend": config.backend,
-                        "runtime": config.runtime,
-                        "threads": config.threads,
-                    },
-                    "error": str(exc),
-                }
-            )
+    if run_options["mode"] == "field" and run_options["detector"] is None:
+        run_options["detector"] = default_detector()
+    plan = sweep.configs(bundles, matrix=matrix, **run_options)  # the other options are BenchConfig's
+    as_matrix = matrix or len(plan) > 1
+    results = sweep.run_all(plan, as_matrix, _progress)
     measured = [r for r in results if "stages" in r]
-    if not measured:
-        raise EdgeError(f"no configuration could run; first error: {results[0]['error']}")
-
     click.echo(table.format_matrix(results) if as_matrix else table.format_result(results[0]))
     if as_matrix:
         for w in measured[0]["context"].get("warnings") or []:
             click.echo(f"warning  {w}")
     if old_runs is not None:
-        pairs = compare_mod.pair_runs(measured, old_runs)
-        if not pairs:
-            click.echo(f"compare: no run in {compare_path} has the same bundle, backend, runtime and threads")
-        for new, old in pairs:
-            cmp = compare_mod.compare(new, old)
-            new["comparison"] = {"against": str(compare_path), **cmp}
-            ctx = new["context"]
-            click.echo(
-                "\n"
-                + compare_mod.format_comparison(
-                    cmp,
-                    f"compared with {compare_path} ({new['bundle']['name']}, {ctx['runtime']}, {ctx['threads']} threads)",
-                )
-            )
+        click.echo(_compared(measured, old_runs, compare_path))
     if json_path:
         export.write_json(json_path, export.document(results, as_matrix))
         click.echo(f"wrote {json_path}")
     if csv_path:
         export.write_csv(csv_path, results)
         click.echo(f"wrote {csv_path}")
+
+
+def _compared(measured: list[dict], old_runs: list[dict], compare_path: Path) -> str:
+    """Ratios against the runs of an earlier --json file; each run's comparison is kept in its result."""
+    pairs = compare_mod.pair_runs(measured, old_runs)
+    if not pairs:
+        return f"compare: no run in {compare_path} has the same bundle, backend, runtime and threads"
+    blocks = []
+    for new, old in pairs:
+        cmp = compare_mod.compare(new, old)
+        new["comparison"] = {"against": str(compare_path), **cmp}
+        ctx = new["context"]
+        title = f"compared with {compare_path} ({new['bundle']['name']}, {ctx['runtime']}, {ctx['threads']} threads)"
+        blocks.append("\n" + compare_mod.format_comparison(cmp, title))
+    return "\n".join(blocks)

@@ -9,15 +9,10 @@ import time
 
 import click
 
-from edge.batch import ImageResult, classify_paths
+from edge.batch import ImageResult, Inference, classify_paths, open_classifiers, plan
 from edge.bundle import Bundle
-from edge.commands._device_options import (
-    open_classifiers,
-    pipeline_for,
-    progress,
-    runtime_options,
-    uncertainty_options,
-)
+from edge.commands._device_options import progress, runtime_options, uncertainty_options
+from edge.commands._options import top_k_option
 from edge.dataset import IMAGE_SUFFIXES, expand_paths, printable
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
@@ -77,13 +72,7 @@ def _text_line(result: ImageResult) -> str:
     "--json", "fmt", flag_value="json", help="One JSON object per line (JSON Lines), errors included."
 )
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
-@click.option(
-    "--top-k",
-    type=click.IntRange(1, 100),
-    default=3,
-    show_default=True,
-    help="How many labels to list per image.",
-)
+@top_k_option
 @uncertainty_options
 @runtime_options
 def classify(
@@ -93,13 +82,7 @@ def classify(
     top_k,
     threshold,
     margin,
-    backend,
-    device,
-    runtime,
-    threads,
-    batch_size,
-    workers,
-    onnx_options,
+    inference: Inference,
 ):
     """Classify the images in PATH... (files, or folders searched recursively) with the model BUNDLE.
 
@@ -121,40 +104,13 @@ def classify(
             f"no images found in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
     rule = uncertainty_rule(model, threshold, margin)
-    threads, replicas, options = pipeline_for(backend, threads, batch_size, workers, len(files))
-    classifiers = open_classifiers(
-        model,
-        backend,
-        replicas,
-        uncertainty=rule,
-        top_k=top_k,
-        runtime=runtime,
-        threads=threads,
-        device=device,
-        **onnx_options,
-    )
-    out = click.get_text_stream("stdout")
-    writer = None
-    if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-    failed = uncertain = 0
+    chosen = plan(inference, len(files))
+    classifiers = open_classifiers(model, inference, chosen, uncertainty=rule, top_k=top_k)
     t0 = time.perf_counter()
     with progress(
-        classify_paths(classifiers, files, options), len(files), "classifying", fmt is None
+        classify_paths(classifiers, files, chosen.options), len(files), "classifying", fmt is None
     ) as results:
-        for result in results:
-            if not result.ok:
-                failed += 1
-                click.echo(f"error: {printable(result.path)}: {result.error}", err=True)
-            else:
-                uncertain += result.prediction.uncertain
-            if fmt == "json":
-                out.write(json.dumps(_record(result)) + "\n")
-            elif fmt == "csv":
-                writer.writerow(_csv_row(result))
-            elif result.ok:
-                out.write(_text_line(result) + "\n")
+        failed, uncertain = _write(results, fmt, click.get_text_stream("stdout"))
     seconds = time.perf_counter() - t0
     info = classifiers[0].backend.describe()
     ok = len(files) - failed
@@ -164,9 +120,31 @@ def classify(
     click.echo(
         f"{ok} classified, {uncertain} uncertain, {failed} failed in {seconds:.1f} s "
         f"({len(files) / seconds:.1f} images/s; {info['backend']}, {info['runtime']} {info['runtime_version']}, "
-        f"{replicas} x {threads} thread(s); uncertain below {rule.min_confidence:.2f} confidence "
+        f"{chosen.replicas} x {chosen.threads} thread(s); uncertain below {rule.min_confidence:.2f} confidence "
         f"or {rule.min_margin:.2f} margin, from {rule.source.split(':')[0]})",
         err=True,
     )
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _write(results, fmt: str | None, out) -> tuple[int, int]:
+    """Each result as the format asks (errors also on stderr): (failed, uncertain) counts."""
+    writer = None
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+    failed = uncertain = 0
+    for result in results:
+        if not result.ok:
+            failed += 1
+            click.echo(f"error: {printable(result.path)}: {result.error}", err=True)
+        else:
+            uncertain += result.prediction.uncertain
+        if fmt == "json":
+            out.write(json.dumps(_record(result)) + "\n")
+        elif fmt == "csv":
+            writer.writerow(_csv_row(result))
+        elif result.ok:
+            out.write(_text_line(result) + "\n")
+    return failed, uncertain

@@ -8,43 +8,25 @@ import time
 from pathlib import Path
 
 import click
+import cv2
 
-from edge.runtime import BACKENDS
-from edge.runtime.tflite import RUNTIME_CHOICES
+from edge.batch import Inference
+from edge.bundle import Bundle, find_bundle
+from edge.commands._device_options import backend_options
+from edge.commands._options import detector_threshold_option, json_flag, top_k_option
+from edge.daemon.config import DEFAULT_DETECTOR
+from edge.detect.cells import find_cells
+from edge.detect.detector import Detector
+from edge.detect.draw import draw_cells
+from edge.errors import DataError, ImageLoadError
+from edge.image_files import IMAGE_SUFFIXES, expand_paths
+from edge.predict import Classifier
+from edge.preprocess import load_image, to_bgr8
 
 
 def default_detector() -> Path:
     """The committed detector, found like the default classifier (edge.bundle.find_bundle)."""
-    from edge.bundle import find_bundle
-    from edge.daemon.config import DEFAULT_DETECTOR
-
     return find_bundle(DEFAULT_DETECTOR)
-
-
-def image_record(path, image, detections, predictions, crops, timings) -> dict:
-    """What --json prints for one image: its size and every cell, box in the image's own pixels."""
-    cells = []
-    preds = iter(predictions)
-    for det, square in zip(detections, crops, strict=True):
-        cell = {"box": list(det.int_box()), "score": round(det.score, 4), "kind": det.kind}
-        if det.kind == "wbc":
-            p = next(preds)
-            cell.update(
-                label=p.label,
-                confidence=round(p.confidence, 4),
-                uncertain=p.uncertain,
-                reason=p.reason,
-                top_k=[[n, round(v, 4)] for n, v in p.top_k],
-                crop=list(square),
-            )
-        cells.append(cell)
-    return {
-        "path": str(path),
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
-        "cells": cells,
-        "timings_ms": {k: round(v, 3) for k, v in timings.items()},
-    }
 
 
 def _text(record: dict) -> str:
@@ -77,29 +59,17 @@ def _plot_name(path: Path, used: set[str]) -> str:
     type=click.Path(path_type=Path),
     help="Detector bundle [default: models/wbc-detector-int8].",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object per image (JSON Lines), errors included."
-)
+@json_flag("One JSON object per image (JSON Lines), errors included.")
 @click.option(
     "--plot",
     "plot_dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Write each image with its boxes and labels drawn into this folder.",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    default=None,
-    help="Detector score a box needs [default: the detector bundle's operating threshold].",
-)
-@click.option("--top-k", type=click.IntRange(1, 100), default=3, show_default=True)
-@click.option("--backend", type=click.Choice(list(BACKENDS)), default="cpu", show_default=True)
-@click.option("--device", default=None, metavar="DEV", help="Edge TPU: usb, usb:0, pci:0 ...")
-@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Interpreter threads [all cores].")
-def detect(
-    bundle, paths, detector_path, as_json, plot_dir, threshold, top_k, backend, device, runtime, threads
-):
+@detector_threshold_option("Detector score a box needs [default: the detector bundle's operating threshold].")
+@top_k_option
+@backend_options
+def detect(bundle, paths, detector_path, as_json, plot_dir, threshold, top_k, inference: Inference):
     """Find every white cell in the images in PATH... (files, or folders searched recursively), crop
     each as the classifier BUNDLE's training images framed their cells, and classify it.
 
@@ -115,20 +85,9 @@ def detect(
       edge detect models/mobilenetv2-int8 frames/ --json > cells.jsonl
       edge detect --detector models/wbc-detector-int8 models/mobilenetv2-int8 frames/ --plot out/
     """
-    import cv2
-
-    from edge.bundle import Bundle
-    from edge.dataset import IMAGE_SUFFIXES, expand_paths
-    from edge.detect.crop import crop_cell
-    from edge.detect.detector import Detector
-    from edge.errors import DataError, ImageLoadError
-    from edge.predict import Classifier
-    from edge.preprocess import load_image, to_bgr8
-
-    options = {"runtime": runtime, "threads": threads, "device": device}
-    classifier = Classifier.open(Bundle.load(bundle), backend, top_k=top_k, **options)
-    detector = Detector.open(Bundle.load(detector_path or default_detector()), backend, **options)
-    rule = detector.spec.crop
+    options = inference.backend_options(inference.threads)
+    classifier = Classifier.open(Bundle.load(bundle), inference.backend, top_k=top_k, **options)
+    detector = Detector.open(Bundle.load(detector_path or default_detector()), inference.backend, **options)
     files = expand_paths(paths)
     if not files:
         raise DataError(
@@ -136,10 +95,26 @@ def detect(
         )
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    failed, cells = _write(files, detector, classifier, threshold, as_json, plot_dir)
+    seconds = time.perf_counter() - t0
+    rule = detector.spec.crop
+    click.echo(
+        f"{len(files) - failed} images, {cells} white cells, {failed} failed in {seconds:.1f} s "
+        f"(detector {detector.bundle.path.name} at {threshold if threshold is not None else detector.threshold:.3f}, "
+        f"crop rule: cell = {rule.cell_fraction:g} of the crop's side)"
+        + (f"; drawn into {plot_dir}" if plot_dir is not None else ""),
+        err=True,
+    )
+    sys.stdout.flush()
+    return 1 if failed else 0
+
+
+def _write(files, detector, classifier, threshold, as_json: bool, plot_dir: Path | None) -> tuple[int, int]:
+    """Each image's cells as text or JSON on stdout (and drawn into `plot_dir`): (failed, white cells)."""
     out = click.get_text_stream("stdout")
     failed = cells = 0
     used: set[str] = set()
-    t0 = time.perf_counter()
     for path in files:
         try:
             image = to_bgr8(load_image(path))
@@ -150,28 +125,9 @@ def detect(
             if as_json:
                 out.write(json.dumps({"path": str(path), "error": reason}) + "\n")
             continue
-        detections, timings = detector.detect(image, threshold=threshold)
-        timings = {f"detect_{k}": v for k, v in timings.items()}
-        crops = [crop_cell(image, d.box, rule) for d in detections]
-        white = [c for c, d in zip(crops, detections, strict=True) if d.kind == "wbc"]
-        predictions = []
-        if white:
-            predictions, stages = classifier.classify_images([c[0] for c in white])
-            timings.update({f"classify_{k}": v for k, v in stages.items()})
-        record = image_record(path, image, detections, predictions, [c[1] for c in crops], timings)
-        cells += len(white)
+        record = find_cells(path, image, detector, classifier, threshold)
+        cells += sum(c["kind"] == "wbc" for c in record["cells"])
         out.write((json.dumps(record) if as_json else _text(record)) + "\n")
         if plot_dir is not None:
-            from edge.detect.draw import draw_cells
-
             cv2.imwrite(str(plot_dir / _plot_name(Path(path), used)), draw_cells(image, record["cells"]))
-    seconds = time.perf_counter() - t0
-    click.echo(
-        f"{len(files) - failed} images, {cells} white cells, {failed} failed in {seconds:.1f} s "
-        f"(detector {detector.bundle.path.name} at {threshold if threshold is not None else detector.threshold:.3f}, "
-        f"crop rule: cell = {rule.cell_fraction:g} of the crop's side)"
-        + (f"; drawn into {plot_dir}" if plot_dir is not None else ""),
-        err=True,
-    )
-    sys.stdout.flush()
-    return 1 if failed else 0
+    return failed, cells

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edge.commands._options import json_flag
 from edge.errors import EdgeError
 from edge.runtime import BACKENDS
 from edge.runtime.tflite import RUNTIME_CHOICES, RUNTIMES, import_runtime, usable_cores
@@ -331,7 +332,7 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
     show_default=True,
     help="TFLite runtime to check for.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@json_flag("Print the checks as JSON.")
 def doctor(bundle, backend, device, runtime, as_json):
     """Check that this machine can classify: Python and NumPy, TFLite runtimes, XNNPACK, Edge TPU
     devices and libedgetpu, onnxruntime and its providers (TensorRT, CUDA), cameras, CPU governor,

@@ -7,36 +7,52 @@ import json
 import click
 
 from edge.bundle import Bundle
+from edge.commands._options import json_flag
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@json_flag("Print the whole manifest as JSON.")
 def info(bundle, as_json):
     """Verify BUNDLE (schema, hashes, labels) and summarise its manifest."""
     b = Bundle.load(bundle)
-    m = b.manifest
-    if as_json:
-        click.echo(json.dumps(m.to_dict(), indent=2))
-        return
-    p = m.preprocess
-    q = f" scale={m.input.scale:g} zero_point={m.input.zero_point}" if m.input.scale else ""
+    click.echo(json.dumps(b.manifest.to_dict(), indent=2) if as_json else "\n".join(describe(b)))
+
+
+def describe(b: Bundle) -> list[str]:
+    """The summary's lines: what the model is, then where it came from and what was done to it."""
+    return _model_lines(b) + _provenance_lines(b)
+
+
+def _weights(m) -> str:
     weights = m.model.get("weights", "?")
     if isinstance(weights, dict):  # training records name, file and hash; the name and hash say enough here
         digest = weights.get("sha256") or ""
         weights = weights.get("name", "?") + (f" (sha256 {digest[:8]}…)" if digest else "")
-    lines = [
-        f"bundle      {b.path}",
-        f"model       {m.model.get('architecture', '?')} ({m.model.get('precision', '?')}), weights: {weights}",
-        f"labels      {', '.join(m.labels)}",
-        f"input       {m.input.dtype} {'x'.join(map(str, m.input.shape))}{q}",
+    return weights
+
+
+def _preprocess_line(p) -> str:
+    return (
         f"preprocess  {p.size}px {p.aspect} {p.interpolation}, {p.color_order}, contrast={p.contrast}"
         + (
             f" (clip {p.clahe_clip_limit:g}, tiles {p.clahe_tile_grid}x{p.clahe_tile_grid})"
             if p.contrast == "clahe"
             else ""
         )
-        + (f", white balance to {list(p.white_reference)}" if p.color == "white_balance" else ""),
+        + (f", white balance to {list(p.white_reference)}" if p.color == "white_balance" else "")
+    )
+
+
+def _model_lines(b: Bundle) -> list[str]:
+    m = b.manifest
+    q = f" scale={m.input.scale:g} zero_point={m.input.zero_point}" if m.input.scale else ""
+    lines = [
+        f"bundle      {b.path}",
+        f"model       {m.model.get('architecture', '?')} ({m.model.get('precision', '?')}), weights: {_weights(m)}",
+        f"labels      {', '.join(m.labels)}",
+        f"input       {m.input.dtype} {'x'.join(map(str, m.input.shape))}{q}",
+        _preprocess_line(m.preprocess),
         f"uncertain   confidence < {m.uncertainty.min_confidence:g} or margin < {m.uncertainty.min_margin:g} ({m.uncertainty.source})"
         if m.task == "classifier"
         else f"outputs     {m.detector.heatmap} (score map), {m.detector.boxes} (box distances)",
@@ -51,6 +67,11 @@ def info(bundle, as_json):
             f"crop rule   square of side max(w, h) / {d.crop.cell_fraction:g} around each cell, {d.crop.border} "
             f"outside the frame ({d.crop.source})"
         )
+    return lines
+
+
+def _provenance_lines(b: Bundle) -> list[str]:
+    m, lines = b.manifest, []
     fingerprint = m.training.get("data_fingerprint")
     if isinstance(fingerprint, dict):  # one per split
         lines.append("data        fingerprint " + ", ".join(f"{k} {v[:16]}" for k, v in fingerprint.items()))
@@ -61,8 +82,7 @@ def info(bundle, as_json):
     for metric in m.metrics:
         n = f", n={metric.n}" if metric.n else ""
         lines.append(f"metric      {metric.name} = {metric.value:.4f}  [{metric.split}{n}]")
-    for name, digest in m.files.items():
-        lines.append(f"file        {name}  sha256 {digest[:16]}…")
+    lines += [f"file        {name}  sha256 {digest[:16]}…" for name, digest in m.files.items()]
     if m.edgetpu:
         lines.append(f"edgetpu     {json.dumps(m.edgetpu)[:120]}")
     lines.append(
@@ -86,4 +106,4 @@ def info(bundle, as_json):
             f"{site['site']['fingerprint'][:16]}) from bundle sha256 {site['from_bundle']['sha256'][:16]}…; "
             f"held-back accuracy {before.get('accuracy')} -> {after.get('accuracy')}"
         )
-    click.echo("\n".join(lines))
+    return lines

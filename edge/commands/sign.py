@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+from edge.bundle import Bundle
+from edge.signing import generate_key
+from edge.signing import sign as sign_bundle
+
 
 @click.command()
 @click.argument("bundle", required=False, type=click.Path(file_okay=False, path_type=Path))
@@ -32,10 +36,6 @@ def sign(bundle, key_path, signer, new_key):
       edge sign --new-key ~/clinic-x.key          # once; prints the public key
       edge sign models/differential-int8 --key ~/clinic-x.key --signer "Clinic X lab"
     """
-    from edge.bundle import Bundle
-    from edge.signing import generate_key
-    from edge.signing import sign as sign_bundle
-
     if new_key:
         public = generate_key(new_key)
         click.echo(f"wrote {new_key} (keep it private)")

@@ -4,13 +4,14 @@ run) both call, so a bundle's manifest and the command report the same numbers f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from edge.detect.decode import MIN_SCORE, Detection
 from edge.detect.evaluate import DetectionReport, FrameTruth, evaluate
 from edge.detect.spec import WBC
-from edge.detect.voc import VocFrame, truth
+from edge.detect.voc import VocFrame, assign_splits, read_voc, split_frames, truth
 from edge.errors import ImageLoadError
 from edge.preprocess import load_image, to_bgr8
 
@@ -65,3 +66,28 @@ def run_on_frames(
     thr = detector.threshold if threshold is None else threshold
     report = evaluate([(r.detections, r.truth) for r in runs], thr)
     return EvalRun(report, runs, errors)
+
+
+def frames_to_score(detector, voc: Path, split: str) -> tuple[list[VocFrame], str]:
+    """The frames to score and what they are: the detector's own val frames when it records a split
+    for these frames (auto / val), the hash split of edge.detect.voc otherwise."""
+    frames = read_voc(voc)
+    bundle = getattr(detector, "bundle", None)
+    training = bundle.manifest.training if bundle is not None else None
+    recorded = training.get("split") if isinstance(training, dict) else None
+    names = {f.image.name for f in frames}
+    if recorded and split in ("auto", "val", "train"):
+        wanted = (
+            set(recorded["val"]["files"])
+            if split in ("auto", "val")
+            else set(recorded["fit"]["files"] + recorded["tune"]["files"])
+        )
+        if wanted & names:
+            chosen = [f for f in frames if f.image.name in wanted]
+            return (
+                chosen,
+                f"{voc.name}/{'val' if split == 'auto' else split} (the split the detector recorded)",
+            )
+    if split == "auto":
+        return frames, f"{voc.name} (all {len(frames)} frames: the detector records no split of them)"
+    return split_frames(frames, split, assign_splits(frames)), f"{voc.name}/{split} (edge.detect.voc's split)"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.dataset import is_image_name
+from edge.detect.evaluate import FrameTruth
 from edge.errors import DataError
 
 KINDS = {"wbc": "wbc", "rbc": "rbc", "platelets": "platelet", "platelet": "platelet"}
@@ -205,8 +206,6 @@ def split_frames(frames: list[VocFrame], split: str, splits: dict[str, str] | No
 def truth(frame: VocFrame, kind: str = "wbc"):
     """What evaluate.py scores a frame against: its boxes of `kind`, and those set aside as `ignore`."""
     import numpy as np
-
-    from edge.detect.evaluate import FrameTruth
 
     def arr(boxes):
         return np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], np.float64).reshape(-1, 4)

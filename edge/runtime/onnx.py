@@ -33,7 +33,7 @@ from edge.runtime.onnx_providers import (
     select,
     why_missing,
 )
-from edge.runtime.tflite import dequantize, usable_cores
+from edge.runtime.tflite import dequantize, uint8_batch, usable_cores
 
 INSTALL = "pip install '.[jetson]' (on a Jetson: NVIDIA's onnxruntime-gpu wheel, docs/device.md)"
 # ONNX element types the backend can feed or read.
@@ -192,13 +192,7 @@ class OnnxModel:
 
     def set_input(self, batch: np.ndarray) -> None:
         """uint8 N x H x W x 3 (or one H x W x 3 image) -> the input the model takes."""
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
-        if tuple(batch.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input {self.input_shape}, got {tuple(batch.shape[1:])}")
-        self._feed = to_model_input(batch, self.input)
+        self._feed = to_model_input(uint8_batch(batch, self.input_shape), self.input)
         self._raw = None
 
     def invoke(self) -> None:
@@ -251,6 +245,27 @@ def _device_id(device: str | None) -> int:
     return int(text)
 
 
+def _checked(bundle: Bundle, options: Options) -> list[str]:
+    """The providers asked for, once the options and the bundle are known to suit this backend."""
+    if options.runtime not in ("auto", "onnxruntime"):
+        raise BackendOptionError(f"the onnx backend runs on onnxruntime, not --runtime {options.runtime}")
+    if options.trt_precision not in TRT_PRECISIONS:
+        raise BackendOptionError(
+            f"trt_precision must be one of {', '.join(TRT_PRECISIONS)}, not {options.trt_precision!r}"
+        )
+    if options.threads is not None and options.threads < 1:
+        raise RuntimeUnavailableError(f"threads must be at least 1, not {options.threads}")
+    if ONNX_MODEL not in bundle.manifest.files:
+        raise BundleError(
+            f"{bundle.path}: bundle has no {ONNX_MODEL} (run `edge export {bundle.path} --format onnx` "
+            "on the training host)"
+        )
+    try:
+        return parse_providers(options.providers)
+    except ProviderError as exc:
+        raise BackendOptionError(f"--providers: {exc}") from None
+
+
 class Backend(InferenceBackend):
     """The bundle's model.onnx through onnxruntime, on the first available of the asked providers."""
 
@@ -261,23 +276,7 @@ class Backend(InferenceBackend):
     def __init__(self, bundle: Bundle, options: Options | None = None):
         super().__init__(bundle)
         options = options or Options()
-        if options.runtime not in ("auto", "onnxruntime"):
-            raise BackendOptionError(f"the onnx backend runs on onnxruntime, not --runtime {options.runtime}")
-        if options.trt_precision not in TRT_PRECISIONS:
-            raise BackendOptionError(
-                f"trt_precision must be one of {', '.join(TRT_PRECISIONS)}, not {options.trt_precision!r}"
-            )
-        if options.threads is not None and options.threads < 1:
-            raise RuntimeUnavailableError(f"threads must be at least 1, not {options.threads}")
-        if ONNX_MODEL not in bundle.manifest.files:
-            raise BundleError(
-                f"{bundle.path}: bundle has no {ONNX_MODEL} (run `edge export {bundle.path} --format onnx` "
-                "on the training host)"
-            )
-        try:
-            requested = parse_providers(options.providers)
-        except ProviderError as exc:
-            raise BackendOptionError(f"--providers: {exc}") from None
+        requested = _checked(bundle, options)
         ort = import_onnxruntime()
         self.model_file = bundle.path / ONNX_MODEL
         self.precision = options.trt_precision
@@ -288,6 +287,22 @@ class Backend(InferenceBackend):
                 f"none of the providers {options.providers} can run here: "
                 + "; ".join(f"{SHORT[p]}: {why}" for p, why in self.skipped.items())
             )
+        provider_options = self._provider_options(bundle, options, chosen)
+        try:
+            self.onnx = OnnxModel(self.model_file, chosen, options.threads, provider_options)
+        except (BundleError, RuntimeUnavailableError):
+            raise
+        except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, EP errors)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"{self.model_file}: onnxruntime cannot run it ({first})") from None
+        self.provider = self._running(chosen, available, options.providers)
+        self.threads = self.onnx.threads
+        self.input_shape = self.onnx.input_shape
+        self.n_outputs = self.onnx.n_outputs
+        self.has_embedding = self.onnx.embedding_tensor is not None
+
+    def _provider_options(self, bundle: Bundle, options: Options, chosen: list[str]) -> dict[str, dict]:
+        """CUDA's device, and TensorRT's device, precision and engine cache (sets self.trt_cache)."""
         device_id = _device_id(options.device)
         self.trt_cache = None
         provider_options: dict[str, dict] = {PROVIDERS["cuda"]: {"device_id": device_id}}
@@ -305,14 +320,11 @@ class Backend(InferenceBackend):
                 "trt_int8_enable": self.precision == "int8",
                 "trt_fp16_enable": self.precision in ("int8", "fp16"),
             }
-        try:
-            self.onnx = OnnxModel(self.model_file, chosen, options.threads, provider_options)
-        except (BundleError, RuntimeUnavailableError):
-            raise
-        except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, EP errors)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"{self.model_file}: onnxruntime cannot run it ({first})") from None
-        # A provider onnxruntime lists can still fail to start: the session then runs without it.
+        return provider_options
+
+    def _running(self, chosen: list[str], available: list[str], asked: str) -> str:
+        """The provider the session runs on. A provider onnxruntime lists can still fail to start:
+        the session then runs without it, and why is recorded in self.skipped."""
         dropped = [p for p in chosen if p not in self.onnx.active]
         found = probe() if dropped else None
         for p in dropped:
@@ -322,15 +334,11 @@ class Backend(InferenceBackend):
         running = [p for p in chosen if p in self.onnx.active]
         if not running:
             raise RuntimeUnavailableError(
-                f"none of the providers {options.providers} started: "
+                f"none of the providers {asked} started: "
                 + "; ".join(f"{SHORT[p]}: {self.skipped[p]}" for p in chosen)
                 + "; add cpu to --providers to run on the CPU anyway"
             )
-        self.provider = running[0]
-        self.threads = self.onnx.threads
-        self.input_shape = self.onnx.input_shape
-        self.n_outputs = self.onnx.n_outputs
-        self.has_embedding = self.onnx.embedding_tensor is not None
+        return running[0]
 
     def set_input(self, batch: np.ndarray) -> None:
         self.onnx.set_input(batch)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import RuntimeUnavailableError
 from edge.native_log import LITERT_NOISE, held_stderr
 
 # Import order matters: tflite_runtime 2.14 (its last release) fails to import beside NumPy 2.
@@ -51,8 +52,6 @@ def usable_cores() -> int:
 
 def import_runtime(preference: str = "auto") -> TFLiteRuntime:
     """The first importable TFLite runtime (or exactly `preference`). ImportError names what to install."""
-    from edge.errors import RuntimeUnavailableError
-
     if preference != "auto" and preference not in RUNTIMES:
         raise RuntimeUnavailableError(f"unknown runtime {preference!r}; choose auto, {', '.join(RUNTIMES)}")
     names = list(RUNTIMES) if preference == "auto" else [preference]
@@ -110,6 +109,18 @@ def quantize(batch: np.ndarray, tensor: TensorInfo) -> np.ndarray:
     if tensor.dtype == np.int8 and tensor.quantized:
         return np.clip(np.rint(batch / tensor.scale + tensor.zero_point), -128, 127).astype(np.int8)
     return batch.astype(tensor.dtype)
+
+
+def uint8_batch(batch: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`batch` as a uint8 N x H x W x C batch of `input_shape` images (one H x W x C image becomes a
+    batch of one); ValueError naming what differs otherwise. Every backend's set_input starts here."""
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
+    if tuple(batch.shape[1:]) != tuple(input_shape):
+        raise ValueError(f"expected input {tuple(input_shape)}, got {tuple(batch.shape[1:])}")
+    return batch
 
 
 def dequantize(raw: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -208,12 +219,7 @@ class TFLiteModel:
     def set_input(self, batch: np.ndarray) -> None:
         """uint8 N x H x W x C (or one H x W x C image) -> the input tensor. A fixed-batch model
         given another batch size keeps the batch, and `invoke` runs it one image at a time."""
-        if batch.ndim == 3:
-            batch = batch[None]
-        if batch.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 batch, got {batch.dtype}")
-        if tuple(batch.shape[1:]) != self.input_shape:
-            raise ValueError(f"expected input {self.input_shape}, got {tuple(batch.shape[1:])}")
+        batch = uint8_batch(batch, self.input_shape)
         self._pending = self._gathered = None
         if len(batch) != self.batch:
             if not self.resizable_batch:

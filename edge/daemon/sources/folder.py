@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
-from edge.dataset import IMAGE_SUFFIXES, printable
+from edge.image_files import images_in, printable
 from edge.preprocess import load_image, to_bgr8
 
 
@@ -45,17 +45,12 @@ class Source(FrameSource):
             raise SourceError(f"{self.path}: hot folder does not exist (yet)")
 
     def _scan(self) -> list[tuple[str, Path]]:
-        pattern = "**/*" if self.options.recursive else "*"
         now = time.monotonic()
         ready = []
-        try:
-            candidates = [p for p in self.path.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES]
-        except OSError as exc:
-            raise SourceError(f"{self.path}: cannot list ({exc})") from None
-        for p in candidates:
-            # The name as stored and printed: lossless for any bytes (edge.dataset.printable)
+        for p in images_in(self.path, recursive=self.options.recursive):
+            # The name as stored and printed: lossless for any bytes (edge.image_files.printable)
             name = printable(p.relative_to(self.path))
-            if name in self.done or p.name.startswith("."):
+            if name in self.done:
                 continue
             try:
                 st = p.stat()

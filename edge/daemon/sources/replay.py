@@ -1,4 +1,5 @@
-"""`replay:DIR` or `replay:VIDEO`: play saved images (sorted, recursively) or a video file.
+"""`replay:DIR` or `replay:VIDEO`: play saved images (sorted, recursively, as edge/image_files.py
+finds them) or a video file.
 
 With `--fps` it behaves like a camera at that rate (live: the oldest frame is dropped when the
 pipeline falls behind). Without, it feeds frames as fast as the pipeline takes them, never dropping.
@@ -12,7 +13,7 @@ import cv2
 
 from edge.daemon.config import ConfigError
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, Pacer, SourceError
-from edge.dataset import IMAGE_SUFFIXES, printable
+from edge.image_files import images_in, printable
 from edge.preprocess import load_image, to_bgr8
 
 
@@ -27,9 +28,7 @@ class Source(FrameSource):
         self.live = config.fps > 0
         self.files: list[Path] | None = None
         if self.path.is_dir():
-            self.files = sorted(
-                p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            self.files = images_in(self.path)
             if not self.files:
                 raise ConfigError(f"source.uri: no images in replay folder {self.path}")
         self.capture = None

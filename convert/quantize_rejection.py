@@ -1,0 +1,68 @@
+"""`edge quantize --reject mahalanobis`: what the device needs to call a cell unlike the training
+cells "unknown" (edge/rejection.py): the class means and shared covariance of the training images'
+embeddings, as the quantized model computes them, and the threshold."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from calibration.fidelity import tflite_outputs
+from convert.quantize_request import QuantizeRequest
+from convert.run_source import ModelSource
+from edge.bundle import Rejection
+from edge.dataset import load_labelled
+from edge.rejection import MahalanobisScorer
+
+log = logging.getLogger(__name__)
+
+REJECTION_FILE = "rejection.npz"
+
+
+def _embeddings(tflite: bytes, images: np.ndarray, n_classes: int, desc: str) -> np.ndarray:
+    outputs = tflite_outputs(tflite, images, desc=desc)
+    return next(o for o in outputs if o.shape[-1] != n_classes or len(outputs) == 1)
+
+
+def rejection_step(
+    req: QuantizeRequest, src: ModelSource, tflite: bytes
+) -> tuple[Rejection, bytes, dict] | None:
+    """Fit the class means and shared covariance on the training images' embeddings, as the quantized
+    model computes them on the device; set the threshold at `reject_quantile` of the scores of the
+    held-out cells (--reject-holdout), or of the training images themselves without it."""
+    if req.reject == "none":
+        return None
+    train = load_labelled(req.images(req.calib_dir, src.labels), src.spec)
+    n = len(src.labels)
+    log.info(f"rejection: embeddings of the {len(train)} images of {train.split} ({req.reject_layer})...")
+    train_emb = _embeddings(tflite, train.images, n, "embeddings (train)")
+    scorer = MahalanobisScorer.fit(train_emb, train.y, n, dims=req.reject_dims or None)
+    held = load_labelled(req.images(req.reject_holdout, src.labels), src.spec) if req.reject_holdout else None
+    if held is not None:
+        scores = scorer.scores(_embeddings(tflite, held.images, n, f"embeddings ({held.split})"))
+        where = f"{len(held)} held-out cells of {held.split}"
+    else:
+        scores = scorer.scores(train_emb)
+        where = f"the {len(train)} training images themselves (no --reject-holdout: new cells score higher)"
+    threshold = float(np.quantile(scores, req.reject_quantile))
+    projection = f", PCA to {req.reject_dims} dims" if req.reject_dims else ""
+    rejection = Rejection(
+        method="mahalanobis",
+        threshold=round(threshold, 4),
+        file=REJECTION_FILE,
+        source=f"class means and shared covariance of {req.reject_layer} embeddings of the {len(train)} "
+        f"images of {train.split} (int8 model{projection}); threshold at quantile {req.reject_quantile:g} "
+        f"of the scores of {where}",
+    )
+    record = {
+        "fit_split": train.split,
+        "fit_fingerprint": train.fingerprint,
+        "fit_n": len(train),
+        "holdout_split": held.split if held is not None else None,
+        "holdout_fingerprint": held.fingerprint if held is not None else None,
+        "layer": req.reject_layer,
+        "score_quantiles": {str(q): round(float(np.quantile(scores, q)), 4) for q in (0.5, 0.9, 0.95, 0.99)},
+    }
+    log.info(f"rejection: unknown above a score of {threshold:.2f} ({where})")
+    return rejection, scorer.to_bytes(), record
