@@ -170,6 +170,29 @@ def test_cells_alerts_differential_and_status_reach_the_lab(tiny_bundle, cells_d
     late.close()
 
 
+def test_the_stopped_status_is_sent_when_no_page_was_open(tiny_bundle, cells_dir, broker, tmp_path):
+    # Issue 21: the MQTT status was built from the page's status, which reads the review queue; at
+    # shutdown the reviews were closed first, so unless a page had polled in the last 2 s, the
+    # "stopped" status failed ("Cannot operate on a closed database") and no "offline" followed.
+    broker.start()
+    lab = Collector(broker.port, "lab/#")
+    config = write_config(tmp_path / "edge.toml", broker.port, status_interval_s=30.0)
+    d = Daemon(
+        ["--bundle", tiny_bundle, "--source", f"replay:{cells_dir}", "--fps", 20, "--loop"]
+        + ["--db", tmp_path / "r.db", "--config", config, "--http", "off"],
+        tmp_path,
+    )
+    wait_for(lambda: lab.on("/status"), 60, "the first status")
+    time.sleep(2.5)  # older than anything cached from that status
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.wait(60) == 0, d.stderr
+    assert "publisher error" not in d.stderr, d.stderr
+    wait_for(lambda: lab.raw("/available")[-1:] == [b"offline"], 10, "offline")
+    final = lab.on("/status")[-1]
+    assert final["state"] == "stopped" and final["frames"]["processed"] > 0
+    lab.close()
+
+
 def test_broker_outage_then_back_loses_nothing_and_counts_duplicates(
     tiny_bundle, cells_dir, broker, tmp_path
 ):

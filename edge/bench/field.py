@@ -5,7 +5,8 @@ detector's invoke() plus the classifier's (batched over the frame's cells), `pre
 before them (the detector's letterbox and decoding, stage motion, tracking, the crops, the
 classifier's preprocessing), `postprocess` the classifier's. So `overhead_ratio` is end_to_end over
 (detector invoke + classifier invoke): the field-mode goal (<= 1.5) on the same scale as cell mode's.
-`field` breaks each frame down further, and per cell.
+`field` breaks each frame down further, and per cell. The mode itself is the daemon's, built by the
+same function (edge/daemon/modes.py open_field_mode) with the default [pipeline.field] options.
 """
 
 from __future__ import annotations
@@ -28,23 +29,6 @@ FIELD_STAGES = (
     "classify_postprocess",
     "end_to_end",
 )
-
-
-def open_field_mode(detector_path, backend: str, backend_options: dict, lab):
-    """The daemon's FieldMode with its defaults (edge/daemon/config.py FieldOptions)."""
-    from edge.bundle import Bundle
-    from edge.daemon.config import FieldOptions
-    from edge.daemon.fields import FieldWatch
-    from edge.daemon.modes import FieldMode
-    from edge.daemon.tracker import IoUTracker
-    from edge.detect.detector import Detector
-
-    f = FieldOptions()
-    detector = Detector.open(Bundle.load(detector_path), backend, lab=lab, **backend_options)
-    tracker = IoUTracker(f.track_iou, f.max_age_frames, f.max_age_s)
-    return FieldMode(
-        detector, tracker, FieldWatch(f.min_similarity, f.new_field_shift), target_cells=f.target_cells
-    )
 
 
 def standard_sample(t: dict) -> tuple[float, float, float, float, float]:

@@ -28,8 +28,8 @@ from edge.bench import reference
 from edge.bench.stats import summarize
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle
 from edge.daemon.capture import Capturer, Skipped
-from edge.daemon.config import ConfigError, PipelineConfig, SimOptions, SourceConfig
-from edge.daemon.modes import CellMode
+from edge.daemon.config import ConfigError, FieldOptions, PipelineConfig, SimOptions, SourceConfig
+from edge.daemon.modes import CellMode, open_field_mode
 from edge.daemon.pipeline import Pipeline
 from edge.daemon.processor import FrameProcessor, FrameResult
 from edge.daemon.sinks import Sink, SinkChain
@@ -247,11 +247,14 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
         lab = labtables.choose(config.lab)  # as `edge run` does at start-up
         tables_ms = (_clock() - t) * 1000
         mode = (
-            field_mod.open_field_mode(
-                config.detector,
+            open_field_mode(
+                Bundle.load(config.detector),
+                FieldOptions(),  # edge run's defaults
                 config.backend,
-                {"runtime": config.runtime, "threads": config.threads, "device": config.device},
                 lab,
+                runtime=config.runtime,
+                threads=config.threads,
+                device=config.device,
             )
             if config.mode == "field"
             else CellMode(config.region, config.region_px)

@@ -45,6 +45,18 @@ class AlertState:
     active: bool
 
 
+@dataclass(frozen=True)
+class DifferentialSnapshot:
+    """The count as the page, /metrics, the summary and MQTT show it."""
+
+    total: int  # white cells counted (the 100 %)
+    uncertain: int
+    unknown: int
+    confident: int  # confident white cells: what the alert rules count
+    counts: list[dict]  # DifferentialCount.table()
+    alerts: list[AlertState]
+
+
 class DifferentialCount:
     def __init__(self, config: DifferentialConfig, labels: list[str], white_cells=None):
         """`white_cells`: the labels that are white cells (the differential's 100 %); default all."""
@@ -120,6 +132,11 @@ class DifferentialCount:
 
     def alerts(self) -> list[AlertState]:
         return [self._evaluate(rule) for rule in self.config.alerts]
+
+    def snapshot(self) -> DifferentialSnapshot:
+        return DifferentialSnapshot(
+            self.total, self.uncertain, self.unknown, self.confident_total, self.table(), self.alerts()
+        )
 
     def table(self) -> list[dict]:
         """Every label of the model (zeros included), with count, percentage of the white cells (per

@@ -2,7 +2,10 @@
 `field`: every white cell the detector finds, cropped by the crop rule, tracked across frames.
 
 A mode returns a list of crops; the pipeline, the database (one row per counted crop) and the archive
-take them as they come.
+take them as they come. Each mode also builds itself from the [pipeline] config (`bundles`, then
+`from_config`: the bundles it needs are loaded first, so they are verified before any interpreter
+starts), and says what it is (`describe`) and how far it has got (`status`), so the daemon never asks
+which mode it runs.
 """
 
 from __future__ import annotations
@@ -10,11 +13,20 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge.bundle import Bundle
+from edge.daemon.differential import DifferentialCount
+from edge.daemon.fields import FieldWatch
+from edge.daemon.tracker import IoUTracker
 from edge.detect.crop import crop_cell
+from edge.detect.detector import Detector
 from edge.detect.spec import WBC, CropRule
+
+if TYPE_CHECKING:
+    from edge.daemon.config import FieldOptions, PipelineConfig
 
 
 @dataclass
@@ -41,6 +53,27 @@ def center_box_px(shape: tuple[int, ...], side: int) -> tuple[int, int, int, int
     return (w - side) // 2, (h - side) // 2, side, side
 
 
+@dataclass(frozen=True)
+class FieldStatus:
+    """Cells per frame, fields seen, and how far the differential is towards its target."""
+
+    frames: int
+    fields_seen: int
+    cells_last_frame: int
+    cells_per_frame: float  # over the recent frames
+    cells_detected: int  # white-cell detections, every frame
+    cells_counted: int  # tracks started: once per cell
+    tracks_in_view: int
+    target_cells: int
+    threshold: float
+    detector: str
+    detector_sha256: str
+    crop_cell_fraction: float
+    differential_cells: int
+    differential_confident: int
+    differential_progress: float  # differential_cells / target_cells, at most 1
+
+
 class CellMode:
     name = "cell"
 
@@ -48,6 +81,23 @@ class CellMode:
         # region_px equal to the model input (e.g. 224) skips the resize (docs/daemon.md).
         self.region = region
         self.region_px = region_px
+
+    @classmethod
+    def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
+        return ()
+
+    @classmethod
+    def from_config(cls, pipeline: PipelineConfig, bundles: tuple[Bundle, ...], lab=None) -> CellMode:
+        return cls(pipeline.region, pipeline.region_px)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "region": self.region, "region_px": self.region_px}
+
+    def status(self, differential: DifferentialCount) -> None:
+        return None  # the differential says it all
+
+    def close(self) -> None:
+        pass
 
     def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
         if self.region_px:
@@ -119,20 +169,60 @@ class FieldMode:
         }
         return out
 
-    def stats(self) -> dict:
+    @classmethod
+    def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
+        """The detector bundle, loaded (and so verified) before any interpreter starts."""
+        return (Bundle.load(pipeline.field.detector_path()),)
+
+    @classmethod
+    def from_config(cls, pipeline: PipelineConfig, bundles: tuple[Bundle, ...], lab=None) -> FieldMode:
+        (detector,) = bundles
+        return open_field_mode(
+            detector, pipeline.field, pipeline.backend, lab, threads=pipeline.threads or None
+        )
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def status(self, differential: DifferentialCount) -> FieldStatus:
         """What the page, /api/status, /metrics and the summary say about the fields."""
         recent = list(self.recent_cells)
-        return {
-            "frames": self.frames,
-            "fields_seen": self.watch.fields,
-            "cells_last_frame": self.last_cells,
-            "cells_per_frame": round(sum(recent) / len(recent), 3) if recent else 0.0,
-            "cells_detected": self.cells_seen,
-            "cells_counted": self.tracker.started,
-            "tracks_in_view": len(self.tracker.tracks),
-            "target_cells": self.target_cells,
-            "threshold": self.threshold,
-            "detector": str(self.detector.bundle.path),
-            "detector_sha256": self.detector.bundle.sha256,
-            "crop_cell_fraction": self.crop_rule.cell_fraction,
-        }
+        counted = differential.total
+        return FieldStatus(
+            frames=self.frames,
+            fields_seen=self.watch.fields,
+            cells_last_frame=self.last_cells,
+            cells_per_frame=round(sum(recent) / len(recent), 3) if recent else 0.0,
+            cells_detected=self.cells_seen,
+            cells_counted=self.tracker.started,
+            tracks_in_view=len(self.tracker.tracks),
+            target_cells=self.target_cells,
+            threshold=self.threshold,
+            detector=str(self.detector.bundle.path),
+            detector_sha256=self.detector.bundle.sha256,
+            crop_cell_fraction=self.crop_rule.cell_fraction,
+            differential_cells=counted,
+            differential_confident=differential.confident_total,
+            differential_progress=round(min(1.0, counted / self.target_cells), 4),
+        )
+
+    def close(self) -> None:
+        self.detector.backend.close()
+
+
+def open_field_mode(
+    detector_bundle: Bundle, options: FieldOptions, backend: str = "cpu", lab=None, **backend_options
+) -> FieldMode:
+    """Field mode put together: the detector on `backend`, its tracker, the field watch and the
+    detector's crop rule. The one place it is built, for `edge run` and `edge bench --mode field`."""
+    detector = Detector.open(detector_bundle, backend, lab=lab, **backend_options)
+    return FieldMode(
+        detector,
+        IoUTracker(options.track_iou, options.max_age_frames, options.max_age_s),
+        FieldWatch(options.min_similarity, options.new_field_shift),
+        threshold=options.threshold or None,  # 0: the bundle's operating threshold
+        target_cells=options.target_cells,
+    )
+
+
+MODES = {"cell": CellMode, "field": FieldMode}

@@ -1,7 +1,7 @@
 """One frame through the model: mode -> crops -> classifier -> results, with the time of each stage.
 
 `edge run` hands each FrameResult to its sinks (edge/daemon/sinks.py); `edge bench` times the same
-processor with sinks that do nothing, so the two measure the same code.
+processor and pipeline with one sink that only keeps the timings, so the two measure the same code.
 """
 
 from __future__ import annotations

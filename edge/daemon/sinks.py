@@ -1,12 +1,18 @@
 """Where a FrameResult goes: small sinks with one interface, called in order by a SinkChain.
 
+The daemon's chain, as edge/daemon/session.py builds it:
+
+    ArchiveSink       flagged cells (uncertain, alert classes) saved as JPEG + JSON; before the row, so
+                      a committed row always has its image (after a kill, an image whose row never
+                      committed is moved aside at the next start: FlaggedArchive.repair)
     StoreSink         the results database (the commit: a frame and all its cells, or none)
     TelemetrySink     counters and stage times for the page, /metrics and the summary
-    ArchiveSink       flagged cells (uncertain, alert classes) saved as JPEG + JSON
     DifferentialSink  the session's running count and its alert rules
     LiveView          the latest frame and its cells, for the page
+    MqttSink          with [mqtt] only (edge/daemon/mqtt/sink.py): after the commit, wakes the publisher
 
-`edge bench` runs the same FrameProcessor with no sinks.
+`edge bench` runs the same FrameProcessor and Pipeline with one sink of its own instead, which keeps
+each frame's timings (edge/bench/runner.py Recorder).
 
 In field mode a frame holds every white cell in view, and the tracker says which are new: only a new
 cell is stored, counted and archived (once per cell); the live view shows them all.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import asdict, dataclass
 
 from edge.daemon.archive import FlaggedArchive
 from edge.daemon.capture import Skipped
@@ -56,6 +63,14 @@ class SinkChain:
     def on_skipped(self, item: Skipped, source: str) -> None:
         for sink in self.sinks:
             sink.on_skipped(item, source)
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    state: str  # ok | full (the database refuses writes)
+    waiting: int  # frames classified, waiting in memory for disk space
+    lost: int  # frames that overflowed that backlog
+    last_error: str
 
 
 class StoreSink(Sink):
@@ -140,14 +155,17 @@ class StoreSink(Sink):
         self.log("store: there is room again; every result kept in memory is written")
         self.last_error = ""
 
-    def state(self) -> dict:
+    def health(self) -> StoreHealth:
         """For the page, /api/status, /metrics and the summary."""
-        return {
-            "state": "full" if self.backlog or not self.store.ready else "ok",
-            "waiting": len(self.backlog),
-            "lost": self.lost,
-            "last_error": self.last_error,
-        }
+        return StoreHealth(
+            "full" if self.backlog or not self.store.ready else "ok",
+            len(self.backlog),
+            self.lost,
+            self.last_error,
+        )
+
+    def state(self) -> dict:
+        return asdict(self.health())
 
 
 class TelemetrySink(Sink):

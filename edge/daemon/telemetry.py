@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +22,55 @@ STAGES = (
     "latency",
 )  # detect: field mode
 SUMMARY_FRAMES = 200_000  # 5.5 h at 10 fps; about 13 MB for the two series of Python floats
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    captured: int
+    processed: int  # frames classified
+    results: int  # crops classified
+    dropped: int  # oldest frame dropped from a full queue
+    corrupt: int
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    state: str  # starting | streaming | reconnecting
+    errors: int
+    reconnects: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """One stage over the recent window, ms."""
+
+    mean: float
+    p50: float
+    p95: float
+
+
+@dataclass(frozen=True)
+class TelemetrySnapshot:
+    uptime_s: float
+    frames: FrameCounts
+    camera_fps: float
+    processed_fps: float
+    uncertain: int  # cells flagged uncertain in this run
+    uncertain_rate: float
+    source: SourceHealth
+    stages_ms: dict[str, StageTimes]
+
+
+@dataclass(frozen=True)
+class RunTotals:
+    """Over the whole run (its last SUMMARY_FRAMES frames), for the end-of-run summary."""
+
+    sustained_fps: float
+    latency_p50: float
+    latency_p95: float
+    # latency / (capture + invoke) per frame, median; None before the first frame
+    overhead_p50: float | None
 
 
 class RateMeter:
@@ -115,44 +165,46 @@ class Telemetry:
             self.first_result_mono = self.first_result_mono or now
             self.last_result_mono = now
 
-    def stage_ms(self) -> dict[str, dict[str, float]]:
+    def stage_ms(self) -> dict[str, StageTimes]:
         out = {}
         for name, values in self.stages.items():
             if values:
                 arr = np.fromiter(values, float)
-                out[name] = {
-                    "mean": round(float(arr.mean()), 3),
-                    "p50": round(float(np.percentile(arr, 50)), 3),
-                    "p95": round(float(np.percentile(arr, 95)), 3),
-                }
+                out[name] = StageTimes(
+                    round(float(arr.mean()), 3),
+                    round(float(np.percentile(arr, 50)), 3),
+                    round(float(np.percentile(arr, 95)), 3),
+                )
         return out
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> TelemetrySnapshot:
         with self.lock:
-            return {
-                "uptime_s": round(time.monotonic() - self.started_mono, 1),
-                "frames": {
-                    "captured": self.captured,
-                    "processed": self.processed,
-                    "results": self.results,
-                    "dropped": self.dropped,
-                    "corrupt": self.corrupt,
-                },
-                "camera_fps": round(self.camera_fps.rate(), 2),
-                "processed_fps": round(self.processed_fps.rate(), 2),
-                "uncertain": self.uncertain,
-                "uncertain_rate": round(self.uncertain / self.results, 4) if self.results else 0.0,
-                "source": {
-                    "state": self.source_state,
-                    "errors": self.source_errors,
-                    "reconnects": self.reconnects,
-                    "last_error": self.source_error,
-                },
-                "stages_ms": self.stage_ms(),
-            }
+            return TelemetrySnapshot(
+                uptime_s=round(time.monotonic() - self.started_mono, 1),
+                frames=FrameCounts(self.captured, self.processed, self.results, self.dropped, self.corrupt),
+                camera_fps=round(self.camera_fps.rate(), 2),
+                processed_fps=round(self.processed_fps.rate(), 2),
+                uncertain=self.uncertain,
+                uncertain_rate=round(self.uncertain / self.results, 4) if self.results else 0.0,
+                source=SourceHealth(
+                    self.source_state, self.source_errors, self.reconnects, self.source_error
+                ),
+                stages_ms=self.stage_ms(),
+            )
 
     def sustained_fps(self) -> float:
         """Frames classified per second between the first and the last result of the run."""
         if not self.first_result_mono or self.processed < 2:
             return 0.0
         return (self.processed - 1) / max(self.last_result_mono - self.first_result_mono, 1e-6)
+
+    def run_totals(self) -> RunTotals:
+        lat = np.array(self.all_latency) if self.all_latency else np.zeros(1)
+        return RunTotals(
+            sustained_fps=round(self.sustained_fps(), 2),
+            latency_p50=round(float(np.percentile(lat, 50)), 2),
+            latency_p95=round(float(np.percentile(lat, 95)), 2),
+            overhead_p50=round(float(np.median(self.all_overhead_ratio)), 3)
+            if self.all_overhead_ratio
+            else None,
+        )

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from edge.daemon.differential import AlertState, DifferentialCount
+from edge.daemon.status import Status
 
 # Columns of `results` that hold JSON text: published as JSON values, not as strings.
 JSON_COLUMNS = ("box", "probabilities", "timings")
@@ -123,22 +124,23 @@ def alert_event(device: str, session_id: str, alert: AlertState, frame_id: int):
     }
 
 
-def status_payload(device: str, status: dict, state: str = "running") -> dict:
-    """The daemon's health, trimmed from /api/status (the page's own JSON)."""
+def status_payload(device: str, status: Status, state: str = "running") -> dict:
+    """The daemon's health: a few fields of its Status (edge/daemon/status.py), under the page's names."""
+    t = status.telemetry
     return {
         "device": device,
         "ts": time.time(),
         "state": state,
-        "session_id": status["session_id"],
-        "model_sha256": status["model"]["sha256"],
-        "source": status["source"].get("source"),
-        "source_state": status["source"].get("state"),
-        "frames": status["frames"],
-        "camera_fps": status["camera_fps"],
-        "processed_fps": status["processed_fps"],
-        "uncertain_rate": status["uncertain_rate"],
-        "archive_state": status["archive"]["state"],
-        "alerts_active": [a["name"] for a in status["differential"]["alerts"] if a["active"]],
-        "uptime_s": status["uptime_s"],
-        "mqtt": {k: status["mqtt"].get(k) for k in ("queued", "sent", "reconnects")},
+        "session_id": status.session_id,
+        "model_sha256": status.model.sha256,
+        "source": status.source.get("source"),
+        "source_state": t.source.state,
+        "frames": dataclasses.asdict(t.frames),
+        "camera_fps": t.camera_fps,
+        "processed_fps": t.processed_fps,
+        "uncertain_rate": t.uncertain_rate,
+        "archive_state": status.archive.state,
+        "alerts_active": status.active_alerts,
+        "uptime_s": t.uptime_s,
+        "mqtt": {k: status.mqtt.get(k) for k in ("queued", "sent", "reconnects")},
     }

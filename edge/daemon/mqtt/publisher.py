@@ -22,6 +22,7 @@ from pathlib import Path
 from edge.daemon.mqtt.client import HANDED_OVER, SUCCESS, error_string, make_client, reason
 from edge.daemon.mqtt.config import MqttConfig
 from edge.daemon.mqtt.messages import Topics, cell_payload, encode, status_payload, topic_level
+from edge.daemon.status import Status
 from edge.results.outbox import STREAMS, Outbox
 
 ACK_COMMIT_S = 0.2  # the watermark is written this soon after a PUBACK (or after `limit` PUBACKs)
@@ -54,7 +55,7 @@ class MqttPublisher:
         config: MqttConfig,
         db_path: str | Path,
         synchronous: str = "normal",
-        status_fn: Callable[[], dict] | None = None,
+        status_fn: Callable[[], Status] | None = None,
         log=print,
     ):
         self.config = config
@@ -106,7 +107,9 @@ class MqttPublisher:
         self.thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
     # -- called from other threads ---------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, status_fn: Callable[[], Status] | None = None) -> None:
+        """`status_fn`: the daemon's status, sent every status_interval_s (it exists once the daemon does)."""
+        self.status_fn = status_fn or self.status_fn
         self.thread.start()
 
     def wake(self) -> None:

@@ -81,6 +81,10 @@ class FrameSource(ABC):
     def wait_for_next(self) -> None:  # noqa: B027 - optional hook
         """Sources that pace themselves (sim, replay at --fps) sleep here, outside the capture timing."""
 
+    def resume(self, store) -> None:  # noqa: B027 - optional hook
+        """Before the first read: take up where the database says this source left off. `store` is the
+        results store (edge/daemon/store.py ResultStore); a camera has nothing to resume."""
+
     @property
     def name(self) -> str:
         """What the database records as `source` (hot-folder dedup keys on it)."""

@@ -1,8 +1,9 @@
 """`folder:DIR`: a hot folder for microscopes that save images.
 
-Each new file is processed once. The database is the memory: the daemon passes in every file name
-this folder already has a frame row for (classified or skipped as corrupt), and the result row and
-its frame row are committed together, so a restart neither skips nor double-counts a file.
+Each new file is processed once. The database is the memory: at start (`resume`) the source reads
+every file name this folder already has a frame row for (classified or skipped as corrupt), and the
+result row and its frame row are committed together, so a restart neither skips nor double-counts a
+file.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ class Source(FrameSource):
         self._pending: list[tuple[str, Path]] = []
         self._seen_stat: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, first seen stable)
 
-    def remember(self, done: set[str], corrupt: dict[str, str]) -> None:
-        """What the database says was taken already: classified files, and corrupt ones as they were."""
+    def resume(self, store) -> None:
+        """What the database says was taken already: classified files, and corrupt ones as they were
+        (taken again once they change)."""
+        corrupt = store.corrupt_refs(self.name)
         self.corrupt.update(corrupt)
-        self.done |= done - set(corrupt)
+        self.done |= store.done_refs(self.name) - set(corrupt)
 
     def open(self) -> None:
         if not self.path.is_dir():
