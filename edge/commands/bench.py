@@ -16,7 +16,7 @@ from edge.daemon.config import PipelineConfig
 from edge.runtime import BACKENDS
 
 # The bench times what `edge run` does to each frame, so it crops as the daemon's defaults do.
-DEFAULT_REGION = PipelineConfig.region
+DEFAULT_REGION = PipelineConfig.model_fields["region"].default
 
 
 def _int_list(ctx, param, value):
