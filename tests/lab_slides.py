@@ -4,13 +4,12 @@ cells drawn by edge.synthetic), without running a model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from edge.daemon.archive import FlaggedArchive
-from edge.daemon.config import DaemonConfig, load_config
+from edge.daemon.config import DaemonConfig, load_config, without_secrets
 from edge.results.store import ResultRow, ResultStore
 from edge.synthetic import CLASSES, render_cell
 
@@ -29,7 +28,7 @@ def write_slide(
     (uncertain, an alert class) archived as the daemon would. Returns the archive root."""
     config = config or load_config(overrides={"store": {"db": str(db)}, "http": {"listen": "off"}})
     store = ResultStore(db)
-    store.start_session(session, "ab" * 32, "models/mobilenetv2-int8", "sim", "cell", asdict(config))
+    store.start_session(session, "ab" * 32, "models/mobilenetv2-int8", "sim", "cell", without_secrets(config))
     archive = FlaggedArchive(config.archive, config.archive_dir, session)
     archive.config.min_free_mb = 0  # tests run on whatever disk there is
     rng = np.random.default_rng(len(cells))

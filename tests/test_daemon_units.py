@@ -114,7 +114,7 @@ def test_cell_mode_crop_is_edge_preprocess_center_region_and_scales_to_the_main_
 
 
 def test_differential_alert_fires_at_the_fraction_only_after_min_cells():
-    rule = AlertRule("blast fraction", ["myeloblast"], 0.2, 10)
+    rule = AlertRule(name="blast fraction", classes=["myeloblast"], min_fraction=0.2, min_cells=10)
     d = DifferentialCount(DifferentialConfig(alerts=[rule]), ["myeloblast", "monocyte"])
     fired = []
     for _ in range(3):
@@ -138,7 +138,7 @@ def test_differential_alert_fires_at_the_fraction_only_after_min_cells():
 def test_the_differential_is_of_white_cells_and_platelets_never_move_an_alert():
     """Erythroblasts and platelets are counted per 100 white cells, outside the 100 %: a field full of
     platelet calls neither fills a 100-cell differential nor dilutes (or raises) the blast fraction."""
-    rule = AlertRule("blast fraction", ["myeloblast"], 0.2, 10)
+    rule = AlertRule(name="blast fraction", classes=["myeloblast"], min_fraction=0.2, min_cells=10)
     labels = ["myeloblast", "neutrophil", "platelet", "erythroblast"]
     d = DifferentialCount(DifferentialConfig(alerts=[rule]), labels, ["myeloblast", "neutrophil"])
     for _ in range(50):

@@ -56,7 +56,7 @@ class BenchConfig:
     profile: bool = False
     device: str | None = None  # Edge TPU: usb, usb:0, pci:0 ...
     # As `edge run`'s cell mode: the centred square classified in each frame (1.0: the whole frame).
-    region: float = PipelineConfig.region
+    region: float = PipelineConfig.model_fields["region"].default
     region_px: int = 0
     lab: str = "auto"  # the LAB strategy (edge.labtables.choose): auto, tables or cvtcolor, for A/B runs
     onnx_options: dict = field(default_factory=dict)  # --backend onnx: providers, trt_precision, trt_cache

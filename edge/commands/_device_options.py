@@ -1,6 +1,7 @@
 """Options the device commands share, declared once: which backend and runtime, how many threads,
 the pipeline (`edge classify`, `eval`; one interpreter's for `detect`, `eval-detector`), the
-uncertainty rule, the pixel limit (also `edge run`'s), and the progress bar."""
+uncertainty rule, the pixel limit (also `edge run`'s), and the progress bar. Those the daemon's config
+also has (--backend, --max-pixels) take their declaration from it (edge/commands/_config_options.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,15 @@ import sys
 import click
 
 from edge.batch import Inference
+from edge.commands._config_options import config_option
 from edge.preprocess import DEFAULT_MAX_PIXELS, set_max_pixels
-from edge.runtime import BACKENDS
+from edge.runtime import MAX_THREADS
 from edge.runtime.tflite import RUNTIME_CHOICES
 
-BACKEND_OPTION = click.option(
+BACKEND_OPTION = config_option(
+    "pipeline.backend",
     "--backend",
-    type=click.Choice(list(BACKENDS)),
-    default="cpu",
-    show_default=True,
+    declared_default=True,
     help="cpu: TFLite with XNNPACK. edgetpu: the bundle's model_edgetpu.tflite on a Coral Edge TPU. "
     "onnx: the bundle's model.onnx through ONNX Runtime (TensorRT / CUDA on a Jetson, else the CPU).",
 )
@@ -53,7 +54,7 @@ def runtime_options(func):
         RUNTIME_OPTION,
         click.option(
             "--threads",
-            type=click.IntRange(1, 256),
+            type=click.IntRange(1, MAX_THREADS),
             default=None,
             help="Threads per interpreter. Default: one single-threaded interpreter per core, each decoding "
             "and classifying its own batches (fastest for many files); for a few files, one interpreter "
@@ -88,7 +89,7 @@ def backend_options(func):
     passed on as one `inference` (edge.batch.Inference)."""
     threads = click.option(
         "--threads",
-        type=click.IntRange(1, 256),
+        type=click.IntRange(1, MAX_THREADS),
         default=None,
         help="Interpreter threads [default: all cores].",
     )
@@ -119,14 +120,7 @@ def uncertainty_options(func):
 
 def max_pixels_option(func):
     """--max-pixels N, passed on as `max_pixels` (None when not given)."""
-    return click.option(
-        "--max-pixels",
-        type=click.IntRange(min=1),
-        default=None,
-        metavar="N",
-        help="Refuse an image of more than N pixels (width x height), from its header before decoding it: "
-        f"one error line naming the file and the limit.  [default: {DEFAULT_MAX_PIXELS:,}]",
-    )(func)
+    return config_option("source.max_pixels", "--max-pixels", metavar="N")(func)
 
 
 def pixel_limit(func):

@@ -10,13 +10,10 @@ import click
 
 from edge.bench import compare as compare_mod
 from edge.bench import export, sweep, table
+from edge.commands._config_options import config_option
 from edge.commands._device_options import onnx_options
 from edge.commands.detect import default_detector
-from edge.daemon.config import PipelineConfig
-from edge.runtime import BACKENDS
-
-# The bench times what `edge run` does to each frame, so it crops as the daemon's defaults do.
-DEFAULT_REGION = PipelineConfig.region
+from edge.runtime import BACKENDS, MAX_THREADS
 
 
 def _int_list(ctx, param, value):
@@ -26,8 +23,8 @@ def _int_list(ctx, param, value):
         items = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers such as 1,2,4, got {value!r}") from None
-    if not items or min(items) < 1:
-        raise click.BadParameter("thread counts must be 1 or more")
+    if not items or min(items) < 1 or max(items) > MAX_THREADS:
+        raise click.BadParameter(f"thread counts must be between 1 and {MAX_THREADS}")
     return items
 
 
@@ -113,40 +110,32 @@ def _progress(config, total):
     help="sim[:WxH] (synthetic fields, default 640x480), replay:DIR (image files, decoded per frame), "
     "camera[:N|/dev/videoN], opencv:TARGET or picamera2[:N] (the cameras of edge run).",
 )
-@click.option(
+# The bench times what `edge run` does to each frame: these take edge run's declarations and defaults.
+@config_option(
+    "pipeline.region",
     "--region",
-    type=click.FloatRange(0.01, 1.0),
-    default=DEFAULT_REGION,
-    show_default=True,
+    declared_default=True,
     help="As edge run's cell mode: classify the centred square of this fraction of the frame's shorter "
     "side (1.0: the whole frame, e.g. for single-cell image folders).",
 )
-@click.option(
+@config_option(
+    "pipeline.region_px",
     "--region-px",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
+    declared_default=True,
     help="As edge run: the centred square of this many pixels instead (wins when > 0).",
 )
-@click.option(
+@config_option(
+    "pipeline.mode",
     "--mode",
-    type=click.Choice(["cell", "field"]),
-    default="cell",
-    show_default=True,
+    declared_default=True,
     help="As edge run --mode: cell (the centred region) or field (detector, crops, tracking, the classifier "
     "batched over each frame's white cells; timed per frame and per cell).",
 )
-@click.option(
-    "--detector",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Field mode: the detector bundle [default: models/wbc-detector-int8].",
-)
-@click.option(
+@config_option("pipeline.field.detector", "--detector", type=click.Path(path_type=Path))
+@config_option(
+    "pipeline.lab",
     "--lab",
-    type=click.Choice(["auto", "tables", "cvtcolor"]),
-    default="auto",
-    show_default=True,
+    declared_default=True,
     help="How preprocessing does CLAHE's LAB round trip: auto (the lookup tables edge run builds, where "
     "RAM allows), tables, or cvtcolor (OpenCV's conversions). The same bytes; for A/B runs.",
 )

@@ -8,51 +8,19 @@ from pathlib import Path
 
 import click
 
+from edge.commands._config_options import config_option, config_overrides
 from edge.commands._device_options import max_pixels_option
-from edge.runtime import BACKENDS
+from edge.daemon.config import load_config
 
 
-def _overrides(**flags) -> dict:
-    """Command-line flags that were given -> the nested config table they override."""
-    where = {
-        "bundle": ("bundle",),
-        "source": ("source", "uri"),
-        "fps": ("source", "fps"),
-        "loop": ("source", "loop"),
-        "max_pixels": ("source", "max_pixels"),
-        "db": ("store", "db"),
-        "session": ("store", "session"),
-        "max_frames": ("pipeline", "max_frames"),
-        "duration": ("pipeline", "duration_s"),
-        "mode": ("pipeline", "mode"),
-        "region": ("pipeline", "region"),
-        "region_px": ("pipeline", "region_px"),
-        "detector": ("pipeline", "field", "detector"),
-        "backend": ("pipeline", "backend"),
-        "threads": ("pipeline", "threads"),
-        "layout": ("pipeline", "layout"),
-        "lab": ("pipeline", "lab"),
-        "archive": ("archive", "dir"),
-        "http": ("http", "listen"),
-        "mqtt": ("mqtt", "host"),
-    }
-    table: dict = {}
-    for name, value in flags.items():
-        if value is None or (name == "loop" and not value):
-            continue
-        *parents, key = where[name]
-        node = table
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[key] = str(value) if name in ("bundle", "db", "archive", "detector") else value
-    mqtt = table.get("mqtt", {})
-    if mqtt.get("host"):  # HOST[:PORT]; off disables what the config file set
-        host, sep, port = mqtt["host"].rpartition(":")
-        if mqtt["host"].lower() == "off":
-            mqtt["host"] = ""
-        elif sep and port.isdigit() and not host.endswith(":"):
-            mqtt["host"], mqtt["port"] = host.strip("[]"), int(port)
-    return table
+def _broker(value: str) -> dict:
+    """--mqtt HOST[:PORT] -> the [mqtt] keys it sets; off disables what the config file set."""
+    if value.lower() == "off":
+        return {"host": ""}
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and not host.endswith(":"):
+        return {"host": host.strip("[]"), "port": int(port)}
+    return {"host": value}
 
 
 def _read_token(path: Path) -> str:
@@ -132,81 +100,37 @@ def format_summary(s: dict) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML config (see systemd/edge-run.toml). Flags below override it.",
 )
-@click.option(
-    "--bundle",
-    type=click.Path(path_type=Path),
-    help="Model bundle directory [default: models/differential-int8, the 9-class differential].",
-)
-@click.option(
-    "--source",
-    help="sim | replay:DIR|VIDEO | folder:DIR | opencv:INDEX|PATH|gst:PIPELINE | picamera2[:N]  [default: sim].",
-)
-@click.option("--fps", type=float, help="Frame rate for sim and replay (and requested from cameras).")
-@click.option("--loop", is_flag=True, default=None, help="Replay: start again at the end.")
+# Each flag below sets the config key it names; its type, bounds, choices and help are that key's.
+@config_option("bundle", "--bundle", type=click.Path(path_type=Path))
+@config_option("source.uri", "--source")
+@config_option("source.fps", "--fps")
+@config_option("source.loop", "--loop")
 @max_pixels_option
-@click.option(
-    "--db",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="SQLite results database [default: edge-run.db].",
-)
-@click.option(
-    "--session", help="Session / slide id; reuse one to continue its differential count [default: UTC time]."
-)
-@click.option(
-    "--mode",
-    type=click.Choice(["cell", "field"]),
-    help="cell: classify the centred region of each frame [default]. field: find every white cell, "
-    "classify each, count each once while it stays in view (docs/field.md).",
-)
-@click.option(
-    "--detector",
-    type=click.Path(path_type=Path),
-    help="Field mode: the detector bundle [default: models/wbc-detector-int8].",
-)
-@click.option(
-    "--region",
-    type=float,
-    help="Cell mode: side of the centred square, as a fraction of the shorter side [0.5].",
-)
-@click.option(
-    "--region-px",
-    type=click.IntRange(min=0),
-    help="Cell mode: side of the centred square in pixels (wins over --region); the model's input size skips a resize.",
-)
-@click.option("--max-frames", type=click.IntRange(min=0), help="Exit 0 after this many classified frames.")
-@click.option("--duration", type=click.FloatRange(min=0), help="Exit 0 after this many seconds.")
-@click.option(
-    "--archive",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Flagged-image archive directory [default: flagged/ next to the database].",
-)
-@click.option(
-    "--http",
-    help="Page and API address HOST:PORT, or off [default: 127.0.0.1:8080]; port 0 picks a free one.",
-)
-@click.option("--backend", type=click.Choice(list(BACKENDS)), help="Inference backend [default: cpu].")
-@click.option("--threads", type=click.IntRange(min=0), help="CPU inference threads (0: all cores).")
+@config_option("store.db", "--db", type=click.Path(dir_okay=False, path_type=Path))
+@config_option("store.session", "--session")
+@config_option("pipeline.mode", "--mode")
+@config_option("pipeline.field.detector", "--detector", type=click.Path(path_type=Path))
+@config_option("pipeline.region", "--region")
+@config_option("pipeline.region_px", "--region-px")
+@config_option("pipeline.max_frames", "--max-frames")
+@config_option("pipeline.duration_s", "--duration")
+@config_option("archive.dir", "--archive", type=click.Path(file_okay=False, path_type=Path))
+@config_option("http.listen", "--http")
+@config_option("pipeline.backend", "--backend")
+@config_option("pipeline.threads", "--threads")
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Read the page's token from this file (or set EDGE_RUN_TOKEN); needed to listen beyond "
     "127.0.0.1. Never printed, never stored.",
 )
-@click.option(
-    "--layout",
-    type=click.Choice(["auto", "threaded", "inline"]),
-    help="Capture thread beside inference (threaded), or both in one thread (inline) [default: auto: "
-    "threaded for cameras; a file source tries both and keeps the faster].",
-)
-@click.option(
-    "--lab",
-    type=click.Choice(["auto", "tables", "cvtcolor"]),
-    help="CLAHE's LAB round trip: lookup tables built at start (~90 MB) or OpenCV's conversions; the same "
-    "bytes [default: auto: tables where RAM allows].",
-)
-@click.option(
+@config_option("pipeline.layout", "--layout")
+@config_option("pipeline.lab", "--lab")
+@config_option(
+    "mqtt.host",
     "--mqtt",
     metavar="HOST[:PORT]",
+    to_table=_broker,
     help="Publish results to this MQTT broker (the rest of [mqtt] comes from --config), or off.",
 )
 @click.option(
@@ -214,7 +138,7 @@ def format_summary(s: dict) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the final summary here as JSON.",
 )
-def run(config_file, summary_json, **flags):
+def run(config_file, summary_json, token_file, **flags):
     """Classify cells from a camera continuously and keep every result.
 
     Frames go through a small queue (a live camera drops the oldest frame when inference falls
@@ -231,11 +155,9 @@ def run(config_file, summary_json, **flags):
 
     SIGTERM or Ctrl-C: finishes the frames in flight, flushes and exits 0.
     """
-    from edge.daemon.app import Daemon
-    from edge.daemon.config import load_config
+    from edge.daemon.app import Daemon  # the daemon's imports only when it runs, not for --help
 
-    token_file = flags.pop("token_file")
-    overrides = _overrides(**flags)
+    overrides = config_overrides(click.get_current_context().command, flags)
     token = _read_token(token_file) if token_file else os.environ.get("EDGE_RUN_TOKEN", "")
     if token:  # never echoed, never stored (sessions.config holds "(set)")
         overrides.setdefault("http", {})["token"] = token

@@ -1,24 +1,38 @@
-"""The daemon's configuration: a TOML file validated once at start into dataclasses.
+"""The daemon's configuration: a TOML file validated once at start (`model_validate`) into pydantic
+models, one per table, each field with its bounds. [source] and its per-source tables sit beside the
+sources (edge/daemon/sources/config.py), [mqtt] beside the publisher (edge/daemon/mqtt/config.py).
 
-Precedence: built-in defaults < config file < command-line flags. Every error names the key
-(`source.fps: expected a number, got 'fast'`), so a typo in /etc/edge-run/edge-run.toml is a
-one-line fix, not a traceback.
+Precedence: built-in defaults < config file < command-line flags. The flags of `edge run` and
+`edge bench` take their types, bounds, choices and help from the fields declared here
+(edge/commands/_config_options.py). Every error is one line naming the key (`source.fps: expected a
+number, got str 'fast'`), so a typo in /etc/edge-run/edge-run.toml is a one-line fix, not a traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import base64
+import binascii
 import re
 import sys
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+
+from edge.bundle import find_bundle
 from edge.daemon.address import is_loopback
-from edge.daemon.mqtt.config import MqttConfig, validate_mqtt
-from edge.errors import EdgeError
-from edge.preprocess import DEFAULT_MAX_PIXELS
+from edge.daemon.mqtt.config import MqttConfig
+from edge.daemon.section import ConfigError, Hint, Section, error_line, invalid
+from edge.daemon.sources.config import (  # noqa: F401 - re-exported: the sections' one import
+    MAX_SIDE,
+    FolderOptions,
+    OpenCVOptions,
+    Picamera2Options,
+    SimOptions,
+    SourceConfig,
+)
+from edge.labtables import STRATEGIES
+from edge.runtime import BACKENDS, MAX_THREADS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,182 +43,217 @@ else:  # pragma: no cover - Python 3.10
 DEFAULT_BUNDLE = "differential-int8"
 DEFAULT_DETECTOR = "wbc-detector-int8"
 
-
-class ConfigError(EdgeError):
-    """The daemon configuration is invalid; the message names the key."""
-
-    exit_code = 2
-
-
-@dataclass
-class Picamera2Options:
-    camera: int = 0
-    # Full-resolution stream for the archive and the page; the ISP scales `lores` for inference.
-    main_size: list[int] = field(default_factory=lambda: [2028, 1520])
-    lores_size: list[int] = field(default_factory=lambda: [640, 480])
-    # Pi 4 and older can only give YUV420 on lores; Pi 5 also RGB888 (which is BGR in memory).
-    lores_format: str = "YUV420"
-    settle_s: float = 2.0
-    lock_exposure: bool = True
-    lock_white_balance: bool = True
-    # Fixed values win over the auto-settled ones; 0 / [] means "take what auto settled on".
-    exposure_time_us: int = 0
-    analogue_gain: float = 0.0
-    colour_gains: list[float] = field(default_factory=list)
+LAYOUTS = ("auto", "threaded", "inline")  # edge/daemon/pipeline.py runs them
+# A database capped below this holds little more than its schema and a session (about 50 KB: a 4 KB
+# page per table and index), so results would wait in memory for room that never comes, while the
+# summary said nothing was lost. 1 MB holds the schema and thousands of cells.
+MIN_DB_MB = 1.0
+MAX_CELLS = 1_000_000  # a differential counts hundreds of cells; a million is a typo
 
 
-@dataclass
-class OpenCVOptions:
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
-    fourcc: str = ""  # e.g. "MJPG" for USB cameras that only reach full rate compressed
-
-
-@dataclass
-class FolderOptions:
-    poll_s: float = 0.5
-    # A file is taken once its size and mtime have not changed for this long (the microscope
-    # software may still be writing it).
-    settle_s: float = 1.0
-    recursive: bool = False
-
-
-@dataclass
-class SimOptions:
-    width: int = 640
-    height: int = 480
-    dwell_s: float = 1.0  # how long the "technician" keeps one cell centred
-    seed: int = 0
-    classes: list[str] = field(default_factory=list)  # empty: the synthetic classes
-    # For benchmarks: render this many fields once at open and cycle them (0: a new field per frame),
-    # so that `capture` costs what handing over a camera buffer costs, not the renderer.
-    prerender: int = 0
-    # false: frames as fast as the pipeline takes them (a benchmark feed), never dropped
-    paced: bool = True
-
-
-@dataclass
-class SourceConfig:
-    uri: str = "sim"
-    fps: float = 0.0  # 0: the source's own rate (sim 10, replay as fast as the pipeline takes)
-    loop: bool = False
-    queue_size: int = 4
-    reconnect_max_s: float = 10.0
-    # Files (replay, hot folder) larger than this many pixels are refused from their header, before
-    # decoding allocates them (edge.preprocess.set_max_pixels): recorded corrupt, never the daemon's end.
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    picamera2: Picamera2Options = field(default_factory=Picamera2Options)
-    opencv: OpenCVOptions = field(default_factory=OpenCVOptions)
-    folder: FolderOptions = field(default_factory=FolderOptions)
-    sim: SimOptions = field(default_factory=SimOptions)
-
-
-@dataclass
-class FieldOptions:
+class FieldOptions(Section):
     """Field mode (docs/field.md): which detector, its threshold, and when a cell counts once."""
 
-    detector: str = ""  # empty: DEFAULT_DETECTOR, wherever the models are (edge.bundle.find_bundle)
-    threshold: float = 0.0  # 0: the detector bundle's operating threshold
-    track_iou: float = 0.3  # a detection continues a track it overlaps at least this much
-    max_age_frames: int = 10  # a track unseen for more frames than this is forgotten...
-    max_age_s: float = 2.0  # ...or for more seconds than this, whichever comes first
-    min_similarity: float = 0.6  # consecutive views less alike than this: the stage jumped (a new field)
-    new_field_shift: float = 0.5  # drift from where a field began, fraction of the view, that makes a new one
-    target_cells: int = 100  # the differential the page counts towards
+    detector: str = Field(  # empty: DEFAULT_DETECTOR, wherever the models are (edge.bundle.find_bundle)
+        "", description="Field mode: the detector bundle [default: models/wbc-detector-int8]."
+    )
+    threshold: float = Field(0.0, ge=0, le=1)  # 0: the detector bundle's operating threshold
+    track_iou: float = Field(0.3, gt=0, le=1)  # a detection continues a track it overlaps at least this much
+    # a track unseen for more frames than this is forgotten...
+    max_age_frames: int = Field(10, ge=0, le=100_000)
+    max_age_s: float = Field(2.0, ge=0, le=3600)  # ...or for more seconds than this, whichever comes first
+    # consecutive views less alike than this: the stage jumped (a new field)
+    min_similarity: float = Field(0.6, ge=-1, le=1)
+    # drift from where a field began, fraction of the view, that makes a new one
+    new_field_shift: float = Field(0.5, gt=0, le=2)
+    target_cells: int = Field(100, ge=1, le=MAX_CELLS)  # the differential the page counts towards
 
     def detector_path(self) -> Path:
-        from edge.bundle import find_bundle
-
         return Path(self.detector) if self.detector else find_bundle(DEFAULT_DETECTOR)
 
 
-@dataclass
-class PipelineConfig:
-    mode: str = "cell"
-    region: float = 0.5  # cell mode: centred square, fraction of the frame's shorter side
-    region_px: int = 0  # or its side in pixels of the inference image (wins when > 0)
-    max_frames: int = 0  # 0: unbounded
-    duration_s: float = 0.0  # 0: unbounded
-    backend: str = "cpu"
-    threads: int = 0  # 0: all cores
+class PipelineConfig(Section):
+    mode: Literal["cell", "field"] = Field(
+        "cell",
+        description="cell: classify the centred region of each frame. field: find every white cell, "
+        "classify each, count each once while it stays in view (docs/field.md).",
+    )
+    region: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Cell mode: side of the centred square, as a fraction of the frame's shorter side.",
+    )
+    region_px: int = Field(
+        0,
+        ge=0,
+        le=MAX_SIDE,
+        description="Cell mode: side of the centred square in pixels of the inference image (wins over "
+        "--region when > 0); the model's input size skips a resize.",
+    )
+    max_frames: int = Field(0, ge=0, description="Exit 0 after this many classified frames.")  # 0: unbounded
+    duration_s: float = Field(0.0, ge=0, description="Exit 0 after this many seconds.")  # 0: unbounded
+    backend: Literal[tuple(BACKENDS)] = Field("cpu", description="Inference backend.")
+    threads: int = Field(0, ge=0, le=MAX_THREADS, description="CPU inference threads (0: all cores).")
     # auto: a capture thread for live sources; file sources try both and keep the faster (pipeline.py)
-    layout: str = "auto"
+    layout: Literal[LAYOUTS] = Field(
+        "auto",
+        description="Capture thread beside inference (threaded), or both in one thread (inline); auto: "
+        "threaded for cameras, a file source tries both and keeps the faster.",
+    )
     # LAB round trip of the preprocessing: auto (lookup tables where RAM allows), tables, cvtcolor
-    lab: str = "auto"
-    field: FieldOptions = field(default_factory=FieldOptions)
+    lab: Literal[STRATEGIES] = Field(
+        "auto",
+        description="CLAHE's LAB round trip: lookup tables built at start (~90 MB) or OpenCV's "
+        "conversions (cvtcolor); the same bytes. auto: the tables where RAM allows.",
+    )
+    field: FieldOptions = Field(default_factory=FieldOptions)
 
 
-@dataclass
-class StoreConfig:
-    db: str = "edge-run.db"
-    session: str = ""  # empty: a new id per start (UTC time)
-    synchronous: str = "normal"  # see edge/results/store.py for why; "full" syncs every commit
-    fsync_interval_s: float = 1.0  # normal: fsync the WAL at most this often (0: leave it to SQLite)
-    # The database may grow to this size (0: as the disk allows); past it, as on a full disk, results
-    # are kept in memory and written when there is room again (e.g. after rows are exported and pruned).
-    max_db_mb: float = 0.0
-
-
-@dataclass
-class ArchiveConfig:
-    dir: str = ""  # empty: next to the database, in flagged/
-    enabled: bool = True
-    uncertain: bool = True
-    alert_classes: list[str] = field(default_factory=lambda: ["myeloblast"])
-    min_free_mb: float = 500.0
-    jpeg_quality: int = 90
-
-
-@dataclass
-class AlertRule:
-    name: str = ""
-    classes: list[str] = field(default_factory=list)
-    min_fraction: float = 0.2  # of confident, known cells
-    min_cells: int = 100  # confident, known cells before the rule may fire: a 100-cell differential
-
-
-@dataclass
-class DifferentialConfig:
-    count_uncertain: bool = True
-    alerts: list[AlertRule] = field(
-        default_factory=lambda: [AlertRule("blast fraction", ["myeloblast"], 0.20, 100)]
+def session_ok(session: str) -> bool:
+    """Empty (a new id per start) or a plain slide id: it names a folder of the archive, so it may
+    not climb out of it (`--session ../../x`)."""
+    return (
+        not session or bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", session)) and ".." not in session
     )
 
 
-@dataclass
-class HttpConfig:
-    listen: str = "127.0.0.1:8080"  # "off" disables the page
+class StoreConfig(Section):
+    db: Annotated[str, Field(min_length=1), Hint("must name a database file")] = Field(
+        "edge-run.db", description="SQLite results database."
+    )
+    session: str = Field(  # empty: a new id per start (UTC time)
+        "",
+        description="Session / slide id; reuse one to continue its differential count [default: UTC time].",
+    )
+    # see edge/results/store.py for why; "full" syncs every commit
+    synchronous: Literal["full", "normal"] = "normal"
+    # normal: fsync the WAL at most this often (0: leave it to SQLite)
+    fsync_interval_s: float = Field(1.0, ge=0, le=3600)
+    # The database may grow to this size (0: as the disk allows); past it, as on a full disk, results
+    # are kept in memory and written when there is room again (e.g. after rows are exported and pruned).
+    max_db_mb: float = Field(0.0, ge=0)
+
+    @field_validator("session")
+    @classmethod
+    def _plain_id(cls, session: str) -> str:
+        if not session_ok(session):
+            raise invalid(f"{session!r}: a slide id is letters, digits and . _ - (at most 64), not a path")
+        return session
+
+    @field_validator("max_db_mb")
+    @classmethod
+    def _room_for_a_session(cls, mb: float) -> float:
+        if 0 < mb < MIN_DB_MB:
+            raise invalid(
+                f"must be 0 (no limit) or at least {MIN_DB_MB:g} MB, the room a session needs, got {mb}"
+            )
+        return mb
+
+
+class ArchiveConfig(Section):
+    dir: str = Field(
+        "", description="Flagged-image archive directory [default: flagged/ next to the database]."
+    )
+    enabled: bool = True
+    uncertain: bool = True
+    alert_classes: list[str] = Field(default_factory=lambda: ["myeloblast"])
+    min_free_mb: float = Field(500.0, ge=0)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+
+class AlertRule(Section):
+    name: Annotated[str, Field(min_length=1), Hint("must not be empty")] = ""
+    classes: Annotated[list[str], Field(min_length=1), Hint("must list at least one class")] = Field(
+        default_factory=list
+    )
+    min_fraction: float = Field(0.2, gt=0, le=1)  # of confident, known cells
+    # confident, known cells before the rule may fire: a 100-cell differential
+    min_cells: int = Field(100, ge=1, le=MAX_CELLS)
+
+
+class DifferentialConfig(Section):
+    count_uncertain: bool = True
+    alerts: list[AlertRule] = Field(
+        default_factory=lambda: [
+            AlertRule(name="blast fraction", classes=["myeloblast"], min_fraction=0.20, min_cells=100)
+        ]
+    )
+
+
+def _listen_address(listen: str) -> tuple[str, int] | None:
+    if listen.lower() in ("off", "none", ""):
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not (sep and port.isdigit() and 0 <= int(port) <= 65535):
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:8080) or off, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_listen(listen: str) -> tuple[str, int] | None:
+    """'HOST:PORT' -> (host, port); 'off' -> None. Raises ConfigError naming http.listen."""
+    try:
+        return _listen_address(listen)
+    except ValueError as exc:
+        raise ConfigError(f"http.listen: {exc}") from None
+
+
+class HttpConfig(Section):
+    listen: str = Field(  # "off" disables the page
+        "127.0.0.1:8080", description="Page and API address HOST:PORT, or off; port 0 picks a free one."
+    )
     token: str = ""
 
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, listen: str) -> str:
+        try:
+            _listen_address(listen)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        return listen
 
-@dataclass
-class DaemonConfig:
-    bundle: str = ""  # empty: DEFAULT_BUNDLE, wherever the models are (edge.bundle.find_bundle)
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> HttpConfig:
+        address = _listen_address(self.listen)
+        if address and not is_loopback(address[0]) and len(self.token) < 16:
+            raise invalid(
+                f"a non-loopback bind ({address[0]}) needs a token of at least 16 characters "
+                "(or set EDGE_RUN_TOKEN)",
+                "token",
+            )
+        return self
+
+
+def _public_key(text: str) -> str:
+    try:
+        ok = len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        ok = False
+    if not ok:
+        raise invalid("expected a base64 Ed25519 public key (from edge sign --new-key)")
+    return text
+
+
+class DaemonConfig(Section):
+    bundle: str = Field(  # empty: DEFAULT_BUNDLE, wherever the models are (edge.bundle.find_bundle)
+        "",
+        description="Model bundle directory [default: models/differential-int8, the 9-class differential].",
+    )
     # Public keys (base64, from `edge sign --new-key`) of whoever approves bundles here; when any are
     # listed, a bundle without a valid signature by one of them is refused.
-    trusted_keys: list[str] = field(default_factory=list)
-    source: SourceConfig = field(default_factory=SourceConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    archive: ArchiveConfig = field(default_factory=ArchiveConfig)
-    differential: DifferentialConfig = field(default_factory=DifferentialConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    trusted_keys: list[Annotated[str, AfterValidator(_public_key)]] = Field(default_factory=list)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    differential: DifferentialConfig = Field(default_factory=DifferentialConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
-    @staticmethod
-    def session_ok(session: str) -> bool:
-        """Empty (a new id per start) or a plain slide id: it names a folder of the archive, so it may
-        not climb out of it (`--session ../../x`)."""
-        return (
-            not session
-            or bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", session))
-            and ".." not in session
-        )
+    session_ok = staticmethod(session_ok)
 
     def bundle_path(self) -> Path:
-        from edge.bundle import find_bundle
-
         return Path(self.bundle) if self.bundle else find_bundle(DEFAULT_BUNDLE)
 
     @property
@@ -216,228 +265,41 @@ class DaemonConfig:
 
 def without_secrets(c: DaemonConfig) -> dict:
     """The config as each session records it in the database: secrets say only that they are set."""
-    table = dataclasses.asdict(c)
+    table = c.model_dump()
     for section, key in (("mqtt", "password"), ("http", "token")):
         if table[section][key]:
             table[section][key] = "(set)"
     return table
 
 
-def _describe(value) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _convert(value, hint, key: str):
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {_describe(value)}")
-        return _build(hint, value, key)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {_describe(value)}")
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_describe(value)}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {_describe(value)}")
-        if not math.isfinite(value):  # TOML has nan and inf: no setting here means either
-            raise ConfigError(f"{key}: expected a finite number, got {value}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_describe(value)}")
-        return value
-    raise TypeError(f"unsupported config type {hint}")  # a bug here, not a user error
-
-
-def _build(cls, table: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in table:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {
-        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
-        for name, value in table.items()
-    }
-    return cls(**kwargs)
-
-
 def _merge(base: dict, extra: dict) -> dict:
+    """`extra` (the flags) over `base` (the file). A file's scalar where a table belongs stays, so that
+    validation names it: a flag setting a key inside it must not hide the mistake."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
+        if isinstance(value, dict) and key in out:
+            out[key] = _merge(out[key], value) if isinstance(out[key], dict) else out[key]
+        else:
+            out[key] = value
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DaemonConfig:
-    """Read `path` (TOML), apply `overrides` (nested dict from the command line), validate."""
-    table: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read ({exc})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    table = _merge(table, overrides or {})
-    config = _build(DaemonConfig, table)
-    validate(config)
-    return config
-
-
-def _is_public_key(text: str) -> bool:
-    import base64
-    import binascii
-
+def read_toml(path: str | Path) -> dict:
+    path = Path(path)
     try:
-        return len(base64.b64decode(text, validate=True)) == 32
-    except (binascii.Error, ValueError):
-        return False
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-def parse_listen(listen: str) -> tuple[str, int] | None:
-    """'HOST:PORT' -> (host, port); 'off' -> None. Raises ConfigError naming http.listen."""
-    if listen.lower() in ("off", "none", ""):
-        return None
-    host, sep, port = listen.rpartition(":")
-    _check(
-        bool(sep) and port.isdigit() and 0 <= int(port) <= 65535,
-        "http.listen",
-        f"expected HOST:PORT (e.g. 127.0.0.1:8080) or off, got {listen!r}",
-    )
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def validate(c: DaemonConfig) -> None:
-    """Range and consistency checks that the types alone cannot express."""
-    _check(
-        bool(c.session_ok(c.store.session)),
-        "store.session",
-        f"{c.store.session!r}: a slide id is letters, digits and . _ - (at most 64), not a path",
-    )
-    for i, key in enumerate(c.trusted_keys):
-        _check(
-            _is_public_key(key),
-            f"trusted_keys[{i}]",
-            "expected a base64 Ed25519 public key (from edge sign --new-key)",
-        )
-    s = c.source
-    _check(bool(s.uri), "source.uri", "must not be empty (sim, replay:DIR, folder:DIR, opencv:0, picamera2)")
-    _check(s.fps >= 0, "source.fps", f"must be >= 0, got {s.fps}")
-    _check(1 <= s.queue_size <= 256, "source.queue_size", f"must be between 1 and 256, got {s.queue_size}")
-    _check(s.reconnect_max_s > 0, "source.reconnect_max_s", "must be > 0")
-    _check(
-        s.max_pixels >= 1,
-        "source.max_pixels",
-        f"must be a positive number of pixels (width x height), got {s.max_pixels}",
-    )
-    p2 = s.picamera2
-    _check(
-        len(p2.main_size) == 2 and min(p2.main_size) > 0,
-        "source.picamera2.main_size",
-        "expected [width, height]",
-    )
-    _check(
-        len(p2.lores_size) == 2 and min(p2.lores_size) > 0,
-        "source.picamera2.lores_size",
-        "expected [width, height]",
-    )
-    _check(
-        p2.lores_format in ("YUV420", "RGB888", "BGR888", "XRGB8888", "XBGR8888"),
-        "source.picamera2.lores_format",
-        f"expected YUV420, RGB888, BGR888, XRGB8888 or XBGR8888, got {p2.lores_format!r}",
-    )
-    _check(
-        p2.colour_gains == [] or len(p2.colour_gains) == 2,
-        "source.picamera2.colour_gains",
-        "expected [] or [red, blue]",
-    )
-    _check(p2.settle_s >= 0, "source.picamera2.settle_s", "must be >= 0")
-    _check(s.folder.poll_s > 0, "source.folder.poll_s", "must be > 0")
-    _check(s.folder.settle_s >= 0, "source.folder.settle_s", f"must be >= 0, got {s.folder.settle_s}")
-    _check(s.sim.dwell_s > 0, "source.sim.dwell_s", f"must be > 0, got {s.sim.dwell_s}")
-    _check(s.sim.prerender >= 0, "source.sim.prerender", "must be >= 0")
-    _check(
-        s.sim.width >= 64 and s.sim.height >= 64, "source.sim.width", "sim frames must be at least 64 x 64"
-    )
-    from edge.synthetic import CLASSES
-
-    for i, name in enumerate(s.sim.classes):
-        _check(
-            name in CLASSES,
-            f"source.sim.classes[{i}]",
-            f"unknown synthetic class {name!r} (choose from {', '.join(CLASSES)})",
-        )
-    p = c.pipeline
-    _check(p.mode in ("cell", "field"), "pipeline.mode", f"expected cell or field, got {p.mode!r}")
-    fo = p.field
-    _check(0 <= fo.threshold <= 1, "pipeline.field.threshold", f"must be in [0, 1], got {fo.threshold}")
-    _check(0 < fo.track_iou <= 1, "pipeline.field.track_iou", f"must be in (0, 1], got {fo.track_iou}")
-    _check(fo.max_age_frames >= 0, "pipeline.field.max_age_frames", "must be >= 0")
-    _check(fo.max_age_s >= 0, "pipeline.field.max_age_s", "must be >= 0")
-    _check(-1 <= fo.min_similarity <= 1, "pipeline.field.min_similarity", "must be in [-1, 1]")
-    _check(0 < fo.new_field_shift <= 2, "pipeline.field.new_field_shift", "must be in (0, 2]")
-    _check(fo.target_cells >= 1, "pipeline.field.target_cells", "must be >= 1")
-    _check(0 < p.region <= 1, "pipeline.region", f"must be in (0, 1], got {p.region}")
-    _check(p.region_px >= 0, "pipeline.region_px", f"must be >= 0, got {p.region_px}")
-    _check(p.max_frames >= 0, "pipeline.max_frames", "must be >= 0")
-    _check(p.duration_s >= 0, "pipeline.duration_s", "must be >= 0")
-    _check(p.threads >= 0, "pipeline.threads", "must be >= 0")
-    _check(
-        p.layout in ("auto", "threaded", "inline"),
-        "pipeline.layout",
-        f"expected auto, threaded or inline, got {p.layout!r}",
-    )
-    _check(
-        p.lab in ("auto", "tables", "cvtcolor"),
-        "pipeline.lab",
-        f"expected auto, tables or cvtcolor, got {p.lab!r}",
-    )
-    _check(
-        c.store.synchronous in ("full", "normal"),
-        "store.synchronous",
-        f"expected full or normal, got {c.store.synchronous!r}",
-    )
-    _check(bool(c.store.db), "store.db", "must name a database file")
-    _check(c.store.fsync_interval_s >= 0, "store.fsync_interval_s", "must be >= 0")
-    _check(c.store.max_db_mb >= 0, "store.max_db_mb", "must be >= 0")
-    a = c.archive
-    _check(a.min_free_mb >= 0, "archive.min_free_mb", "must be >= 0")
-    _check(1 <= a.jpeg_quality <= 100, "archive.jpeg_quality", "must be between 1 and 100")
-    for i, rule in enumerate(c.differential.alerts):
-        key = f"differential.alerts[{i}]"
-        _check(bool(rule.name), f"{key}.name", "must not be empty")
-        _check(bool(rule.classes), f"{key}.classes", "must list at least one class")
-        _check(
-            0 < rule.min_fraction <= 1, f"{key}.min_fraction", f"must be in (0, 1], got {rule.min_fraction}"
-        )
-        _check(rule.min_cells >= 1, f"{key}.min_cells", "must be >= 1")
-    listen = parse_listen(c.http.listen)
-    if listen and not is_loopback(listen[0]):
-        _check(
-            len(c.http.token) >= 16,
-            "http.token",
-            f"a non-loopback bind ({listen[0]}) needs a token of at least 16 characters (or set EDGE_RUN_TOKEN)",
-        )
-    validate_mqtt(c.mqtt, _check)
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> DaemonConfig:
+    """Read `path` (TOML), apply `overrides` (nested dict from the command line), validate once."""
+    table = _merge(read_toml(path) if path is not None else {}, overrides or {})
+    try:
+        return DaemonConfig.model_validate(table)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc, DaemonConfig)) from None

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.daemon.capture import END, Capturer, CaptureThread, DropOldestQueue, Skipped
+from edge.daemon.config import LAYOUTS
 from edge.daemon.processor import FrameProcessor
 from edge.daemon.sinks import SinkChain
 from edge.daemon.sources import Frame
 
-LAYOUTS = ("auto", "threaded", "inline")
 TRIAL_FRAMES = 32
 
 

@@ -15,7 +15,6 @@ half-built daemon. edge/daemon/app.py runs the pipeline on the Session and close
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import secrets
 import threading
@@ -247,7 +246,7 @@ def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore,
         if recorded_with is None:
             continue  # a folder of another database's session: not ours to judge
         # the archive rule that session ran with decides which of its cells had an image
-        rule = {**dataclasses.asdict(a), **recorded_with.get("archive", {})}
+        rule = {**a.model_dump(), **recorded_with.get("archive", {})}
         cells = store.flagged_cells(set(rule["alert_classes"]), rule["uncertain"], session)
         message = archive.repair(cells, session).message(session)
         if message:

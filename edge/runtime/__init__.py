@@ -21,6 +21,7 @@ from edge.runtime.tflite import dequantize
 
 __all__ = [
     "BACKENDS",
+    "MAX_THREADS",
     "BackendOptionError",
     "InferenceBackend",
     "dequantize",
@@ -34,6 +35,9 @@ BACKENDS = {
     "edgetpu": "edge.runtime.edgetpu",
     "onnx": "edge.runtime.onnx",
 }
+# Threads per interpreter above this are a typo, not a machine: TFLite's pool of 100000 threads
+# segfaults, and no board this runs on has more than a few dozen cores.
+MAX_THREADS = 64
 
 
 class BackendOptionError(EdgeError):

@@ -1,6 +1,6 @@
 """Results to the lab over MQTT (`[mqtt]` in the daemon's TOML config).
 
-    config.py     the [mqtt] table as dataclasses, and its checks (every error names its key)
+    config.py     the [mqtt] table as pydantic models, with its bounds and checks (each error names its key)
     messages.py   the topic layout and the JSON payloads
     client.py     the paho-mqtt client, made from the config (credentials, TLS, last will)
     publisher.py  the thread that owns the client: connects, publishes, marks acknowledged

@@ -5,40 +5,78 @@ naming its key)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edge.daemon.section import Section, invalid
 
 # A topic level of ours must not hold MQTT's separators or wildcards.
 _LEVEL = re.compile(r"^[^/+#\x00]+$")
 
 
-@dataclass
-class MqttTlsConfig:
+class MqttTlsConfig(Section):
     enabled: bool = False
     ca: str = ""  # CA bundle that signed the broker's certificate; empty: the system's CAs
     cert: str = ""  # client certificate, for brokers that require one (mutual TLS)
     key: str = ""  # its private key; empty when `cert` holds both
 
+    @model_validator(mode="after")
+    def _consistent(self) -> MqttTlsConfig:
+        if not self.enabled and (self.ca or self.cert or self.key):
+            raise invalid("ca/cert/key are set but TLS is off", "enabled")
+        if self.key and not self.cert:
+            raise invalid("a key needs its certificate", "cert")
+        return self
 
-@dataclass
-class MqttConfig:
+
+class MqttConfig(Section):
     host: str = ""  # empty: MQTT off
-    port: int = 0  # 0: 1883, or 8883 with TLS
+    port: int = Field(0, ge=0, le=65535)  # 0: 1883, or 8883 with TLS
     prefix: str = "edge-hemato"  # topics are PREFIX/DEVICE/...; may hold "/" (e.g. "clinic-a/lab")
     device: str = ""  # empty: this machine's host name
     client_id: str = ""  # empty: edge-run-DEVICE (two clients with one id keep kicking each other off)
     username: str = ""
     password: str = ""  # prefer password_file: the config file is often world-readable
     password_file: str = ""
-    protocol: str = "5"  # "5" or "3.1.1"; 5 lets the broker refuse a message (ACL) instead of dropping it
-    keepalive_s: int = 30
-    reconnect_max_s: float = 30.0  # back-off ceiling between connection attempts (from 1 s, doubling)
-    max_inflight: int = 20  # QoS 1 messages awaiting PUBACK; also capped by the broker's Receive Maximum
-    drain_s: float = 2.0  # SIGTERM: time to send what is queued; the rest waits for the next start
-    status_interval_s: float = 30.0
-    differential_interval_s: float = 1.0  # the running differential, at most this often
+    protocol: Literal["5", "3.1.1"] = "5"  # 5 lets the broker refuse a message (ACL) instead of dropping it
+    keepalive_s: int = Field(30, ge=5, le=65535)  # MQTT's keep alive is a 16-bit number of seconds
+    # back-off ceiling between connection attempts (from 1 s, doubling)
+    reconnect_max_s: float = Field(30.0, ge=1, le=3600)
+    # QoS 1 messages awaiting PUBACK; also capped by the broker's Receive Maximum
+    max_inflight: int = Field(20, ge=1, le=1000)
+    # SIGTERM: time to send what is queued; the rest waits for the next start
+    drain_s: float = Field(2.0, ge=0, le=60)
+    status_interval_s: float = Field(30.0, ge=1, le=86400)
+    differential_interval_s: float = Field(1.0, ge=0, le=3600)  # the running differential, at most this often
     # The first start with MQTT also sends the results already in the database (false: only new ones).
     backfill: bool = True
-    tls: MqttTlsConfig = field(default_factory=MqttTlsConfig)
+    tls: MqttTlsConfig = Field(default_factory=MqttTlsConfig)
+
+    @field_validator("prefix")
+    @classmethod
+    def _topic_levels(cls, prefix: str) -> str:
+        if not (prefix and all(_LEVEL.match(level) for level in prefix.split("/"))):
+            raise invalid(
+                "expected topic levels without +, # or empty levels (e.g. edge-hemato or clinic/lab), "
+                f"got {prefix!r}"
+            )
+        return prefix
+
+    @field_validator("device")
+    @classmethod
+    def _one_level(cls, device: str) -> str:
+        if device and not _LEVEL.match(device):
+            raise invalid(f"must not contain /, + or #, got {device!r}")
+        return device
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConfig:
+        if self.password and self.password_file:
+            raise invalid("give password or password_file, not both", "password_file")
+        if (self.password or self.password_file) and not self.username:
+            raise invalid("a password needs a username", "username")
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -52,43 +90,3 @@ class MqttConfig:
     def broker(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.broker_port}"
-
-
-def validate_mqtt(m: MqttConfig, check) -> None:
-    """`check(ok, key, message)` raises the config's one-line error."""
-    if not m.enabled:
-        return
-    check(0 <= m.port <= 65535, "mqtt.port", f"must be between 1 and 65535 (0: the default), got {m.port}")
-    levels = m.prefix.split("/")
-    check(
-        bool(m.prefix) and all(_LEVEL.match(level) for level in levels),
-        "mqtt.prefix",
-        f"expected topic levels without +, # or empty levels (e.g. edge-hemato or clinic/lab), got {m.prefix!r}",
-    )
-    check(
-        m.device == "" or bool(_LEVEL.match(m.device)),
-        "mqtt.device",
-        f"must not contain /, + or #, got {m.device!r}",
-    )
-    check(m.protocol in ("5", "3.1.1"), "mqtt.protocol", f'expected "5" or "3.1.1", got {m.protocol!r}')
-    check(
-        not (m.password and m.password_file), "mqtt.password_file", "give password or password_file, not both"
-    )
-    check(
-        bool(m.username) or not (m.password or m.password_file),
-        "mqtt.username",
-        "a password needs a username",
-    )
-    check(m.keepalive_s >= 5, "mqtt.keepalive_s", f"must be >= 5, got {m.keepalive_s}")
-    check(m.reconnect_max_s >= 1, "mqtt.reconnect_max_s", f"must be >= 1, got {m.reconnect_max_s}")
-    check(
-        1 <= m.max_inflight <= 1000, "mqtt.max_inflight", f"must be between 1 and 1000, got {m.max_inflight}"
-    )
-    check(0 <= m.drain_s <= 60, "mqtt.drain_s", f"must be between 0 and 60, got {m.drain_s}")
-    check(m.status_interval_s >= 1, "mqtt.status_interval_s", "must be >= 1")
-    check(m.differential_interval_s >= 0, "mqtt.differential_interval_s", "must be >= 0")
-    t = m.tls
-    check(
-        t.enabled or not (t.ca or t.cert or t.key), "mqtt.tls.enabled", "ca/cert/key are set but TLS is off"
-    )
-    check(bool(t.cert) or not t.key, "mqtt.tls.cert", "a key needs its certificate")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.daemon.config import ConfigError, SourceConfig
+from edge.daemon.section import ConfigError
+from edge.daemon.sources.config import SourceConfig
 
 
 class SourceError(Exception):
