@@ -164,3 +164,57 @@ class Tables:
         rgb = lab_to_rgb(grid).astype(np.uint32)
         inverse = (rgb[..., 0] | rgb[..., 1] << 8 | rgb[..., 2] << 16).reshape(-1)
         return cls(forward.astype(np.uint32), inverse.astype(np.uint32))
+
+
+# The tables' sha256, as built here from the functions above (x86-64 and arm64 alike, docs/device.md):
+# a machine that builds other tables must not preprocess, and the disk cache is checked against them.
+FORWARD_SHA256 = "0c7d6a800234a89b"
+INVERSE_SHA256 = "177188eac5d0182d"
+_CACHE_ENV = "EDGE_CACHE_DIR"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get(_CACHE_ENV) or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "edge-hemato"
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+class TablesError(RuntimeError):
+    """The LAB tables built or read here are not the ones every other machine has."""
+
+
+def _checked(built: Tables, where: str) -> Tables:
+    got = (_digest(built.forward), _digest(built.inverse))
+    if not (got[0].startswith(FORWARD_SHA256) and got[1].startswith(INVERSE_SHA256)):
+        raise TablesError(
+            f"{where}: LAB tables with sha256 {got[0][:16]}/{got[1][:16]}, expected "
+            f"{FORWARD_SHA256}/{INVERSE_SHA256}: this machine's NumPy computes integers differently"
+        )
+    return built
+
+
+@functools.cache
+def tables() -> Tables:
+    """The process's LAB tables: read from the cache folder (mapped, not copied) when there and
+    intact, else built (~2 s on a desktop, about a minute on a Raspberry Pi 4) and saved there."""
+    folder = _cache_dir()
+    paths = folder / f"cielab-forward-{FORWARD_SHA256}.npy", folder / f"cielab-inverse-{INVERSE_SHA256}.npy"
+    try:
+        return _checked(Tables(*(np.load(p, mmap_mode="r") for p in paths)), str(folder))
+    except (OSError, ValueError, TablesError):
+        pass  # absent or damaged: build them
+    log.info("building the LAB lookup tables (once per machine)")
+    built = _checked(Tables.build(), "built")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, array in zip(paths, (built.forward, built.inverse), strict=True):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+            os.replace(tmp, path)
+    except OSError as exc:  # a read-only home: keep them in memory only
+        log.info("LAB tables not cached (%s)", exc)
+    return built

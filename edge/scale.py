@@ -73,7 +73,12 @@ def _looks_like_a_red_cell(cell: np.ndarray, purple: np.ndarray, x: float, y: fl
     the band just outside is not all cell (the circle has an edge)."""
     h, w = cell.shape
     reach = int(math.ceil(1.35 * r)) + 1
-    x0, y0, x1, y1 = max(0, int(x) - reach), max(0, int(y) - reach), min(w, int(x) + reach), min(h, int(y) + reach)
+    x0, y0, x1, y1 = (
+        max(0, int(x) - reach),
+        max(0, int(y) - reach),
+        min(w, int(x) + reach),
+        min(h, int(y) + reach),
+    )
     yy, xx = np.ogrid[y0:y1, x0:x1]
     d2 = (xx - x) ** 2 + (yy - y) ** 2
     patch, violet = cell[y0:y1, x0:x1], purple[y0:y1, x0:x1]
@@ -91,7 +96,9 @@ def red_cell_diameters(image_bgr: np.ndarray) -> list[float]:
     h, w = image_bgr.shape[:2]
     factor = min(WORK_SIDE / max(h, w), 1.0)
     small = (
-        cv2.resize(image_bgr, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+        cv2.resize(
+            image_bgr, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA
+        )
         if factor < 1
         else image_bgr
     )
@@ -106,7 +113,9 @@ def red_cell_diameters(image_bgr: np.ndarray) -> list[float]:
     ]
 
 
-def measure(images: Iterable[np.ndarray], min_cells: int = MIN_CELLS, min_images: int = MIN_IMAGES) -> Scale | None:
+def measure(
+    images: Iterable[np.ndarray], min_cells: int = MIN_CELLS, min_images: int = MIN_IMAGES
+) -> Scale | None:
     """The scale of the microscope that took `images` (8-bit BGR), or None when they hold too few
     red cells to say (fewer than `min_cells` from `min_images` images)."""
     diameters, images_with_cells, seen = [], 0, 0
