@@ -91,8 +91,16 @@ def _looks_like_a_red_cell(cell: np.ndarray, purple: np.ndarray, x: float, y: fl
     return not (outside.any() and patch[outside].mean() > 0.85)
 
 
-def red_cell_diameters(image_bgr: np.ndarray) -> list[float]:
-    """Diameters, in the image's own pixels, of the red cells found in one 8-bit BGR image."""
+def _on_a_white_cell(x: float, y: float, r: float, boxes) -> bool:
+    return any(bx - r <= x <= bx + bw + r and by - r <= y <= by + bh + r for bx, by, bw, bh in boxes)
+
+
+def red_cell_diameters(image_bgr: np.ndarray, white_cells=None) -> list[float]:
+    """Diameters, in the image's own pixels, of the red cells found in one 8-bit BGR image.
+
+    `white_cells`: boxes (x, y, w, h) of the white cells, whose nucleus lobes and outline must not be
+    taken for red cells; None for a single-cell image, whose white cell is the one in the middle
+    (circles that hold the image's centre are skipped)."""
     h, w = image_bgr.shape[:2]
     factor = min(WORK_SIDE / max(h, w), 1.0)
     small = (
@@ -108,20 +116,30 @@ def red_cell_diameters(image_bgr: np.ndarray) -> list[float]:
     cell = blurred < (otsu + np.percentile(blurred, 90)) / 2  # clearly darker than the slide
     blue, red = small[..., 0].astype(np.int16), small[..., 2].astype(np.int16)
     purple = (blue - red) > 10
+    if white_cells is None:
+        centre = (small.shape[1] / 2, small.shape[0] / 2)
+        boxes = [(centre[0], centre[1], 0.0, 0.0)]
+    else:
+        boxes = [tuple(v * factor for v in box) for box in white_cells]
     return [
-        float(2 * r / factor) for x, y, r in _circles(green) if _looks_like_a_red_cell(cell, purple, x, y, r)
+        float(2 * r / factor)
+        for x, y, r in _circles(green)
+        if not _on_a_white_cell(x, y, 1.1 * r, boxes) and _looks_like_a_red_cell(cell, purple, x, y, r)
     ]
 
 
 def measure(
-    images: Iterable[np.ndarray], min_cells: int = MIN_CELLS, min_images: int = MIN_IMAGES
+    images: Iterable[np.ndarray | tuple[np.ndarray, list]],
+    min_cells: int = MIN_CELLS,
+    min_images: int = MIN_IMAGES,
 ) -> Scale | None:
-    """The scale of the microscope that took `images` (8-bit BGR), or None when they hold too few
-    red cells to say (fewer than `min_cells` from `min_images` images)."""
-    diameters, images_with_cells, seen = [], 0, 0
-    for image in images:
-        seen += 1
-        found = red_cell_diameters(image)
+    """The scale of the microscope that took `images` (8-bit BGR single-cell images, or (frame, white
+    cell boxes) pairs), or None when they hold too few red cells to say (fewer than `min_cells` from
+    `min_images` images)."""
+    diameters, images_with_cells = [], 0
+    for item in images:
+        image, boxes = item if isinstance(item, tuple) else (item, None)
+        found = red_cell_diameters(image, boxes)
         diameters += found
         images_with_cells += bool(found)
     if len(diameters) < min_cells or images_with_cells < min_images:
