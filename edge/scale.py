@@ -146,3 +146,22 @@ def measure(
         return None
     rbc_px = round(float(np.median(diameters)) / ROUND_PX) * ROUND_PX
     return Scale(rbc_px=rbc_px, cells=len(diameters), images=images_with_cells)
+
+
+def measure_files(files, sample: int = 150, seed: int = 0) -> Scale | None:
+    """`measure` on up to `sample` of `files` (single-cell images), chosen at random; unreadable files
+    are passed over (the caller names them where it reads them for good)."""
+    from edge.errors import ImageLoadError
+    from edge.imagefile import load_image, to_bgr8
+
+    files = list(files)
+    order = np.random.default_rng(seed).permutation(len(files))[:sample]
+
+    def images():
+        for i in order:
+            try:
+                yield to_bgr8(load_image(files[i]))
+            except (ImageLoadError, ValueError):
+                continue
+
+    return measure(images())
