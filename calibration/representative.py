@@ -80,6 +80,7 @@ def build_calibration_set(
     eval_dirs: list[str | os.PathLike] = (),
     class_map: list[str] = (),
     progress=None,
+    scales=None,
 ) -> CalibrationSet:
     """Sample, preprocess and describe the calibration images (one class-folder root or several,
     aliased by `class_map` FOLDER=LABEL pairs; a file found twice counts once).
@@ -107,7 +108,10 @@ def build_calibration_set(
         eval_hashes.update(scan_labelled(ev, labels, aliases, keep_unknown=True).hashes())
     keep = [k for k, sha in enumerate(chosen.hashes()) if sha not in eval_hashes]
     dropped = len(chosen) - len(keep)
-    data = load_labelled(chosen.subset(keep), spec, progress=progress)
+    chosen = chosen.subset(keep)
+    data = load_labelled(
+        chosen, spec, progress=progress, scales=scales(chosen) if callable(scales) else scales
+    )
     per_class = {name: int((data.y == i).sum()) for i, name in enumerate(labels)}
     description = {
         "split": data.split,

@@ -30,8 +30,11 @@ class CachedImages:
     from_cache: bool = False
 
 
-def cache_key(spec: PreprocessSpec, hashes: list[str]) -> str:
-    payload = json.dumps({"spec": spec.to_dict(), "files": hashes}, sort_keys=True).encode()
+def cache_key(spec: PreprocessSpec, hashes: list[str], views=None) -> str:
+    parts = {"spec": spec.to_dict(), "files": hashes}
+    if views is not None and any(v.rbc_px for v in views):  # version 2 at a scale: part of the input
+        parts["rbc_px"] = [v.rbc_px for v in views]
+    payload = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:20]
 
 
@@ -42,11 +45,13 @@ def load_images(
     cache_dir: str | os.PathLike | None = None,
     desc: str = "preprocess",
     workers: int = 2,
+    views=None,
 ) -> CachedImages:
-    """Preprocess `files` (or read them from `cache_dir`) into one uint8 array."""
+    """Preprocess `files` (each at its `views` entry, edge.preprocess.View) or read them from
+    `cache_dir` into one uint8 array."""
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"images-{cache_key(spec, hashes)}"
+        path = Path(cache_dir) / f"images-{cache_key(spec, hashes, views)}"
         if path.with_suffix(".npy").exists() and path.with_suffix(".json").exists():
             meta = json.loads(path.with_suffix(".json").read_text())
             images = np.load(path.with_suffix(".npy"))
@@ -54,7 +59,7 @@ def load_images(
                 images, np.array(meta["ok"], dtype=np.int64), [tuple(s) for s in meta["skipped"]], True
             )
     with progress(total=len(files), desc=desc) as bar:
-        loaded = load_array(files, spec, workers, bar.update)
+        loaded = load_array(files, spec, workers, bar.update, views)
     result = CachedImages(loaded.images, loaded.ok, loaded.skipped)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

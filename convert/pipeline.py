@@ -18,10 +18,14 @@ from convert.features import activation_key, extract_views
 from convert.models import DEFAULT_SPLIT, ModelSpec, build_model, split_model
 from convert.train import TrainConfig, evaluate, fit_two_phase, pooled_features
 from convert.weights import apply_layer_weights, resolve_weights
-from edge.dataset import parse_class_map, require_classes, scan_labelled
-from edge.errors import DataError
+from edge.dataset import parse_class_map, require_classes, scan_labelled, split_name
+from edge.errors import DataError, ImageLoadError
 from edge.hashing import fingerprint
-from edge.preprocess import background_rgb
+from edge.imagefile import load_image, to_bgr8
+from edge.preprocess import View, background_rgb, cut
+from edge.preprocess_exact import background_bgr
+from edge.progress import progress
+from edge.scale import measure_files
 from edge.splits import per_class_sample
 
 log = logging.getLogger(__name__)
@@ -67,7 +71,10 @@ def _load(folder, cfg, desc, spec=None):
     for path in folder.ignored:
         log.info(f"warning: {path}: not an image file (by suffix), ignored")
     hashes = folder.hashes()
-    cached = load_images(folder.files, hashes, spec or cfg.spec(), cfg.cache, desc=f"preprocess {desc}")
+    views = folder.views(cfg.scales) if cfg.spec().field_rbc else None
+    cached = load_images(
+        folder.files, hashes, spec or cfg.spec(), cfg.cache, desc=f"preprocess {desc}", views=views
+    )
     folder = folder.subset(cached.ok)
     if len(np.unique(folder.targets)) < len(folder.labels):
         missing = [n for i, n in enumerate(folder.labels) if i not in set(folder.targets.tolist())]
@@ -78,10 +85,47 @@ def _load(folder, cfg, desc, spec=None):
 @dataclass
 class Raw:
     """Training images before colour standardisation and contrast (`stain` augments these), and
-    the white reference measured on them."""
+    the white reference measured on them. Version 2 cuts each view from the file itself (`files` at
+    `views`), so its scale and centre can be jittered."""
 
     images: np.ndarray | None
     white_reference: tuple[float, float, float] | None = None
+    files: list | None = None
+    views: list | None = None
+
+    def subset(self, keep: np.ndarray) -> Raw:
+        pick = np.flatnonzero(keep)
+        return Raw(
+            self.images[keep] if self.images is not None else None,
+            self.white_reference,
+            None if self.files is None else [self.files[i] for i in pick],
+            None if self.views is None else [self.views[i] for i in pick],
+        )
+
+
+def _measure_scales(cfg: TrainConfig, *folders) -> None:
+    """Each source root's red-cell diameter (edge.scale), unless --scale gave it; into cfg.scales, so
+    config.json and the bundle record what training used."""
+    if not cfg.spec().field_rbc:
+        return
+    for folder in filter(None, folders):
+        for root in folder.roots:
+            key = str(root)
+            given = {str(Path(k)): v for k, v in cfg.scales.items()}
+            if str(Path(key)) in given:
+                cfg.scales[key] = given[str(Path(key))]
+                continue
+            found = measure_files([i.path for i in folder.items if Path(i.source) == Path(root)])
+            if found is None:
+                raise DataError(
+                    f"{root}: too few red cells to measure its scale; pass --scale {root}=PIXELS "
+                    "(the red-cell diameter in its images)"
+                )
+            cfg.scales[key] = found.rbc_px
+            log.info(
+                f"scale of {split_name(root)}: red cells {found.rbc_px:g} px across "
+                f"({found.cells} red cells in {found.images} images)"
+            )
 
 
 def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
@@ -93,6 +137,8 @@ def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
     wants_reference = cfg.color == "white_balance" and not cfg.preprocess.get("white_reference")
     if cfg.augment != "stain" and not wants_reference:
         return Raw(None)
+    if cfg.preprocess_version == 2:
+        return _raw_v2(cfg, folder, wants_reference)
     _, raw, _, _ = _load(folder, cfg, "train (raw, before colour standardisation)", raw_spec(cfg.spec()))
     if cfg.color == "white_balance":
         reference = cfg.preprocess.get("white_reference")
@@ -107,7 +153,28 @@ def _raw_and_reference(cfg: TrainConfig, folder) -> Raw:
     return Raw(raw if cfg.augment == "stain" else None, cfg.preprocess.get("white_reference"))
 
 
-def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw=None):
+def _raw_v2(cfg: TrainConfig, folder, wants_reference: bool) -> Raw:
+    """Version 2: the white reference is the median slide colour of the training images' windows, as
+    `edge.preprocess` measures it; augmentation cuts its views from the files."""
+    views = folder.views(cfg.scales) if cfg.spec().field_rbc else [View()] * len(folder)
+    if wants_reference:
+        spec = cfg.spec()
+        backgrounds = []
+        for path, view in progress(list(zip(folder.files, views, strict=True)), desc="white reference"):
+            try:
+                backgrounds.append(background_bgr(cut(to_bgr8(load_image(path)), spec, view))[::-1])
+            except (ImageLoadError, ValueError):
+                continue  # named when the images are loaded for good
+        reference = [round(float(v), 2) for v in np.median(np.array(backgrounds), axis=0)]
+        log.info(
+            f"colour standardisation: white reference (R, G, B) {reference}, "
+            f"the median slide colour of {len(backgrounds)} training images"
+        )
+        cfg.preprocess = {**cfg.preprocess, "color": "white_balance", "white_reference": reference}
+    return Raw(None, cfg.preprocess.get("white_reference"), folder.files, views)
+
+
+def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw: Raw | None = None):
     key = (
         activation_key(
             files=hashes,
@@ -118,6 +185,7 @@ def _views(built, images, cfg, augment: bool, hashes, resolved, desc, raw=None):
             views=cfg.views if augment else 1,
             augment=augment and cfg.augment,
             seed=cfg.seed,
+            **({"scales": cfg.scales} if cfg.scales else {}),
         )
         if built.pretrained
         else None
@@ -224,7 +292,7 @@ def _prepare(cfg: TrainConfig, train_folder, val_folder) -> Prepared:
     )
     if dropped:
         keep = np.isin(np.array(train_hash), np.array(train_folder.hashes()))
-        raw.images = raw.images[keep] if raw.images is not None else None
+        raw = raw.subset(keep)
         train_hash = train_folder.hashes()
         fp["train"] = train_folder.fingerprint()
     data = {
@@ -258,14 +326,13 @@ def run(cfg: TrainConfig) -> dict:
     log.info(
         f"weights: {resolved.name}" + (f" (sha256 {resolved.sha256[:16]}...)" if resolved.sha256 else "")
     )
+    _measure_scales(cfg, folder, val_folder)
     if cfg.folds:
         return _run_folds(cfg, folder, resolved, started)
     d = _prepare(cfg, *_train_and_val(cfg, folder, val_folder))
     built = build(cfg, resolved, len(labels))
     augment = cfg.augment != "none"
-    train_views = _views(
-        built, d.train_images, cfg, augment, d.train_hashes, resolved, "train views", d.raw.images
-    )
+    train_views = _views(built, d.train_images, cfg, augment, d.train_hashes, resolved, "train views", d.raw)
     val_views = _views(built, d.val_images, cfg, False, d.val_hashes, resolved, "val views")
     fit = fit_two_phase(cfg, built, train_views, d.train.targets, val_views, d.val.targets, len(labels))
     # Saved before the (long) evaluations: a run killed while measuring keeps the model it trained.
@@ -290,9 +357,7 @@ def _run_folds(cfg: TrainConfig, folder, resolved, started) -> dict:
     fp = folder.fingerprint()
     labels = folder.labels
     built = build(cfg, resolved, len(labels))
-    views = _views(
-        built, images, cfg, cfg.augment != "none", hashes, resolved, "views (all folds)", raw.images
-    )
+    views = _views(built, images, cfg, cfg.augment != "none", hashes, resolved, "views (all folds)", raw)
     # The pretrained frozen backbone is the same at the start of every fold: pool its features once.
     pooled = pooled_features(built, views) if built.pretrained and cfg.epochs > 0 else None
     folds = []

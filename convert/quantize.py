@@ -44,7 +44,7 @@ from convert.tflite_export import (
 )
 from convert.tflite_graph import per_channel_ops, read_graph
 from edge.bundle import Bundle, Manifest, TensorSpec, Uncertainty
-from edge.dataset import load_labelled, parse_class_map, scan_labelled
+from edge.dataset import parse_class_map, scan_labelled
 from edge.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,14 @@ def source_step(req: QuantizeRequest) -> ModelSource:
 
 def calibration_step(req: QuantizeRequest, src: ModelSource) -> CalibrationSet:
     calib = build_calibration_set(
-        req.calib_dir, src.spec, src.labels, req.calib_count, req.seed, req.eval_dir, req.class_map
+        req.calib_dir,
+        src.spec,
+        src.labels,
+        req.calib_count,
+        req.seed,
+        req.eval_dir,
+        req.class_map,
+        scales=src.scales_for,
     )
     d = calib.description
     log.info(f"calibration: {d['count']} images from {d['split']} {d['per_class']}")
@@ -94,7 +101,7 @@ def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) ->
     if req.precision != "int8":
         return fixes
     if req.adapt_head:
-        train = load_labelled(req.images(req.calib_dir, src.labels), src.spec)
+        train = req.load(req.calib_dir, src)
         log.info(
             f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
             f"(as they are and in augmented views; a few minutes for a 224 px model)..."
@@ -185,6 +192,8 @@ def manifest_fields(
         "run_dir": info.get("run_dir"),
         "run_val_accuracy": info.get("run_val_accuracy"),
         "run_config": info.get("run_config"),
+        # red-cell diameter (px) of each source, as preprocessing version 2 cut its cells (edge.scale)
+        "scales": src.scales or None,
     }
     inp, out, _ = tensor_specs(tflite, len(src.labels))
     model = {

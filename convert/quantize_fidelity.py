@@ -22,7 +22,6 @@ from convert.quantize_request import QuantizeRequest
 from convert.run_source import ModelSource
 from convert.tflite_export import make_converter
 from edge.bundle import Metric, Uncertainty
-from edge.dataset import load_labelled
 from edge.metrics import classification_report
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def fidelity_step(
 ) -> Fidelity | None:
     if not req.eval_dir:
         return None
-    ev = load_labelled(req.images(req.eval_dir, src.labels), src.spec)
+    ev = req.load(req.eval_dir, src)
     # Fidelity is measured against the float model that was converted; when that was changed on
     # the way (head adaptation, bias correction), the trained model's numbers are reported too.
     float_p = keras_probs(fixes.model, ev.images, desc=f"float on {ev.split}")

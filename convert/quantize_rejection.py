@@ -12,7 +12,6 @@ from calibration.fidelity import tflite_outputs
 from convert.quantize_request import QuantizeRequest
 from convert.run_source import ModelSource
 from edge.bundle import Rejection
-from edge.dataset import load_labelled
 from edge.rejection import MahalanobisScorer
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,12 @@ def rejection_step(
     held-out cells (--reject-holdout), or of the training images themselves without it."""
     if req.reject == "none":
         return None
-    train = load_labelled(req.images(req.calib_dir, src.labels), src.spec)
+    train = req.load(req.calib_dir, src)
     n = len(src.labels)
     log.info(f"rejection: embeddings of the {len(train)} images of {train.split} ({req.reject_layer})...")
     train_emb = _embeddings(tflite, train.images, n, "embeddings (train)")
     scorer = MahalanobisScorer.fit(train_emb, train.y, n, dims=req.reject_dims or None)
-    held = load_labelled(req.images(req.reject_holdout, src.labels), src.spec) if req.reject_holdout else None
+    held = req.load(req.reject_holdout, src) if req.reject_holdout else None
     if held is not None:
         scores = scorer.scores(_embeddings(tflite, held.images, n, f"embeddings ({held.split})"))
         where = f"{len(held)} held-out cells of {held.split}"

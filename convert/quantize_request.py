@@ -8,7 +8,7 @@ from pathlib import Path
 
 from calibration.fidelity import DEFAULT_THRESHOLD_PP
 from calibration.representative import DEFAULT_COUNT
-from edge.dataset import parse_class_map, scan_labelled
+from edge.dataset import load_labelled, parse_class_map, scan_labelled
 
 
 def _paths(value) -> list[Path]:
@@ -54,6 +54,11 @@ class QuantizeRequest:
     def images(self, roots: list[Path], labels: list[str]):
         """The labelled images under `roots` (each file once, aliases applied), as `edge train` saw them."""
         return scan_labelled(roots, labels, parse_class_map(self.class_map), dedupe=True)
+
+    def load(self, roots: list[Path], src):
+        """`images(roots)` preprocessed as the model expects them, each root at its scale (version 2)."""
+        images = self.images(roots, src.labels)
+        return load_labelled(images, src.spec, scales=src.scales_for(images))
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""

@@ -33,6 +33,28 @@ class ModelSource:
     labels: list[str] | None  # None: take them from the calibration folders
     spec: PreprocessSpec
     info: dict = field(default_factory=dict)  # architecture, weights, data_fingerprint, run_dir, ...
+    # version 2 with field_rbc: each source root's red-cell diameter in pixels, as training used it;
+    # a root training never saw is measured when first asked for (scales_for)
+    scales: dict[str, float] = field(default_factory=dict)
+
+    def scales_for(self, images) -> dict[str, float]:
+        """The scale of every root of `images` (an ImageSet), measured where not known yet."""
+        if not self.spec.field_rbc:
+            return {}
+        from edge.scale import measure_files
+
+        known = {str(Path(k)): v for k, v in self.scales.items()}
+        for root in images.roots:
+            if str(Path(root)) in known:
+                continue
+            found = measure_files([i.path for i in images.items if Path(i.source) == Path(root)])
+            if found is None:
+                raise DataError(f"{root}: too few red cells to measure its scale (edge.scale)")
+            log.info(
+                f"scale of {root}: red cells {found.rbc_px:g} px across ({found.cells} in {found.images} images)"
+            )
+            known[str(Path(root))] = self.scales[str(root)] = found.rbc_px
+        return known
 
 
 def _read_json(path: Path) -> dict:
@@ -127,4 +149,7 @@ def load_source(path: str | Path) -> ModelSource:
         val = find_key(report, ("val",), depth=2)
         if isinstance(val, dict) and "accuracy" in val:
             info["run_val_accuracy"] = val["accuracy"]
-    return ModelSource(model, model_path, labels, spec, info)
+    scales = find_key(config, ("scales",)) or {}
+    if scales:
+        info["scales"] = scales
+    return ModelSource(model, model_path, labels, spec, info, dict(scales))

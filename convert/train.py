@@ -63,6 +63,12 @@ class TrainConfig(Spec):
     # Colour standardisation (edge.preprocess): "white_balance" measures its reference on the
     # training images and writes it into `preprocess`.
     color: Literal["none", "white_balance"] = "none"
+    # Preprocessing version 2 (edge/preprocess_exact.py): bit-exact on every CPU, and with `field_rbc`
+    # each cell is cut at that many red-cell diameters of its microscope, whose scale (`scales`: source
+    # root -> red-cell diameter in pixels) is measured on its images unless given.
+    preprocess_version: Literal[1, 2] = 1
+    field_rbc: float | None = Field(default=None, ge=1.0, le=40.0)
+    scales: dict[str, float] = Field(default_factory=dict)
 
     @field_validator("data_dir", "val_dir", mode="before")
     @classmethod
@@ -82,13 +88,19 @@ class TrainConfig(Spec):
         if self.folds and self.val_dir:
             raise ValueError("--folds splits DATA_DIR itself; leave out --val-dir")
         try:
-            self.spec()
+            spec = self.spec()
         except ValidationError as exc:
             raise ValueError(f"preprocess (size from img_size): {one_line(exc)}") from None
+        if self.preprocess_version == 2:  # config.json then shows the spec the run really used
+            self.preprocess = {k: v for k, v in spec.to_dict().items() if k != "size"}
         return self
 
     def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.model_validate({**self.preprocess, "size": self.img_size})
+        values = {**self.preprocess, "size": self.img_size}
+        if self.preprocess_version == 2:
+            # CLAHE tiles of 32 pixels: exact on every CPU (edge.preprocess_exact.tile_is_exact)
+            values.update(version=2, clahe_tile_grid=max(1, self.img_size // 32), field_rbc=self.field_rbc)
+        return PreprocessSpec.model_validate(values)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "train config") -> TrainConfig:

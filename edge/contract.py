@@ -43,6 +43,13 @@ def contract_of(manifest) -> dict:
         else {"method": rejection.method, "threshold": rejection.threshold, "file": rejection.file},
         # a detector's decoding and operating threshold decide which cells exist at all
         **({"detector": manifest.detector.to_dict()} if getattr(manifest, "detector", None) else {}),
+        # the gate decides whether every cell is flagged; a site's scale, at what size cells are cut
+        **({"gate": manifest.gate.to_dict()} if getattr(manifest, "gate", None) else {}),
+        **(
+            {"site_scale": manifest.site.scale.to_dict()}
+            if getattr(manifest, "site", None) and manifest.site.scale
+            else {}
+        ),
     }
 
 

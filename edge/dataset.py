@@ -32,7 +32,8 @@ from edge.image_files import (  # noqa: F401 - the scanner's names, re-exported:
     printable,
     subfolders,
 )
-from edge.preprocess import PreprocessSpec, load_image, preprocess
+from edge.imagefile import load_image
+from edge.preprocess import WHOLE_IMAGE, PreprocessSpec, View, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,11 @@ class ImageSet:
 
     def fingerprint(self) -> str:
         return fingerprint(self.entries())
+
+    def views(self, scales: dict[str, float] | None) -> list[View]:
+        """Each image's View at its source root's scale (`scales`: root path -> red-cell pixels)."""
+        scales = {str(Path(k)): v for k, v in (scales or {}).items()}
+        return [View(rbc_px=scales.get(str(Path(i.source)))) for i in self.items]
 
     def sources(self) -> list[dict]:
         """What a manifest records of each root: its path, fingerprint and per-class counts."""
@@ -261,7 +267,7 @@ def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def load_one(path: Path, spec: PreprocessSpec, lab=None) -> LoadedImage:
+def load_one(path: Path, spec: PreprocessSpec, lab=None, view: View = WHOLE_IMAGE) -> LoadedImage:
     """Decode and preprocess one file; a bad file becomes an error naming the reason, never an exception."""
     t0 = time.perf_counter()
     try:
@@ -272,7 +278,7 @@ def load_one(path: Path, spec: PreprocessSpec, lab=None) -> LoadedImage:
         return LoadedImage(path, error=f"cannot decode ({type(exc).__name__}: {_first_line(exc)})")
     t1 = time.perf_counter()
     try:
-        tensor = preprocess(image, spec, lab=lab)
+        tensor = preprocess(image, spec, lab=lab, view=view)
     except Exception as exc:  # an unsupported bit depth or channel count (ValueError), cv2.error
         return LoadedImage(path, error=f"cannot preprocess ({_first_line(exc)})")
     t2 = time.perf_counter()
@@ -289,18 +295,24 @@ class LoadedArray:
 
 
 def load_array(
-    files: list[Path], spec: PreprocessSpec, workers: int = 2, progress: Callable[[int], None] | None = None
+    files: list[Path],
+    spec: PreprocessSpec,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+    views: list[View] | None = None,
 ) -> LoadedArray:
-    """Preprocess `files` into one uint8 array; unreadable files are skipped, named and listed.
+    """Preprocess `files` (each at its `views` entry: its microscope's scale) into one uint8 array;
+    unreadable files are skipped, named and listed.
 
     OpenCV releases the GIL while decoding and resizing, so `workers` threads use several cores.
     """
+    views = views or [WHOLE_IMAGE] * len(files)
     size = int(spec.size)
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     good = np.zeros(len(files), dtype=bool)
     skipped = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for i, loaded in enumerate(pool.map(lambda p: load_one(Path(p), spec), files)):
+        for i, loaded in enumerate(pool.map(lambda p, v: load_one(Path(p), spec, view=v), files, views)):
             if loaded.error is None:
                 images[i], good[i] = loaded.tensor, True
             else:
@@ -333,11 +345,13 @@ def load_labelled(
     spec: PreprocessSpec,
     labels: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    scales: dict[str, float] | None = None,
 ) -> LabelledImages:
-    """Every readable image of a labelled folder (or ImageSet), preprocessed, in `labels` order.
+    """Every readable image of a labelled folder (or ImageSet), preprocessed, in `labels` order, each
+    source root at its scale in `scales` (red-cell diameter in pixels, by root path).
     The fingerprint covers the images that were read."""
     images = source if isinstance(source, ImageSet) else scan_labelled(source, labels)
-    loaded = load_array(images.files, spec, progress=progress)
+    loaded = load_array(images.files, spec, progress=progress, views=images.views(scales))
     if not len(loaded.ok):
         raise DataError(f"{images.split}: none of the {len(images)} images could be read")
     kept = images.subset(loaded.ok)

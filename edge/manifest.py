@@ -73,6 +73,56 @@ class Rejection(Spec):
     source: str = ""
 
 
+class Scale(Spec):
+    """A microscope's scale: its red cells' diameter in its images' pixels (edge.scale)."""
+
+    rbc_px: float = Field(gt=0, le=5000)
+    # how it was found: from red cells, chosen at calibration as the scale at which the site's
+    # labelled cells are classified best, or given by hand
+    method: Literal["red cells", "calibration", "given"] = "red cells"
+    red_cells: int | None = Field(default=None, ge=0)
+    images: int | None = Field(default=None, ge=0)
+
+
+class Gate(Spec):
+    """Does a session's first white cells look like the cells this bundle knows? (docs/site.md)
+
+    The statistic is the median rejection score of the first cells; at each checkpoint (cells, limit)
+    the microscope is called different when the median of that many cells is above the limit. The
+    limits were set on held-out cells the bundle knows (`reference`), so that batches of them are
+    called different at most `false_alarm` of the time."""
+
+    statistic: Literal["median_rejection_score"] = "median_rejection_score"
+    checkpoints: list[tuple[Annotated[int, Field(ge=1)], Annotated[float, Field(gt=0)]]] = Field(min_length=1)
+    reference: str = Field(min_length=1)
+    false_alarm: _Probability
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _ascending(cls, checkpoints):
+        cells = [c for c, _ in checkpoints]
+        if cells != sorted(set(cells)):
+            raise ValueError(f"checkpoints must be in ascending order of cells, not {cells}")
+        return checkpoints
+
+    @property
+    def cells(self) -> int:
+        """How many cells the decision "matches" waits for."""
+        return self.checkpoints[-1][0]
+
+
+class Site(Spec):
+    """The microscope a calibrated bundle belongs to (edge adapt): who, when, on what, how well."""
+
+    name: str = Field(min_length=1, max_length=120)
+    calibrated_at: str = Field(min_length=1)  # ISO 8601, UTC
+    method: Literal["device", "host"]
+    cells_per_class: dict[str, Annotated[int, Field(ge=0)]]
+    held_back: dict = Field(default_factory=dict)  # n, accuracy before/after, false blasts before/after
+    scale: Scale | None = None
+    fingerprint: _Sha256
+
+
 class Manifest(Spec):
     labels: list[str] = Field(min_length=1)
     input: TensorSpec
@@ -94,6 +144,11 @@ class Manifest(Spec):
     # outputs decode into boxes (edge/detect/spec.py). Manifests written before it are classifiers.
     task: Literal["classifier", "detector"] = "classifier"
     detector: DetectorSpec | None = None
+    # A classifier's check of a new microscope (edge/site.py), and the microscope it was calibrated to.
+    gate: Gate | None = None
+    site: Site | None = None
+
+    omitted_at_default = ("gate", "site")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -135,6 +190,8 @@ class Manifest(Spec):
             )
         if self.rejection is not None and self.embedding is None:
             raise ValueError("rejection needs the model's embedding output (embedding)")
+        if self.gate is not None and self.rejection is None:
+            raise ValueError("the gate reads rejection scores: a gate needs rejection")
         return self
 
     def metric(self, name: str, split: str | None = None) -> Metric | None:

@@ -7,34 +7,37 @@ H x W x 3, so the model sees identical tensors on both sides (docs/design.md, "O
 
 from __future__ import annotations
 
-import io
 import os
 import threading
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Literal, get_args
 
 import cv2
-import imagesize
 import numpy as np
 from pydantic import Field, field_serializer, field_validator, model_validator
 
-from edge.errors import ImageLoadError
+from edge import cielab
+from edge import preprocess_exact as exact
+
+# re-exported for the call sites that still import them from here (moved to edge.imagefile)
+from edge.imagefile import DEFAULT_MAX_PIXELS, decode_image, load_image, set_max_pixels, to_bgr8  # noqa: F401
 from edge.schema import FrozenSpec
 
 Interpolation = Literal["area", "linear", "cubic", "nearest"]
 _INTERPOLATIONS = {name: getattr(cv2, f"INTER_{name.upper()}") for name in get_args(Interpolation)}
-
-# OpenCV's decoders are not always loud about short files; these are the end markers we check.
-_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
-_PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
 
 _Channel = Annotated[float, Field(ge=1.0, le=255.0)]
 
 
 class PreprocessSpec(FrozenSpec):
     """Everything that decides the model input tensor. Stored verbatim in the bundle manifest and
-    sealed in the model (edge/contract.py), so its serialised form (`to_dict`) never changes."""
+    sealed in the model (edge/contract.py), so its serialised form (`to_dict`) never changes.
 
+    Version 1 is the order of steps the first bundles were trained with; version 2
+    (edge/preprocess_exact.py) gives the same bytes on every CPU, can cut the cell at a physical size,
+    and does the per-image work at the model's resolution. A bundle keeps the version it was made with."""
+
+    version: Literal[1, 2] = 1
     size: int = Field(default=224, ge=16, le=2048)
     # Bilinear after exact 2x area steps (`antialias`) is nearly as clean as INTER_AREA and several
     # times faster for non-integer ratios (docs/bench.md): it keeps preprocessing well under the
@@ -57,9 +60,12 @@ class PreprocessSpec(FrozenSpec):
     # bundle. It removes the lamp's and camera's colour cast of another microscope, not the stain.
     color: Literal["none", "white_balance"] = "none"
     white_reference: tuple[_Channel, _Channel, _Channel] | None = None
+    # Version 2: the model input spans this many red-cell diameters of the microscope (4.0 is about
+    # 30 um), wherever the scale is known (edge.scale); None, or an unknown scale: the centred square.
+    field_rbc: float | None = Field(default=None, ge=1.0, le=40.0)
 
-    # absent means none: specs sealed before colour standardisation agree
-    omitted_at_default = ("color", "white_reference")
+    # absent means the default: specs sealed before these fields existed agree
+    omitted_at_default = ("version", "color", "white_reference", "field_rbc")
 
     @field_validator("white_reference", mode="before")
     @classmethod
@@ -84,95 +90,41 @@ class PreprocessSpec(FrozenSpec):
                 "color white_balance and white_reference (three values in [1, 255]) go together, "
                 f"not color {self.color!r} with white_reference {self.white_reference!r}"
             )
+        if self.version == 1 and self.field_rbc is not None:
+            raise ValueError("field_rbc needs preprocessing version 2")
+        if self.version == 2:
+            if self.interpolation != "linear" or not self.antialias:
+                raise ValueError(
+                    "version 2 resizes by exact 2x halvings and INTER_LINEAR_EXACT: "
+                    "interpolation linear, antialias true"
+                )
+            if self.contrast == "clahe" and not exact.tile_is_exact(self.size, self.clahe_tile_grid):
+                raise ValueError(
+                    f"version 2 needs CLAHE tiles of a power-of-two side (exact on every CPU): size "
+                    f"{self.size} / clahe_tile_grid {self.clahe_tile_grid} is not (224 / 7 = 32 is)"
+                )
         return self
 
 
-# Decoding a file allocates width x height x channels bytes before anyone can look at it: a 3 KB
-# PNG may declare 100000 x 100000 pixels. Files are refused from their header above this many pixels:
-# 64 MP is 8000 x 8000, well above microscope cameras (a Raspberry Pi HQ camera gives 12.3 MP).
-DEFAULT_MAX_PIXELS = 64_000_000
-_max_pixels = DEFAULT_MAX_PIXELS
+@dataclass(frozen=True)
+class View:
+    """Where the cell is and the microscope's scale, for version 2: the model input is the square of
+    spec.field_rbc red-cell diameters (`rbc_px` image pixels each) around `centre` (image pixels;
+    None: the image's centre). Without a scale, the centred square, as version 1. `background` is the
+    slide's colour (B, G, R) when the caller measured it once for the whole frame."""
+
+    centre: tuple[float, float] | None = None
+    rbc_px: float | None = None
+    background: tuple[int, int, int] | None = None
+
+    def side(self, spec: PreprocessSpec, shape: tuple[int, ...]) -> float:
+        """The window's side in image pixels."""
+        if self.rbc_px and spec.field_rbc:
+            return float(spec.field_rbc) * float(self.rbc_px)
+        return float(min(shape[:2]))
 
 
-def set_max_pixels(pixels: int) -> None:
-    """The pixel limit for this process, set once at start-up (`source.max_pixels`, `--max-pixels`)."""
-    global _max_pixels
-    if int(pixels) < 1:
-        raise ValueError(f"the pixel limit must be at least 1, not {pixels}")
-    _max_pixels = int(pixels)
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as OpenCV does (BGR / BGRA / gray, 8 or 16 bit), unchanged.
-
-    Raises ImageLoadError naming the file for a missing, unreadable, truncated, oversized or
-    non-image file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ImageLoadError(path, "file not found")
-    if path.is_dir():
-        raise ImageLoadError(path, "is a directory, not an image")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(path, f"cannot read ({exc.strerror or exc})") from None
-    return decode_image(data, path)
-
-
-def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Decode encoded image bytes; see `load_image`."""
-    if not data:
-        raise ImageLoadError(name, "empty file")
-    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-4096:]:
-        raise ImageLoadError(name, "truncated JPEG (no end-of-image marker)")
-    if data.startswith(_PNG_MAGIC) and _PNG_IEND not in data[-64:]:
-        raise ImageLoadError(name, "truncated PNG (no IEND chunk)")
-    try:  # the declared size, from the header alone (imagesize reads PNG, JPEG, GIF, BMP, TIFF, WebP...)
-        width, height = imagesize.get(io.BytesIO(data))
-    except Exception:  # an unreadable header: let the decoder judge the file
-        width = height = -1
-    if width > 0 and height > 0 and width * height > _max_pixels:
-        raise ImageLoadError(
-            name, f"declares {width} x {height} pixels, over the limit of {_max_pixels:,} (max_pixels)"
-        )
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
-        raise ImageLoadError(name, f"cannot decode ({str(exc).strip().splitlines()[-1][:120]})") from None
-    except MemoryError:
-        raise ImageLoadError(name, "too large to decode in the memory available") from None
-    if image is None or image.size == 0:
-        raise ImageLoadError(name, "not a decodable image")
-    if image.shape[0] * image.shape[1] > _max_pixels:  # a header imagesize could not read lied
-        raise ImageLoadError(
-            name, f"{image.shape[1]} x {image.shape[0]} pixels, over the limit of {_max_pixels:,}"
-        )
-    return image
-
-
-def to_bgr8(image: np.ndarray, order: str = "BGR") -> np.ndarray:
-    """Normalise any decoded frame to 8-bit 3-channel BGR.
-
-    Accepts uint8/uint16 (and float in [0, 1]) grayscale, 3-channel and 4-channel images;
-    `order` says whether a colour input is BGR(A) (OpenCV, picamera2 "RGB888") or RGB(A).
-    """
-    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and order == "BGR":
-        return image  # the camera's and OpenCV's own format: nothing to check or convert
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"expected an H x W, H x W x 1, x3 or x4 image, got shape {image.shape}")
-    if image.dtype == np.uint16:
-        # 16-bit sensors: map 0..65535 onto 0..255 with rounding (x / 257 is exact for 8-bit data).
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    elif image.dtype in (np.float32, np.float64):
-        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise ValueError(f"unsupported image dtype {image.dtype}")
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if order == "BGR" else cv2.COLOR_RGBA2BGR)
-    return image if order == "BGR" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+WHOLE_IMAGE = View()
 
 
 def _square(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -286,7 +238,11 @@ CVTCOLOR = CvtColorLab()
 
 
 def preprocess(
-    image: np.ndarray, spec: PreprocessSpec | None = None, order: str = "BGR", lab=None
+    image: np.ndarray,
+    spec: PreprocessSpec | None = None,
+    order: str = "BGR",
+    lab=None,
+    view: View = WHOLE_IMAGE,
 ) -> np.ndarray:
     """Frame or decoded file -> model input: uint8, spec.size x spec.size x 3, in spec.color_order.
 
@@ -297,6 +253,9 @@ def preprocess(
     same OpenCV build. CLAHE runs after the resize, so its cost does not grow with camera resolution.
     """
     spec = spec or PreprocessSpec()
+    if spec.version == 2:
+        raw = cut(to_bgr8(image, order), spec, view)
+        return finish(raw, spec, view.background or exact.background_bgr(raw))
     square = _square(to_bgr8(image, order), spec)
     if spec.color == "white_balance":
         square = white_balance(square, spec.white_reference)
@@ -310,9 +269,49 @@ def preprocess(
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
-def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec | None = None) -> np.ndarray:
+def cut(bgr: np.ndarray, spec: PreprocessSpec, view: View) -> np.ndarray:
+    """Version 2, geometry: 8-bit BGR image -> spec.size square BGR: the view's window (beyond the
+    image, the slide's colour), or the whole image by spec.aspect when the scale is unknown. Training
+    augments this, before `finish`."""
+    size = int(spec.size)
+    h, w = bgr.shape[:2]
+    if view.rbc_px and spec.field_rbc:
+        centre = view.centre or (w / 2, h / 2)
+        fill = view.background or (lambda: exact.background_bgr(bgr))  # measured only when needed
+        return exact.window(bgr, centre, view.side(spec, bgr.shape), size, fill)
+    if spec.aspect == "stretch" or h == w:
+        return exact.resize(bgr, size, size)
+    if spec.aspect == "center_crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return exact.resize(bgr[top : top + side, left : left + side], size, size)
+    side = max(h, w)  # pad: the whole image, letterboxed in pad_value
+    fitted = exact.resize(bgr, max(1, w * size // side), max(1, h * size // side))
+    canvas = np.full((size, size, 3), int(spec.pad_value), np.uint8)
+    top, left = (size - fitted.shape[0]) // 2, (size - fitted.shape[1]) // 2
+    canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
+    return canvas
+
+
+def finish(raw_bgr: np.ndarray, spec: PreprocessSpec, background: tuple[int, int, int]) -> np.ndarray:
+    """Version 2, colour: a spec.size square BGR from `cut` -> the model input: white balance from the
+    slide's colour `background` (B, G, R; the frame's, or `preprocess_exact.background_bgr` of the
+    window) to the bundle's reference, CLAHE on integer LAB, colour order."""
+    if spec.color == "white_balance":
+        raw_bgr = cv2.LUT(raw_bgr, exact.white_balance_table(background, spec.white_reference))
+    if spec.contrast == "clahe":
+        clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
+        out = exact.clahe_on_l(raw_bgr, clahe, cielab.tables(), spec.color_order)
+    else:
+        out = cv2.cvtColor(raw_bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else raw_bgr
+    return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def preprocess_file(
+    path: str | os.PathLike, spec: PreprocessSpec | None = None, view: View = WHOLE_IMAGE
+) -> np.ndarray:
     """`load_image` + `preprocess`: the path that both training and `edge classify` take."""
-    return preprocess(load_image(path), spec)
+    return preprocess(load_image(path), spec, view=view)
 
 
 def center_region(frame: np.ndarray, fraction: float) -> np.ndarray:

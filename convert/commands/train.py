@@ -31,7 +31,20 @@ _CONFIGURABLE = (
     "cache",
     "dedupe",
     "max_per_class",
+    "preprocess_version",
+    "field_rbc",
+    "scales",
 )
+
+
+def _scale(text: str) -> tuple[str, float]:
+    source, sep, px = text.rpartition("=")
+    try:
+        if sep and source and float(px) > 0:
+            return source, float(px)
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{text!r}: expected SOURCE=PIXELS, e.g. ../data/pbc-8class/train=72.5")
 
 
 @click.command()
@@ -118,6 +131,30 @@ _CONFIGURABLE = (
     show_default=True,
     help="Colour standardisation in the preprocessing (training and device): white_balance moves each "
     "image's background to a reference colour measured on the training images.",
+)
+@click.option(
+    "--preprocess-version",
+    type=click.Choice(["1", "2"]),
+    default="1",
+    show_default=True,
+    callback=lambda ctx, param, value: int(value),
+    help="2: bit-exact on every CPU (a Raspberry Pi computes what the host did), background and CLAHE "
+    "at the model's size, and with --field-rbc each cell cut at its microscope's scale.",
+)
+@click.option(
+    "--field-rbc",
+    type=float,
+    default=None,
+    help="Version 2: the model input spans this many red-cell diameters (4 is about 30 um); each source's "
+    "scale is measured from its red cells (docs/differential.md).",
+)
+@click.option(
+    "--scale",
+    "scales",
+    multiple=True,
+    metavar="SOURCE=PX",
+    callback=lambda ctx, param, value: dict(_scale(v) for v in value),
+    help="A source's red-cell diameter in pixels, instead of measuring it (repeatable).",
 )
 @click.option(
     "--views",

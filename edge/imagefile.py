@@ -1,0 +1,109 @@
+"""Image files and frames as 8-bit BGR: decoding with limits, and any camera's format normalised.
+
+Every image the project reads goes through `load_image` / `decode_image` (files, hot folder, replay)
+or `to_bgr8` (camera frames), so a hostile file is refused in one place (docs/design.md, "Fail loudly").
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import cv2
+import imagesize
+import numpy as np
+
+from edge.errors import ImageLoadError
+
+# OpenCV's decoders are not always loud about short files; these are the end markers we check.
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
+_PNG_MAGIC, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND"
+
+
+# Decoding a file allocates width x height x channels bytes before anyone can look at it: a 3 KB
+# PNG may declare 100000 x 100000 pixels. Files are refused from their header above this many pixels:
+# 64 MP is 8000 x 8000, well above microscope cameras (a Raspberry Pi HQ camera gives 12.3 MP).
+DEFAULT_MAX_PIXELS = 64_000_000
+_max_pixels = DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(pixels: int) -> None:
+    """The pixel limit for this process, set once at start-up (`source.max_pixels`, `--max-pixels`)."""
+    global _max_pixels
+    if int(pixels) < 1:
+        raise ValueError(f"the pixel limit must be at least 1, not {pixels}")
+    _max_pixels = int(pixels)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as OpenCV does (BGR / BGRA / gray, 8 or 16 bit), unchanged.
+
+    Raises ImageLoadError naming the file for a missing, unreadable, truncated, oversized or
+    non-image file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(path, "file not found")
+    if path.is_dir():
+        raise ImageLoadError(path, "is a directory, not an image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(path, f"cannot read ({exc.strerror or exc})") from None
+    return decode_image(data, path)
+
+
+def decode_image(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes; see `load_image`."""
+    if not data:
+        raise ImageLoadError(name, "empty file")
+    if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-4096:]:
+        raise ImageLoadError(name, "truncated JPEG (no end-of-image marker)")
+    if data.startswith(_PNG_MAGIC) and _PNG_IEND not in data[-64:]:
+        raise ImageLoadError(name, "truncated PNG (no IEND chunk)")
+    try:  # the declared size, from the header alone (imagesize reads PNG, JPEG, GIF, BMP, TIFF, WebP...)
+        width, height = imagesize.get(io.BytesIO(data))
+    except Exception:  # an unreadable header: let the decoder judge the file
+        width = height = -1
+    if width > 0 and height > 0 and width * height > _max_pixels:
+        raise ImageLoadError(
+            name, f"declares {width} x {height} pixels, over the limit of {_max_pixels:,} (max_pixels)"
+        )
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own limits (CV_IO_MAX_IMAGE_PIXELS) and decoder failures
+        raise ImageLoadError(name, f"cannot decode ({str(exc).strip().splitlines()[-1][:120]})") from None
+    except MemoryError:
+        raise ImageLoadError(name, "too large to decode in the memory available") from None
+    if image is None or image.size == 0:
+        raise ImageLoadError(name, "not a decodable image")
+    if image.shape[0] * image.shape[1] > _max_pixels:  # a header imagesize could not read lied
+        raise ImageLoadError(
+            name, f"{image.shape[1]} x {image.shape[0]} pixels, over the limit of {_max_pixels:,}"
+        )
+    return image
+
+
+def to_bgr8(image: np.ndarray, order: str = "BGR") -> np.ndarray:
+    """Normalise any decoded frame to 8-bit 3-channel BGR.
+
+    Accepts uint8/uint16 (and float in [0, 1]) grayscale, 3-channel and 4-channel images;
+    `order` says whether a colour input is BGR(A) (OpenCV, picamera2 "RGB888") or RGB(A).
+    """
+    if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and order == "BGR":
+        return image  # the camera's and OpenCV's own format: nothing to check or convert
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an H x W, H x W x 1, x3 or x4 image, got shape {image.shape}")
+    if image.dtype == np.uint16:
+        # 16-bit sensors: map 0..65535 onto 0..255 with rounding (x / 257 is exact for 8-bit data).
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2BGR if order == "BGR" else cv2.COLOR_RGBA2BGR)
+    return image if order == "BGR" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)

@@ -1,0 +1,170 @@
+"""A microscope is a site: the gate that notices an unknown one, and the state every screen shows.
+
+Clinical analysers validate each site before they report; so does this project (docs/site.md). A
+bundle is uncalibrated (it knows the microscopes it was trained on) or calibrated to one microscope
+(`manifest.site`, written by `edge adapt`). Either way its `gate` says how its known cells score:
+from the first white cells of a session (or of a folder in `edge eval` / `edge classify`), the median
+rejection score is compared at a few checkpoints with limits set at quantization on held-out cells.
+Above a limit the microscope "differs": every cell is flagged for review ("uncalibrated microscope"),
+the blast alert does not fire and says why, and the report carries no blast percentage as a result.
+After the last checkpoint below every limit it "matches". The median is over all cells, whatever
+their class, so a slide full of blasts on a known microscope still matches (tests/test_site.py
+checks it with the training labs' myeloblasts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.manifest import Gate
+
+CHECKPOINTS = (20, 30, 40, 50)
+FALSE_ALARM = 0.01  # of batches of known cells called "differs", over all checkpoints together
+UNCALIBRATED_REASON = "uncalibrated microscope"
+
+CHECKING, MATCHES, DIFFERS, UNAVAILABLE = "checking", "matches", "differs", "unavailable"
+
+
+def _batch_medians(scores: np.ndarray, cells: int, reps: int, rng: np.random.Generator) -> np.ndarray:
+    picks = np.stack([rng.choice(len(scores), cells, replace=False) for _ in range(reps)])
+    return np.median(scores[picks], axis=1)
+
+
+def gate_limits(
+    scores: np.ndarray,
+    reference: str,
+    checkpoints=CHECKPOINTS,
+    false_alarm: float = FALSE_ALARM,
+    reps: int = 4000,
+    seed: int = 0,
+) -> Gate:
+    """The gate for cells that score like `scores` (held-out cells the bundle knows): each
+    checkpoint's limit is the quantile 1 - false_alarm / len(checkpoints) of the median of that many
+    cells drawn at random, so batches of known cells are called different at most `false_alarm` of
+    the time over the whole check (a Bonferroni bound; `measure_false_alarm` gives the real rate)."""
+    scores = np.asarray(scores, np.float64)
+    usable = [c for c in checkpoints if c < len(scores)]
+    if not usable:
+        raise ValueError(f"the gate needs more than {checkpoints[0]} reference cells, got {len(scores)}")
+    rng = np.random.default_rng(seed)
+    q = 1.0 - false_alarm / len(usable)
+    limits = [(c, round(float(np.quantile(_batch_medians(scores, c, reps, rng), q)), 4)) for c in usable]
+    return Gate(checkpoints=limits, reference=reference, false_alarm=false_alarm)
+
+
+def measure_false_alarm(gate: Gate, scores: np.ndarray, reps: int = 2000, seed: int = 1) -> float:
+    """The share of random batches of `scores` (in random order) that `gate` calls different."""
+    rng = np.random.default_rng(seed)
+    scores = np.asarray(scores, np.float64)
+    n = min(gate.cells, len(scores))
+    differs = 0
+    for _ in range(reps):
+        watch = GateWatch(gate)
+        for s in scores[rng.choice(len(scores), n, replace=False)]:
+            watch.add(float(s))
+        differs += watch.decision == DIFFERS
+    return differs / reps
+
+
+@dataclass
+class GateWatch:
+    """The running decision for one session or folder: add each cell's rejection score in order."""
+
+    gate: Gate | None
+    scores: list[float] = field(default_factory=list)
+    decision: str = CHECKING
+    decided_at: int | None = None  # cells seen when it decided
+    median: float | None = None
+
+    def __post_init__(self):
+        if self.gate is None:
+            self.decision = UNAVAILABLE
+
+    def add(self, score: float | None) -> str:
+        """One more cell; returns the decision (it changes at most once)."""
+        if self.decision != CHECKING or score is None:
+            return self.decision
+        self.scores.append(float(score))
+        n = len(self.scores)
+        for cells, limit in self.gate.checkpoints:
+            if n == cells:
+                self.median = float(np.median(self.scores))
+                if self.median > limit:
+                    self.decision, self.decided_at = DIFFERS, n
+                elif cells == self.gate.cells:
+                    self.decision, self.decided_at = MATCHES, n
+        return self.decision
+
+    @property
+    def cells_checked(self) -> int:
+        return len(self.scores)
+
+    @property
+    def differs(self) -> bool:
+        return self.decision == DIFFERS
+
+
+@dataclass(frozen=True)
+class SiteState:
+    """What every screen says about the microscope: the page header, /api/status, the summary JSON's
+    "site", the report, FHIR (Device and DiagnosticReport) and MQTT status render this one object."""
+
+    calibrated: bool
+    name: str | None  # the calibrated site's name
+    calibrated_at: str | None
+    scale_rbc_px: float | None  # the red-cell diameter used to cut cells, pixels
+    scale_source: str | None  # "site", "measured", None (unknown: whole image / detector box)
+    matches_bundle: bool | None  # None while checking, or when the bundle has no gate
+    decision: str
+    cells_checked: int
+    held_back_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "calibrated": self.calibrated,
+            "name": self.name,
+            "calibrated_at": self.calibrated_at,
+            "scale_rbc_px": self.scale_rbc_px,
+            "scale_source": self.scale_source,
+            "matches_bundle": self.matches_bundle,
+            "decision": self.decision,
+            "cells_checked": self.cells_checked,
+            "held_back_accuracy": self.held_back_accuracy,
+        }
+
+    @property
+    def banner(self) -> str | None:
+        """The one line a technician must read, or None when there is nothing to say."""
+        if self.decision == DIFFERS:
+            where = (
+                f"the {self.name} calibration"
+                if self.calibrated
+                else "the microscopes this model was trained on"
+            )
+            return (
+                f"This microscope's cells do not look like {where} (checked on {self.cells_checked} cells): "
+                "every cell needs review and no blast alert is given. Calibrate it: label 20 cells of each "
+                "class, then `edge adapt` (docs/site.md)."
+            )
+        if not self.calibrated:
+            return "Microscope not calibrated: results hold for the training labs' microscopes only (docs/site.md)."
+        return None
+
+
+def site_state(manifest, watch: GateWatch, scale_rbc_px: float | None, scale_source: str | None) -> SiteState:
+    site = manifest.site
+    matches = None if watch.decision in (CHECKING, UNAVAILABLE) else watch.decision == MATCHES
+    accuracy = (site.held_back or {}).get("accuracy_after") if site else None
+    return SiteState(
+        calibrated=site is not None,
+        name=site.name if site else None,
+        calibrated_at=site.calibrated_at if site else None,
+        scale_rbc_px=scale_rbc_px,
+        scale_source=scale_source,
+        matches_bundle=matches,
+        decision=watch.decision,
+        cells_checked=watch.cells_checked,
+        held_back_accuracy=accuracy,
+    )
