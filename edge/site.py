@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.manifest import Gate
+from edge.manifest import Checkpoint, Gate
 from edge.scale import measure_files
 
 CHECKPOINTS = (20, 30, 40, 50)
@@ -51,7 +51,10 @@ def gate_limits(
         raise ValueError(f"the gate needs more than {checkpoints[0]} reference cells, got {len(scores)}")
     rng = np.random.default_rng(seed)
     q = 1.0 - false_alarm / len(usable)
-    limits = [(c, round(float(np.quantile(_batch_medians(scores, c, reps, rng), q)), 4)) for c in usable]
+    limits = [
+        Checkpoint(cells=c, limit=round(float(np.quantile(_batch_medians(scores, c, reps, rng), q)), 4))
+        for c in usable
+    ]
     return Gate(checkpoints=limits, reference=reference, false_alarm=false_alarm)
 
 
@@ -89,12 +92,12 @@ class GateWatch:
             return self.decision
         self.scores.append(float(score))
         n = len(self.scores)
-        for cells, limit in self.gate.checkpoints:
-            if n == cells:
+        for checkpoint in self.gate.checkpoints:
+            if n == checkpoint.cells:
                 self.median = float(np.median(self.scores))
-                if self.median > limit:
+                if self.median > checkpoint.limit:
                     self.decision, self.decided_at = DIFFERS, n
-                elif cells == self.gate.cells:
+                elif n == self.gate.cells:
                     self.decision, self.decided_at = MATCHES, n
         return self.decision
 
