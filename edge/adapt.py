@@ -11,10 +11,15 @@ What changes, and why only that:
   not. Where the site's cells scatter more than the training cells did, the threshold rises to the
   99th percentile of their distances to their class's site centre (each cell left out of its centre),
   at most MAX_THRESHOLD_RISE times the bundle's.
-- **Unchanged:** the backbone and its BatchNorm statistics (int8 weights on the device), the
-  preprocessing (colour standardisation already moves every image's background to the bundle's
-  white reference; the site's background colour and the gains it needs are recorded), the
-  uncertainty rule.
+- **The scale** (bundles that cut cells at a physical size, preprocessing version 2): measured from the
+  site's red cells, then the candidates around it (or, where no red cell can be measured, around the
+  image's own side) are tried, and the one at which the cross-validated fit classifies the site's
+  cells best is the site's scale. It is recorded in `manifest.site` and sealed in the model.
+- **The gate:** set again on the site's own cells, never stricter than the bundle's, so that the
+  daemon notices a slide from another microscope under this calibration too.
+- **Unchanged:** the backbone and its BatchNorm statistics (int8 weights on the device), the colour
+  standardisation (every image's background already goes to the bundle's white reference; the site's
+  background colour and the gains it needs are recorded), the uncertainty rule.
 
 It runs where the bundle runs, without TensorFlow: the int8 weights and bias of the last
 FULLY_CONNECTED are re-quantized in the model file (the TFLite schema's object API), with the logits'
@@ -33,12 +38,13 @@ import numpy as np
 
 from edge.adapt_report import counts, scores, summary
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle, Metric, write_bundle
-from edge.dataset import ImageSet, load_array
 from edge.errors import DataError
 from edge.head_fit import choose_strength, fit_head
 from edge.predict import Classifier
-from edge.preprocess import background_rgb, load_image, to_bgr8
+from edge.preprocess import background_rgb
 from edge.rejection import MahalanobisScorer
+from edge.site_calibration import choose_scale, held_back_summary, physical, site_gate, site_section
+from edge.site_cells import SiteCells
 from edge.splits import stratified_split
 from edge.tflite_edit import logit_range_of, read_head, write_head
 
@@ -56,50 +62,32 @@ MAX_THRESHOLD_RISE = 3.0
 
 @dataclass
 class SiteSplit:
-    fit: np.ndarray  # indices into the loaded site images
+    fit: np.ndarray  # indices into the site cells
     held: np.ndarray
     left_out: dict[str, int] = field(default_factory=dict)  # class -> cells, too few to fit on
 
 
-def split_site(y: np.ndarray, labels: list[str], holdout: float, seed: int) -> SiteSplit:
+def split_site(y: np.ndarray, labels: list[str], holdout: float, seed: int, where: str = "site") -> SiteSplit:
     """Per class: `holdout` of the cells held back (at least one where a class has 3 or more), the
     rest fitted; classes with fewer than MIN_PER_CLASS cells are only held back (never fitted)."""
     fit, held = stratified_split(y, holdout, seed, min_rest=MIN_PER_CLASS - 1)
     sizes = counts(y, labels)
-    return SiteSplit(fit, held, {name: n for name, n in sizes.items() if n < MIN_PER_CLASS})
+    split = SiteSplit(fit, held, {name: n for name, n in sizes.items() if n < MIN_PER_CLASS})
+    for name, n in split.left_out.items():
+        log.warning(
+            f"warning: {name}: {n} cell(s), fewer than {MIN_PER_CLASS}: not fitted (the bundle's weights kept)"
+        )
+    if len(fit) < MIN_FIT or len(np.unique(y[fit])) < 2:
+        raise DataError(
+            f"{where}: {len(fit)} cells to fit on in {len(np.unique(y[fit]))} class(es) after holding back "
+            f"{holdout:g}: need at least {MIN_FIT} in 2 classes ({MIN_PER_CLASS}+ per class)"
+        )
+    return split
 
 
 def site_background(images_bgr) -> list[float]:
     """Median background colour (R, G, B) of the site's images, as white balance measures it."""
     return [round(float(v), 1) for v in np.median(np.stack([background_rgb(i) for i in images_bgr]), axis=0)]
-
-
-@dataclass
-class SiteCells:
-    """The site's readable cells, preprocessed, and how they are split."""
-
-    images: np.ndarray
-    y: np.ndarray
-    kept: ImageSet
-    skipped: list[tuple[str, str]]
-    split: SiteSplit
-
-
-def load_site(bundle: Bundle, site: ImageSet, holdout: float, seed: int) -> SiteCells:
-    loaded = load_array(site.files, bundle.preprocess_spec)  # names each unreadable file, once
-    kept = site.subset(loaded.ok)
-    y = kept.targets
-    split = split_site(y, bundle.labels, holdout, seed)
-    for name, n in split.left_out.items():
-        log.warning(
-            f"warning: {name}: {n} cell(s), fewer than {MIN_PER_CLASS}: not fitted (the bundle's weights kept)"
-        )
-    if len(split.fit) < MIN_FIT or len(np.unique(y[split.fit])) < 2:
-        raise DataError(
-            f"{site.split}: {len(split.fit)} cells to fit on in {len(np.unique(y[split.fit]))} class(es) "
-            f"after holding back {holdout:g}: need at least {MIN_FIT} in 2 classes ({MIN_PER_CLASS}+ per class)"
-        )
-    return SiteCells(loaded.images, y, kept, loaded.skipped, split)
 
 
 # --- the whole step ---------------------------------------------------------------------------------------
@@ -186,16 +174,15 @@ def _drop_old_models(manifest) -> list[str]:
     return dropped
 
 
-def _record(bundle: Bundle, site: ImageSet, cells: SiteCells, refit: Refit, **fields) -> dict:
-    split, y, labels = cells.split, cells.y, bundle.labels
-    backgrounds = site_background([to_bgr8(load_image(cells.kept.files[i])) for i in split.fit])
+def _record(bundle: Bundle, cells: SiteCells, split: SiteSplit, refit: Refit, **fields) -> dict:
+    y, labels = cells.y, bundle.labels
     return {
         "from_bundle": {"path": str(bundle.path), "sha256": bundle.sha256},
         "site": {
-            "split": site.split,
-            "fingerprint": cells.kept.fingerprint(),
-            "n": len(cells.kept),
-            "per_class": {k: v for k, v in cells.kept.counts().items() if v},
+            "split": cells.split,
+            "fingerprint": cells.fingerprint,
+            "n": len(cells),
+            "per_class": counts(y, labels),
             "unreadable": [f"{p}: {r}" for p, r in cells.skipped],
         },
         "holdout": fields["holdout"],
@@ -206,21 +193,25 @@ def _record(bundle: Bundle, site: ImageSet, cells: SiteCells, refit: Refit, **fi
         "layer": "last FULLY_CONNECTED (embedding -> class scores), int8 weights re-quantized",
         "l2_strength": refit.strength,
         "cross_validation_accuracy": refit.cross_validation,
+        "scale": fields["scale"],
         "rejection": fields["rejection"],
-        "site_background_rgb": backgrounds,
+        "gate": fields["gate"],
+        "site_background_rgb": site_background([cells.images[i] for i in split.fit]),
         "white_reference_rgb": list(bundle.preprocess_spec.white_reference or []) or None,
         "files_not_carried_over": fields["dropped"],
         "command": fields["command"],
     }
 
 
-def _score(record: dict, manifest, cells: SiteCells, before: list, after: list, labels, site_split, command):
+def _score(
+    record: dict, manifest, y: np.ndarray, split: SiteSplit, before: list, after: list, labels, where, command
+):
     """The held-back cells before and after, into the record and the manifest's metrics."""
-    held, fit, y = cells.split.held, cells.split.fit, cells.y
+    held, fit = split.held, split.fit
     record["before"] = scores([before[i] for i in held], y[held], labels)
     record["after"] = scores([after[i] for i in held], y[held], labels)
     record["after_on_fit_cells"] = scores([after[i] for i in fit], y[fit], labels)
-    split_name = f"{site_split} held back ({len(held)})"
+    split_name = f"{where} held back ({len(held)})"
     for name, key in (("site_accuracy_before", "before"), ("site_accuracy_after", "after")):
         if record[key]["accuracy"] is not None:
             manifest.metrics.append(
@@ -232,42 +223,67 @@ def _score(record: dict, manifest, cells: SiteCells, before: list, after: list, 
 
 
 def adapt(
-    bundle: Bundle, site: ImageSet, out_dir: Path, holdout: float = 0.25, seed: int = 0, command: str = ""
+    bundle: Bundle,
+    cells: SiteCells,
+    out_dir: Path,
+    holdout: float = 0.25,
+    seed: int = 0,
+    command: str = "",
+    site_name: str | None = None,
+    rbc_px: float | None = None,
 ) -> AdaptResult:
     if bundle.manifest.embedding is None:
         raise DataError(
             f"{bundle.path}: has no embedding output; edge adapt re-fits the layer after it "
             "(quantize with --reject mahalanobis, as models/differential-int8 is)"
         )
-    cells = load_site(bundle, site, holdout, seed)
-    fit = cells.split.fit
-    emb, preds_before = _embed(Classifier.open(bundle, "cpu", threads=None), cells.images)
-    refit = refit_last_layer(bundle, emb, cells.y, fit, seed)
-    manifest = copy.deepcopy(bundle.manifest)
-    extra, rejection_record = adapt_rejection(bundle, manifest, emb[fit], cells.y[fit])
-    dropped = _drop_old_models(manifest)
-    record = _record(
-        bundle,
-        site,
-        cells,
-        refit,
-        holdout=holdout,
-        seed=seed,
-        rejection=rejection_record,
-        dropped=dropped,
-        command=command,
-    )
-    manifest.calibration = {**manifest.calibration, "site_adaptation": record}
     out_dir = Path(out_dir)
     if out_dir.resolve() == bundle.path.resolve():
         raise DataError(f"{out_dir}: is the bundle being adapted; write the new bundle to another folder")
+    y, labels = cells.y, bundle.labels
+    split = split_site(y, labels, holdout, seed, cells.split)
+    before = Classifier.open(bundle, "cpu", threads=None)
+    measured = cells.measured_scale() if physical(bundle) else None
+    fit_cells = cells.subset(split.fit)
+
+    def cv_accuracy(rbc: float) -> float:  # the fit, cross-validated on the fit cells cut at `rbc`
+        emb_fit, _ = _embed(before, fit_cells.inputs(bundle, rbc))
+        _, head = read_head(bundle.model_path().read_bytes(), bundle.manifest.embedding.name)
+        _, cv = choose_strength(head.features(emb_fit), fit_cells.y, head.weights, head.bias, seed)
+        return max(cv.values()) if cv else 0.0
+
+    choice = choose_scale(bundle, cells, measured, rbc_px, cv_accuracy)
+    emb, _ = _embed(before, cells.inputs(bundle, choice.rbc_px))
+    # what the bundle did before calibration, as an uncalibrated run would cut these cells
+    _, preds_before = _embed(before, cells.inputs(bundle, measured.rbc_px if measured else None))
+    refit = refit_last_layer(bundle, emb, y, split.fit, seed)
+    manifest = copy.deepcopy(bundle.manifest)
+    extra, rejection_record = adapt_rejection(bundle, manifest, emb[split.fit], y[split.fit])
+    record = _record(
+        bundle,
+        cells,
+        split,
+        refit,
+        holdout=holdout,
+        seed=seed,
+        scale=choice.record(),
+        rejection=rejection_record,
+        gate=None,
+        dropped=_drop_old_models(manifest),
+        command=command,
+    )
+    manifest.site = site_section(site_name or cells.split, "device", cells, split, choice.scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (ONNX_MODEL, EDGETPU_MODEL):  # never leave an old model beside the new manifest
         (out_dir / stale).unlink(missing_ok=True)
     files = {CPU_MODEL: refit.model_bytes, **extra}
     write_bundle(out_dir, files, manifest)
     adapted = Bundle.load(out_dir)  # verify what we wrote, as the device will
-    _, preds_after = _embed(Classifier.open(adapted, "cpu", threads=None), cells.images)
-    _score(record, manifest, cells, preds_before, preds_after, bundle.labels, site.split, command)
-    write_bundle(out_dir, files, manifest)  # the same files, the final manifest
+    emb_after, preds_after = _embed(
+        Classifier.open(adapted, "cpu", threads=None), cells.inputs(bundle, choice.rbc_px)
+    )
+    manifest.gate, record["gate"] = site_gate(adapted, emb_after, y, split, preds_after)
+    _score(record, manifest, y, split, preds_before, preds_after, labels, cells.split, command)
+    manifest.site.held_back = held_back_summary(record, y, split, preds_before, preds_after, labels)
+    write_bundle(out_dir, files, manifest)  # the same files, the final manifest (gate and site sealed)
     return AdaptResult(Bundle.load(out_dir), record, summary(record, out_dir))

@@ -35,6 +35,31 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v * 100:.1f}%"
 
 
+def _scale_lines(scale: dict | None) -> list[str]:
+    if not scale:
+        return []
+    how = {"given": "given", "calibration": "the best of the candidates", "red cells": "red cells"}[
+        scale["method"]
+    ]
+    tried = ", ".join(f"{k} px {v * 100:.0f}%" for k, v in (scale.get("cross_validation") or {}).items())
+    measured = scale.get("measured_from_red_cells")
+    return [
+        f"scale: red cells {scale['rbc_px']:g} px across ({how}"
+        + (f"; red cells measured {measured:g} px" if measured else "; too few red cells to measure")
+        + (f"; cross-validated accuracy {tried}" if tried else "")
+        + ")"
+    ]
+
+
+def _gate_lines(gate: dict | None) -> list[str]:
+    if not gate:
+        return []
+    if "kept" in gate:
+        return [f"gate: the bundle's kept ({gate['kept']})"]
+    limits = ", ".join(f"{c} cells {v:g}" for c, v in gate["checkpoints"])
+    return [f"gate: set on {gate['site_cells']} site cells (median rejection score limits: {limits})"]
+
+
 def summary(record: dict, out_dir: Path) -> list[str]:
     """The lines `edge adapt` prints."""
     b, a = record["before"], record["after"]
@@ -45,6 +70,8 @@ def summary(record: dict, out_dir: Path) -> list[str]:
         f"{_pct(a['accuracy'])} after; rejected {_pct(b['rejected_fraction'])} -> {_pct(a['rejected_fraction'])}; "
         f"flagged {_pct(b['flagged_fraction'])} -> {_pct(a['flagged_fraction'])}",
         "per class after: " + ", ".join(f"{k} {_pct(v)}" for k, v in a["recall"].items()),
+        *_scale_lines(record.get("scale")),
+        *_gate_lines(record.get("gate")),
         f"site background (R, G, B) {record['site_background_rgb']}; bundle white reference "
         f"{record['white_reference_rgb']}",
         f"bundle: {out_dir}",

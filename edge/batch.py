@@ -22,7 +22,7 @@ import numpy as np
 from edge.bundle import Bundle
 from edge.dataset import LoadedImage, load_one
 from edge.predict import Classifier, Prediction
-from edge.preprocess import PreprocessSpec
+from edge.preprocess import WHOLE_IMAGE, PreprocessSpec
 from edge.runtime.tflite import usable_cores
 
 
@@ -46,15 +46,17 @@ class PipelineOptions:
 
 
 def iter_loaded(
-    paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions
+    paths: Iterable[Path], spec: PreprocessSpec, options: PipelineOptions, views=None
 ) -> Iterator[LoadedImage]:
-    """Loaded images in input order, decoded two batches per worker ahead by the worker pool."""
+    """Loaded images in input order (each cut at its `views` entry), decoded two batches per worker
+    ahead by the worker pool."""
     ahead = 2 * options.batch_size * max(1, options.workers)
     pending: collections.deque[cf.Future] = collections.deque()
-    paths = iter(paths)
+    views = iter(views) if views is not None else None
     with cf.ThreadPoolExecutor(options.workers, thread_name_prefix="edge-load") as pool:
         for path in paths:
-            pending.append(pool.submit(load_one, Path(path), spec))
+            view = next(views) if views is not None else WHOLE_IMAGE
+            pending.append(pool.submit(load_one, Path(path), spec, None, view))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
         while pending:
@@ -73,7 +75,7 @@ def _run_batch(classifier: Classifier, batch: list[LoadedImage]) -> list[ImageRe
 
 
 def _replicated(
-    classifiers: list[Classifier], paths: list[Path], options: PipelineOptions
+    classifiers: list[Classifier], paths: list[Path], options: PipelineOptions, views=None
 ) -> Iterator[ImageResult]:
     """One worker thread per interpreter replica: each loads a batch, then runs it on a free replica.
 
@@ -85,8 +87,10 @@ def _replicated(
         free.put(c)
     spec = classifiers[0].spec
 
-    def work(chunk: list[Path]) -> list[ImageResult]:
-        items = [load_one(path, spec) for path in chunk]
+    views = list(views) if views is not None else [WHOLE_IMAGE] * len(paths)
+
+    def work(start: int, chunk: list[Path]) -> list[ImageResult]:
+        items = [load_one(path, spec, None, views[start + k]) for k, path in enumerate(chunk)]
         classifier = free.get()
         try:
             return _run_batch(classifier, items)
@@ -94,11 +98,11 @@ def _replicated(
             free.put(classifier)
 
     size = options.batch_size
-    chunks = (paths[i : i + size] for i in range(0, len(paths), size))
+    chunks = ((i, paths[i : i + size]) for i in range(0, len(paths), size))
     pending: collections.deque[cf.Future] = collections.deque()
     with cf.ThreadPoolExecutor(len(classifiers), thread_name_prefix="edge-replica") as pool:
-        for chunk in chunks:
-            pending.append(pool.submit(work, chunk))
+        for start, chunk in chunks:
+            pending.append(pool.submit(work, start, chunk))
             if len(pending) >= 2 * len(classifiers):
                 yield from pending.popleft().result()
         while pending:
@@ -106,9 +110,13 @@ def _replicated(
 
 
 def classify_paths(
-    classifier: Classifier | list[Classifier], paths: Iterable[Path], options: PipelineOptions | None = None
+    classifier: Classifier | list[Classifier],
+    paths: Iterable[Path],
+    options: PipelineOptions | None = None,
+    views=None,
 ) -> Iterator[ImageResult]:
-    """The overlapped pipeline: results in input order, bad files as error results.
+    """The overlapped pipeline: results in input order, bad files as error results; `views` (one per
+    path: edge.preprocess.View) say where and at what scale version 2 cuts each image.
 
     One classifier: a loader pool decodes ahead while this thread invokes. Several (replicas of the
     same bundle, one per core): each worker thread decodes and invokes its own batches.
@@ -116,11 +124,11 @@ def classify_paths(
     options = options or PipelineOptions()
     if isinstance(classifier, list):
         if len(classifier) > 1:
-            yield from _replicated(classifier, [Path(p) for p in paths], options)
+            yield from _replicated(classifier, [Path(p) for p in paths], options, views)
             return
         classifier = classifier[0]
     batch: list[LoadedImage] = []
-    for item in iter_loaded(paths, classifier.spec, options):
+    for item in iter_loaded(paths, classifier.spec, options, views):
         batch.append(item)
         if len(batch) >= options.batch_size:
             yield from _run_batch(classifier, batch)
@@ -129,10 +137,12 @@ def classify_paths(
         yield from _run_batch(classifier, batch)
 
 
-def classify_sequential(classifier: Classifier, paths: Iterable[Path]) -> Iterator[ImageResult]:
+def classify_sequential(classifier: Classifier, paths: Iterable[Path], views=None) -> Iterator[ImageResult]:
     """The plain loop: decode -> preprocess -> invoke, one image at a time, in the calling thread."""
+    views = iter(views) if views is not None else None
     for path in paths:
-        item = load_one(Path(path), classifier.spec)
+        view = next(views) if views is not None else WHOLE_IMAGE
+        item = load_one(Path(path), classifier.spec, None, view)
         yield from _run_batch(classifier, [item])
 
 

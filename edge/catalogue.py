@@ -38,6 +38,7 @@ class CellClass:
     display: str
     white_cell: bool = True  # False: counted per 100 white cells, outside the differential's 100 %
     loinc: Loinc | None = None
+    blast: bool = False  # a blast: what a false blast is (a normal cell called this without a flag)
 
 
 def _pct(code: str, cell: str, method: str = " by Automated count") -> Loinc:
@@ -51,8 +52,8 @@ _KNOWN = [
     CellClass("monocyte", "Monocyte", loinc=_pct("5905-5", "Monocytes")),
     CellClass("eosinophil", "Eosinophil", loinc=_pct("713-8", "Eosinophils")),
     CellClass("basophil", "Basophil", loinc=_pct("706-2", "Basophils")),
-    CellClass("myeloblast", "Blast (myeloblast)", loinc=_pct("26446-5", "Blasts", method="")),
-    CellClass("blast", "Blast", loinc=_pct("26446-5", "Blasts", method="")),
+    CellClass("myeloblast", "Blast (myeloblast)", loinc=_pct("26446-5", "Blasts", method=""), blast=True),
+    CellClass("blast", "Blast", loinc=_pct("26446-5", "Blasts", method=""), blast=True),
     CellClass("ig", "Immature granulocyte"),
     CellClass(
         "erythroblast",

@@ -28,7 +28,9 @@ from edge.dataset import ImageSet, load_one, printable, split_name
 from edge.errors import EdgeError
 from edge.metrics import label_indices, recall_by_class
 from edge.predict import Classifier
+from edge.preprocess import View
 from edge.runtime.tflite import usable_cores
+from edge.site import CHECKING, UNAVAILABLE, GateWatch, folder_scale, gated
 from edge.site_scores import false_blast_rate, known_class_report, should_reject_report
 
 
@@ -109,11 +111,13 @@ def _per_source(good, labels: list[str], blast_classes: list[str]) -> dict:
 
 
 def _time_baseline(
-    classifier, model, inference, chosen: Plan, sample, pipeline, report, progress
+    classifier, model, inference, chosen: Plan, sample, pipeline, report, progress, views=None
 ) -> Throughput:
     """The plain loop on `sample` with the pipeline's threads; also with all cores where the pipeline
     used fewer per interpreter (the fair pairing is the first; the second keeps it from flattering)."""
-    with progress(classify_sequential(classifier, sample), len(sample), "sequential baseline") as stream:
+    with progress(
+        classify_sequential(classifier, sample, views), len(sample), "sequential baseline"
+    ) as stream:
         _, baseline = timed(stream)
     report["sequential_images_per_second"] = round(baseline.images_per_second, 2)
     report["speedup"] = round(pipeline.images_per_second / baseline.images_per_second, 3)
@@ -127,7 +131,7 @@ def _time_baseline(
             device=inference.device,
         )
         _warm_up([full], 1)
-        _, all_cores = timed(classify_sequential(full, sample))
+        _, all_cores = timed(classify_sequential(full, sample, views))
         report["sequential_all_cores_images_per_second"] = round(all_cores.images_per_second, 2)
         report["speedup_vs_all_cores"] = round(pipeline.images_per_second / all_cores.images_per_second, 3)
     return baseline
@@ -165,6 +169,18 @@ def _context(model: Bundle, images: ImageSet, name: str, run: EvalRun, rule: Unc
     )
 
 
+def folder_views(model: Bundle, images: ImageSet, rbc_px: float | None, say=None) -> list[View]:
+    """Each file's View at its source folder's scale (edge.site.folder_scale); `say` gets the lines."""
+    scales = {}
+    for root in images.roots:
+        files = [i.path for i in images.items if Path(i.source) == Path(root)]
+        scale, _, line = folder_scale(model, files, rbc_px)
+        if line and say is not None:
+            say(f"{split_name(root)}: {line}")
+        scales[str(root)] = scale
+    return images.views({k: v for k, v in scales.items() if v})
+
+
 def evaluate(
     model: Bundle,
     images: ImageSet,
@@ -174,28 +190,52 @@ def evaluate(
     blast_classes: tuple[str, ...] = ("myeloblast",),
     progress=no_progress,
     name: str | None = None,
+    rbc_px: float | None = None,
+    say=None,
 ) -> EvalRun:
     """Classify every file of `images` (labelled folders, several sources at once), score the
     readable ones and time the pipeline; `progress(items, length, label)` wraps each long loop.
-    `name`: what the report calls the data (default: the roots, joined by " + ")."""
+    `name`: what the report calls the data (default: the roots, joined by " + "). Each folder is cut at
+    its scale and judged by the bundle's gate as `edge run` would (edge.site)."""
     name = name or " + ".join(map(str, images.roots))
     paths = images.files
+    views = folder_views(model, images, rbc_px, say)
     chosen = plan(inference, len(paths))
     top_k = min(3, len(model.labels))
     classifiers = open_classifiers(model, inference, chosen, uncertainty=rule, top_k=top_k)
     _warm_up(classifiers, inference.batch_size, paths[0])
-    with progress(classify_paths(classifiers, paths, chosen.options), len(paths), "evaluating") as stream:
+    watch = GateWatch(model.manifest.gate)
+    stream = gated(classify_paths(classifiers, paths, chosen.options, views), watch)
+    with progress(stream, len(paths), "evaluating") as stream:
         results, pipeline = timed(stream)
     good = [(r, item) for r, item in zip(results, images.items, strict=True) if r.ok]
     if not good:
         raise EdgeError(f"{name}: none of the {len(paths)} images could be read")
     report = score(good, model.labels, list(blast_classes), per_source=len(images.roots) > 1)
     report["images_per_second"] = round(pipeline.images_per_second, 2)
+    report["site"] = {
+        "calibrated": model.manifest.site is not None,
+        "site": model.manifest.site.name if model.manifest.site else None,
+        "decision": watch.decision,
+        "matches_bundle": None if watch.decision in (CHECKING, UNAVAILABLE) else not watch.differs,
+        "cells_checked": watch.cells_checked,
+        "median_score": watch.median,
+        "rbc_px": sorted({v.rbc_px for v in views if v.rbc_px}),
+    }
     run = EvalRun(report, [r for r in results if not r.ok], pipeline, None, chosen)
     if baseline_images:
         sample = baseline_sample(paths, baseline_images)
+        by_path = dict(zip(paths, views, strict=True))
         run.baseline = _time_baseline(
-            classifiers[0], model, inference, chosen, sample, pipeline, report, progress
+            classifiers[0],
+            model,
+            inference,
+            chosen,
+            sample,
+            pipeline,
+            report,
+            progress,
+            [by_path[p] for p in sample],
         )
     report.update(_context(model, images, name, run, rule, classifiers[0].backend.describe()))
     return run

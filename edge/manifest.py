@@ -84,6 +84,11 @@ class Scale(Spec):
     images: int | None = Field(default=None, ge=0)
 
 
+class Checkpoint(Spec):
+    cells: int = Field(ge=1)
+    limit: float = Field(gt=0, allow_inf_nan=False)
+
+
 class Gate(Spec):
     """Does a session's first white cells look like the cells this bundle knows? (docs/site.md)
 
@@ -93,14 +98,14 @@ class Gate(Spec):
     called different at most `false_alarm` of the time."""
 
     statistic: Literal["median_rejection_score"] = "median_rejection_score"
-    checkpoints: list[tuple[Annotated[int, Field(ge=1)], Annotated[float, Field(gt=0)]]] = Field(min_length=1)
+    checkpoints: list[Checkpoint] = Field(min_length=1)
     reference: str = Field(min_length=1)
     false_alarm: _Probability
 
     @field_validator("checkpoints")
     @classmethod
     def _ascending(cls, checkpoints):
-        cells = [c for c, _ in checkpoints]
+        cells = [c.cells for c in checkpoints]
         if cells != sorted(set(cells)):
             raise ValueError(f"checkpoints must be in ascending order of cells, not {cells}")
         return checkpoints
@@ -108,7 +113,7 @@ class Gate(Spec):
     @property
     def cells(self) -> int:
         """How many cells the decision "matches" waits for."""
-        return self.checkpoints[-1][0]
+        return self.checkpoints[-1].cells
 
 
 class Site(Spec):

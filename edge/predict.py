@@ -11,7 +11,7 @@ import numpy as np
 from edge.bundle import Bundle, Uncertainty
 from edge.catalogue import UNKNOWN
 from edge.errors import BundleError
-from edge.preprocess import preprocess
+from edge.preprocess import WHOLE_IMAGE, View, preprocess
 from edge.rejection import MahalanobisScorer
 from edge.runtime import InferenceBackend, open_backend
 
@@ -27,6 +27,15 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     reason: str | None = None  # why it needs a look: "unknown", "low confidence", "small margin"
     rejection_score: float | None = None  # distance to the training cells (bundles with rejection)
+    # flagged only because the gate found the microscope unlike the bundle's (edge.site)
+    site_flag: bool = False
+
+    def flag_uncalibrated(self, reason: str) -> None:
+        """The gate's flag: every cell of a microscope that differs needs a human look."""
+        if self.reason and reason in self.reason:
+            return
+        self.site_flag, self.uncertain = not self.uncertain, True
+        self.reason = reason if self.reason is None else f"{self.reason}; {reason}"
 
     def to_dict(self) -> dict:
         out = {
@@ -156,8 +165,8 @@ class Classifier:
         """Open the named backend ("cpu", "edgetpu") with its options (runtime, threads, device, ...)."""
         return cls(bundle, open_backend(bundle, backend_name, **backend_options), uncertainty, top_k, lab)
 
-    def preprocess(self, frame: np.ndarray, order: str = "BGR") -> np.ndarray:
-        return preprocess(frame, self.spec, order, lab=self.lab)
+    def preprocess(self, frame: np.ndarray, order: str = "BGR", view: View = WHOLE_IMAGE) -> np.ndarray:
+        return preprocess(frame, self.spec, order, lab=self.lab, view=view)
 
     def _predictions(self, probs: np.ndarray) -> list[Prediction]:
         """Scores (and the embedding, for rejection) of the batch the backend just ran."""
@@ -181,13 +190,15 @@ class Classifier:
         return preds
 
     def classify_images(
-        self, images: list[np.ndarray], order: str = "BGR"
+        self, images: list[np.ndarray], order: str = "BGR", views: list[View] | None = None
     ) -> tuple[list[Prediction], dict[str, float]]:
-        """Raw crops or frames (any size, BGR by default) -> predictions, and the time of each stage
-        for the whole batch: preprocess (including the copy into the model's input), invoke,
-        postprocess (reading and dequantizing the scores, label, top-k, uncertain flag)."""
+        """Raw crops or frames (any size, BGR by default; version 2 cuts each at its `views` entry)
+        -> predictions, and the time of each stage for the whole batch: preprocess (including the
+        copy into the model's input), invoke, postprocess (reading and dequantizing the scores, label,
+        top-k, uncertain flag)."""
         t0 = time.perf_counter()
-        tensors = [self.preprocess(f, order) for f in images]
+        views = views or [WHOLE_IMAGE] * len(images)
+        tensors = [self.preprocess(f, order, v) for f, v in zip(images, views, strict=True)]
         self.backend.set_input(tensors[0][None] if len(tensors) == 1 else np.stack(tensors))
         t1 = time.perf_counter()
         self.backend.invoke()

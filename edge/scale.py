@@ -165,3 +165,42 @@ def measure_files(files, sample: int = 150, seed: int = 0) -> Scale | None:
                 continue
 
     return measure(images())
+
+
+class ScaleKeeper:
+    """A session's (or a folder's) microscope scale: the calibrated site's, or measured from its first
+    images until MIN_CELLS red cells from MIN_IMAGES images are in, then fixed for the rest of the
+    session (a scale that changed mid-slide would change what a cell looks like to the model)."""
+
+    def __init__(self, site_rbc_px: float | None = None):
+        self.rbc_px = site_rbc_px
+        self.source = "site" if site_rbc_px else None
+        self._diameters: list[float] = []
+        self._images = 0
+        self.looked_at = 0  # images observed
+
+    @property
+    def known(self) -> bool:
+        return self.rbc_px is not None
+
+    def observe(self, image_bgr: np.ndarray, white_cells=None) -> bool:
+        """Measure one more image while the scale is unknown; True when this made it known."""
+        if self.known:
+            return False
+        self.looked_at += 1
+        found = red_cell_diameters(image_bgr, white_cells)
+        self._diameters += found
+        self._images += bool(found)
+        if len(self._diameters) >= MIN_CELLS and self._images >= MIN_IMAGES:
+            self.rbc_px = round(float(np.median(self._diameters)) / ROUND_PX) * ROUND_PX
+            self.source = "measured"
+            return True
+        return False
+
+    def to_dict(self) -> dict:
+        return {
+            "rbc_px": self.rbc_px,
+            "source": self.source,
+            "red_cells": len(self._diameters) if self.source != "site" else None,
+            "images_looked_at": self.looked_at,
+        }

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.manifest import Gate
+from edge.manifest import Checkpoint, Gate
+from edge.scale import measure_files
 
 CHECKPOINTS = (20, 30, 40, 50)
 FALSE_ALARM = 0.01  # of batches of known cells called "differs", over all checkpoints together
@@ -50,7 +51,10 @@ def gate_limits(
         raise ValueError(f"the gate needs more than {checkpoints[0]} reference cells, got {len(scores)}")
     rng = np.random.default_rng(seed)
     q = 1.0 - false_alarm / len(usable)
-    limits = [(c, round(float(np.quantile(_batch_medians(scores, c, reps, rng), q)), 4)) for c in usable]
+    limits = [
+        Checkpoint(cells=c, limit=round(float(np.quantile(_batch_medians(scores, c, reps, rng), q)), 4))
+        for c in usable
+    ]
     return Gate(checkpoints=limits, reference=reference, false_alarm=false_alarm)
 
 
@@ -88,12 +92,12 @@ class GateWatch:
             return self.decision
         self.scores.append(float(score))
         n = len(self.scores)
-        for cells, limit in self.gate.checkpoints:
-            if n == cells:
+        for checkpoint in self.gate.checkpoints:
+            if n == checkpoint.cells:
                 self.median = float(np.median(self.scores))
-                if self.median > limit:
+                if self.median > checkpoint.limit:
                     self.decision, self.decided_at = DIFFERS, n
-                elif cells == self.gate.cells:
+                elif n == self.gate.cells:
                     self.decision, self.decided_at = MATCHES, n
         return self.decision
 
@@ -168,3 +172,76 @@ def site_state(manifest, watch: GateWatch, scale_rbc_px: float | None, scale_sou
         cells_checked=watch.cells_checked,
         held_back_accuracy=accuracy,
     )
+
+
+def folder_scale(bundle, files: list, given: float | None = None) -> tuple[float | None, str | None, str]:
+    """The scale one folder of single-cell images is cut at, where it came from, and the line that
+    says so: `given` (--rbc-px), the calibrated site's, or measured on the folder's red cells. None
+    when the bundle does not cut at a physical size, or nothing could be measured (whole images)."""
+    spec = bundle.manifest.preprocess
+    if not (spec.version == 2 and spec.field_rbc):
+        return None, None, ""
+    if given:
+        return float(given), "given", f"scale: red cells {given:g} px across (given)"
+    site = bundle.manifest.site
+    if site is not None and site.scale is not None:
+        return (
+            site.scale.rbc_px,
+            "site",
+            f"scale: red cells {site.scale.rbc_px:g} px across (site {site.name})",
+        )
+    found = measure_files(files)
+    if found is None:
+        return (
+            None,
+            None,
+            ("scale: too few red cells to measure; whole images used (give it with --rbc-px, or calibrate)"),
+        )
+    return (
+        found.rbc_px,
+        "measured",
+        (
+            f"scale: red cells {found.rbc_px:g} px across (measured on {found.cells} red cells in {found.images} images)"
+        ),
+    )
+
+
+def gated(results, watch: GateWatch):
+    """Results (objects with `.prediction`) in order, with the gate applied as the daemon applies it:
+    held back until the gate decides (or the results end), and every cell flagged for review when
+    the microscope differs. So `edge eval` and `edge classify` tell a folder what `edge run` would."""
+    held = []
+    for result in results:
+        if result.prediction is not None:
+            watch.add(result.prediction.rejection_score)
+        if watch.decision == CHECKING:
+            held.append(result)
+            continue
+        for r in (*held, result):
+            if watch.differs and r.prediction is not None:
+                r.prediction.flag_uncalibrated(UNCALIBRATED_REASON)
+            yield r
+        held = []
+    yield from held
+
+
+def decision_line(
+    decision: str,
+    calibrated: bool,
+    site: str | None = None,
+    median_score: float | None = None,
+    cells_checked: int = 0,
+    **_,
+) -> str:
+    """The gate's decision for a folder in one line, as the daemon's banner gives it."""
+    where = f"site {site}" if calibrated else "the training labs' microscopes"
+    if decision == DIFFERS:
+        return (
+            f"microscope: DIFFERS from {where} (median rejection score {median_score:.1f} of the first "
+            f"{cells_checked} cells): every cell flagged '{UNCALIBRATED_REASON}'; calibrate it (edge adapt)"
+        )
+    if decision == MATCHES:
+        return f"microscope: matches {where} (checked on the first {cells_checked} cells)"
+    if decision == CHECKING:
+        return f"microscope: not decided ({cells_checked} cells; the gate needs more)"
+    return "microscope: not checked (this bundle has no gate)"

@@ -75,9 +75,15 @@ def false_blast_rate(preds, true_names: list[str], blast_classes: list[str]) -> 
     """Among cells that are not of a blast class: the fraction called one without a flag."""
     normal = [p for p, name in zip(preds, true_names, strict=True) if name not in blast_classes]
     false = sum(p.label in blast_classes and not p.uncertain for p in normal)
+    # the same cells without the gate's flag (edge.site): what the model itself says
+    called = sum(
+        p.label in blast_classes and (not p.uncertain or getattr(p, "site_flag", False)) for p in normal
+    )
     return {
         "blast_classes": blast_classes,
         "normal_cells": len(normal),
         "false_blast": false,
         "false_blast_rate": false / len(normal) if normal else 0.0,
+        "false_blast_without_gate": called,
+        "false_blast_rate_without_gate": called / len(normal) if normal else 0.0,
     }

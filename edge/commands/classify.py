@@ -11,11 +11,13 @@ import click
 
 from edge.batch import ImageResult, Inference, classify_paths, open_classifiers, plan
 from edge.bundle import Bundle
-from edge.commands._device_options import progress, runtime_options, uncertainty_options
+from edge.commands._device_options import progress, rbc_px_option, runtime_options, uncertainty_options
 from edge.commands._options import top_k_option
 from edge.dataset import IMAGE_SUFFIXES, expand_paths, printable
 from edge.errors import DataError
 from edge.predict import uncertainty_rule
+from edge.preprocess import View
+from edge.site import GateWatch, decision_line, folder_scale, gated
 
 CSV_FIELDS = [
     "path",
@@ -74,6 +76,7 @@ def _text_line(result: ImageResult) -> str:
 @click.option("--csv", "fmt", flag_value="csv", help="CSV with a header row, errors included.")
 @top_k_option
 @uncertainty_options
+@rbc_px_option
 @runtime_options
 def classify(
     bundle,
@@ -82,6 +85,7 @@ def classify(
     top_k,
     threshold,
     margin,
+    rbc_px,
     inference: Inference,
 ):
     """Classify the images in PATH... (files, or folders searched recursively) with the model BUNDLE.
@@ -106,10 +110,15 @@ def classify(
     rule = uncertainty_rule(model, threshold, margin)
     chosen = plan(inference, len(files))
     classifiers = open_classifiers(model, inference, chosen, uncertainty=rule, top_k=top_k)
+    scale, _, line = folder_scale(model, files, rbc_px)
+    if line:
+        click.echo(line, err=True)
+    watch = GateWatch(model.manifest.gate)  # the images are one microscope's, as a session's
     t0 = time.perf_counter()
-    with progress(
-        classify_paths(classifiers, files, chosen.options), len(files), "classifying", fmt is None
-    ) as results:
+    stream = gated(
+        classify_paths(classifiers, files, chosen.options, [View(rbc_px=scale)] * len(files)), watch
+    )
+    with progress(stream, len(files), "classifying", fmt is None) as results:
         failed, uncertain = _write(results, fmt, click.get_text_stream("stdout"))
     seconds = time.perf_counter() - t0
     info = classifiers[0].backend.describe()
@@ -124,6 +133,14 @@ def classify(
         f"or {rule.min_margin:.2f} margin, from {rule.source.split(':')[0]})",
         err=True,
     )
+    if watch.decision != "unavailable":
+        site = model.manifest.site
+        click.echo(
+            decision_line(
+                watch.decision, site is not None, site and site.name, watch.median, watch.cells_checked
+            ),
+            err=True,
+        )
     sys.stdout.flush()
     return 1 if failed else 0
 

@@ -10,13 +10,14 @@ import click
 
 from edge.batch import Inference
 from edge.bundle import Bundle
-from edge.commands._device_options import progress, runtime_options, uncertainty_options
+from edge.commands._device_options import progress, rbc_px_option, runtime_options, uncertainty_options
 from edge.commands._options import class_map_option, plot_file_option
 from edge.confusion_image import write_confusion_png
 from edge.dataset import parse_class_map, printable, scan_labelled
 from edge.evaluation import EvalRun, evaluate
 from edge.metrics import format_report
 from edge.predict import uncertainty_rule
+from edge.site import decision_line
 
 
 @click.command()
@@ -52,6 +53,7 @@ from edge.predict import uncertainty_rule
     show_default=True,
     help="Classes whose confident calls are a blast alarm, for the false-blast rate (repeatable).",
 )
+@rbc_px_option
 @runtime_options
 def eval_(
     bundle,
@@ -63,6 +65,7 @@ def eval_(
     baseline_images,
     class_map,
     blast_classes,
+    rbc_px,
     inference: Inference,
 ):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
@@ -98,7 +101,16 @@ def eval_(
         )
     rule = uncertainty_rule(model, threshold, margin)
     run = evaluate(
-        model, images, inference, rule, baseline_images, blast_classes, progress, " + ".join(labelled_dirs)
+        model,
+        images,
+        inference,
+        rule,
+        baseline_images,
+        blast_classes,
+        progress,
+        " + ".join(labelled_dirs),
+        rbc_px=rbc_px,
+        say=lambda line: click.echo(line, err=True),
     )
     run.report["command"] = "edge eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None
     for r in run.errors:
@@ -137,10 +149,13 @@ def format_eval(run: EvalRun) -> list[str]:
         accuracy = "-" if part["accuracy"] is None else f"{part['accuracy'] * 100:.2f}%"
         lines.append(f"source {source}: n={part['n']} accuracy {accuracy}; recall {recalls}")
     fb = report["false_blast"]
-    lines.append(
+    line = (
         f"false blast: {fb['false_blast']} of {fb['normal_cells']} normal cells "
         f"({fb['false_blast_rate'] * 100:.2f}%) called {'/'.join(fb['blast_classes'])} without a flag"
     )
+    if fb.get("false_blast_without_gate", fb["false_blast"]) != fb["false_blast"]:
+        line += f" ({fb['false_blast_without_gate']}, {fb['false_blast_rate_without_gate'] * 100:.2f}%, without the gate's flag)"
+    lines += [line, decision_line(**report["site"])]
     lines.append(_throughput_line(run))
     if run.errors:
         lines.append(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge import preprocess_exact
 from edge.bundle import Bundle
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.fields import FieldWatch
@@ -24,6 +25,8 @@ from edge.daemon.tracker import IoUTracker
 from edge.detect.crop import crop_cell
 from edge.detect.detector import Detector
 from edge.detect.spec import WBC, CropRule
+from edge.preprocess import PreprocessSpec, View
+from edge.scale import ScaleKeeper
 
 if TYPE_CHECKING:
     from edge.daemon.config import FieldOptions, PipelineConfig
@@ -39,6 +42,37 @@ class Crop:
     track_id: int | None = None
     new: bool = True
     square: tuple[int, int, int, int] | None = None
+    # preprocessing version 2 at a known scale: `image` is the whole frame and the preprocessing cuts
+    # `view` (the cell's centre, the microscope's scale, the frame's slide colour) out of it
+    view: View | None = None
+
+
+class PhysicalCut:
+    """Version 2 with field_rbc: cells are cut at `field_rbc` red-cell diameters of the microscope
+    (edge/preprocess_exact.py) once the session knows its scale (edge.scale.ScaleKeeper); until then
+    the mode cuts as version 1 did (the centred region, the detector's crop rule)."""
+
+    def __init__(self, spec: PreprocessSpec, keeper: ScaleKeeper):
+        self.spec, self.keeper = spec, keeper
+
+    @classmethod
+    def of(cls, spec: PreprocessSpec, keeper: ScaleKeeper) -> PhysicalCut | None:
+        return cls(spec, keeper) if spec.version == 2 and spec.field_rbc else None
+
+    def ready(self) -> bool:
+        return self.keeper.known
+
+    def crop(self, image: np.ndarray, centre, background=None, **fields) -> Crop:
+        """The window around `centre` (image pixels): its box (clipped to the frame, for drawing) and
+        its square (which may leave the frame; the archive fills that part with the slide's colour)."""
+        view = View(centre=centre, rbc_px=self.keeper.rbc_px, background=background)
+        side = view.side(self.spec, image.shape)
+        s = max(1, int(round(side)))
+        x, y = int(round(centre[0] - s / 2)), int(round(centre[1] - s / 2))
+        h, w = image.shape[:2]
+        x0, y0 = max(0, x), max(0, y)
+        box = (x0, y0, max(1, min(w, x + s) - x0), max(1, min(h, y + s) - y0))
+        return Crop(image, fields.pop("box", box), square=(x, y, s, s), view=view, **fields)
 
 
 def center_box(shape: tuple[int, ...], fraction: float) -> tuple[int, int, int, int]:
@@ -81,6 +115,7 @@ class CellMode:
         # region_px equal to the model input (e.g. 224) skips the resize (docs/daemon.md).
         self.region = region
         self.region_px = region_px
+        self.physical: PhysicalCut | None = None  # set by the processor for version-2 bundles
 
     @classmethod
     def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
@@ -100,6 +135,9 @@ class CellMode:
         pass
 
     def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
+        if self.physical is not None and self.physical.ready():
+            h, w = image.shape[:2]
+            return [self.physical.crop(image, (w / 2, h / 2))]
         if self.region_px:
             x, y, w, h = center_box_px(image.shape, self.region_px)
         else:
@@ -134,6 +172,8 @@ class FieldMode:
         self.cells_seen = 0  # detections of white cells, every frame
         self.last_cells = 0
         self.recent_cells: deque[int] = deque(maxlen=300)
+        self.physical: PhysicalCut | None = None  # set by the processor for version-2 bundles
+        self.last_cells_boxes: list[tuple[int, int, int, int]] = []
 
     def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
         t0 = time.perf_counter()
@@ -150,9 +190,18 @@ class FieldMode:
         )
         t3 = time.perf_counter()
         out = []
+        physical = self.physical if self.physical is not None and self.physical.ready() else None
+        # the slide's colour once per frame, not once per cell (white balance of every crop)
+        background = preprocess_exact.background_bgr(image) if physical and cells else None
         for det, a in zip(cells, assigned, strict=True):
-            image_crop, square = crop_cell(image, det.box, self.crop_rule)
-            out.append(Crop(image_crop, det.int_box(), round(det.score, 4), a.track_id, a.new, square))
+            fields = dict(box=det.int_box(), score=round(det.score, 4), track_id=a.track_id, new=a.new)
+            if physical is not None:
+                x, y, w, h = det.box
+                out.append(physical.crop(image, (x + w / 2, y + h / 2), background, **fields))
+            else:
+                image_crop, square = crop_cell(image, det.box, self.crop_rule)
+                out.append(Crop(image_crop, square=square, **fields))
+        self.last_cells_boxes = [d.int_box() for d in cells]
         t4 = time.perf_counter()
         self.frames += 1
         self.last_cells = len(cells)

@@ -27,13 +27,15 @@ def crop_box(box, rule: CropRule) -> tuple[int, int, int, int]:
     return left, top, side, side
 
 
-def crop_region(image: np.ndarray, region, rule: CropRule, fill: tuple | None = None) -> np.ndarray:
-    """The pixels of `region` (x, y, w, h), the parts outside `image` filled as `rule` says (or with
-    the colour `fill`, as training's zoomed-out views do: a reflection would show unlabelled cells)."""
+def crop_region(image: np.ndarray, region, rule: CropRule | None, fill: tuple | None = None) -> np.ndarray:
+    """The pixels of `region` (x, y, w, h), the parts outside `image` filled with the colour `fill`
+    (the slide's: a reflection would show mirrored cells a technician might count), or as `rule` says."""
     x, y, w, h = (int(v) for v in region)
     H, W = image.shape[:2]
     x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
     if x1 <= x0 or y1 <= y0:  # entirely outside: nothing to reflect
+        if fill is not None:
+            return np.full((h, w, *image.shape[2:]), fill, image.dtype)
         return np.full((h, w, *image.shape[2:]), rule.border_value, image.dtype)
     inside = image[y0:y1, x0:x1]
     pads = (y0 - y, y + h - y1, x0 - x, x + w - x1)
