@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.dataset import ImageSet
+from edge.detect.crop import crop_cell
 from edge.detect.spec import WBC
 from edge.errors import DataError, ImageLoadError
 from edge.hashing import fingerprint, sha256_file
@@ -40,6 +41,7 @@ class SiteCells:
     fingerprint: str
     skipped: list[tuple[str, str]]
     white_cells: list | None = None  # frames: each frame's white-cell boxes (red cells are the rest)
+    crop_rule: object | None = None  # frames: the detector's crop rule, for bundles of version 1
 
     def __len__(self) -> int:
         return len(self.y)
@@ -53,6 +55,12 @@ class SiteCells:
     def inputs(self, bundle: Bundle, rbc_px: float | None) -> np.ndarray:
         """Every cell preprocessed for `bundle` at `rbc_px` (None: as its View says)."""
         spec = bundle.preprocess_spec
+        if spec.version == 1 and self.white_cells is not None:  # version 1 sees the crop rule's square
+            crops = [
+                crop_cell(img, box[0], self.crop_rule)[0]
+                for img, box in zip(self.images, self.white_cells, strict=True)
+            ]
+            return np.stack([preprocess(c, spec) for c in crops])
         views = self.views if rbc_px is None else [replace(v, rbc_px=rbc_px) for v in self.views]
         return np.stack([preprocess(img, spec, view=v) for img, v in zip(self.images, views, strict=True)])
 
@@ -154,4 +162,5 @@ def from_frames(
         fingerprint(entries),
         skipped,
         boxes,
+        detector.spec.crop,
     )
