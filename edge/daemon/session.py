@@ -6,11 +6,12 @@ cannot be made), what was opened before it is closed again and the error goes up
 half-built daemon. edge/daemon/app.py runs the pipeline on the Session and closes it.
 
     config
+      -> telemetry (the uptime counts from here)
       -> bundles: the classifier's and the mode's (the detector), signatures checked
       -> classifier -> mode -> processor (warmed up)
       -> store, reviews -> session id -> source (resumed from the store) -> session row
       -> differential (restored from the store) -> archive (repaired) -> warnings
-      -> MQTT publisher (not yet connected) -> telemetry, live view and the sink chain
+      -> MQTT publisher (not yet connected) -> live view and the sink chain (edge/daemon/sinks.py)
 """
 
 from __future__ import annotations
