@@ -11,10 +11,10 @@ The encoding is OpenCV's 8-bit LAB (L * 255 / 100, a + 128, b + 128; D65 white, 
 within one or two steps of cv2.cvtColor, so a model trained on version 1 keeps its decisions.
 
 Per pixel the conversion costs ~40 NumPy passes, so preprocessing uses it through two lookup tables,
-`Tables`, filled by these same functions (tests/test_lab.py checks both ways agree): `forward` maps
-each of the 2**24 BGR colours to L and a dense code of its (a, b) pair, `inverse` maps (code, L) back
-to RGB. They are built once per machine (~2 s here) and kept in the user's cache folder, checked by
-their sha256 when read.
+`Tables`, filled by these same functions (tests/test_preprocess_exact.py checks both ways agree):
+`forward` maps each of the 2**24 BGR colours to L and a dense code of its (a, b) pair, `inverse` maps
+(code, L) back to RGB. They are built once per machine (~2 s here) and kept in the user's cache
+folder, checked by their sha256 when read.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def test_capture_failure_reconnects_with_backoff_and_counts(camera):
     source = _source(settle_s=0.0)
     telemetry, stop = Telemetry(), threading.Event()
     queue = DropOldestQueue(64)
-    capture = CaptureThread(source, queue, telemetry, stop, reconnect_max_s=0.05, log=lambda *_: None)
+    capture = CaptureThread(source, queue, telemetry, stop, reconnect_max_s=0.05)
     capture.start()
     frames = 0
     while frames < 6:

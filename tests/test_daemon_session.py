@@ -34,13 +34,13 @@ def test_a_session_that_fails_half_way_closes_what_it_had_opened(tiny_bundle, tm
     (tmp_path / "flagged").write_text("not a folder")
     config = sim_config(tiny_bundle, tmp_path, archive={"dir": str(tmp_path / "flagged")})
     with pytest.raises(ConfigError, match="archive.dir: cannot use") as failed:
-        build_session(config, log=lambda _: None)
+        build_session(config)
     assert failed.value.__traceback__ is not None  # the frames that held the store are still alive
     assert (tmp_path / "r.db").exists() and not (tmp_path / "r.db-wal").exists()
 
 
 def test_the_page_the_summary_mqtt_and_metrics_render_one_status(tiny_bundle, tmp_path):
-    session = build_session(sim_config(tiny_bundle, tmp_path), log=lambda _: None)
+    session = build_session(sim_config(tiny_bundle, tmp_path))
     try:
         session.source.open()
         for frame_id in range(6):
@@ -49,7 +49,7 @@ def test_the_page_the_summary_mqtt_and_metrics_render_one_status(tiny_bundle, tm
             session.sinks.on_frame(session.processor.process(frame))
         status = session.status()
     finally:
-        session.close(lambda _: None)
+        session.close()
     page = json.loads(json.dumps(page_json(status)))  # as the page receives it
     report = RunReport("max_frames", session.before, session.telemetry.run_totals(), None, "inline", {}, "x")
     summary = summary_json(status, report)

@@ -134,7 +134,7 @@ def test_opencv_source_reconnects_with_backoff_when_the_stream_ends(tmp_path):
     # unplugged camera: read() returns False); the capture thread must close, back off, reopen, and count.
     src = source_for(f"opencv:{write_video(tmp_path / 'cam.avi', 3)}", reconnect_max_s=0.05)
     telemetry, stop, queue = Telemetry(), threading.Event(), DropOldestQueue(100)
-    capture = CaptureThread(src, queue, telemetry, stop, reconnect_max_s=0.05, log=lambda *_: None)
+    capture = CaptureThread(src, queue, telemetry, stop, reconnect_max_s=0.05)
     capture.start()
     frames = []
     while len(frames) < 8:

@@ -365,7 +365,7 @@ def test_a_full_database_keeps_results_in_order_and_writes_them_when_there_is_ro
     db = tmp_path / "r.db"
     store = ResultStore(db, max_db_mb=0.07)
     store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
-    sink = StoreSink(store, "sim", log=lambda *_: None)
+    sink = StoreSink(store, "sim")
     sink.RETRY_S = 0.0
     pred = to_prediction(np.array([0.9, 0.1]), ["a", "b"], Uncertainty())
     for i in range(400):

@@ -1,7 +1,7 @@
 """The layout of docs/design.md, checked statically (Python's ast, nothing imported): dependencies run
 one way, convert -> calibration -> edge; edge's modules import each other without a cycle; no two
-packages import each other both ways; and results.db has one owner, edge.results, the only package
-that imports sqlite3 or holds SQL.
+packages import each other both ways; results.db has one owner, edge.results, the only package
+that imports sqlite3 or holds SQL; and logging is set up in one place, edge/cli.py.
 
 Every import counts for the packages, the ones inside functions too: a lazy import is still a
 dependency, only a later one."""
@@ -337,3 +337,63 @@ def test_the_database_check_sees_sql_imports_and_calls(tmp_path):
         "HELP = 'Select the frames from a folder; update the page; commit to a label'\n"
     )
     assert [line.split(":")[0] for line in database_code(src)] == ["1", "2", "4", "4", "5"]
+
+
+# -- logging set up once ---------------------------------------------------------------------------
+
+LOGGING_SETUP = "edge.cli"  # setup_logging: the one handler, installed before any sub-command runs
+SETUP_CALLS = ("basicConfig", "addHandler", "dictConfig", "fileConfig")
+
+
+def logging_setup(path: Path) -> list[str]:
+    """line: what, for every call that configures handlers (logging.basicConfig, x.addHandler,
+    logging.config.dictConfig/fileConfig) and every assignment to a logger's `handlers`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in SETUP_CALLS:
+                found.append((node.lineno, f"calls {name}()"))
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            targets = []
+        for target in targets:
+            target = target.value if isinstance(target, ast.Subscript) else target
+            if isinstance(target, ast.Attribute) and target.attr == "handlers":
+                found.append((node.lineno, "sets .handlers"))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_logging_is_set_up_in_the_cli_only():
+    """Modules log through logging.getLogger(__name__); the handler (the terminal's streams, edge run's
+    time stamps) is installed once, by edge/cli.py. A second handler anywhere prints lines twice or in
+    another shape depending on which command imported what (docs/design.md)."""
+    wrong = [
+        f"{path.relative_to(ROOT)}:{what}"
+        for name, path in project_modules().items()
+        if name != LOGGING_SETUP
+        for what in logging_setup(path)
+    ]
+    assert not wrong, "logging configured outside edge/cli.py:\n" + "\n".join(wrong)
+    assert logging_setup(project_modules()[LOGGING_SETUP]), "edge/cli.py no longer sets up logging"
+
+
+def test_the_logging_check_sees_handlers_configured(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "import logging, logging.config\n"
+        "from logging import basicConfig\n"
+        "log = logging.getLogger(__name__)\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "def f(handler):\n"
+        "    log.addHandler(handler)\n"
+        "    log.handlers[:] = [handler]\n"
+        "    logging.getLogger('x').handlers = []\n"
+        "    logging.config.dictConfig({})\n"
+        "    basicConfig()\n"
+        "    log.info('basicConfig and addHandler in a message are not calls')\n"
+    )
+    assert [line.split(":")[0] for line in logging_setup(src)] == ["4", "6", "7", "8", "9", "10"]

@@ -217,7 +217,7 @@ def _pass(
 ) -> tuple[Recorder, _CpuMeter]:
     """`frames` frames through the daemon's Pipeline in one layout."""
     recorder = Recorder(tick)
-    capturer = Capturer(source, Telemetry(), stop, opened=True, log=lambda *_: None, keep_open=True)
+    capturer = Capturer(source, Telemetry(), stop, opened=True, quiet=True, keep_open=True)
     pipeline = Pipeline(capturer, processor, SinkChain([recorder]), stop, max_frames=frames, layout=layout)
     with _CpuMeter() as meter:
         pipeline.run()

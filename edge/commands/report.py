@@ -64,6 +64,6 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
             fhir.write_text(body + "\n", encoding="utf-8")
             click.echo(f"fhir: {fhir} (Bundle, DiagnosticReport {status})")
         if fhir_url:
-            code = post_bundle(fhir_url, body, retries=fhir_retries, log=lambda m: click.echo(m, err=True))
+            code = post_bundle(fhir_url, body, retries=fhir_retries)
             click.echo(f"fhir: sent to {fhir_url} (HTTP {code})")
     return 0

@@ -4,7 +4,7 @@ the capture and the per-frame pipeline, then the shutdown and the summary.
 
 from __future__ import annotations
 
-import datetime as dt
+import logging
 import signal
 import sys
 import threading
@@ -20,10 +20,7 @@ from edge.daemon.sources import SourceError
 from edge.daemon.status import RunReport, architecture, summary_json
 from edge.errors import MissingExtraError
 
-
-def log(message: str) -> None:
-    stamp = dt.datetime.now().strftime("%H:%M:%S")
-    print(f"{stamp} {message}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 class Daemon:
@@ -38,12 +35,12 @@ class Daemon:
         # lets the pipeline thread get it back quickly after invoke() and decode calls that release it.
         sys.setswitchinterval(0.001)
         install_signals(self.stop)  # first: a stop while the model loads is a clean stop after it
-        session = build_session(self.config, self.stop, log)
+        session = build_session(self.config, self.stop)
         web = None
         try:
             web = start_web(session, self.config.http)
             pipeline = self._pipeline(session)
-            log(
+            log.info(
                 f"edge run: session {session.session_id}, model {session.bundle.sha256[:12]} "
                 f"({architecture(session.bundle)}), source {session.source.name}, db {session.store.path}"
             )
@@ -55,7 +52,7 @@ class Daemon:
             reason = pipeline.run()
         finally:
             self.notifier.stopping()
-            session.close(log)
+            session.close()
             if web:
                 web.stop()
         # A clean stop with every row written: the archive agrees with the database, and later starts
@@ -75,7 +72,6 @@ class Daemon:
             c.source.reconnect_max_s,
             first_frame_id=session.store.next_frame_id(),
             opened=opened,
-            log=log,
             limit=c.pipeline.max_frames,
         )
         pipeline = Pipeline(
@@ -88,7 +84,6 @@ class Daemon:
             c.pipeline.duration_s,
             c.pipeline.layout,
             tick=lambda: self._tick(pipeline),
-            log=log,
         )
         return pipeline
 
@@ -110,7 +105,7 @@ def install_signals(stop: threading.Event) -> None:
 
     def on_signal(signum, _frame):
         if not stop.is_set():
-            log(f"{signal.Signals(signum).name}: draining and stopping")
+            log.info(f"{signal.Signals(signum).name}: draining and stopping")
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -127,7 +122,7 @@ def open_source_first_time(session: Session) -> bool:
         session.source.open()
     except SourceError as exc:
         session.telemetry.on_source_error(str(exc))
-        log(f"source: {exc}; will keep retrying")
+        log.warning(f"source: {exc}; will keep retrying")
         return False
     session.telemetry.on_source_open(reconnect=False)
     return True

@@ -8,6 +8,7 @@ A disk-space guard pauses archiving, never classification, when free space drops
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +21,8 @@ import cv2
 import numpy as np
 
 from edge.daemon.config import ArchiveConfig
+
+log = logging.getLogger(__name__)
 
 DISK_CHECK_EVERY_S = 5.0
 # In a session's folder: its images and the database agree (written at a clean stop, or once the
@@ -109,9 +112,9 @@ class FlaggedArchive:
         self.paused = self.free_mb < self.config.min_free_mb
         if self.paused != was:
             verb = "paused" if self.paused else "resumed"
-            print(
+            log.log(
+                logging.WARNING if self.paused else logging.INFO,
                 f"archive {verb}: {self.free_mb:.0f} MB free on {self.root} (threshold {self.config.min_free_mb:.0f} MB)",
-                flush=True,
             )
 
     def unchecked_sessions(self) -> list[str]:

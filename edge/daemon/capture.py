@@ -8,6 +8,7 @@ replay) block instead: every file is processed exactly once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 from edge.daemon.sources import CorruptFrame, Frame, FrameSource, SourceError
 from edge.daemon.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Capturer:
         reconnect_max_s: float = 10.0,
         first_frame_id: int = 0,
         opened: bool = False,
-        log=print,
+        quiet: bool = False,
         keep_open: bool = False,
         limit: int = 0,
     ):
@@ -100,10 +103,14 @@ class Capturer:
         self.reconnect_max_s = reconnect_max_s
         self.next_id = first_frame_id
         self.opened = opened
-        self.log = log
+        self.quiet = quiet  # the bench: its source's reconnects are not the user's business
         self._failed = not opened
         self._delay = 0.5
         self.beat = time.monotonic()
+
+    def _say(self, level: int, message: str) -> None:
+        if not self.quiet:
+            log.log(level, message)
 
     def _backoff(self) -> None:
         self.stop.wait(self._delay)
@@ -123,13 +130,13 @@ class Capturer:
                     self.source.open()
                 except SourceError as exc:
                     self.telemetry.on_source_error(str(exc))
-                    self.log(f"source: {exc}; retrying in {self._delay:.1f} s")
+                    self._say(logging.WARNING, f"source: {exc}; retrying in {self._delay:.1f} s")
                     self._backoff()
                     continue
                 self.opened = True
                 self.telemetry.on_source_open(reconnect=self._failed)
                 if self._failed:
-                    self.log(f"source: reconnected to {self.source.name}")
+                    self._say(logging.INFO, f"source: reconnected to {self.source.name}")
                 self._delay = 0.5
             self.source.wait_for_next()
             t0 = time.perf_counter()
@@ -140,7 +147,7 @@ class Capturer:
                 return Skipped(self._take_id(), exc.ref, exc.reason, time.time(), exc.file_stat)
             except SourceError as exc:
                 self.telemetry.on_source_error(str(exc))
-                self.log(f"source: {exc}; reconnecting in {self._delay:.1f} s")
+                self._say(logging.WARNING, f"source: {exc}; reconnecting in {self._delay:.1f} s")
                 self.close()
                 self._failed = True
                 self._backoff()
@@ -166,7 +173,7 @@ class Capturer:
         try:
             self.source.close()
         except Exception as exc:  # a half-dead camera may fail to close; we reopen a new handle anyway
-            self.log(f"source: close failed ({exc})")
+            self._say(logging.WARNING, f"source: close failed ({exc})")
 
 
 class CaptureThread(threading.Thread):
@@ -181,13 +188,10 @@ class CaptureThread(threading.Thread):
         reconnect_max_s: float = 10.0,
         first_frame_id: int = 0,
         opened: bool = False,
-        log=print,
         capturer: Capturer | None = None,
     ):
         super().__init__(name="capture", daemon=True)
-        self.capturer = capturer or Capturer(
-            source, telemetry, stop, reconnect_max_s, first_frame_id, opened, log
-        )
+        self.capturer = capturer or Capturer(source, telemetry, stop, reconnect_max_s, first_frame_id, opened)
         self.source, self.queue, self.telemetry, self.stop = source, queue, telemetry, stop
         self.fatal: BaseException | None = None
         self.finished = threading.Event()

@@ -13,6 +13,7 @@ a file source (hot folder, unpaced replay) runs `TRIAL_FRAMES` frames each way a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import traceback
@@ -26,6 +27,8 @@ from edge.daemon.sinks import SinkChain
 from edge.daemon.sources import Frame
 
 TRIAL_FRAMES = 32
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -42,7 +45,6 @@ class Pipeline:
         duration_s: float = 0.0,
         layout: str = "auto",
         tick: Callable[[], None] | None = None,
-        log=print,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -50,7 +52,6 @@ class Pipeline:
         self.queue = DropOldestQueue(queue_size)
         self.max_frames, self.duration_s = max_frames, duration_s
         self.tick = tick or (lambda: None)
-        self.log = log
         self.requested = layout
         self.layout = "threaded" if layout == "auto" and capturer.source.live else layout
         self.trial: dict[str, float] = {}  # layout -> seconds per frame, when `auto` measured them
@@ -139,7 +140,7 @@ class Pipeline:
         elif n == 1 + 2 * TRIAL_FRAMES:
             self.trial["threaded"] = (time.perf_counter() - self._trial_t0) / TRIAL_FRAMES
             faster = min(self.trial, key=self.trial.get)
-            self.log(
+            log.info(
                 f"pipeline: {self.trial['inline'] * 1000:.2f} ms a frame inline, "
                 f"{self.trial['threaded'] * 1000:.2f} ms with a capture thread: keeping {faster}"
             )

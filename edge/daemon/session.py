@@ -6,19 +6,20 @@ cannot be made), what was opened before it is closed again and the error goes up
 half-built daemon. edge/daemon/app.py runs the pipeline on the Session and closes it.
 
     config
+      -> telemetry (the uptime counts from here)
       -> bundles: the classifier's and the mode's (the detector), signatures checked
       -> classifier -> mode -> processor (warmed up)
       -> store, reviews -> session id -> source (resumed from the store) -> session row
       -> differential (restored from the store) -> archive (repaired) -> warnings
-      -> MQTT publisher (not yet connected) -> telemetry, live view and the sink chain
+      -> MQTT publisher (not yet connected) -> live view and the sink chain (edge/daemon/sinks.py)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
 import threading
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from edge.daemon.mqtt.publisher import MqttPublisher
     from edge.daemon.mqtt.sink import MqttSink
 
-Log = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,13 +100,15 @@ class Session:
         counts, count_uncertain = dict(self.differential.counts), self.config.differential.count_uncertain
         return self.reviews.summary(self.session_id, counts, count_uncertain)
 
-    def close(self, log: Log) -> None:
+    def close(self) -> None:
         """After the pipeline: a last try at what waits for disk space, MQTT's drain (it marks what the
         broker acknowledged in the database, so before the store closes), then the database."""
         self.store_sink.retry(force=True)
         waiting = self.store_sink.health().waiting
         if waiting:
-            log(f"store: {waiting} frame(s) could not be written (disk full); they are in this summary only")
+            log.warning(
+                f"store: {waiting} frame(s) could not be written (disk full); they are in this summary only"
+            )
         if self.mqtt:
             if self.mqtt_sink:
                 self.mqtt_sink.finish()
@@ -114,7 +117,7 @@ class Session:
         self.store.close()
 
 
-def build_session(config: DaemonConfig, stop: threading.Event | None = None, log: Log = print) -> Session:
+def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> Session:
     """Load and open everything a run needs (the module docstring gives the order). `stop` ends the
     hot folder's polling; errors are one line: BundleError (exit 3), ConfigError (exit 2)."""
     c = config
@@ -129,21 +132,21 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None, log
         store.start_session(
             session_id, bundle.sha256, str(bundle.path), source.name, mode.name, without_secrets(c)
         )
-        before = _continued(store, session_id, log)
+        before = _continued(store, session_id)
         white = [n for n in bundle.labels if cell_class(n).white_cell]
         differential = DifferentialCount(c.differential, bundle.labels, white)
         differential.restore(store.session_counts())
-        archive = _open_archive(c, store, session_id, log)
-        warnings = _warnings(c, bundle, differential, log)
-        mqtt = _open_mqtt(c, store, log, undo)
-        live, store_sink = LiveView(), StoreSink(store, source.name, log)
+        archive = _open_archive(c, store, session_id)
+        warnings = _warnings(c, bundle, differential)
+        mqtt = _open_mqtt(c, store, undo)
+        live, store_sink = LiveView(), StoreSink(store, source.name)
         chain = [
             # The image first, then the row: after a kill, an image whose row never committed is moved
             # aside at the next start (FlaggedArchive.repair); a committed row always has its image.
             ArchiveSink(archive, session_id, source.name, bundle.sha256),
             store_sink,
             TelemetrySink(telemetry),
-            DifferentialSink(differential, log),
+            DifferentialSink(differential),
             live,
         ]
         mqtt_sink = _mqtt_sink(mqtt, differential, session_id)
@@ -177,11 +180,11 @@ def new_session_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
-def _continued(store: ResultStore, session_id: str, log: Log) -> dict:
+def _continued(store: ResultStore, session_id: str) -> dict:
     """A session named again (the same slide after a restart) carries on: say how far it had got."""
     before = store.session_totals()
     if before["frames"]:
-        log(
+        log.info(
             f"session {session_id} continues: {before['frames']} frames and {before['cells']} "
             "cells were recorded before this start"
         )
@@ -222,17 +225,17 @@ def _open_store(c: DaemonConfig, undo: ExitStack) -> tuple[ResultStore, ReviewBo
     return store, reviews
 
 
-def _open_archive(c: DaemonConfig, store: ResultStore, session_id: str, log: Log) -> FlaggedArchive:
+def _open_archive(c: DaemonConfig, store: ResultStore, session_id: str) -> FlaggedArchive:
     try:
         archive = FlaggedArchive(c.archive, c.archive_dir, session_id)
         if c.archive.enabled:  # a kill can leave the archive and the database out of step
-            _check_archive(c, archive, store, log)
+            _check_archive(c, archive, store)
     except OSError as exc:
         raise ConfigError(f"archive.dir: cannot use {c.archive_dir} ({exc.strerror or exc})") from None
     return archive
 
 
-def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore, log: Log) -> None:
+def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore) -> None:
     """Repair this session's folder (a resumed slide), and every other session's that no clean stop
     marked: a killed run is followed by a start under a new session id, so its folder is found here,
     repaired once, and marked."""
@@ -240,7 +243,7 @@ def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore,
     found = archive.repair(store.flagged_cells(set(a.alert_classes), a.uncertain))
     archive.reopen()
     if found.message():
-        log(found.message())
+        log.warning(found.message())
     for session in archive.unchecked_sessions():
         recorded_with = store.session_config(session)
         if recorded_with is None:
@@ -250,11 +253,11 @@ def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore,
         cells = store.flagged_cells(set(rule["alert_classes"]), rule["uncertain"], session)
         message = archive.repair(cells, session).message(session)
         if message:
-            log(message)
+            log.warning(message)
         archive.mark_checked(session)
 
 
-def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount, log: Log) -> list[str]:
+def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount) -> list[str]:
     """What the page shows under Warnings, said in the log at start too."""
     warnings = list(differential.warnings)
     if bundle.manifest.uncertainty.warning:
@@ -263,19 +266,19 @@ def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount, 
     if unknown:
         warnings.append(f"archive.alert_classes: {', '.join(unknown)} not labels of this model")
     for w in warnings:
-        log(f"warning: {w}")
+        log.warning(f"warning: {w}")
     return warnings
 
 
-def _open_mqtt(c: DaemonConfig, store: ResultStore, log: Log, undo: ExitStack) -> MqttPublisher | None:
+def _open_mqtt(c: DaemonConfig, store: ResultStore, undo: ExitStack) -> MqttPublisher | None:
     """The MQTT publisher when [mqtt] names a broker (it connects once the pipeline runs)."""
     if not c.mqtt.enabled:
         return None
     from edge.daemon.mqtt.publisher import MqttPublisher  # paho-mqtt: the 'device' extra, [mqtt] only
 
-    publisher = MqttPublisher(c.mqtt, store.path, c.store.synchronous, log=log)
+    publisher = MqttPublisher(c.mqtt, store.path, c.store.synchronous)
     undo.callback(publisher.stop)
-    log(f"mqtt: results to {c.mqtt.broker} under {publisher.topics.base}/")
+    log.info(f"mqtt: results to {c.mqtt.broker} under {publisher.topics.base}/")
     return publisher
 
 

@@ -20,6 +20,7 @@ cell is stored, counted and archived (once per cell); the live view shows them a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -32,6 +33,8 @@ from edge.daemon.processor import FrameResult
 from edge.daemon.sources import Frame
 from edge.daemon.telemetry import Telemetry
 from edge.results.store import ResultRow, ResultStore, StoreFull
+
+log = logging.getLogger(__name__)
 
 
 class Sink:
@@ -83,8 +86,8 @@ class StoreSink(Sink):
     RETRY_S = 5.0
     BACKLOG = 50_000  # frames kept while the disk is full (~25 MB of rows in cell mode)
 
-    def __init__(self, store: ResultStore, source: str, log=print):
-        self.store, self.source, self.log = store, source, log
+    def __init__(self, store: ResultStore, source: str):
+        self.store, self.source = store, source
         self.backlog: deque[tuple] = deque()
         self.lost = 0
         self.last_error = ""
@@ -112,7 +115,7 @@ class StoreSink(Sink):
         self._commit(("frame", f.frame_id, f.timestamp, self.source, f.ref, rows))
 
     def on_skipped(self, item: Skipped, source: str) -> None:
-        self.log(f"skipped corrupt frame {item.ref}: {item.reason}")
+        log.warning(f"skipped corrupt frame {item.ref}: {item.reason}")
         self._commit(
             ("skipped", item.frame_id, item.timestamp, source, item.ref, item.reason, item.file_stat)
         )
@@ -126,7 +129,7 @@ class StoreSink(Sink):
             self._write(entry)
         except StoreFull as exc:
             self.last_error = str(exc)
-            self.log(f"store: {exc}: keeping results in memory, writing them when there is room")
+            log.warning(f"store: {exc}: keeping results in memory, writing them when there is room")
             self._retry_at = time.monotonic() + self.RETRY_S
             self._keep(entry)
 
@@ -152,7 +155,7 @@ class StoreSink(Sink):
         except StoreFull as exc:
             self.last_error = str(exc)
             return
-        self.log("store: there is room again; every result kept in memory is written")
+        log.info("store: there is room again; every result kept in memory is written")
         self.last_error = ""
 
     def health(self) -> StoreHealth:
@@ -209,15 +212,15 @@ class ArchiveSink(Sink):
 class DifferentialSink(Sink):
     name = "differential"
 
-    def __init__(self, differential: DifferentialCount, log=print):
-        self.differential, self.log = differential, log
+    def __init__(self, differential: DifferentialCount):
+        self.differential = differential
 
     def on_frame(self, result: FrameResult) -> None:
         for cell in result.cells:
             if not cell.new:
                 continue
             for alert in self.differential.add(cell.prediction.label, cell.prediction.uncertain):
-                self.log(
+                log.warning(
                     f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
                     f" (threshold {alert.min_fraction:.0%})"
                 )

@@ -1,6 +1,7 @@
 """The local page, /api/status (JSON) and /metrics (Prometheus text) of a running Session: flask,
-served by waitress in a thread. 127.0.0.1 by default; any other bind needs a token (checked in
-config.validate). Both render the Session's one Status (edge/daemon/status.py, edge/daemon/metrics.py)."""
+served by waitress in a thread. 127.0.0.1 by default; any other bind needs a token (checked by
+edge/daemon/config.py HttpConfig). Both render the Session's one Status (edge/daemon/status.py,
+edge/daemon/metrics.py)."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import logging
 import socket
 import time
 import urllib.error
@@ -40,6 +41,8 @@ CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service sections: HM, haematology
 # Namespace for the bundle's urn:uuid ids: the same slide and state give the same ids.
 NAMESPACE = uuid.UUID("4d0f6a52-5b8e-4f7e-9d53-0d7a3c1b2e60")
+
+log = logging.getLogger(__name__)
 
 
 class FhirError(EdgeError):
@@ -217,7 +220,7 @@ def bundle_json(resource) -> str:
 
 
 def post_bundle(
-    url: str, body: str, retries: int = 3, timeout_s: float = 15.0, backoff_s: float = 1.0, log=print
+    url: str, body: str, retries: int = 3, timeout_s: float = 15.0, backoff_s: float = 1.0
 ) -> int:
     """POST the bundle to a FHIR server; retries (backoff doubling) on network errors, 408, 429 and
     5xx. Returns the HTTP status; a refusal (other 4xx) or the last failure is a FhirError."""
@@ -246,7 +249,7 @@ def post_bundle(
         except (urllib.error.URLError, OSError) as exc:
             last = str(getattr(exc, "reason", exc))
         if attempt < retries:
-            log(f"fhir: {url}: {last}; retrying ({attempt + 1}/{retries})")
+            log.warning(f"fhir: {url}: {last}; retrying ({attempt + 1}/{retries})")
     raise FhirError(f"{url}: not sent after {retries + 1} attempts ({last})")
 
 

@@ -13,6 +13,7 @@ is read a batch at a time.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,8 @@ POLL_S = 1.0  # look for new rows at least this often, even without a wake-up fr
 CONNACK_TIMEOUT_S = 15.0
 COUNT_S = 1.0  # how often `queued` is counted from the database
 OFFLINE_WAIT_S = 0.5  # clean shutdown: how long to wait for "offline" to be acknowledged
+
+log = logging.getLogger(__name__)
 
 
 class Stream:
@@ -56,10 +59,8 @@ class MqttPublisher:
         db_path: str | Path,
         synchronous: str = "normal",
         status_fn: Callable[[], Status] | None = None,
-        log=print,
     ):
         self.config = config
-        self.log = log
         self.status_fn = status_fn
         self.device = config.device or topic_level(socket.gethostname())
         self.topics = Topics(config.prefix, self.device)
@@ -170,7 +171,7 @@ class MqttPublisher:
         # MQTT 5 brokers say how many unacknowledged messages they take (mosquitto: 20).
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         self.limit = min(self.config.max_inflight, receive_max or self.config.max_inflight)
-        self.log(f"mqtt: connected to {self.config.broker} as {self.topics.base}")
+        log.info(f"mqtt: connected to {self.config.broker} as {self.topics.base}")
         self._publish_extra(self.topics.available, b"online")
         self._status_at = 0.0  # status and the differential right away
         self._differential_dirty = self._differential is not None
@@ -184,7 +185,7 @@ class MqttPublisher:
         message = self._refusal or f"connection to {self.config.broker} lost ({reason_code})"
         if time.monotonic() - self._refused_at < 2.0:  # mosquitto 2.0.11 hangs up after refusing a PUBLISH
             message = f"{self.last_error}; the broker then closed the connection"
-        self._failed(message, log=was)
+        self._failed(message, loud=was)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         stream_name, row_id, topic = self._mids.pop(mid, (None, 0, ""))
@@ -193,7 +194,7 @@ class MqttPublisher:
             self.refused += 1
             self._refused_at = time.monotonic()
             what = "it is kept and sent again" if stream is not None else "a newer one will follow"
-            self._error(f"broker refused a message on {topic} ({reason_code}); {what}", log=True)
+            self._error(f"broker refused a message on {topic} ({reason_code}); {what}", loud=True)
             if stream is not None:
                 stream.inflight.discard(row_id)
                 stream.retry.add(row_id)
@@ -211,13 +212,13 @@ class MqttPublisher:
                 if self._step():
                     break
             except Exception as exc:  # noqa: BLE001 - the publisher must never take the daemon down
-                self._error(f"publisher error: {reason(exc)}", log=True)
+                self._error(f"publisher error: {reason(exc)}", loud=True)
                 self._drop_connection()
                 time.sleep(1.0)
         try:
             self._finish()
         except Exception as exc:  # noqa: BLE001
-            self._error(f"publisher error at shutdown: {reason(exc)}", log=True)
+            self._error(f"publisher error at shutdown: {reason(exc)}", loud=True)
 
     def _step(self) -> bool:
         """One turn of the loop; True when the thread should end."""
@@ -257,15 +258,15 @@ class MqttPublisher:
             self.connected, self._connecting_since = False, None
             self._failed(message or self._refusal or f"connection to {self.config.broker} lost")
 
-    def _failed(self, message: str, log: bool = True) -> None:
+    def _failed(self, message: str, loud: bool = True) -> None:
         self.state = "disconnected"
-        self._error(message, log=log)
+        self._error(message, loud=loud)
         self._next_attempt = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.config.reconnect_max_s)
 
-    def _error(self, message: str, log: bool) -> None:
-        if log and message != self.last_error:  # an hour of retries is one line, not 400
-            self.log(f"mqtt: {message}")
+    def _error(self, message: str, loud: bool) -> None:
+        if loud and message != self.last_error:  # an hour of retries is one line, not 400
+            log.warning(f"mqtt: {message}")
         self.last_error, self.last_error_at = message, time.time()
 
     # -- sending -------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class FrameSource(ABC):
 
     def resume(self, store) -> None:  # noqa: B027 - optional hook
         """Before the first read: take up where the database says this source left off. `store` is the
-        results store (edge/daemon/store.py ResultStore); a camera has nothing to resume."""
+        results store (edge/results/store.py ResultStore); a camera has nothing to resume."""
 
     @property
     def name(self) -> str:

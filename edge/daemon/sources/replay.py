@@ -53,7 +53,7 @@ class Source(FrameSource):
             self.index = 0
         path = self.files[self.index]
         self.index += 1
-        # The name as stored and printed: lossless for any bytes (edge.dataset.printable), as the folder
+        # The name as stored and printed: lossless for any bytes (edge.image_files.printable), as the folder
         # source does; a name that is not UTF-8 would otherwise stop the daemon at the SQLite insert.
         ref = printable(path.relative_to(self.path))
         try:
