@@ -213,15 +213,7 @@ def evaluate(
         raise EdgeError(f"{name}: none of the {len(paths)} images could be read")
     report = score(good, model.labels, list(blast_classes), per_source=len(images.roots) > 1)
     report["images_per_second"] = round(pipeline.images_per_second, 2)
-    report["site"] = {
-        "calibrated": model.manifest.site is not None,
-        "site": model.manifest.site.name if model.manifest.site else None,
-        "decision": watch.decision,
-        "matches_bundle": None if watch.decision in (CHECKING, UNAVAILABLE) else not watch.differs,
-        "cells_checked": watch.cells_checked,
-        "median_score": watch.median,
-        "rbc_px": sorted({v.rbc_px for v in views if v.rbc_px}),
-    }
+    report["site"] = site_record(model, watch, {v.rbc_px for v in views if v.rbc_px})
     run = EvalRun(report, [r for r in results if not r.ok], pipeline, None, chosen)
     if baseline_images:
         sample = baseline_sample(paths, baseline_images)
@@ -239,6 +231,20 @@ def evaluate(
         )
     report.update(_context(model, images, name, run, rule, classifiers[0].backend.describe()))
     return run
+
+
+def site_record(model: Bundle, watch: GateWatch, scales: set) -> dict:
+    """What an evaluation says about the microscope: the bundle's site and the gate's decision."""
+    site = model.manifest.site
+    return {
+        "calibrated": site is not None,
+        "site": site.name if site else None,
+        "decision": watch.decision,
+        "matches_bundle": None if watch.decision in (CHECKING, UNAVAILABLE) else not watch.differs,
+        "cells_checked": watch.cells_checked,
+        "median_score": watch.median,
+        "rbc_px": sorted(scales),
+    }
 
 
 def evaluate_cells(
@@ -284,15 +290,7 @@ def evaluate_cells(
     report = known_class_report(preds, list(cells.y), model.labels)
     names = [model.labels[t] for t in cells.y]
     report["false_blast"] = false_blast_rate(preds, names, list(blast_classes))
-    report["site"] = {
-        "calibrated": model.manifest.site is not None,
-        "site": model.manifest.site.name if model.manifest.site else None,
-        "decision": watch.decision,
-        "matches_bundle": None if watch.decision in (CHECKING, UNAVAILABLE) else not watch.differs,
-        "cells_checked": watch.cells_checked,
-        "median_score": watch.median,
-        "rbc_px": [scale] if scale else [],
-    }
+    report["site"] = site_record(model, watch, {scale} if scale else set())
     report["dataset"] = cells.split
     report["skipped"] = [f"{what}: {why}" for what, why in cells.skipped]
     return report

@@ -190,13 +190,10 @@ class _Plain:
         return False
 
 
-def rbc_px_option(f):
-    """--rbc-px: the microscope's red-cell diameter in pixels, for bundles that cut cells at a physical
-    size (preprocessing version 2); measured from the images' red cells when not given."""
-    return click.option(
-        "--rbc-px",
-        type=click.FloatRange(1.0, 5000.0),
-        default=None,
-        help="Red-cell diameter in the images' pixels (the microscope's scale); default: the calibrated "
-        "site's, else measured on the images' red cells.",
-    )(f)
+# --rbc-px: the microscope's red-cell diameter in pixels, for bundles that cut cells at a physical size
+# (preprocessing version 2); measured from the images' red cells when not given.
+_RBC_PX_HELP = (
+    "Red-cell diameter in the images' pixels (the microscope's scale); default: the calibrated site's, "
+    "else measured on the images' red cells."
+)
+rbc_px_option = click.option("--rbc-px", type=click.FloatRange(1.0, 5000.0), help=_RBC_PX_HELP)

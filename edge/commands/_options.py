@@ -73,3 +73,32 @@ def json_flag(help_text: str):
 def weights_option(help_text: str):
     """--weights NAME|FILE (default imagenet)."""
     return click.option("--weights", default="imagenet", show_default=True, help=help_text)
+
+
+def frames_options(what: str):
+    """--frames DIR --labels CSV: whole fields with one labelled white cell each (edge.site_cells), instead
+    of `what` (a folder of single-cell images), and --detector that finds the cell."""
+
+    def decorate(func):
+        func = click.option(
+            "--detector",
+            type=click.Path(file_okay=False, path_type=str),
+            default=None,
+            help="With --frames: the white-cell detector bundle (default: the daemon's).",
+        )(func)
+        func = click.option(
+            "--labels",
+            "labels_csv",
+            type=click.Path(dir_okay=False, path_type=str),
+            help="With --frames: a CSV 'frame,label' (frame: the image's name without its suffix).",
+        )(func)
+        return click.option(
+            "--frames",
+            "frames_dir",
+            type=click.Path(file_okay=False, path_type=str),
+            help=f"Whole microscope fields instead of {what}: each has one labelled white cell (--labels), "
+            "found by the detector and cut as `edge run --mode field` cuts it; the fields' red cells give "
+            "the scale.",
+        )(func)
+
+    return decorate

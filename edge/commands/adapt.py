@@ -10,12 +10,10 @@ import click
 
 from edge import site_cells
 from edge.adapt import adapt as run_adapt
-from edge.bundle import Bundle, find_bundle
+from edge.bundle import Bundle
 from edge.commands._device_options import rbc_px_option
-from edge.commands._options import class_map_option, out_dir_option, seed_option
-from edge.daemon.config import DEFAULT_DETECTOR
+from edge.commands._options import class_map_option, frames_options, out_dir_option, seed_option
 from edge.dataset import parse_class_map, printable, scan_labelled
-from edge.detect.detector import Detector
 from edge.errors import DataError
 
 
@@ -23,25 +21,7 @@ from edge.errors import DataError
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("site_dir", type=click.Path(path_type=str), required=False)
 @out_dir_option("The new bundle's folder (never the bundle itself).")
-@click.option(
-    "--frames",
-    "frames_dir",
-    type=click.Path(file_okay=False, path_type=str),
-    help="Whole microscope fields instead of SITE_DIR: each has one labelled white cell (--labels), "
-    "found by the detector; the fields' red cells give the scale.",
-)
-@click.option(
-    "--labels",
-    "labels_csv",
-    type=click.Path(dir_okay=False, path_type=str),
-    help="With --frames: a CSV 'frame,label' (frame = the image's name without suffix).",
-)
-@click.option(
-    "--detector",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="With --frames: the white-cell detector bundle (default: the daemon's).",
-)
+@frames_options("SITE_DIR")
 @click.option(
     "--site-name", default=None, help="The microscope's name on every screen (default: SITE_DIR's name)."
 )
@@ -82,8 +62,7 @@ def adapt(
     if frames_dir:
         if site_dir or not labels_csv:
             raise click.UsageError("--frames DIR needs --labels CSV, and no SITE_DIR")
-        finder = Detector.open(Bundle.load(detector or find_bundle(DEFAULT_DETECTOR)), "cpu")
-        cells = site_cells.from_frames(Path(frames_dir), Path(labels_csv), finder, model.labels, aliases)
+        cells = site_cells.from_frames(Path(frames_dir), Path(labels_csv), detector, model.labels, aliases)
     elif site_dir:
         cells = site_cells.from_folder(_site_folder(model, site_dir, aliases))
     else:

@@ -11,7 +11,7 @@ import click
 from edge.batch import Inference
 from edge.bundle import Bundle, find_bundle
 from edge.commands._device_options import progress, rbc_px_option, runtime_options, uncertainty_options
-from edge.commands._options import class_map_option, plot_file_option
+from edge.commands._options import class_map_option, frames_options, plot_file_option
 from edge.confusion_image import write_confusion_png
 from edge.daemon.config import DEFAULT_DETECTOR
 from edge.dataset import parse_class_map, printable, scan_labelled
@@ -26,14 +26,7 @@ from edge.site_cells import from_frames
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
 @click.argument("labelled_dirs", nargs=-1, type=click.Path(path_type=str), metavar="LABELLED_DIR...")
-@click.option(
-    "--frames",
-    "frames_dir",
-    type=click.Path(file_okay=False, path_type=str),
-    help="Whole fields instead of LABELLED_DIR: each has one labelled white cell (--labels CSV "
-    "'frame,label'), found by the daemon's detector and cut as `edge run --mode field` cuts it.",
-)
-@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=str), help="With --frames.")
+@frames_options("LABELLED_DIR")
 @click.option(
     "--json",
     "json_path",
@@ -78,6 +71,7 @@ def eval_(
     inference: Inference,
     frames_dir=None,
     labels_csv=None,
+    detector=None,
 ):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
     Several folders (sources) are scored together, each file once, and also one by one ("per source").
