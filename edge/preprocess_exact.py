@@ -51,12 +51,22 @@ def background_bgr(image_bgr: np.ndarray) -> tuple[int, int, int]:
     """The slide's colour (B, G, R integers) in an 8-bit BGR image: the median of the brightest tenth
     of a thumbnail's pixels. Integer all the way."""
     small = halve_until(image_bgr, THUMBNAIL, THUMBNAIL)
-    pixels = small.reshape(-1, 3).astype(np.int32)
-    brightness = pixels.sum(axis=1)
-    keep = max(1, int(len(pixels) * BACKGROUND_SHARE))
-    bright = pixels[brightness >= np.partition(brightness, len(brightness) - keep)[len(brightness) - keep]]
-    middle = (len(bright) - 1) // 2  # the lower median: an integer, no averaging
-    return tuple(int(np.partition(bright[:, c], middle)[middle]) for c in range(3))
+    channels = [small[..., c].reshape(-1) for c in range(3)]
+    brightness = channels[0].astype(np.uint16)
+    brightness += channels[1]
+    brightness += channels[2]
+    keep = max(1, int(len(brightness) * BACKGROUND_SHARE))
+    # the keep-th brightest value and the lower median of each channel above it, read off histograms
+    # (the same integers as sorting, in a fraction of the time: preprocessing runs on every cell)
+    threshold = _kth_smallest(np.bincount(brightness, minlength=766), len(brightness) - keep)
+    bright = (brightness >= threshold).astype(np.float32)  # counts as weights: exact (< 2**24)
+    middle = (int(bright.sum()) - 1) // 2  # the lower median: an integer, no averaging
+    return tuple(_kth_smallest(np.bincount(ch, weights=bright, minlength=256), middle) for ch in channels)
+
+
+def _kth_smallest(histogram: np.ndarray, k: int) -> int:
+    """The k-th smallest value (0-based) of the values a histogram counts."""
+    return int(np.searchsorted(np.cumsum(histogram), k, side="right"))
 
 
 def white_balance_table(background: tuple[int, int, int], reference_rgb) -> np.ndarray:
