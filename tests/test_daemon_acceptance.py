@@ -375,6 +375,9 @@ def test_a_full_disk_under_the_database_never_stops_classification(
     assert summary["store"]["waiting"] > 0 and "keeping results in memory" in first.stderr
     stored = rows(db)
     assert 0 < stored < 3000 and stored + summary["store"]["waiting"] + summary["store"]["lost"] == 3000
+    # issue 24, item 3: what was not written is said to be lost, never "0 lost"
+    lost = summary["store"]["waiting"] + summary["store"]["lost"]
+    assert f"(FULL: {lost} classified frame(s) never written, their results lost: " in first.stdout
     # The next start, on the same full disk, starts and classifies.
     again = edge_run(*args[:-2], "--max-frames", "5", cwd=tmp_path)
     assert again.returncode == 0 and "slide-1 ended" in again.stdout, again.stderr
