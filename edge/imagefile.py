@@ -69,14 +69,14 @@ def decode_image(
     """Decode encoded image bytes; see `load_image`. `flags`: OpenCV's (IMREAD_COLOR for a thumbnail)."""
     if not data:
         raise ImageLoadError(name, "empty file")
-    try:  # the format from the content, and what decoding it costs, from the header alone
-        header = read_header(data)
-    except HeaderError as exc:
-        raise ImageLoadError(name, str(exc)) from None
     if data.startswith(_JPEG_SOI) and _JPEG_EOI not in data[-4096:]:
         raise ImageLoadError(name, "truncated JPEG (no end-of-image marker)")
     if data.startswith(_PNG_MAGIC) and _PNG_IEND not in data[-64:]:
         raise ImageLoadError(name, "truncated PNG (no IEND chunk)")
+    try:  # the format from the content, and what decoding it costs, from the header alone
+        header = read_header(data)
+    except HeaderError as exc:
+        raise ImageLoadError(name, str(exc)) from None
     if header.pixels > _max_pixels:
         raise ImageLoadError(
             name,
