@@ -148,7 +148,10 @@ def run_compiler(compiler: str, model_path: Path, timeout_s: int = 180) -> Compi
 
 def compile_bundle(bundle: Bundle, compiler: str, preflight_summary: dict, timeout_s: int = 180) -> dict:
     """Compile model.tflite, add model_edgetpu.tflite (hash in the manifest) and manifest.edgetpu."""
-    result = run_compiler(compiler, bundle.path / CPU_MODEL, timeout_s)
+    with tempfile.TemporaryDirectory(prefix="edgetpu-in-") as tmp:  # the verified bytes, not the file now
+        model = Path(tmp) / CPU_MODEL
+        model.write_bytes(bundle.model_bytes())
+        result = run_compiler(compiler, model, timeout_s)
     manifest = bundle.manifest
     manifest.edgetpu = {"compiler": result.log, "preflight": preflight_summary, "model": EDGETPU_MODEL}
     write_bundle(bundle.path, {EDGETPU_MODEL: result.edgetpu_bytes}, manifest)

@@ -81,7 +81,7 @@ def _fidelity(bundle: Bundle, export: OnnxExport, images, float_model=None) -> l
     ev = load_labelled(images, bundle.preprocess_spec)
     onnx_p = onnx_probs(export.data, ev.images, desc=f"onnx on {ev.split}")
     tflite_p = tflite_probs(
-        bundle.model_path().read_bytes(),
+        bundle.model_bytes(),
         ev.images,
         desc=f"tflite on {ev.split}",
         n_classes=len(bundle.labels),
@@ -163,9 +163,7 @@ def export(req: ExportRequest) -> ExportResult:
     bundle = Bundle.load(req.bundle)
     if req.run is None:
         log.info(f"converting {bundle.path / 'model.tflite'} to ONNX (tf2onnx, TFLite front end)...")
-        export_ = from_tflite(
-            bundle.model_path().read_bytes(), f"{bundle.path.name}/model.tflite", len(bundle.labels)
-        )
+        export_ = from_tflite(bundle.model_bytes(), f"{bundle.path.name}/model.tflite", len(bundle.labels))
         export_.record["command"] = req.command_line()
         fidelity = _fidelity(bundle, export_, eval_images(bundle, req.eval_dir))
         messages = [export_.record["tensorrt_note"]] if "tensorrt_note" in export_.record else []

@@ -119,7 +119,7 @@ class Refit:
 def refit_last_layer(bundle: Bundle, emb: np.ndarray, y: np.ndarray, fit: np.ndarray, seed: int) -> Refit:
     """The last layer fitted on the fit cells and written back into the model, the logits' int8 range
     widened to hold every site cell's logits."""
-    model_bytes = bundle.model_path().read_bytes()
+    model_bytes = bundle.model_bytes()
     _, head = read_head(model_bytes, bundle.manifest.embedding.name)
     features = head.features(emb)  # the last layer's input (the embedding itself, or one layer on)
     x_fit, y_fit = features[fit], y[fit]
@@ -145,7 +145,7 @@ def adapt_rejection(
     if bundle.manifest.rejection is None:
         return {}, None
     rejection = bundle.manifest.rejection
-    scorer = MahalanobisScorer.load(bundle.path / rejection.file)
+    scorer = MahalanobisScorer.load(bundle.path / rejection.file, bundle.read(rejection.file))
     extra = {rejection.file: scorer.with_centres(emb_fit, y_fit).to_bytes()}
     spread = scorer.left_out_scores(emb_fit, y_fit)
     wanted = float(np.quantile(spread, 0.99)) if len(spread) else 0.0

@@ -3,6 +3,12 @@
 A bundle is a directory holding `model.tflite`, optionally `model_edgetpu.tflite`, and
 `manifest.json`. `Bundle.load` refuses anything it cannot vouch for (docs/design.md, "The bundle"):
 a missing file, a hash mismatch, an unknown schema, labels that do not fit the model output.
+
+Every file is read once: `Bundle.load` reads the manifest's bytes once (the signature is checked on
+those bytes, the manifest parsed from them) and each listed file once, hashes those bytes and keeps
+them. Whatever runs or checks a bundle file takes its bytes from `Bundle.read` (interpreters get
+`model_content`, never the path), so a file swapped on disk after the check can never be what runs
+under the recorded hash.
 """
 
 from __future__ import annotations
@@ -12,14 +18,13 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from edge import __version__, contract
 from edge.errors import BundleError
-from edge.hashing import sha256_file
 
 # The manifest's parts (edge/manifest.py), where callers have always found them.
 from edge.manifest import SCHEMA_VERSION, Manifest, Metric, Rejection, TensorSpec, Uncertainty  # noqa: F401
@@ -93,11 +98,42 @@ def find_bundle(name: str) -> Path:
     )
 
 
+def read_verified(file: Path, expected: str) -> bytes:
+    """The bytes of `file`, read once, whose sha256 is `expected`; BundleError otherwise."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{file}: missing model file listed in the manifest") from None
+    except OSError as exc:
+        raise BundleError(f"{file}: unreadable ({exc.strerror or exc})") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise BundleError(
+            f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…): tampered or corrupt"
+        )
+    return data
+
+
 @dataclass
 class Bundle:
     path: Path
     manifest: Manifest
     signature: object = None  # edge.signing.Signature, verified, when the bundle is signed
+    # Each listed file's bytes, verified against the manifest: what `read` hands out.
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of one of the bundle's files, verified against the manifest's sha256. Everything
+        that loads a bundle file (interpreters, the rejection scorer, checks) takes them from here."""
+        if name not in self.manifest.files:
+            raise BundleError(f"{self.path}: bundle has no {name}")
+        if name not in self.contents:  # a Bundle built without load()
+            self.contents[name] = read_verified(self.path / name, self.manifest.files[name])
+        return self.contents[name]
+
+    def model_bytes(self, edgetpu: bool = False) -> bytes:
+        """The verified bytes of model.tflite (or model_edgetpu.tflite)."""
+        return self.read(self.model_path(edgetpu).name)
 
     @property
     def labels(self) -> list[str]:
@@ -146,7 +182,8 @@ class Bundle:
             hint = f" ({root} holds the bundles {', '.join(inside)}: name one of them)" if inside else ""
             raise BundleError(f"{manifest_path}: missing manifest{hint}")
         try:
-            raw = json.loads(manifest_path.read_text())
+            manifest_bytes = manifest_path.read_bytes()  # once: parsed and signature-checked alike
+            raw = json.loads(manifest_bytes.decode())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BundleError(f"{manifest_path}: not valid JSON ({exc})") from None
         if not isinstance(raw, dict):
@@ -168,25 +205,17 @@ class Bundle:
             raise BundleError(
                 f"{manifest_path}: rejection.file {manifest.rejection.file} is not listed in files"
             )
-        for name, expected in manifest.files.items():
-            file = root / name
-            if not file.exists():
-                raise BundleError(f"{file}: missing model file listed in the manifest")
-            actual = sha256_file(file)
-            if actual != expected:
-                raise BundleError(
-                    f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…): tampered or corrupt"
-                )
-        _check_contract(root, manifest)
+        contents = {name: read_verified(root / name, expected) for name, expected in manifest.files.items()}
+        _check_contract(root, manifest, contents[CPU_MODEL])
         from edge.signing import read_signature
 
-        return cls(root, manifest, read_signature(root))
+        return cls(root, manifest, read_signature(root, manifest_bytes), contents)
 
 
-def _check_contract(root: Path, manifest: Manifest) -> None:
+def _check_contract(root: Path, manifest: Manifest, model: bytes) -> None:
     """The manifest must say what the model itself was sealed with (labels, preprocessing, flagging)."""
     try:
-        sealed = contract.read((root / CPU_MODEL).read_bytes())
+        sealed = contract.read(model)
     except ImportError:  # no TFLite runtime installed: nothing here could run the model either
         return
     except Exception as exc:  # the schema module's own error for bytes that are no TFLite model

@@ -5,19 +5,33 @@ neither TensorFlow nor the training side."""
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib
-import logging
 import os
 import sys
-from importlib.metadata import entry_points
-from pathlib import Path
 
-import click
 
-from edge import __version__
-from edge.errors import EdgeError
+def _catch_early_signals(argv: list[str]) -> None:
+    """`edge run`: SIGTERM and SIGINT are noted from here on, so a stop while the rest loads is a clean
+    stop (daemon/early_signals.py). First thing of all, before click or any command is imported."""
+    if "run" in argv[:2]:
+        from edge.daemon import early_signals
+
+        early_signals.catch()
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge":  # the program, not an import
+    _catch_early_signals(sys.argv[1:])
+
+import ast  # noqa: E402
+import functools  # noqa: E402
+import importlib  # noqa: E402
+import logging  # noqa: E402
+from importlib.metadata import entry_points  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from edge import __version__  # noqa: E402
+from edge.errors import EdgeError  # noqa: E402
 
 # command name -> "module:function", edge's own.
 COMMANDS = {
@@ -174,12 +188,7 @@ def _debug_requested(argv) -> bool:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if (
-        "run" in argv[:2]
-    ):  # before anything slow: a stop during start-up is a clean stop (daemon/early_signals.py)
-        from edge.daemon import early_signals
-
-        early_signals.catch()
+    _catch_early_signals(argv)  # again: main() may be called with its own argv
     debug = _debug_requested(argv)
     try:
         rv = cli.main(args=argv, prog_name="edge", standalone_mode=False)

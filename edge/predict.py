@@ -149,7 +149,11 @@ class Classifier:
                 f"embedding output, which the {self.backend.name} backend's model does not give; use a backend "
                 "whose model has it (cpu, edgetpu) or export it again"
             )
-        self.rejection = MahalanobisScorer.load(bundle.path / rejection.file) if rejection else None
+        self.rejection = (
+            MahalanobisScorer.load(bundle.path / rejection.file, bundle.read(rejection.file))
+            if rejection
+            else None
+        )
         self.rejection_threshold = rejection.threshold if rejection else None
 
     @classmethod

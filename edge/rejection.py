@@ -101,9 +101,10 @@ class MahalanobisScorer:
         return buffer.getvalue()
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> MahalanobisScorer:
+    def load(cls, path: str | os.PathLike, content: bytes | None = None) -> MahalanobisScorer:
+        """From the .npz at `path`, or from its `content` (a bundle's verified bytes; `path` names it)."""
         try:
-            with np.load(Path(path), allow_pickle=False) as data:
+            with np.load(Path(path) if content is None else io.BytesIO(content), allow_pickle=False) as data:
                 return cls(data["means"], data["precision"], data.get("projection"), data.get("center"))
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"{path}: not a rejection statistics file ({exc})") from None

@@ -96,9 +96,10 @@ def sign(bundle_dir: str | os.PathLike, key_path: str | os.PathLike, signer: str
     return signature
 
 
-def read_signature(bundle_dir: str | os.PathLike) -> Signature | None:
-    """The bundle's signature, verified against its manifest.json; None for an unsigned bundle.
-    A signature that does not verify is a BundleError, signed or not by a trusted key."""
+def read_signature(bundle_dir: str | os.PathLike, manifest: bytes | None = None) -> Signature | None:
+    """The bundle's signature, verified against `manifest` (the bytes of its manifest.json that
+    Bundle.load parsed; read here when not given); None for an unsigned bundle. A signature that does
+    not verify is a BundleError, signed or not by a trusted key."""
     root = Path(bundle_dir)
     path = root / SIGNATURE
     if not path.exists():
@@ -108,7 +109,9 @@ def read_signature(bundle_dir: str | os.PathLike) -> Signature | None:
         record = json.loads(path.read_text())
         public = base64.b64decode(record["public_key"], validate=True)
         raw = base64.b64decode(record["signature"], validate=True)
-        signing.VerifyKey(public).verify((root / "manifest.json").read_bytes(), raw)
+        if manifest is None:
+            manifest = (root / "manifest.json").read_bytes()
+        signing.VerifyKey(public).verify(manifest, raw)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BundleError(f"{path}: unreadable signature ({exc})") from None
     except exceptions.BadSignatureError:
@@ -123,9 +126,14 @@ def read_signature(bundle_dir: str | os.PathLike) -> Signature | None:
     )
 
 
-def require_trusted(bundle_dir: str | os.PathLike, trusted_keys: list[str]) -> Signature:
-    """The daemon's rule when it lists trusted keys: a valid signature by one of them, or refusal."""
-    signature = read_signature(bundle_dir)
+def require_trusted(bundle, trusted_keys: list[str]) -> Signature:
+    """The daemon's rule when it lists trusted keys: a valid signature by one of them, or refusal.
+    `bundle`: a loaded edge.bundle.Bundle, whose signature was checked on the manifest it runs by (not
+    the files as they are on disk now), or a bundle directory."""
+    if isinstance(bundle, str | os.PathLike):
+        bundle_dir, signature = Path(bundle), read_signature(bundle)
+    else:
+        bundle_dir, signature = bundle.path, bundle.signature
     if signature is None:
         raise BundleError(
             f"{bundle_dir}: unsigned bundle, and this device only runs bundles signed by a trusted key"

@@ -4,6 +4,7 @@ written here in torch's legacy layout with stand-ins registered as `torch` for t
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 import subprocess
@@ -129,3 +130,113 @@ def test_weights_import_on_a_hostile_file_is_one_line_and_no_crash(tmp_path, mon
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+# Issue 24, item 8: every allocation bounded by the file's real size; every failure a WeightsError.
+
+
+def _peak_bytes(read) -> int:
+    """What `read()` allocated at its peak (Python and NumPy memory, as tracemalloc sees it)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _refused(path, message: str) -> WeightsError:
+    def read():
+        with pytest.raises(WeightsError, match=message) as info:
+            read_torch_state_dict(path)
+        assert "\n" not in str(info.value)
+
+    peak = _peak_bytes(read)
+    size = path.stat().st_size
+    # the bytes of the file (read once) and what its pickle builds: ~100 bytes an operation at most
+    assert peak < 100 * size + 4 * 2**20, f"{peak:,} bytes allocated for a {size:,}-byte file"
+
+
+def test_a_tiny_file_cannot_ask_for_a_gigabyte(tmp_path, monkeypatch):
+    # A 392-byte file asked for a 1 GB array: one element repeated by a stride of 0.
+    repeated = _legacy_pth(tmp_path / "stride0.pth", monkeypatch, 1, 0, (250_000_000,), (0,))
+    assert repeated.stat().st_size < 500
+    _refused(repeated, r"asks for more than [\d,]+ bytes of tensors \(2 x the file's size\)")
+    # A storage that claims a gigabyte the file does not hold.
+    claims = _legacy_pth(tmp_path / "claims.pth", monkeypatch, 4, 0, (4,), (1,))
+    data = bytearray(claims.read_bytes())
+    at = len(data) - 4 * 4 - 8
+    data[at : at + 8] = struct.pack("<q", 250_000_000)
+    claims.write_bytes(bytes(data))
+    _refused(claims, "storage '0' claims 250,000,000 elements; the file has 16 bytes left")
+    # A pickle whose bytes object says it is a gigabyte long.
+    lying = tmp_path / "bytes8.pth"
+    lying.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**30) + b"x" * 100 + b".")
+    _refused(lying, "expected 1073741824 bytes in a bytes8, but only 101 remain")
+
+
+def _zip_pth(path, members: dict[str, bytes | int], compression=zipfile.ZIP_DEFLATED):
+    """A torch zip: `archive/data.pkl` and storages; an int member is that many zero bytes, written
+    compressed in pieces (a zip bomb written without holding it)."""
+    with zipfile.ZipFile(path, "w", compression, compresslevel=9) as zf:
+        for name, content in members.items():
+            with zf.open(f"archive/{name}", "w", force_zip64=True) as fh:
+                if isinstance(content, int):
+                    for _ in range(content // 2**24):
+                        fh.write(bytes(2**24))
+                else:
+                    fh.write(content)
+    return path
+
+
+def test_a_zip_bomb_is_read_no_further_than_the_file_is_long(tmp_path, monkeypatch):
+    # A 2 MB zip asked for 4.2 GB: storages that decompress to far more than the file.
+    torch, utils = _fake_torch(monkeypatch)
+    storage = _Storage("0", 2**26)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return (
+                ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+                if isinstance(obj, _Storage)
+                else None
+            )
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"w": _Tensor(utils._rebuild_tensor_v2, storage, 0, (2**26,), (1,))})
+    bomb = _zip_pth(tmp_path / "bomb.pth", {"data.pkl": buffer.getvalue(), "data/0": 2**28})
+    assert bomb.stat().st_size < 2**20  # 256 MB of storage in a few hundred kB
+    _refused(bomb, "asks for more than the [\\d,]+ bytes of the file")
+
+
+def test_deep_nesting_is_a_weights_error_not_a_recursion_error(tmp_path):
+    # Deep nesting gave a bare RecursionError (a traceback). Dicts nested 100,000 deep, written as
+    # opcodes: {"k": {"k": ... {}}}.
+    depth = 100_000
+    deep = tmp_path / "deep.pth"
+    key = b"\x8c\x01k"  # SHORT_BINUNICODE "k"
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02" + (b"}" + key) * depth + b"}" + b"s" * depth + b".")
+    _refused(deep, "nested more than 32 levels deep")
+
+
+def test_a_pickle_of_a_million_objects_is_refused(tmp_path):
+    many = tmp_path / "many.pth"
+    many.write_bytes(b"\x80\x02]" + b"]a" * 1_000_000 + b".")  # a list of a million empty lists
+    _refused(many, "a pickle of more than 500,000 operations")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x80\x02", b"\x80\x02}q\x00(X", b"PK\x03\x04" + b"\x00" * 40, b"\x80\x02cos\nsystem\n."],
+    ids=["empty", "protocol-only", "truncated", "broken-zip", "a-global"],
+)
+def test_every_failure_is_a_one_line_weights_error(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as info:
+        read_torch_state_dict(path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(path))

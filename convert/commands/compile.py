@@ -45,10 +45,10 @@ def compile_(bundle_dir, preflight_only, compiler, timeout_s, verbose):
     require_train("edge compile")
     from convert.edgetpu import preflight
     from convert.edgetpu_compiler import INSTALL_HINT, CompilerMissingError, compile_bundle, find_compiler
-    from edge.bundle import CPU_MODEL, Bundle
+    from edge.bundle import Bundle
 
     bundle = Bundle.load(bundle_dir)
-    report = preflight((bundle.path / CPU_MODEL).read_bytes())
+    report = preflight(bundle.model_bytes())
     click.echo("\n".join(report.table()))
     if verbose:
         for v in report.unsupported():

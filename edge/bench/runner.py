@@ -104,7 +104,7 @@ def _switch_interval(seconds: float):
 
 def bundle_info(bundle: Bundle, backend: str) -> dict:
     model_file = bundle.path / {"edgetpu": EDGETPU_MODEL, "onnx": ONNX_MODEL}.get(backend, CPU_MODEL)
-    size = model_file.stat().st_size if model_file.exists() else None
+    size = len(bundle.read(model_file.name)) if model_file.name in bundle.manifest.files else None
     return {
         "path": str(bundle.path),
         "name": bundle.path.name,

@@ -7,6 +7,15 @@ from pathlib import Path
 import click
 
 
+def _http_url(ctx, param, value):
+    """An http(s) URL, checked before the report is built (a FhirUrlError: one line, exit 2)."""
+    if value is not None:
+        from edge.lab.fhir_post import check_url
+
+        check_url(value)
+    return value
+
+
 @click.command()
 @click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The results database."
@@ -17,9 +26,18 @@ import click
 @click.option(
     "--fhir", type=click.Path(dir_okay=False, path_type=Path), help="Write an HL7 FHIR R4 Bundle (JSON)."
 )
-@click.option("--fhir-url", help="POST the FHIR Bundle (a transaction) to this server base URL.")
+@click.option(
+    "--fhir-url", callback=_http_url, help="POST the FHIR Bundle (a transaction) to this server base URL."
+)
 @click.option(
     "--fhir-retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of the POST."
+)
+@click.option(
+    "--fhir-deadline",
+    type=click.FloatRange(min=1, max=3600),
+    default=60,
+    show_default=True,
+    help="Seconds the delivery may take in all, retries included.",
 )
 @click.option(
     "--archive",
@@ -29,7 +47,7 @@ import click
 @click.option(
     "--gallery", type=click.IntRange(min=0), default=60, show_default=True, help="Flagged cells shown."
 )
-def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery):
+def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, fhir_deadline, archive, gallery):
     """Report one slide: times, model and its sha256, the differential (model and verified counts,
     each with its 95 % interval), alerts, uncertain and unknown cells, flagged cells from the
     archive, and who signed it.
@@ -56,7 +74,8 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
         pdf_bytes = write_pdf(html, pdf)
         click.echo(f"pdf: {pdf}")
     if fhir or fhir_url:
-        from edge.lab.fhir import build_bundle, bundle_json, post_bundle
+        from edge.lab.fhir import build_bundle, bundle_json
+        from edge.lab.fhir_post import post_bundle
 
         body = bundle_json(build_bundle(slide, pdf_bytes))
         status = "final" if slide.sign.signed else "preliminary"
@@ -64,6 +83,11 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
             fhir.write_text(body + "\n", encoding="utf-8")
             click.echo(f"fhir: {fhir} (Bundle, DiagnosticReport {status})")
         if fhir_url:
-            code = post_bundle(fhir_url, body, retries=fhir_retries)
-            click.echo(f"fhir: sent to {fhir_url} (HTTP {code})")
+            code = post_bundle(
+                fhir_url,
+                body,
+                retries=fhir_retries,
+                deadline_s=fhir_deadline,
+            )
+            click.echo(f"fhir: sent to {fhir_url} (HTTP {code}, transaction-response)")
     return 0

@@ -35,6 +35,23 @@ def _read_token(path: Path) -> str:
     return token
 
 
+def store_note(store: dict) -> str:
+    """What a full disk cost, in words that match what happened. Frames still waiting in memory when
+    the run ends are never written: they are lost as surely as those that overflowed the in-memory
+    backlog earlier. (Frames dropped because the queue was full were never classified: the frames
+    line counts them.)"""
+    waiting, overflowed, full = store["waiting"], store["lost"], store["state"] == "full"
+    if not waiting and not overflowed:
+        return " (FULL: nothing could be written; no result was waiting)" if full else ""
+    parts = [f"{waiting} still waiting for room when the run ended"] if waiting else []
+    if overflowed:
+        parts.append(f"{overflowed} beyond what memory holds while the disk was full")
+    return (
+        f" ({'FULL: ' if full else ''}{waiting + overflowed} classified frame(s) never written, "
+        f"their results lost: {'; '.join(parts)})"
+    )
+
+
 def format_summary(s: dict) -> str:
     before = s.get("before_this_run") or {}
     lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
@@ -74,12 +91,7 @@ def format_summary(s: dict) -> str:
             else []
         ),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
-        f"  database: {s['database']}"
-        + (
-            f" (FULL: {s['store']['waiting']} frame(s) not written, {s['store']['lost']} lost)"
-            if s["store"]["state"] == "full"
-            else ""
-        ),
+        f"  database: {s['database']}{store_note(s['store'])}",
     ]
     m = s.get("mqtt") or {}
     if m.get("enabled"):

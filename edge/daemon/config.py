@@ -216,13 +216,34 @@ class HttpConfig(Section):
     @model_validator(mode="after")
     def _token_beyond_loopback(self) -> HttpConfig:
         address = _listen_address(self.listen)
-        if address and not is_loopback(address[0]) and len(self.token) < 16:
-            raise invalid(
-                f"a non-loopback bind ({address[0]}) needs a token of at least 16 characters "
-                "(or set EDGE_RUN_TOKEN)",
-                "token",
-            )
+        if address and not is_loopback(address[0]):
+            weakness = token_weakness(self.token)
+            if weakness:
+                raise invalid(
+                    f"a non-loopback bind ({address[0]}) needs a token of at least {TOKEN_MIN_LENGTH} "
+                    f"characters, {TOKEN_MIN_DISTINCT} of them different, without blanks ({weakness}; "
+                    "or set EDGE_RUN_TOKEN)",
+                    "token",
+                )
         return self
+
+
+TOKEN_MIN_LENGTH = 16
+TOKEN_MIN_DISTINCT = 6  # "x" * 16 or a row of spaces is not a secret; 16 random hex digits have ~10
+
+
+def token_weakness(token: str) -> str:
+    """Why `token` cannot guard a page on the network, or "" when it can. It travels in a header and
+    a URL, so blanks and control characters are refused too."""
+    if not token:
+        return "none is set"
+    if any(c.isspace() or not c.isprintable() for c in token):
+        return "this one has blank or control characters"
+    if len(token) < TOKEN_MIN_LENGTH:
+        return f"this one has {len(token)}"
+    if len(set(token)) < TOKEN_MIN_DISTINCT:
+        return f"this one has {len(set(token))} different characters"
+    return ""
 
 
 def _public_key(text: str) -> str:

@@ -201,7 +201,7 @@ def _open_models(
     mode_bundles = mode_class.bundles(c.pipeline)
     if c.trusted_keys:  # a clinic that approves bundles approves its detector too
         for approved in (bundle, *mode_bundles):
-            require_trusted(approved.path, c.trusted_keys)
+            require_trusted(approved, c.trusted_keys)
     # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
     classifier = Classifier.open(
         bundle, c.pipeline.backend, lab=labtables.choose(c.pipeline.lab), threads=c.pipeline.threads or None

@@ -16,8 +16,8 @@ import cv2
 from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from waitress.server import create_server
 
+from edge.daemon.http_guard import create_guarded_server
 from edge.daemon.metrics import StatusCollector
 from edge.daemon.review_api import review_blueprint
 from edge.daemon.sinks import LiveView
@@ -132,7 +132,7 @@ class WebServer:
     def __init__(self, session: Session, host: str, port: int, token: str = ""):
         # waitress warns "Task queue depth is 2" whenever a browser opens a few requests at once: noise here.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        self.server = create_server(
+        self.server = create_guarded_server(  # slow or idle connections cannot starve it (http_guard.py)
             create_app(session, token),
             host=host,
             port=port,
@@ -140,13 +140,8 @@ class WebServer:
             ident="edge-run",
             clear_untrusted_proxy_headers=True,
             asyncore_loop_timeout=0.25,  # how soon the serving loop notices stop()
-            # Idle connections must not starve the page: waitress accepts 100 by default and keeps an
-            # idle one for 120 s, so ~100 idle sockets from one host blocked every request. Many more
-            # may be open now (poll(), no select() limit), and an idle one is closed after 15 s.
-            connection_limit=1000,
-            channel_timeout=15,
-            cleanup_interval=5,
-            asyncore_use_poll=True,
+            channel_timeout=15,  # silent connections; http_guard bounds the time to send a request
+            asyncore_use_poll=True,  # no select() limit on the number of sockets
         )
         self.host = host
         self.port = self.server.effective_port

@@ -161,10 +161,14 @@ def near_duplicates(frames: list[VocFrame]) -> list[tuple[str, str, float]]:
     import cv2
     import numpy as np
 
+    from edge.errors import ImageLoadError
+    from edge.imagefile import load_image
+
     thumbs = []
     for f in frames:
-        image = cv2.imread(str(f.image), cv2.IMREAD_GRAYSCALE)
-        if image is None:  # reported by whoever reads the frame for real
+        try:  # the one decoder, with its limits (a VOC folder is input like any other)
+            image = load_image(f.image, cv2.IMREAD_GRAYSCALE)
+        except ImageLoadError:  # reported by whoever reads the frame for real
             thumbs.append(np.zeros(64 * 48, np.float32))
             continue
         t = cv2.resize(image, (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()

@@ -17,19 +17,14 @@ Status is `preliminary` until the slide is signed, `final` after.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
-import json
-import logging
-import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 from types import SimpleNamespace
 
 from edge import __version__
 from edge.catalogue import CellClass
-from edge.errors import EdgeError
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
 
@@ -39,14 +34,9 @@ SLIDE_SYSTEM = "urn:edge-hemato:slide"  # identifier system of the slide id; a s
 DEVICE_SYSTEM = "urn:edge-hemato:device"
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service sections: HM, haematology
+URI_SYSTEM = "urn:ietf:rfc:3986"  # an identifier whose value is a URI: each resource's own urn:uuid
 # Namespace for the bundle's urn:uuid ids: the same slide and state give the same ids.
 NAMESPACE = uuid.UUID("4d0f6a52-5b8e-4f7e-9d53-0d7a3c1b2e60")
-
-log = logging.getLogger(__name__)
-
-
-class FhirError(EdgeError):
-    exit_code = 6
 
 
 # The fhir.resources R4B modules the bundle is built from.
@@ -73,10 +63,19 @@ def _models() -> SimpleNamespace:
         raise MissingExtraError("edge report --fhir", "device", exc.name or "fhir.resources") from None
 
 
-def _urn(slide: Slide, *parts) -> str:
-    return "urn:uuid:" + str(
-        uuid.uuid5(NAMESPACE, "/".join([slide.session_id, str(slide.sign.ts), *map(str, parts)]))
-    )
+def slide_state(slide: Slide, pdf: bytes | None) -> str:
+    """What the slide's resources say, in short: a new cell, a review, a signature or an attached PDF
+    changes it; sending the same slide again (a retry, a second run) does not."""
+    digest = hashlib.sha256()
+    for c in slide.cells:
+        digest.update(f"{c.id}:{c.label}:{c.verified_label}:{c.uncertain};".encode())
+    sign = slide.sign
+    digest.update(f"{sign.status}:{sign.name}:{sign.ts}:{slide.count_uncertain}:{pdf is not None}".encode())
+    return digest.hexdigest()[:32]
+
+
+def _urn(slide: Slide, state: str, *parts) -> str:
+    return "urn:uuid:" + str(uuid.uuid5(NAMESPACE, "/".join([slide.session_id, state, *map(str, parts)])))
 
 
 def _code(cls: CellClass, CodeableConcept, Coding):
@@ -105,11 +104,16 @@ def build_bundle(slide: Slide, pdf: bytes | None = None):
 
 
 class _BundleBuilder:
-    """The resources of one slide's bundle, each added as a transaction entry (POST) in order."""
+    """The resources of one slide's bundle, each added as a transaction entry (POST) in order.
+
+    Every entry is a conditional create on a stable identifier (the Device's host and model; every
+    other resource's own urn:uuid, derived from the slide's state), so a server that took the
+    transaction once keeps one copy however often it is retried or re-sent."""
 
     def __init__(self, slide: Slide):
         self.m = _models()
         self.slide = slide
+        self.state = ""
         self.status = "final" if slide.sign.signed else "preliminary"
         self.issued = iso(time.time())
         self.period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
@@ -120,10 +124,19 @@ class _BundleBuilder:
         coding = [self.m.coding.Coding(system=system, code=code)] if code else None
         return self.m.codeableconcept.CodeableConcept(coding=coding, text=text)
 
-    def add(self, resource, url: str, if_none_exist: str | None = None) -> str:
-        request = {"method": "POST", "url": resource.get_resource_type()}
-        if if_none_exist:
-            request["ifNoneExist"] = if_none_exist
+    def urn(self, *parts) -> str:
+        return _urn(self.slide, self.state, *parts)
+
+    def own_id(self, url: str):
+        """The identifier that names a resource by its own urn:uuid (what ifNoneExist searches)."""
+        return self.m.identifier.Identifier(system=URI_SYSTEM, value=url)
+
+    def add(self, resource, url: str, if_none_exist: str = "") -> str:
+        request = {
+            "method": "POST",
+            "url": resource.get_resource_type(),
+            "ifNoneExist": if_none_exist or f"identifier={URI_SYSTEM}|{url}",
+        }
         bundle = self.m.bundle
         self.entries.append(
             bundle.BundleEntry(fullUrl=url, resource=resource, request=bundle.BundleEntryRequest(**request))
@@ -131,6 +144,7 @@ class _BundleBuilder:
         return url
 
     def build(self, pdf: bytes | None):
+        self.state = slide_state(self.slide, pdf)
         device_url = self.add_device()
         interpreter = self.add_signer()
         results = [self.add_observation(row, device_url, interpreter) for row in self.slide.rows()]
@@ -153,20 +167,25 @@ class _BundleBuilder:
             ],
             note=[{"text": INTENDED_USE}],
         )
-        return self.add(device, _urn(slide, "device"), if_none_exist=f"identifier={DEVICE_SYSTEM}|{key}")
+        return self.add(device, self.urn("device"), if_none_exist=f"identifier={DEVICE_SYSTEM}|{key}")
 
     def add_signer(self) -> list[dict]:
         """The Practitioner who signed, as the references that name them (none before signing)."""
         sign = self.slide.sign
         if not sign.signed:
             return []
-        practitioner = self.m.practitioner.Practitioner(name=[self.m.humanname.HumanName(text=sign.name)])
-        return [{"reference": self.add(practitioner, _urn(self.slide, "signer")), "display": sign.name}]
+        url = self.urn("signer")
+        practitioner = self.m.practitioner.Practitioner(
+            identifier=[self.own_id(url)], name=[self.m.humanname.HumanName(text=sign.name)]
+        )
+        return [{"reference": self.add(practitioner, url), "display": sign.name}]
 
     def add_observation(self, row: ClassRow, device_url: str, interpreter: list[dict]) -> dict:
         cls, signed = row.cls, self.slide.sign.signed
         unit, unit_code = ("/100 WBC", "/100{WBCs}") if row.per_100_white else ("%", "%")
+        url = self.urn("observation", cls.label)
         observation = self.m.observation.Observation(
+            identifier=[self.own_id(url)],
             status=self.status,
             category=[self.concept(system=CATEGORY_SYSTEM, code="laboratory")],
             code=_code(cls, self.m.codeableconcept.CodeableConcept, self.m.coding.Coding),
@@ -185,10 +204,7 @@ class _BundleBuilder:
             performer=interpreter or None,
             note=[{"text": _note(row)}],
         )
-        return {
-            "reference": self.add(observation, _urn(self.slide, "observation", cls.label)),
-            "display": cls.display,
-        }
+        return {"reference": self.add(observation, url), "display": cls.display}
 
     def add_report(self, results: list[dict], interpreter: list[dict], pdf: bytes | None) -> None:
         slide = self.slide
@@ -200,8 +216,12 @@ class _BundleBuilder:
             or "No alert rule firing"
         )
         form = {"contentType": "application/pdf", "data": base64.b64encode(pdf or b"").decode()}
+        url = self.urn("report")
         report = self.m.diagnosticreport.DiagnosticReport(
-            identifier=[self.m.identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id)],
+            identifier=[
+                self.m.identifier.Identifier(system=SLIDE_SYSTEM, value=slide.session_id),
+                self.own_id(url),
+            ],
             status=self.status,
             category=[self.concept(system=V2_0074, code="HM")],
             code=self.concept("White-cell differential, image classification of a stained blood slide"),
@@ -212,51 +232,8 @@ class _BundleBuilder:
             conclusion=f"{INTENDED_USE} {conclusion}.",
             presentedForm=[{**form, "title": f"{slide.session_id}.pdf"}] if pdf else None,
         )
-        self.add(report, _urn(slide, "report"))
+        self.add(report, url)
 
 
 def bundle_json(resource) -> str:
     return resource.model_dump_json(indent=2, exclude_none=True)
-
-
-def post_bundle(
-    url: str, body: str, retries: int = 3, timeout_s: float = 15.0, backoff_s: float = 1.0
-) -> int:
-    """POST the bundle to a FHIR server; retries (backoff doubling) on network errors, 408, 429 and
-    5xx. Returns the HTTP status; a refusal (other 4xx) or the last failure is a FhirError."""
-    data = body.encode()
-    last = ""
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-        request = urllib.request.Request(
-            url,
-            data=data,
-            method="POST",
-            headers={
-                "Content-Type": "application/fhir+json",
-                "Accept": "application/fhir+json",
-                "User-Agent": f"edge-hemato/{__version__} ({socket.gethostname()})",
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return response.status
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code} {_outcome(exc.read())}".strip()
-            if exc.code not in (408, 429) and exc.code < 500:
-                raise FhirError(f"{url}: the server refused the bundle: {last}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(getattr(exc, "reason", exc))
-        if attempt < retries:
-            log.warning(f"fhir: {url}: {last}; retrying ({attempt + 1}/{retries})")
-    raise FhirError(f"{url}: not sent after {retries + 1} attempts ({last})")
-
-
-def _outcome(body: bytes) -> str:
-    """The first diagnostic of an OperationOutcome, or the start of whatever came back."""
-    try:
-        issues = json.loads(body).get("issue") or []
-        return "; ".join(i.get("diagnostics") or i.get("code", "") for i in issues)[:200]
-    except (ValueError, AttributeError):
-        return body.decode(errors="replace").strip().splitlines()[0][:200] if body.strip() else ""

@@ -13,7 +13,8 @@ from pathlib import Path
 import cv2
 
 from edge import __version__
-from edge.errors import MissingExtraError
+from edge.errors import ImageLoadError, MissingExtraError
+from edge.imagefile import load_image
 from edge.lab.slide import Cell, Slide
 
 INTENDED_USE = "Screening support for trained staff, not a diagnosis."
@@ -42,8 +43,9 @@ def when(ts: float | None) -> str:
 
 def thumbnail(path: Path, side: int = THUMB_PX) -> str | None:
     """A small JPEG of a crop as a data URI (the report carries its images)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
+    try:  # the one decoder, with its limits: an archive folder is given on the command line
+        image = load_image(path, cv2.IMREAD_COLOR)
+    except ImageLoadError:
         return None
     scale = side / max(image.shape[:2])
     if scale < 1:

@@ -58,7 +58,16 @@ class TFLiteBackend(InferenceBackend):
         if threads is not None and threads < 1:
             raise RuntimeUnavailableError(f"threads must be at least 1, not {threads}")
         try:
-            self.model = TFLiteModel(model_file, runtime, threads, xnnpack, delegates, self.resizable_batch)
+            # the verified bytes (edge/bundle.py), never the path: what runs is what was hashed
+            self.model = TFLiteModel(
+                bundle.read(model_file.name),
+                runtime,
+                threads,
+                xnnpack,
+                delegates,
+                self.resizable_batch,
+                name=str(model_file),
+            )
         except ImportError as exc:
             raise RuntimeUnavailableError(str(exc)) from None
         except ValueError as exc:  # the runtime's own words for a file that is not a TFLite model

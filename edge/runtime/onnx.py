@@ -129,11 +129,12 @@ class OnnxModel:
         providers: list[str] | None = None,
         threads: int | None = None,
         provider_options: dict[str, dict] | None = None,
+        name: str | None = None,
     ):
         ort = import_onnxruntime()
         self.version = ort.__version__
         self.threads = int(threads or usable_cores())
-        self.source = "<bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
+        self.source = name or ("<bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -289,7 +290,10 @@ class Backend(InferenceBackend):
             )
         provider_options = self._provider_options(bundle, options, chosen)
         try:
-            self.onnx = OnnxModel(self.model_file, chosen, options.threads, provider_options)
+            # the verified bytes (edge/bundle.py), never the path: what runs is what was hashed
+            self.onnx = OnnxModel(
+                bundle.read(ONNX_MODEL), chosen, options.threads, provider_options, name=str(self.model_file)
+            )
         except (BundleError, RuntimeUnavailableError):
             raise
         except Exception as exc:  # onnxruntime's own exception types (InvalidProtobuf, Fail, EP errors)

@@ -182,6 +182,7 @@ class TFLiteModel:
         xnnpack: bool = True,
         delegates: list | None = None,
         resizable_batch: bool = True,
+        name: str | None = None,
     ):
         self.rt = import_runtime(runtime or "auto")
         self.threads = int(threads or usable_cores())
@@ -189,7 +190,7 @@ class TFLiteModel:
             raise ValueError(f"threads must be at least 1, not {self.threads}")
         self.xnnpack = bool(xnnpack)
         self.resizable_batch = resizable_batch
-        self.source = "<bytes>" if isinstance(model, (bytes, bytearray)) else str(model)
+        self.source = name or ("<bytes>" if isinstance(model, (bytes, bytearray)) else str(model))
         with held_stderr(LITERT_NOISE):  # its INFO line on every start is not for the user
             self.interpreter = make_interpreter(model, self.rt, self.threads, self.xnnpack, delegates)
             self.interpreter.allocate_tensors()  # RuntimeError: the caller says which model and why

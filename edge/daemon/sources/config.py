@@ -121,8 +121,9 @@ class SourceConfig(Section):
         Hint(f"must be a positive number of pixels (width x height), at most {MAX_PIXELS:,}"),
     ] = Field(
         DEFAULT_MAX_PIXELS,
-        description="Refuse an image of more than N pixels (width x height), from its header before "
-        "decoding it: one error line naming the file and the limit.",
+        description="Refuse an image of more than N pixels (width x height), or one that would take "
+        "more than 6 x N bytes to decode (16-bit, alpha, float), from its header before decoding it: "
+        "one error line naming the file and the limit.",
     )
     picamera2: Picamera2Options = Field(default_factory=Picamera2Options)
     opencv: OpenCVOptions = Field(default_factory=OpenCVOptions)
