@@ -28,7 +28,7 @@ def fill(sink: StoreSink, n: int) -> None:
 def test_the_summary_says_what_a_full_database_cost(tmp_path):
     store = ResultStore(tmp_path / "r.db", max_db_mb=0.07)  # SQLite reports the cap as a full disk
     store.start_session("s", "f" * 64, "bundle", "sim", "cell", {})
-    sink = StoreSink(store, "sim", log=lambda *_: None)
+    sink = StoreSink(store, "sim")
     sink.RETRY_S, sink.BACKLOG = 0.0, 100
     fill(sink, 400)
     state = sink.state()
