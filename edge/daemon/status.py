@@ -84,9 +84,11 @@ class RunReport:
 
 
 def site_json(site: SiteState) -> dict:
-    """The microscope as /api/status, the summary and MQTT status give it: SiteState's fields, and
-    the one line a technician must read (`banner`, None when there is nothing to say)."""
-    return {**site.to_dict(), "banner": site.banner}
+    """The microscope as /api/status, the summary and MQTT status give it: SiteState's fields, the
+    same in words as the page header and the report say them, and the one line a technician must
+    read (`banner`, None when there is nothing to say)."""
+    words = {"microscope": site.microscope, "check": site.check, "scale": site.scale}
+    return {**site.to_dict(), "words": words, "banner": site.banner}
 
 
 def page_json(s: Status) -> dict:
