@@ -9,8 +9,8 @@ half-built daemon. edge/daemon/app.py runs the pipeline on the Session and close
       -> bundles: the classifier's and the mode's (the detector), signatures checked
       -> classifier -> mode -> processor (warmed up)
       -> store, reviews -> session id -> source (resumed from the store) -> session row
-      -> differential (restored from the store) -> the microscope's state (a continued session keeps
-         its gate's decision) -> archive (repaired) -> warnings
+      -> differential (restored from the store; a continued session keeps its gate's decision)
+      -> archive (repaired) -> warnings
       -> MQTT publisher (not yet connected) -> telemetry, live view and the sink chain
 """
 
@@ -147,10 +147,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None, log
             session_id, bundle.sha256, str(bundle.path), source.name, mode.name, without_secrets(c)
         )
         before = _continued(store, session_id, log)
-        white = [n for n in bundle.labels if cell_class(n).white_cell]
-        differential = DifferentialCount(c.differential, bundle.labels, white)
-        differential.restore(store.session_counts())
-        _continue_site(store, bundle, processor, differential, log)
+        differential = _open_differential(c, bundle, store, processor, log)
         archive = _open_archive(c, store, session_id, log)
         warnings = _warnings(c, bundle, differential, log)
         mqtt = _open_mqtt(c, store, log, undo)
@@ -216,14 +213,18 @@ def microscope(bundle: Bundle, processor: FrameProcessor) -> SiteState:
     return site_state(bundle.manifest, processor.gate, processor.keeper.rbc_px, processor.keeper.source)
 
 
-def _continue_site(
-    store: ResultStore, bundle: Bundle, processor: FrameProcessor, differential: DifferentialCount, log: Log
-) -> None:
-    """A continued session (the same slide, on the same microscope) keeps what its earlier run found:
-    the gate's decision and a measured scale, when the model is the same."""
+def _open_differential(
+    c: DaemonConfig, bundle: Bundle, store: ResultStore, processor: FrameProcessor, log: Log
+) -> DifferentialCount:
+    """The session's count, carried on from the database; and a continued session (the same slide, on
+    the same microscope) keeps what its earlier run found: the gate's decision and a measured scale,
+    when the model is the same."""
+    white = [n for n in bundle.labels if cell_class(n).white_cell]
+    differential = DifferentialCount(c.differential, bundle.labels, white)
+    differential.restore(store.session_counts())
     record = store.site_record()
     if record is None or record.model_sha != bundle.sha256:
-        return
+        return differential
     gate, keeper = processor.gate, processor.keeper
     gate.resume(record.decision, record.cells_checked, record.decided_at, record.median_score)
     if not keeper.known and record.scale_rbc_px and record.scale_source == "measured":
@@ -231,6 +232,7 @@ def _continue_site(
     if gate.differs:
         differential.withhold(ALERT_WITHHELD)
         log(f"microscope: the earlier run found it differs ({record.cells_checked} cells); it still does")
+    return differential
 
 
 def _open_models(
