@@ -14,7 +14,7 @@ checks it with the training labs' myeloblasts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -166,7 +166,7 @@ class SiteState:
     @classmethod
     def from_record(cls, record: SiteRecord) -> SiteState:
         """A recorded session's state, for the report and FHIR."""
-        d = {k: v for k, v in record.__dict__.items() if k != "model_sha"}
+        d = {k: v for k, v in asdict(record).items() if k != "model_sha"}
         matches = None if record.decision in (CHECKING, UNAVAILABLE) else record.decision == MATCHES
         return cls(matches_bundle=matches, **d)
 
