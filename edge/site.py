@@ -14,16 +14,19 @@ checks it with the training labs' myeloblasts).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from edge.manifest import Checkpoint, Gate
+from edge.results.sites import SiteRecord
 from edge.scale import measure_files
 
 CHECKPOINTS = (20, 30, 40, 50)
 FALSE_ALARM = 0.01  # of batches of known cells called "differs", over all checkpoints together
 UNCALIBRATED_REASON = "uncalibrated microscope"
+# Why no alert fires on a microscope that differs (edge/daemon/differential.py AlertState.withheld).
+ALERT_WITHHELD = "microscope not calibrated"
 
 CHECKING, MATCHES, DIFFERS, UNAVAILABLE = "checking", "matches", "differs", "unavailable"
 
@@ -81,10 +84,18 @@ class GateWatch:
     decision: str = CHECKING
     decided_at: int | None = None  # cells seen when it decided
     median: float | None = None
+    before: int = 0  # cells checked in an earlier run of the same session (resume)
 
     def __post_init__(self):
         if self.gate is None:
             self.decision = UNAVAILABLE
+
+    def resume(self, decision: str, cells_checked: int, decided_at: int | None, median: float | None) -> None:
+        """A continued session keeps the decision its earlier run made (the same slide, the same
+        microscope); one still checking starts its check again."""
+        if self.gate is None or decision not in (MATCHES, DIFFERS):
+            return
+        self.decision, self.decided_at, self.median, self.before = decision, decided_at, median, cells_checked
 
     def add(self, score: float | None) -> str:
         """One more cell; returns the decision (it changes at most once)."""
@@ -103,7 +114,7 @@ class GateWatch:
 
     @property
     def cells_checked(self) -> int:
-        return len(self.scores)
+        return self.before + len(self.scores)
 
     @property
     def differs(self) -> bool:
@@ -124,6 +135,12 @@ class SiteState:
     decision: str
     cells_checked: int
     held_back_accuracy: float | None = None
+    decided_at: int | None = None  # cells seen when the gate decided
+    median_score: float | None = None  # the gate's statistic when it last looked
+
+    @property
+    def differs(self) -> bool:
+        return self.decision == DIFFERS
 
     def to_dict(self) -> dict:
         return {
@@ -136,7 +153,50 @@ class SiteState:
             "decision": self.decision,
             "cells_checked": self.cells_checked,
             "held_back_accuracy": self.held_back_accuracy,
+            "decided_at": self.decided_at,
+            "median_score": self.median_score,
         }
+
+    def to_record(self, model_sha: str) -> SiteRecord:
+        """As results.db keeps it (edge/results/sites.py)."""
+        d = self.to_dict()
+        del d["matches_bundle"]
+        return SiteRecord(model_sha=model_sha, **d)
+
+    @classmethod
+    def from_record(cls, record: SiteRecord) -> SiteState:
+        """A recorded session's state, for the report and FHIR."""
+        d = {k: v for k, v in asdict(record).items() if k != "model_sha"}
+        matches = None if record.decision in (CHECKING, UNAVAILABLE) else record.decision == MATCHES
+        return cls(matches_bundle=matches, **d)
+
+    @property
+    def microscope(self) -> str:
+        """The microscope in a few words, as the page header, the report and FHIR's Device say it."""
+        if self.calibrated:
+            when = f", calibrated {self.calibrated_at}" if self.calibrated_at else ""
+            accuracy = (
+                f", {100 * self.held_back_accuracy:.1f} % on held-back cells"
+                if self.held_back_accuracy is not None
+                else ""
+            )
+            return f"site {self.name}{when}{accuracy}"
+        return "not calibrated (the training labs' microscopes)"
+
+    @property
+    def check(self) -> str:
+        """The gate's state in a few words."""
+        return {
+            DIFFERS: f"differs from the bundle's cells (checked on {self.cells_checked} cells)",
+            MATCHES: f"matches the bundle's cells (checked on {self.cells_checked} cells)",
+            CHECKING: f"checking ({self.cells_checked} cells so far)",
+        }.get(self.decision, "not checked (the bundle has no gate)")
+
+    @property
+    def scale(self) -> str:
+        if not self.scale_rbc_px:
+            return "not measured"
+        return f"red cells {self.scale_rbc_px:g} px across ({self.scale_source})"
 
     @property
     def banner(self) -> str | None:
@@ -171,6 +231,8 @@ def site_state(manifest, watch: GateWatch, scale_rbc_px: float | None, scale_sou
         decision=watch.decision,
         cells_checked=watch.cells_checked,
         held_back_accuracy=accuracy,
+        decided_at=watch.decided_at,
+        median_score=None if watch.median is None else round(watch.median, 4),
     )
 
 

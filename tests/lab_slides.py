@@ -25,8 +25,16 @@ def write_slide(
     config: DaemonConfig | None = None,
 ) -> Path:
     """One frame per (label, confidence, uncertain) cell in `session` of `db`; the flagged ones
-    (uncertain, an alert class) archived as the daemon would. Returns the archive root."""
-    config = config or load_config(overrides={"store": {"db": str(db)}, "http": {"listen": "off"}})
+    (uncertain, an alert class) archived as the daemon would. Returns the archive root. Unless a
+    `config` says otherwise, the slide counts unsure cells at their top label (count_uncertain), so
+    the review tests' figures hold the cells a technician reclassifies."""
+    config = config or load_config(
+        overrides={
+            "store": {"db": str(db)},
+            "http": {"listen": "off"},
+            "differential": {"count_uncertain": True},
+        }
+    )
     store = ResultStore(db)
     store.start_session(session, "ab" * 32, "models/mobilenetv2-int8", "sim", "cell", without_secrets(config))
     archive = FlaggedArchive(config.archive, config.archive_dir, session)

@@ -65,7 +65,12 @@ def test_the_page_the_summary_mqtt_and_metrics_render_one_status(tiny_bundle, tm
     assert page["frames"]["processed"] == summary["frames_classified"] == mqtt["frames"]["processed"] == 6
     assert metrics["edge_frames_processed_total"] == 6
     counted = {row["label"]: row["count"] for row in page["differential"]["counts"]}
-    assert counted == summary["differential"] and sum(counted.values()) + page["differential"]["unknown"] == 6
+    assert counted == summary["differential"] and page["differential"]["unknown"] == 0  # no rejection
+    # an unsure cell waits for review: counted in no figure (edge/daemon/differential.py)
+    assert sum(counted.values()) + page["differential"]["uncertain"] == 6
+    # the microscope: one state on every screen (a bundle without a gate is not checked)
+    assert page["site"] == summary["site"] == mqtt["site"]
+    assert page["site"]["calibrated"] is False and page["site"]["decision"] == "unavailable"
     assert page["session_id"] == summary["session_id"] == mqtt["session_id"] == "S1"
     assert page["mode"] == {"name": "cell", "region": 0.5, "region_px": 0} and "field" not in page
     assert page["store"] == summary["store"] == {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""}

@@ -154,7 +154,9 @@ def test_the_differential_is_of_white_cells_and_platelets_never_move_an_alert():
     fired = [a.name for _ in range(2) for a in d.add("neutrophil", False)]
     assert fired == ["blast fraction"] and d.alerts()[0].fraction == 0.3
     rows = {r["label"]: r for r in d.table()}
-    assert rows["platelet"]["percent"] == 500.0 and rows["platelet"]["interval_percent"] is None
+    # a count per 100 white cells (it may pass 100) is never under a key called percent (issue 23)
+    assert rows["platelet"]["per_100_white"] == 500.0 and "percent" not in rows["platelet"]
+    assert "interval_percent" not in rows["platelet"]
     assert rows["myeloblast"]["percent"] == 30.0 and rows["myeloblast"]["white_cell"]
 
 
@@ -279,6 +281,9 @@ def test_store_continues_a_session_after_a_restart(tmp_path):
     assert again.done_refs("sim") == {"sim:0", "sim:1", "sim:2", "sim:bad"}
     d = DifferentialCount(DifferentialConfig(), ["a", "b"])
     d.restore(again.session_counts())
+    assert d.total == 2 and d.uncertain == 1  # the unsure "b" waits for review (count_uncertain false)
+    d = DifferentialCount(DifferentialConfig(count_uncertain=True), ["a", "b"])
+    d.restore(again.session_counts())
     assert d.total == 3 and d.uncertain == 1
     again.close()
 
@@ -321,7 +326,9 @@ def test_alerts_count_only_confident_known_cells_and_wait_for_100_of_them():
         fired += d.add("unknown", True)  # rejected cells: counted nowhere
     for _ in range(99):
         fired += d.add("monocyte", False)
-    assert not fired and d.alerts()[0].cells == 99 and d.unknown == 60 and d.counts["myeloblast"] == 60
+    assert not fired and d.alerts()[0].cells == 99 and d.unknown == 60 and d.seen["myeloblast"] == 60
+    # issue 23: the differential counts the alert's cells, so an unsure blast waits for review in both
+    assert d.counts["myeloblast"] == 0 and d.uncertain == 120
     fired += d.add("myeloblast", False)  # 1 confident blast of 100 confident cells: 1 %
     assert not fired and d.alerts()[0].cells == 100 and d.alerts()[0].fraction == 0.01
     for _ in range(30):

@@ -197,7 +197,8 @@ def test_run_field_mode_rows_boxes_and_no_rows_for_empty_frames(detector_bundle,
     assert summary["frames_classified"] == 40
     f = summary["field"]
     assert f["fields_seen"] >= 35  # unrelated synthetic fields: (almost) every frame is a jump
-    assert f["cells_counted"] == summary["results"] == f["differential_cells"]
+    # every new cell is a row; the differential counts the confident ones, the unsure wait for review
+    assert f["cells_counted"] == summary["results"] == f["differential_cells"] + summary["uncertain"]
     assert "field:" in r.stdout and "fields seen" in r.stdout
     # frames holding no white cell (every 5th) produced no row
     empty = {i for i in range(40) if i % 5 == 4}
@@ -334,9 +335,11 @@ def test_run_field_mode_page_status_and_metrics(detector_bundle, tiny_bundle, vo
     env = {
         k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EDGE_RUN_TOKEN")
     }
+    # the tiny model is unsure of most synthetic fields' cells: count them, so the progress moves
+    (tmp_path / "edge-run.toml").write_text("[differential]\ncount_uncertain = true\n")
     args = ["--mode", "field", "--detector", detector_bundle, "--bundle", tiny_bundle, "--source",
             f"replay:{voc / 'JPEGImages'}", "--loop", "--fps", "5", "--duration", "20", "--db", tmp_path / "r.db",
-            "--http", "127.0.0.1:0"]  # fmt: skip
+            "--http", "127.0.0.1:0", "--config", tmp_path / "edge-run.toml"]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge.cli", "run", *map(str, args)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

@@ -52,9 +52,38 @@ def store_note(store: dict) -> str:
     )
 
 
+def _alert_line(a: dict) -> str:
+    """One alert rule's figure as the page and the report give it."""
+    line = (
+        f"  {a['name']}: {a['percent']:.1f} % (95% CI {a['interval_percent'][0]:.1f}-{a['interval_percent'][1]:.1f} %), "
+        f"{a['n']} of {a['cells']} {a['base']}"
+    )
+    if a.get("withheld"):
+        return (
+            line
+            + f"; not given: {a['withheld']} ({a['called']} cells called {'/'.join(a['classes'])}: review them)"
+        )
+    return line + (f"; waits for {a['min_cells']}" if a["cells"] < a["min_cells"] else "")
+
+
+def _site_line(site: dict) -> str:
+    where = f"site {site['name']}" if site["calibrated"] else "not calibrated"
+    decision = {"differs": "DIFFERS from the bundle's cells", "matches": "matches the bundle's cells"}.get(
+        site["decision"], site["decision"]
+    )
+    scale = (
+        f", red cells {site['scale_rbc_px']:g} px ({site['scale_source']})" if site["scale_rbc_px"] else ""
+    )
+    return f"  microscope: {where}; {decision} ({site['cells_checked']} cells checked){scale}"
+
+
 def format_summary(s: dict) -> str:
     before = s.get("before_this_run") or {}
     lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
+    if s.get("site"):
+        lines.append(_site_line(s["site"]))
+        if s["site"]["decision"] == "differs":
+            lines.append(f"  {s['site']['banner']}")
     if before.get("frames"):  # a slide continued after a restart: this run's numbers are only part of it
         lines.append(
             f"  continued: {before['frames']} frames and {before['cells']} cells were recorded before this run; "
@@ -75,12 +104,7 @@ def format_summary(s: dict) -> str:
     lines += [
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
         f"  uncertain: {s['uncertain']}, unknown: {s['unknown']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
-        *(
-            f"  {a['name']}: {a['fraction']:.1%} (95% CI {a['interval'][0]:.1%}-{a['interval'][1]:.1%}) of "
-            f"{a['cells']} confident known cells"
-            + (f"; waits for {a['min_cells']}" if a["cells"] < a["min_cells"] else "")
-            for a in s["alert_rules"]
-        ),
+        *(_alert_line(a) for a in s["alert_rules"]),
         *(
             [
                 f"  field: {s['field']['differential_cells']} white cells counted (differential of {s['field']['target_cells']}), "

@@ -183,8 +183,16 @@ class FlaggedArchive:
         found.missing = len(recorded - kept)
         return found
 
-    def save(self, crop: np.ndarray, meta: dict) -> str | None:
-        """Save a flagged crop; returns the file name, or None when archiving is paused or off."""
+    def encode(self, crop: np.ndarray) -> bytes:
+        """The crop as the archive stores it (OSError when OpenCV cannot encode it)."""
+        ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(self.config.jpeg_quality)])
+        if not ok:
+            raise OSError("JPEG encoding failed")
+        return jpeg.tobytes()
+
+    def save(self, crop: np.ndarray | bytes, meta: dict) -> str | None:
+        """Save a flagged crop (an image, or its JPEG from `encode`); returns the file name, or None
+        when archiving is paused or off."""
         if not self.config.enabled:
             return None
         self._check_disk()
@@ -193,10 +201,8 @@ class FlaggedArchive:
             return None
         stem = crop_stem(meta["frame_id"], meta["crop_index"], meta["label"])
         try:
-            ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, int(self.config.jpeg_quality)])
-            if not ok:
-                raise OSError("JPEG encoding failed")
-            _atomic_write(self.session_dir / f"{stem}.jpg", jpeg.tobytes())
+            jpeg = crop if isinstance(crop, bytes) else self.encode(crop)
+            _atomic_write(self.session_dir / f"{stem}.jpg", jpeg)
             _atomic_write(self.session_dir / f"{stem}.json", (json.dumps(meta, indent=2) + "\n").encode())
         except OSError as exc:  # a full or read-only disk must not stop classification
             self.errors += 1

@@ -167,13 +167,16 @@ class AlertRule(Section):
     classes: Annotated[list[str], Field(min_length=1), Hint("must list at least one class")] = Field(
         default_factory=list
     )
-    min_fraction: float = Field(0.2, gt=0, le=1)  # of confident, known cells
-    # confident, known cells before the rule may fire: a 100-cell differential
+    # of the white cells counted (edge/daemon/differential.py): the confident ones by default
+    min_fraction: float = Field(0.2, gt=0, le=1)
+    # white cells counted before the rule may fire: a 100-cell differential
     min_cells: int = Field(100, ge=1, le=MAX_CELLS)
 
 
 class DifferentialConfig(Section):
-    count_uncertain: bool = True
+    # An uncertain cell waits for a technician and counts in no figure; true: it counts at its top
+    # label in every figure, the alerts' included (edge/daemon/differential.py)
+    count_uncertain: bool = False
     alerts: list[AlertRule] = Field(
         default_factory=lambda: [
             AlertRule(name="blast fraction", classes=["myeloblast"], min_fraction=0.20, min_cells=100)

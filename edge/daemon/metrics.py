@@ -119,7 +119,7 @@ LABELLED: list[tuple[type, str, str, list[str], Callable[[Status], Iterable[tupl
     (
         G,
         "edge_alert_fraction",
-        "Fraction of confident, known cells in the rule's classes, with its 95% Wilson interval",
+        "Fraction of the white cells counted in the rule's classes, with its 95% Wilson interval",
         ["rule", "bound"],
         lambda s: [
             ([a.name, bound], value)

@@ -10,8 +10,9 @@ half-built daemon. edge/daemon/app.py runs the pipeline on the Session and close
       -> bundles: the classifier's and the mode's (the detector), signatures checked
       -> classifier -> mode -> processor (warmed up)
       -> store, reviews -> session id -> source (resumed from the store) -> session row
-      -> differential (restored from the store) -> archive (repaired) -> warnings
-      -> MQTT publisher (not yet connected) -> live view and the sink chain (edge/daemon/sinks.py)
+      -> differential (restored from the store; a continued session keeps its gate's decision)
+      -> archive (repaired) -> warnings
+      -> MQTT publisher (not yet connected) -> telemetry, live view and the sink chain
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import secrets
 import threading
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from edge import labtables
@@ -32,7 +34,15 @@ from edge.daemon.config import ConfigError, DaemonConfig, without_secrets
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import MODES, CellMode, FieldMode
 from edge.daemon.processor import FrameProcessor
-from edge.daemon.sinks import ArchiveSink, DifferentialSink, LiveView, SinkChain, StoreSink, TelemetrySink
+from edge.daemon.sinks import (
+    ArchiveSink,
+    DifferentialSink,
+    LiveView,
+    SinkChain,
+    SiteSink,
+    StoreSink,
+    TelemetrySink,
+)
 from edge.daemon.sources import FrameSource, open_source
 from edge.daemon.status import ModelInfo, Status
 from edge.daemon.telemetry import Telemetry
@@ -42,6 +52,7 @@ from edge.results.reviews import ReviewBook
 from edge.results.schema import ResultsError
 from edge.results.store import ResultStore
 from edge.signing import require_trusted
+from edge.site import ALERT_WITHHELD, SiteState, site_state
 
 if TYPE_CHECKING:
     from edge.daemon.mqtt.publisher import MqttPublisher
@@ -69,8 +80,12 @@ class Session:
     telemetry: Telemetry
     live: LiveView
     store_sink: StoreSink
+    site_sink: SiteSink
     mqtt_sink: MqttSink | None
     sinks: SinkChain
+
+    def site(self) -> SiteState:
+        return microscope(self.bundle, self.processor)
 
     def status(self, review: bool = True) -> Status:
         """The state now (edge/daemon/status.py renders it). `review`: also the review queue's summary,
@@ -94,6 +109,7 @@ class Session:
             warnings=self.warnings,
             review=self._review() if review else None,
             mqtt=self.mqtt.snapshot() if self.mqtt else {"enabled": False},
+            site=self.site(),
         )
 
     def _review(self) -> dict:
@@ -104,6 +120,7 @@ class Session:
         """After the pipeline: a last try at what waits for disk space, MQTT's drain (it marks what the
         broker acknowledged in the database, so before the store closes), then the database."""
         self.store_sink.retry(force=True)
+        self.site_sink.finish()
         waiting = self.store_sink.health().waiting
         if waiting:
             log.warning(
@@ -133,20 +150,20 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> 
             session_id, bundle.sha256, str(bundle.path), source.name, mode.name, without_secrets(c)
         )
         before = _continued(store, session_id)
-        white = [n for n in bundle.labels if cell_class(n).white_cell]
-        differential = DifferentialCount(c.differential, bundle.labels, white)
-        differential.restore(store.session_counts())
+        differential = _open_differential(c, bundle, store, processor)
         archive = _open_archive(c, store, session_id)
         warnings = _warnings(c, bundle, differential)
         mqtt = _open_mqtt(c, store, undo)
         live, store_sink = LiveView(), StoreSink(store, source.name)
+        site_sink = SiteSink(partial(microscope, bundle, processor), store_sink, differential, bundle.sha256)
         chain = [
             # The image first, then the row: after a kill, an image whose row never committed is moved
             # aside at the next start (FlaggedArchive.repair); a committed row always has its image.
-            ArchiveSink(archive, session_id, source.name, bundle.sha256),
+            ArchiveSink(archive, session_id, source.name, bundle.sha256, processor.gate),
             store_sink,
             TelemetrySink(telemetry),
             DifferentialSink(differential),
+            site_sink,
             live,
         ]
         mqtt_sink = _mqtt_sink(mqtt, differential, session_id)
@@ -169,6 +186,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> 
         telemetry=telemetry,
         live=live,
         store_sink=store_sink,
+        site_sink=site_sink,
         mqtt_sink=mqtt_sink,
         sinks=SinkChain([*chain, mqtt_sink] if mqtt_sink else chain),
     )
@@ -189,6 +207,35 @@ def _continued(store: ResultStore, session_id: str) -> dict:
             "cells were recorded before this start"
         )
     return before
+
+
+def microscope(bundle: Bundle, processor: FrameProcessor) -> SiteState:
+    """The microscope now: the bundle's site (if calibrated), the session's scale, the gate."""
+    return site_state(bundle.manifest, processor.gate, processor.keeper.rbc_px, processor.keeper.source)
+
+
+def _open_differential(
+    c: DaemonConfig, bundle: Bundle, store: ResultStore, processor: FrameProcessor
+) -> DifferentialCount:
+    """The session's count, carried on from the database; and a continued session (the same slide, on
+    the same microscope) keeps what its earlier run found: the gate's decision and a measured scale,
+    when the model is the same."""
+    white = [n for n in bundle.labels if cell_class(n).white_cell]
+    differential = DifferentialCount(c.differential, bundle.labels, white)
+    differential.restore(store.session_counts())
+    record = store.site_record()
+    if record is None or record.model_sha != bundle.sha256:
+        return differential
+    gate, keeper = processor.gate, processor.keeper
+    gate.resume(record.decision, record.cells_checked, record.decided_at, record.median_score)
+    if not keeper.known and record.scale_rbc_px and record.scale_source == "measured":
+        keeper.rbc_px, keeper.source = record.scale_rbc_px, "measured"
+    if gate.differs:
+        differential.withhold(ALERT_WITHHELD)
+        log.warning(
+            f"microscope: the earlier run found it differs ({record.cells_checked} cells); it still does"
+        )
+    return differential
 
 
 def _open_models(

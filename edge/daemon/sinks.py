@@ -8,6 +8,8 @@ The daemon's chain, as edge/daemon/session.py builds it:
     StoreSink         the results database (the commit: a frame and all its cells, or none)
     TelemetrySink     counters and stage times for the page, /metrics and the summary
     DifferentialSink  the session's running count and its alert rules
+    SiteSink          the microscope's state recorded; once the gate finds it differs, every cell of the
+                      session flagged (those stored before too) and the alerts withheld (edge/site.py)
     LiveView          the latest frame and its cells, for the page
     MqttSink          with [mqtt] only (edge/daemon/mqtt/sink.py): after the commit, wakes the publisher
 
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from edge.daemon.archive import FlaggedArchive
@@ -33,6 +36,7 @@ from edge.daemon.processor import FrameResult
 from edge.daemon.sources import Frame
 from edge.daemon.telemetry import Telemetry
 from edge.results.store import ResultRow, ResultStore, StoreFull
+from edge.site import ALERT_WITHHELD, CHECKING, UNCALIBRATED_REASON, GateWatch, SiteState
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +137,19 @@ class StoreSink(Sink):
             self._retry_at = time.monotonic() + self.RETRY_S
             self._keep(entry)
 
+    def flag_session(self, reason: str) -> None:
+        """Every cell of the session needs a look (the gate): the rows waiting for disk space here,
+        and those in the database (now, or before the next frame once there is room)."""
+        for kind, *args in self.backlog:
+            if kind == "frame":
+                for row in args[-1]:
+                    row.uncertain = True
+                    if not row.reason:
+                        row.reason = reason
+                    elif reason not in row.reason:
+                        row.reason = f"{row.reason}; {reason}"
+        self.store.flag_session(reason)
+
     def _write(self, entry: tuple) -> None:
         kind, *args = entry
         (self.store.write_frame if kind == "frame" else self.store.write_skipped)(*args)
@@ -183,30 +200,64 @@ class TelemetrySink(Sink):
 
 
 class ArchiveSink(Sink):
-    name = "archive"
+    """Flagged cells' crops. While the gate checks a new microscope (edge/site.py), the crops of the
+    cells it would not keep are held too (as JPEG, at most the gate's cells): should the microscope
+    differ, those cells are flagged after they were stored, and the technician needs their images."""
 
-    def __init__(self, archive: FlaggedArchive, session_id: str, source: str, model_sha: str):
+    name = "archive"
+    MAX_HELD = 200
+
+    def __init__(
+        self,
+        archive: FlaggedArchive,
+        session_id: str,
+        source: str,
+        model_sha: str,
+        gate: GateWatch | None = None,
+    ):
         self.archive, self.session_id, self.source, self.model_sha = archive, session_id, source, model_sha
+        self.gate = gate
+        self.held: list[tuple[bytes, dict]] = []
+
+    def _checking(self) -> bool:
+        c = self.archive.config
+        return self.gate is not None and self.gate.decision == CHECKING and c.enabled and c.uncertain
 
     def on_frame(self, result: FrameResult) -> None:
-        f = result.frame
         for cell in result.cells:
+            if not cell.new:
+                continue
             p = cell.prediction
             reason = self.archive.reason(p.label, p.uncertain)
-            if not reason or not cell.new:
-                continue
-            meta = {
-                **cell_info(f, cell),
-                "reason": reason,
-                "session_id": self.session_id,
-                "source": self.source,
-                "source_ref": f.ref,
-                "timestamp": f.timestamp,
-                "model_sha": self.model_sha,
-                "top_k": [[n, round(v, 4)] for n, v in p.top_k],
-                "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
-            }
-            self.archive.save(result.view_crop(cell), meta)
+            if reason:
+                self.archive.save(result.view_crop(cell), self._meta(result.frame, cell, reason))
+            elif self._checking() and len(self.held) < self.MAX_HELD:
+                try:
+                    jpeg = self.archive.encode(result.view_crop(cell))
+                except OSError:
+                    continue
+                meta = {**self._meta(result.frame, cell, "uncertain"), "uncertain": True}
+                self.held.append((jpeg, {**meta, "flagged": UNCALIBRATED_REASON}))
+        if self.held and not self._checking():
+            # decided: before the rows are flagged (SiteSink), so a flagged row has its image
+            if self.gate is not None and self.gate.differs:
+                for jpeg, meta in self.held:
+                    self.archive.save(jpeg, meta)
+            self.held.clear()
+
+    def _meta(self, f: Frame, cell, reason: str) -> dict:
+        p = cell.prediction
+        return {
+            **cell_info(f, cell),
+            "reason": reason,
+            "session_id": self.session_id,
+            "source": self.source,
+            "source_ref": f.ref,
+            "timestamp": f.timestamp,
+            "model_sha": self.model_sha,
+            "top_k": [[n, round(v, 4)] for n, v in p.top_k],
+            "probabilities": {k: round(v, 4) for k, v in p.probabilities.items()},
+        }
 
 
 class DifferentialSink(Sink):
@@ -221,9 +272,49 @@ class DifferentialSink(Sink):
                 continue
             for alert in self.differential.add(cell.prediction.label, cell.prediction.uncertain):
                 log.warning(
-                    f"ALERT {alert.name}: {alert.fraction:.0%} of {alert.cells} cells are {'/'.join(alert.classes)}"
-                    f" (threshold {alert.min_fraction:.0%})"
+                    f"ALERT {alert.name}: {alert.percent:.1f} % {'/'.join(alert.classes)} ({alert.words()};"
+                    f" threshold {alert.min_fraction:.0%})"
                 )
+
+
+class SiteSink(Sink):
+    """The session's microscope (edge/site.py): its state written to results.db whenever the gate's
+    decision or the scale changes (the report and FHIR read it there later), and, the moment the gate
+    finds the microscope differs, every cell of the session flagged "uncalibrated microscope" (those
+    stored before the decision too) and the alerts withheld."""
+
+    name = "site"
+
+    def __init__(
+        self,
+        state: Callable[[], SiteState],
+        store_sink: StoreSink,
+        differential: DifferentialCount,
+        model_sha: str,
+    ):
+        self.state, self.store_sink, self.differential = state, store_sink, differential
+        self.model_sha = model_sha
+        self._recorded: tuple | None = None
+        self.record(self.state())
+
+    def record(self, state: SiteState) -> None:
+        self._recorded = (state.decision, state.scale_rbc_px, state.scale_source)
+        self.store_sink.store.record_site(state.to_record(self.model_sha))
+
+    def on_frame(self, result: FrameResult) -> None:
+        state = self.state()
+        if (state.decision, state.scale_rbc_px, state.scale_source) == self._recorded:
+            return
+        if state.differs and self.differential.withheld is None:
+            self.store_sink.flag_session(UNCALIBRATED_REASON)
+            self.differential.flag_all()
+            self.differential.withhold(ALERT_WITHHELD)
+            log.warning(f"microscope: {state.banner}")
+        self.record(state)
+
+    def finish(self) -> None:
+        """The run ends: its last state (cells checked so far, while still checking)."""
+        self.record(self.state())
 
 
 def cell_info(frame: Frame, cell) -> dict:

@@ -21,6 +21,7 @@ from edge.daemon.differential import DifferentialSnapshot
 from edge.daemon.modes import FieldStatus
 from edge.daemon.sinks import StoreHealth
 from edge.daemon.telemetry import RunTotals, TelemetrySnapshot
+from edge.site import SiteState
 
 
 def architecture(bundle: Bundle) -> str:
@@ -62,6 +63,7 @@ class Status:
     warnings: list[str]
     review: dict | None  # the review queue and sign-off (edge/results/reviews.py summary); page only
     mqtt: dict  # MqttPublisher.snapshot(), or {"enabled": False}
+    site: SiteState  # the microscope: calibrated or not, its scale, the gate's decision (edge/site.py)
 
     @property
     def active_alerts(self) -> list[str]:
@@ -81,11 +83,20 @@ class RunReport:
     lab: str  # the LAB strategy of the preprocessing
 
 
+def site_json(site: SiteState) -> dict:
+    """The microscope as /api/status, the summary and MQTT status give it: SiteState's fields, the
+    same in words as the page header and the report say them, and the one line a technician must
+    read (`banner`, None when there is nothing to say)."""
+    words = {"microscope": site.microscope, "check": site.check, "scale": site.scale}
+    return {**site.to_dict(), "words": words, "banner": site.banner}
+
+
 def page_json(s: Status) -> dict:
     """/api/status."""
     t = s.telemetry
     return {
         "session_id": s.session_id,
+        "site": site_json(s.site),
         "model": asdict(s.model),
         "source": {**s.source, **asdict(t.source)},
         "mode": s.mode,
@@ -114,6 +125,7 @@ def summary_json(s: Status, run: RunReport) -> dict:
     t, d = s.telemetry, s.differential
     return {
         "session_id": s.session_id,
+        "site": site_json(s.site),
         "ended_by": run.ended_by,
         "before_this_run": run.before_this_run,
         "frames_captured": t.frames.captured,
@@ -130,6 +142,8 @@ def summary_json(s: Status, run: RunReport) -> dict:
         "latency_over_capture_plus_invoke_p50": run.totals.overhead_p50,
         "stages_ms_p50": {name: v.p50 for name, v in t.stages_ms.items()},
         "differential": {row["label"]: row["count"] for row in d.counts},
+        "differential_table": d.counts,  # with each class's percentage (or count per 100 white cells)
+        "white_cells_counted": {"n": d.total, "what": d.base},
         **({"field": asdict(s.field)} if s.field else {}),
         "unknown": d.unknown,
         "alerts": s.active_alerts,

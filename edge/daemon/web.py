@@ -118,7 +118,8 @@ def create_app(session: Session, token: str = "") -> Flask:
     def flagged(name):
         if not name.endswith(".jpg"):
             abort(404)
-        return send_from_directory(session.archive.root, name)
+        # absolute: flask resolves a relative folder (--archive flagged) against its own package
+        return send_from_directory(session.archive.root.absolute(), name)
 
     @app.get("/healthz")
     def healthz():

@@ -2,16 +2,22 @@
 built), and sending it to a laboratory system.
 
 The Bundle is a `transaction`, what a FHIR server takes at its base URL in one POST:
-- Device: this microscope's computer and the model bundle (name, sha256) that classified the cells;
+- Device: this microscope's computer, the model bundle (name, sha256) that classified the cells, and
+  the microscope as the daemon recorded it (calibrated to which site, when, how well; the gate's check;
+  the scale);
 - Practitioner: the technician who signed (a name only), once the slide is signed;
-- one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
-  white cells), coded with LOINC where edge.catalogue has a checked code and as text otherwise; the
-  counts, the model's value and the 95 % interval are in the note;
+- one Observation per class: the verified percentage of the white cells counted in UCUM `%`
+  (erythroblasts per 100 white cells), coded with LOINC where edge.catalogue has a checked code and as
+  text otherwise; the counts, the model's value and the 95 % interval are in the note, in words. On a
+  microscope the gate found different, a class an alert rule watches (the blasts) has no value, only
+  a dataAbsentReason and a note that says why: it is not a result;
 - DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
-  (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
-  R4 allows no Device as a report's performer). No Patient: the system stores no patient identifier; the laboratory
-  system links the slide id to its patient.
-Status is `preliminary` until the slide is signed, `final` after.
+  (resultsInterpreter), the PDF report when one was made (the Device is named by each Observation:
+  R4 allows no Device as a report's performer), and a conclusion that gives every alert rule's
+  figure, or says the microscope is not calibrated. No Patient: the system stores no patient
+  identifier; the laboratory system links the slide id to its patient.
+Status is `preliminary` until the slide is signed, `final` after. Every figure is the report's
+(edge/lab/slide.py), so the page, the report and FHIR give one number.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from edge import __version__
 from edge.catalogue import CellClass
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
+from edge.site import ALERT_WITHHELD
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -35,6 +42,7 @@ DEVICE_SYSTEM = "urn:edge-hemato:device"
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"  # diagnostic service sections: HM, haematology
 URI_SYSTEM = "urn:ietf:rfc:3986"  # an identifier whose value is a URI: each resource's own urn:uuid
+DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 # Namespace for the bundle's urn:uuid ids: the same slide and state give the same ids.
 NAMESPACE = uuid.UUID("4d0f6a52-5b8e-4f7e-9d53-0d7a3c1b2e60")
 
@@ -87,15 +95,39 @@ def _code(cls: CellClass, CodeableConcept, Coding):
     return CodeableConcept(text=f"{cls.display} (image classification, % of white cells)")
 
 
-def _note(row: ClassRow) -> str:
+def _note(row: ClassRow, base: str) -> str:
     m, v = row.model, row.verified
     if row.per_100_white:
-        return f"verified {v.n} per {v.of} white cells; model {m.n} per {m.of}"
-    lo, hi = v.interval
+        return f"verified {v.n} per {v.of} {base}; model {m.n} per {m.of}"
+    lo, hi = v.interval_percent
     return (
-        f"verified {v.n}/{v.of} white cells = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
-        f"model {m.n}/{m.of} = {m.percent:.1f} %"
+        f"verified {v.words(base)} = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
+        f"model {m.words(base)} = {m.percent:.1f} %"
     )
+
+
+def _withheld_note(row: ClassRow, base: str) -> str:
+    m, v = row.model, row.verified
+    return (
+        f"not given as a result: {ALERT_WITHHELD} (its cells differ from the model's), so every cell needs review; "
+        f"verified {v.n}, model {m.n} of the {base}"
+    )
+
+
+def conclusion(slide: Slide) -> str:
+    """Every alert rule's verified figure in words, or why none is given (the microscope)."""
+    if slide.differs:
+        notes = "".join(f" {a.verified.note}." for a in slide.alerts() if a.verified.note)
+        return (
+            f"Microscope not calibrated: its first {slide.site.cells_checked} cells differ from the cells the "
+            f"model knows. Every cell needs review; no blast figure is given as a result.{notes}"
+        )
+    figures = [
+        f"{a.name}: {a.verified.percent:.1f} % {'/'.join(a.classes)} ({a.verified.words()}), "
+        + ("FIRING" if a.verified.active else "not firing")
+        for a in slide.alerts()
+    ]
+    return ("; ".join(figures) or "No alert rule configured") + "."
 
 
 def build_bundle(slide: Slide, pdf: bytes | None = None):
@@ -160,14 +192,52 @@ class _BundleBuilder:
             deviceName=[
                 m.device.DeviceDeviceName(name=f"edge-hemato on {slide.host}", type="user-friendly-name"),
                 m.device.DeviceDeviceName(name=slide.bundle_name, type="model-name"),
+                *self.site_names(),
             ],
             version=[
                 m.device.DeviceVersion(type=self.concept("model sha256"), value=slide.model_sha),
                 m.device.DeviceVersion(type=self.concept("software"), value=f"edge-hemato {__version__}"),
             ],
-            note=[{"text": INTENDED_USE}],
+            property=self.site_properties() or None,
+            note=[{"text": INTENDED_USE}, *self.site_notes()],
         )
         return self.add(device, self.urn("device"), if_none_exist=f"identifier={DEVICE_SYSTEM}|{key}")
+
+    # The microscope, as the daemon recorded it (edge/site.py SiteState): a calibrated bundle's site by
+    # name, whether it was calibrated and what the gate found (codes a receiver can test), the scale
+    # the cells were cut at, and in words the calibration, its held-back accuracy and the banner.
+    def site_names(self) -> list:
+        site = self.slide.site
+        if site is None or not site.calibrated:
+            return []
+        return [self.m.device.DeviceDeviceName(name=f"microscope {site.name}", type="other")]
+
+    def site_properties(self) -> list:
+        site, prop = self.slide.site, self.m.device.DeviceProperty
+        if site is None:
+            return []
+        found = [
+            prop(
+                type=self.concept("microscope calibrated"),
+                valueCode=[self.concept(str(site.calibrated).lower())],
+            ),
+            prop(type=self.concept("microscope check (the gate)"), valueCode=[self.concept(site.decision)]),
+        ]
+        if site.scale_rbc_px:
+            scale = {"value": site.scale_rbc_px, "unit": "px", "system": UCUM, "code": "{pixels}"}
+            found.append(prop(type=self.concept("red-cell diameter (the scale)"), valueQuantity=[scale]))
+        return found
+
+    def site_notes(self) -> list[dict]:
+        site = self.slide.site
+        if site is None:
+            return [{"text": "Microscope: not recorded (the session predates it)."}]
+        notes = [
+            f"Microscope: {site.microscope}.",
+            f"Microscope check: {site.check}.",
+            f"Scale: {site.scale}.",
+        ]
+        return [{"text": t} for t in [*notes, *([site.banner] if site.banner else [])]]
 
     def add_signer(self) -> list[dict]:
         """The Practitioner who signed, as the references that name them (none before signing)."""
@@ -181,9 +251,15 @@ class _BundleBuilder:
         return [{"reference": self.add(practitioner, url), "display": sign.name}]
 
     def add_observation(self, row: ClassRow, device_url: str, interpreter: list[dict]) -> dict:
-        cls, signed = row.cls, self.slide.sign.signed
+        cls, signed, slide = row.cls, self.slide.sign.signed, self.slide
         unit, unit_code = ("/100 WBC", "/100{WBCs}") if row.per_100_white else ("%", "%")
         url = self.urn("observation", cls.label)
+        if slide.withheld(row):  # the microscope differs: a blast figure is not a result
+            value = {"dataAbsentReason": self.concept(ALERT_WITHHELD, DATA_ABSENT, "error")}
+            note = _withheld_note(row, slide.base)
+        else:
+            quantity = {"value": row.verified.percent, "unit": unit, "system": UCUM, "code": unit_code}
+            value, note = {"valueQuantity": quantity}, _note(row, slide.base)
         observation = self.m.observation.Observation(
             identifier=[self.own_id(url)],
             status=self.status,
@@ -191,30 +267,18 @@ class _BundleBuilder:
             code=_code(cls, self.m.codeableconcept.CodeableConcept, self.m.coding.Coding),
             effectivePeriod=self.period,
             issued=self.issued,
-            valueQuantity={
-                "value": round(row.verified.percent, 1),
-                "unit": unit,
-                "system": UCUM,
-                "code": unit_code,
-            },
+            **value,
             method=self.concept(
                 "image classification of stained cells" + (", reviewed by a technician" if signed else "")
             ),
             device={"reference": device_url},
             performer=interpreter or None,
-            note=[{"text": _note(row)}],
+            note=[{"text": note}],
         )
         return {"reference": self.add(observation, url), "display": cls.display}
 
     def add_report(self, results: list[dict], interpreter: list[dict], pdf: bytes | None) -> None:
         slide = self.slide
-        alerts = [a for a in slide.alerts() if a.verified_active]
-        conclusion = (
-            "; ".join(
-                f"Alert {a.name}: {100 * a.verified_fraction:.1f} % {'/'.join(a.classes)}" for a in alerts
-            )
-            or "No alert rule firing"
-        )
         form = {"contentType": "application/pdf", "data": base64.b64encode(pdf or b"").decode()}
         url = self.urn("report")
         report = self.m.diagnosticreport.DiagnosticReport(
@@ -229,7 +293,7 @@ class _BundleBuilder:
             issued=self.issued,
             resultsInterpreter=interpreter or None,
             result=results,
-            conclusion=f"{INTENDED_USE} {conclusion}.",
+            conclusion=f"{INTENDED_USE} {conclusion(slide)}",
             presentedForm=[{**form, "title": f"{slide.session_id}.pdf"}] if pdf else None,
         )
         self.add(report, url)

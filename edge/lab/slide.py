@@ -1,11 +1,14 @@
-"""One slide (a session of results.db) as the report and the FHIR bundle see it: its times and model,
-every cell with its model and verified label, the differential with 95 % intervals, the alert rules
-and the flagged cells' crops.
+"""One slide (a session of results.db) as the report and the FHIR bundle see it: its times, model and
+microscope, every cell with its model and verified label, the differential with 95 % intervals, the
+alert rules and the flagged cells' crops.
 
-"Verified" is each cell's label after review: the reviewer's where a review exists, the model's
-otherwise. Cells labelled unknown (model or reviewer) are reported but not counted. Percentages are of
-the white cells counted; classes that are not white cells (erythroblasts) are given per 100 white
-cells, as labs report nucleated red cells. Before signing, "verified" is the review so far.
+Every figure is the daemon's: the slide's cells are counted, in the order they were recorded, by the
+same DifferentialCount the page and MQTT read (edge/daemon/differential.py defines the white cells
+counted, each class's percentage and the blast fraction), so the report and FHIR give the numbers
+the page gave. "Verified" is each cell's label after review: the reviewer's where a review exists,
+the model's otherwise; a reviewed cell is decided, so it counts even if the model was unsure. Before
+signing, "verified" is the review so far. On a microscope the gate found different (`site`), the
+alerts are withheld on both.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from pathlib import Path
 from edge.catalogue import UNKNOWN, CellClass, cell_class
 from edge.daemon.archive import crop_stem
 from edge.daemon.config import AlertRule, DifferentialConfig
-from edge.daemon.differential import DifferentialCount, wilson_interval
+from edge.daemon.differential import AlertState, DifferentialCount, Fraction, base_words
 from edge.errors import EdgeError
 from edge.results.reviews import REASONS, QueuedCell, ReviewBook, SignState
-from edge.results.store import SessionCounts
+from edge.site import ALERT_WITHHELD, SiteState
 
 
 class SlideError(EdgeError):
@@ -36,23 +39,6 @@ class Cell(QueuedCell):
 
 
 @dataclass
-class Fraction:
-    """n cells of a class out of `of`: as a percentage with its 95 % Wilson interval."""
-
-    n: int
-    of: int
-
-    @property
-    def percent(self) -> float:
-        return 100 * self.n / self.of if self.of else 0.0
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        low, high = wilson_interval(self.n, self.of)
-        return 100 * low, 100 * high
-
-
-@dataclass
 class ClassRow:
     cls: CellClass
     model: Fraction
@@ -63,16 +49,20 @@ class ClassRow:
         return not self.cls.white_cell
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlertRow:
-    name: str
-    classes: list[str]
-    min_fraction: float
-    min_cells: int
-    model_fraction: float
-    model_active: bool
-    verified_fraction: float
-    verified_active: bool
+    """A rule on the model's and on the verified counts, each the daemon's AlertState."""
+
+    model: AlertState
+    verified: AlertState
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def classes(self) -> list[str]:
+        return self.model.classes
 
 
 @dataclass
@@ -89,8 +79,9 @@ class Slide:
     cells: list[Cell]
     sign: SignState
     archive: Path
-    count_uncertain: bool = True
+    count_uncertain: bool = False
     alert_rules: list[AlertRule] = field(default_factory=list)
+    site: SiteState | None = None  # the microscope as the daemon recorded it (None: not recorded)
 
     # -- what the report shows ----------------------------------------------------------------
     @property
@@ -104,36 +95,57 @@ class Slide:
             (c for c in self.cells if c.reason), key=lambda c: (order[c.reason], c.confidence, c.id)
         )
 
-    def counts(self, verified: bool) -> Counter:
-        """Cells per label counted in the differential (unknown never is)."""
-        out: Counter = Counter()
+    @property
+    def differs(self) -> bool:
+        """The gate found this microscope's cells unlike the bundle's: no blast figure is a result."""
+        return self.site is not None and self.site.differs
+
+    @property
+    def base(self) -> str:
+        """What the white cells counted are, in words (edge/daemon/differential.py base_words)."""
+        return base_words(self.count_uncertain)
+
+    def differential(self, verified: bool) -> DifferentialCount:
+        """The slide counted as the daemon counts it: the model's labels, or the verified ones (a
+        reviewed cell is decided, so it is not uncertain any more)."""
+        config = DifferentialConfig(count_uncertain=self.count_uncertain, alerts=self.alert_rules)
+        named = dict.fromkeys([*self.labels, *(c.verified_label for c in self.cells)])
+        labels = [n for n in named if n != UNKNOWN]
+        count = DifferentialCount(config, labels, [n for n in labels if cell_class(n).white_cell])
         for c in self.cells:
             if verified:
-                # a reviewed uncertain cell is decided; an unreviewed one counts as the config says
-                if c.review is None and c.uncertain and not self.count_uncertain:
-                    continue
-                label = c.verified_label
+                count.add(c.verified_label, c.uncertain and c.review is None)
             else:
-                if c.uncertain and not self.count_uncertain:
-                    continue
-                label = c.label
-            if label != UNKNOWN:
-                out[label] += 1
-        return out
+                count.add(c.label, c.uncertain)
+        if self.differs:
+            count.withhold(ALERT_WITHHELD)
+        return count
+
+    def counts(self, verified: bool) -> Counter:
+        """Cells per label counted in the differential (unknown never is)."""
+        return Counter({k: v for k, v in self.differential(verified).counts.items() if v})
 
     def white_cells(self, verified: bool) -> int:
-        return sum(n for label, n in self.counts(verified).items() if cell_class(label).white_cell)
+        return self.differential(verified).total
 
     def rows(self) -> list[ClassRow]:
         """One row per class the model or a reviewer used, white cells first, most frequent first."""
-        model, verified = self.counts(False), self.counts(True)
-        wm, wv = self.white_cells(False), self.white_cells(True)
+        model, verified = self.differential(False), self.differential(True)
         labels = [lbl for lbl in self.labels if lbl != UNKNOWN]
-        labels += sorted((set(model) | set(verified)) - set(labels))
+        labels += sorted((set(model.counts) | set(verified.counts)) - set(labels) - {UNKNOWN})
         rows = [
-            ClassRow(cell_class(lbl), Fraction(model[lbl], wm), Fraction(verified[lbl], wv)) for lbl in labels
+            ClassRow(
+                cell_class(lbl),
+                Fraction(model.counts[lbl], model.total),
+                Fraction(verified.counts[lbl], verified.total),
+            )
+            for lbl in labels
         ]
         return sorted(rows, key=lambda r: (not r.cls.white_cell, -r.verified.n, -r.model.n, r.cls.label))
+
+    def withheld(self, row: ClassRow) -> bool:
+        """A class whose figure is not a result: one an alert rule watches, on a microscope that differs."""
+        return self.differs and any(row.cls.label in rule.classes for rule in self.alert_rules)
 
     @property
     def unknown(self) -> tuple[int, int]:
@@ -153,33 +165,10 @@ class Slide:
         done = [c for c in self.cells if c.review]
         return sum(c.review.label == c.label for c in done), sum(c.review.label != c.label for c in done)
 
-    def _session_counts(self, verified: bool) -> SessionCounts:
-        """As the daemon counts: every known label, and apart the confident ones, which alone move an
-        alert (after review, a reviewed cell is decided, so it counts as confident)."""
-        confident: Counter = Counter()
-        for c in self.cells:
-            label = c.verified_label if verified else c.label
-            sure = not c.uncertain or (verified and c.review is not None)
-            if sure and label != UNKNOWN:
-                confident[label] += 1
-        unknown = self.unknown[1 if verified else 0]
-        return SessionCounts(dict(self.counts(verified)), dict(confident), self.uncertain, unknown)
-
     def alerts(self) -> list[AlertRow]:
-        """The session's alert rules on the model's and on the verified counts, by the daemon's rule:
-        a fraction of confident, known cells, once there are `min_cells` of them."""
-        config = DifferentialConfig(count_uncertain=self.count_uncertain, alerts=self.alert_rules)
-        results = []
-        for verified in (False, True):
-            count = DifferentialCount(config, self.labels)
-            count.restore(self._session_counts(verified))
-            results.append(count.alerts())
-        return [
-            AlertRow(
-                m.name, m.classes, m.min_fraction, m.min_cells, m.fraction, m.active, v.fraction, v.active
-            )
-            for m, v in zip(*results, strict=True)
-        ]
+        """The session's alert rules on the model's and on the verified counts, by the daemon's rule."""
+        model, verified = self.differential(False).alerts(), self.differential(True).alerts()
+        return [AlertRow(m, v) for m, v in zip(model, verified, strict=True)]
 
 
 def iso(ts: float | None) -> str:
@@ -233,6 +222,8 @@ def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> 
         differential = s.config.get("differential") or {}
         rules = [AlertRule(**r) for r in differential.get("alerts") or []]
         root = archive_root(db, s.config, archive)
+        record = book.site(session_id)
+        site = SiteState.from_record(record) if record is not None else None
         reviews = book.latest_reviews(session_id)
         cells = []
         for r in book.cells(session_id):
@@ -253,6 +244,7 @@ def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> 
             archive=root,
             count_uncertain=bool(differential.get("count_uncertain", True)),
             alert_rules=rules,
+            site=site,
         )
     finally:
         book.close()

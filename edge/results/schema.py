@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError
 
-SCHEMA_VERSION = 3  # 3: results.track_id, results.detector_score (field mode)
+SCHEMA_VERSION = 4  # 3: results.track_id, results.detector_score (field mode); 4: session_sites
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -91,6 +91,24 @@ CREATE TABLE IF NOT EXISTS signoffs (
     note            TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS signoffs_by_session ON signoffs(session_id);
+-- The microscope of a session (edge/site.py, edge/results/sites.py): the bundle calibrated to it or
+-- not, the scale its cells were cut at, and the gate's decision on its first white cells; written
+-- by the daemon whenever it changes, so a report made later says what the page said.
+CREATE TABLE IF NOT EXISTS session_sites (
+    session_id      TEXT PRIMARY KEY REFERENCES sessions(id),
+    model_sha       TEXT NOT NULL,
+    calibrated      INTEGER NOT NULL CHECK (calibrated IN (0, 1)),
+    name            TEXT,     -- the calibrated site's name
+    calibrated_at   TEXT,
+    held_back_accuracy REAL,  -- the calibrated bundle's accuracy on the site's held-back cells
+    scale_rbc_px    REAL,     -- the red-cell diameter the cells were cut at, pixels
+    scale_source    TEXT,     -- site | measured | given (NULL: not cut at a physical size)
+    decision        TEXT NOT NULL,  -- checking | matches | differs | unavailable (no gate)
+    cells_checked   INTEGER NOT NULL,
+    decided_at      INTEGER,  -- cells seen when the gate decided
+    median_score    REAL,     -- the gate's statistic when it last looked
+    updated         REAL NOT NULL
+);
 """
 
 # What the MQTT publisher adds (edge/results/outbox.py), created when it first starts: a database

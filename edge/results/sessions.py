@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge.catalogue import UNKNOWN
 from edge.results.schema import ResultsError, connect, upgrade_existing
+from edge.results.sites import SiteRecord, read_site
 
 _SESSION_COLUMNS = "id, started, ended, model_sha, bundle, source, mode, host, config"
 
@@ -73,6 +74,11 @@ class ResultsReader:
         if row is None:
             raise ResultsError(f"session {session_id!r} is not in {self.path}", 404)
         return SessionRecord.from_row(row)
+
+    def site(self, session_id: str) -> SiteRecord | None:
+        """The session's microscope as the daemon recorded it (None: recorded before it was kept)."""
+        with self.lock:
+            return read_site(self.db, session_id)
 
     def session_ids(self) -> list[str]:
         """Every session, newest first."""

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from edge.catalogue import UNKNOWN
 from edge.results.schema import ResultsError, StoreFull, connect, full_disk_guard, prepare
+from edge.results.sites import SiteRecord, flag_cells, read_site, write_site
 
 
 @dataclass
@@ -84,6 +85,8 @@ class ResultStore:
         self._synced_at = time.monotonic()
         self._wal = None
         self._session_row: tuple | None = None  # a session start still to be written (full disk)
+        self._site: SiteRecord | None = None  # the microscope's state still to be written
+        self._flag: str | None = None  # a flag for every cell of the session still to be set
         self.max_db_mb = max_db_mb
         self.ready = False  # schema in place; False while a full disk keeps it from being written
         try:
@@ -109,7 +112,9 @@ class ResultStore:
             self.db.execute("COMMIT")
 
     def flush_pending(self) -> None:
-        """The schema and the session start, if a full disk kept them back (StoreFull while it still is)."""
+        """The schema, the session start, the microscope's state and the gate's flag, if a full disk
+        kept them back (StoreFull while it still is). The flag is set before any later row is written:
+        rows still waiting (edge/daemon/sinks.py StoreSink) carry it already."""
         if not self.ready:
             self._prepare()
         if self._session_row is not None:
@@ -122,6 +127,38 @@ class ResultStore:
                 )
             )
             self._session_row = None
+        if self._site is not None:
+            site = self._site
+            self._write(lambda db: write_site(db, self.session_id, site))
+            self._site = None
+        if self._flag is not None:
+            reason = self._flag
+            self._write(lambda db: flag_cells(db, self.session_id, reason))
+            self._flag = None
+
+    def record_site(self, record: SiteRecord) -> None:
+        """The session's microscope as it is now (edge/site.py SiteState): written now, or with the
+        next frame that fits on a full disk."""
+        self._site = record
+        try:
+            self.flush_pending()
+        except StoreFull:
+            pass
+
+    def flag_session(self, reason: str) -> None:
+        """Every cell of this session recorded so far needs a look for `reason` (the gate found the
+        microscope differs): set now, or before the next frame is written on a full disk."""
+        self._flag = reason
+        try:
+            self.flush_pending()
+        except StoreFull:
+            pass
+
+    def site_record(self) -> SiteRecord | None:
+        """What this session's microscope was when it last ran (a continued slide)."""
+        if not self.ready:
+            return None
+        return read_site(self.db, self.session_id)
 
     def journal_mode(self) -> str:
         return self.db.execute("PRAGMA journal_mode").fetchone()[0]

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from edge.daemon.differential import AlertState, DifferentialCount
-from edge.daemon.status import Status
+from edge.daemon.status import Status, site_json
 
 # Columns of `results` that hold JSON text: published as JSON values, not as strings.
 JSON_COLUMNS = ("box", "probabilities", "timings")
@@ -87,18 +87,23 @@ def cell_payload(device: str, row: dict) -> dict:
 
 
 def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
-    """The session's count per label with a 95 % Wilson interval of each percentage of the white cells
-    (none for a count per 100 white cells: erythroblasts, platelets), and its alerts."""
-    total = d.total
-    counts = [{**row, "percent_95ci": row["interval_percent"]} for row in d.table()]
+    """The session's count per label (edge/daemon/differential.py table: a white-cell class's percentage
+    of the white cells counted with its 95 % Wilson interval, any other class per 100 white cells),
+    what the white cells counted are, and its alerts (withheld, and why, on a microscope that differs)."""
+    counts = [
+        {**row, "percent_95ci": row["interval_percent"]} if "interval_percent" in row else row
+        for row in d.table()
+    ]
     return {
         "device": device,
         "session_id": session_id,
         "ts": time.time(),
-        "total": total,
+        "total": d.total,
+        "white_cells_counted": {"n": d.total, "what": d.base},
         "uncertain": d.uncertain,
         "counts": counts,
         "alerts": [dataclasses.asdict(a) for a in d.alerts()],
+        "withheld": d.withheld,
         "ended": ended,
     }
 
@@ -116,6 +121,8 @@ def alert_event(device: str, session_id: str, alert: AlertState, frame_id: int):
         "classes": alert.classes,
         "fraction": alert.fraction,
         "fraction_95ci": [round(lo, 4), round(hi, 4)],
+        "percent": alert.percent,  # the figure the page, the report and FHIR give
+        "of": alert.words(),
         "min_fraction": alert.min_fraction,
         "cells": alert.cells,
         "min_cells": alert.min_cells,
@@ -143,4 +150,5 @@ def status_payload(device: str, status: Status, state: str = "running") -> dict:
         "alerts_active": status.active_alerts,
         "uptime_s": t.uptime_s,
         "mqtt": {k: status.mqtt.get(k) for k in ("queued", "sent", "reconnects")},
+        "site": site_json(status.site),
     }
