@@ -166,7 +166,7 @@ def test_a_continued_session_keeps_the_gates_decision(gated, microscopes, tmp_pa
 def test_the_gates_flag_reaches_rows_written_and_rows_waiting_for_disk_space(tmp_path):
     store = ResultStore(tmp_path / "r.db")
     store.start_session("S", "f" * 64, "bundle", "sim", "cell", {})
-    sink = StoreSink(store, "sim", log=lambda _: None)
+    sink = StoreSink(store, "sim")
     probs = {"a": 0.9, "b": 0.1}
     for i in range(3):
         store.write_frame(
