@@ -168,6 +168,8 @@ class Bundle:
             raise BundleError(
                 f"{manifest_path}: rejection.file {manifest.rejection.file} is not listed in files"
             )
+        if manifest.golden is not None and manifest.golden.file not in manifest.files:
+            raise BundleError(f"{manifest_path}: golden.file {manifest.golden.file} is not listed in files")
         for name, expected in manifest.files.items():
             file = root / name
             if not file.exists():

@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edge import labtables
+from edge import golden, labtables
 from edge.bundle import Bundle
 from edge.catalogue import cell_class
 from edge.daemon.archive import FlaggedArchive
@@ -35,6 +35,8 @@ from edge.daemon.sinks import ArchiveSink, DifferentialSink, LiveView, SinkChain
 from edge.daemon.sources import FrameSource, open_source
 from edge.daemon.status import ModelInfo, Status
 from edge.daemon.telemetry import Telemetry
+from edge.errors import BundleError
+from edge.golden import GoldenResult
 from edge.predict import Classifier
 from edge.preprocess import set_max_pixels
 from edge.results.reviews import ReviewBook
@@ -70,6 +72,7 @@ class Session:
     store_sink: StoreSink
     mqtt_sink: MqttSink | None
     sinks: SinkChain
+    golden: tuple[GoldenResult, ...] = ()  # each bundle's golden check at start (edge/golden.py)
 
     def status(self, review: bool = True) -> Status:
         """The state now (edge/daemon/status.py renders it). `review`: also the review queue's summary,
@@ -93,6 +96,7 @@ class Session:
             warnings=self.warnings,
             review=self._review() if review else None,
             mqtt=self.mqtt.snapshot() if self.mqtt else {"enabled": False},
+            golden=self.golden,
         )
 
     def _review(self) -> dict:
@@ -122,6 +126,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None, log
     telemetry = Telemetry()  # uptime counts from here
     with ExitStack() as undo:  # closes what was opened if a later step fails
         bundle, classifier, mode, processor = _open_models(c, undo)
+        checked = _golden_checks(classifier, mode, log)
         store, reviews = _open_store(c, undo)
         session_id = c.store.session or new_session_id()
         source = open_source(c.source, stop_event=stop)
@@ -134,7 +139,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None, log
         differential = DifferentialCount(c.differential, bundle.labels, white)
         differential.restore(store.session_counts())
         archive = _open_archive(c, store, session_id, log)
-        warnings = _warnings(c, bundle, differential, log)
+        warnings = _warnings(c, bundle, differential, log, checked)
         mqtt = _open_mqtt(c, store, log, undo)
         live, store_sink = LiveView(), StoreSink(store, source.name, log)
         chain = [
@@ -168,6 +173,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None, log
         store_sink=store_sink,
         mqtt_sink=mqtt_sink,
         sinks=SinkChain([*chain, mqtt_sink] if mqtt_sink else chain),
+        golden=checked,
     )
 
 
@@ -209,6 +215,26 @@ def _open_models(
     processor = FrameProcessor(mode, classifier)
     processor.warm_up()
     return bundle, classifier, mode, processor
+
+
+def _golden_checks(classifier: Classifier, mode, log: Log) -> tuple[GoldenResult, ...]:
+    """Does this machine compute what the bundles were made with? Every golden input's preprocessing
+    and one inference per bundle, on the backends the run uses (edge/golden.py); a failure becomes a
+    warning (_warnings), on the page and in /api/status."""
+    opened = [classifier]
+    detector = getattr(mode, "detector", None)  # field mode's
+    if detector is not None:
+        opened.append(detector)
+    results = []
+    for model in opened:
+        try:
+            result = golden.check(model.bundle, model.backend, model.lab, inferences=1)
+        except BundleError as exc:
+            result = GoldenResult(model.bundle.path.name, golden.FAILED, f"golden check FAILED: {exc}")
+        if result.state == golden.OK:
+            log(f"golden check: {result.bundle}: {result.detail}")
+        results.append(result)
+    return tuple(results)
 
 
 def _open_store(c: DaemonConfig, undo: ExitStack) -> tuple[ResultStore, ReviewBook]:
@@ -254,9 +280,12 @@ def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore,
         archive.mark_checked(session)
 
 
-def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount, log: Log) -> list[str]:
+def _warnings(
+    c: DaemonConfig, bundle: Bundle, differential: DifferentialCount, log: Log, checked=()
+) -> list[str]:
     """What the page shows under Warnings, said in the log at start too."""
     warnings = list(differential.warnings)
+    warnings += [f"{r.bundle}: {r.detail}" for r in checked if r.state in (golden.FAILED, golden.WARN)]
     if bundle.manifest.uncertainty.warning:
         warnings.append(f"bundle: {bundle.manifest.uncertainty.warning}")
     unknown = sorted(set(c.archive.alert_classes) - set(bundle.labels))
