@@ -21,6 +21,11 @@ from edge.errors import BundleError
 from tests.conftest import ROOT
 
 MODELS = ROOT / "models"
+# Being retrained by the lead with preprocessing version 2; it gets its golden check then.
+AWAITING = {"differential-int8"}
+# Version 2 changed its decisions (CLAHE on 16-pixel instead of 12-pixel tiles: 93.1 % the same labels
+# on blood-5class/val, its model card): kept at version 1, with a golden check.
+VERSION_1 = {"efficientnetb0-int8"}
 
 
 def with_golden(src: Path, dst: Path, **preprocess) -> Bundle:
@@ -40,6 +45,29 @@ def with_golden(src: Path, dst: Path, **preprocess) -> Bundle:
 def tiny_v2(tmp_path_factory, tiny_bundle) -> Bundle:
     """The tiny bundle with preprocessing version 2 (64 px / 8 tiles: 8-pixel tiles) and a golden check."""
     return with_golden(tiny_bundle, tmp_path_factory.mktemp("golden") / "tiny-v2", version=2)
+
+
+def committed() -> list[str]:
+    return sorted(p.name for p in MODELS.iterdir() if (p / "manifest.json").is_file())
+
+
+@pytest.mark.parametrize("name", committed())
+def test_every_committed_bundle_passes_its_golden_check_here(name):
+    bundle = Bundle.load(MODELS / name)
+    if name in AWAITING:
+        assert bundle.manifest.golden is None
+        pytest.skip(f"{name} is being re-made with preprocessing version 2 and gets its golden check then")
+    g = bundle.manifest.golden
+    assert g is not None, f"{name}: no golden check"
+    assert bundle.preprocess_spec.version == (1 if name in VERSION_1 else 2)
+    result = golden.check(bundle)
+    assert result.inputs == len(g.inputs) >= 4 and (result.max_steps or 0) <= g.tolerance_steps
+    if result.state == golden.WARN:  # version 1 on another CPU than the one that made it
+        assert name in VERSION_1 and "version 1 is not bit-exact across CPUs" in result.detail
+        assert result.compared == result.identical
+        return
+    assert result.state == golden.OK, result.detail
+    assert result.identical == result.compared == result.inputs
 
 
 def test_a_bundle_made_here_passes_with_identical_outputs(tiny_v2):
@@ -96,10 +124,12 @@ class Shifted:
         return scores
 
 
-@pytest.mark.parametrize("steps,fails", [(2, False), (40, True)])
-def test_outputs_outside_the_tolerance_fail_the_check(tiny_v2, steps, fails):
+@pytest.mark.parametrize("times,fails", [(0.5, False), (3, True)])
+def test_outputs_outside_the_tolerance_fail_the_check(tiny_v2, times, fails):
     from edge.runtime import open_backend
 
+    tolerance = tiny_v2.manifest.golden.tolerance_steps
+    steps = int(tolerance * times) + (10 if fails else 0)
     backend = open_backend(tiny_v2)
     try:
         result = golden.check(tiny_v2, Shifted(backend, steps))
@@ -108,7 +138,7 @@ def test_outputs_outside_the_tolerance_fail_the_check(tiny_v2, steps, fails):
     assert result.max_steps == steps
     assert (result.state == golden.FAILED) == fails, result.detail
     if fails:
-        assert f"outputs differ by up to {steps} steps (tolerance {golden.TOLERANCE_STEPS})" in result.detail
+        assert f"outputs differ by up to {steps} steps (tolerance {tolerance})" in result.detail
 
 
 def test_version_1_made_on_another_cpu_can_only_say_so(tmp_path, tiny_bundle, monkeypatch):
@@ -170,6 +200,13 @@ def test_doctor_runs_the_golden_check(tiny_v2, tmp_path):
     assert proc.returncode == 1 and checks["golden"]["status"] == "FAIL"
     assert "preprocessing gives other bytes than on" in checks["golden"]["detail"]
     assert "for 1 of" in checks["golden"]["detail"]
+
+
+def test_doctor_runs_a_detector_bundle_and_its_golden_check():
+    proc = doctor(MODELS / "wbc-detector-int8")
+    checks = {c["area"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert proc.returncode == 0, proc.stdout
+    assert checks["bundle runs"]["status"] == "ok" and checks["golden"]["status"] == "ok"
 
 
 def test_the_daemon_checks_at_start_and_shows_a_failure(tiny_v2, tmp_path):
