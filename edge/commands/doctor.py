@@ -275,18 +275,12 @@ def check_system() -> list[Check]:
 
 
 def _run_once(bundle, backend: str, runtime: str, device: str | None):
-    """The bundle opened as its task asks (a classifier, or a detector) and one call of it: (backend,
-    the call), the call running the model on one blank input."""
+    """(backend, what one image costs): a classifier classifies, a detector's model runs."""
     if bundle.is_detector:
         from edge.detect.detector import Detector
 
         opened = Detector.open(bundle, backend, runtime=runtime, device=device).backend
-
-        def call(x):
-            opened.set_input(x)
-            opened.invoke()
-
-        return opened, call
+        return opened, opened.run
     from edge.predict import Classifier
 
     classifier = Classifier.open(bundle, backend, runtime=runtime, device=device)
