@@ -34,6 +34,7 @@ from convert.detector_data import build_photometric, frame_boxes, make_view, pla
 from convert.detector_splits import load_frames
 from convert.run_source import _load_keras
 from convert.tflite_export import INT8_SETTINGS, _spec, convert_model, make_converter
+from edge import golden
 from edge.bundle import CPU_MODEL, Bundle, Manifest, Metric, TensorSpec, write_bundle
 from edge.detect.detector import Detector
 from edge.detect.eval_run import run_on_frames
@@ -335,7 +336,8 @@ def quantize_detector(req) -> DetectorQuantizeResult:
     point = threshold_step(req, run, frames, conversion, command)
     evaluation = evaluation_step(req, run, conversion, point, command)
     manifest = build_manifest(req, run, conversion, point.detector, evaluation.metrics, command)
-    write_bundle(req.out_dir, {CPU_MODEL: conversion.tflite}, manifest)
+    manifest.golden, golden_file = golden.make(conversion.tflite, manifest)  # what the device checks
+    write_bundle(req.out_dir, {CPU_MODEL: conversion.tflite, golden.GOLDEN_FILE: golden_file}, manifest)
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
     head = (
         f"bundle: {req.out_dir}  ({req.precision} detector, input {bundle.manifest.input.shape} "

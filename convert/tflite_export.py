@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from edge import golden
 from edge.bundle import CPU_MODEL, Manifest, TensorSpec, write_bundle
 from edge.native_log import TENSORFLOW_NOISE, held_stderr
 from edge.preprocess import PreprocessSpec
@@ -160,5 +161,8 @@ def bundle_from_tflite(
     manifest = Manifest(
         labels=list(labels), input=inp, output=out, preprocess=spec, embedding=embedding, **manifest_fields
     )
-    write_bundle(out_dir, {CPU_MODEL: tflite_bytes, **(extra_files or {})}, manifest)
+    # the golden check the device runs (edge/golden.py): computed here, by the device's own code
+    manifest.golden, golden_file = golden.make(tflite_bytes, manifest)
+    files = {CPU_MODEL: tflite_bytes, **(extra_files or {}), golden.GOLDEN_FILE: golden_file}
+    write_bundle(out_dir, files, manifest)
     return manifest

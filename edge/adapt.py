@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import golden
 from edge.adapt_report import counts, scores, summary
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle, Metric, write_bundle
 from edge.errors import DataError
@@ -277,6 +278,8 @@ def adapt(
     for stale in (ONNX_MODEL, EDGETPU_MODEL):  # never leave an old model beside the new manifest
         (out_dir / stale).unlink(missing_ok=True)
     files = {CPU_MODEL: refit.model_bytes, **extra}
+    # the re-fitted layer changes the outputs: the golden check is made again, here (edge/golden.py)
+    manifest.golden, files[golden.GOLDEN_FILE] = golden.make(refit.model_bytes, manifest)
     write_bundle(out_dir, files, manifest)
     adapted = Bundle.load(out_dir)  # verify what we wrote, as the device will
     emb_after, preds_after = _embed(

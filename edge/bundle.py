@@ -205,6 +205,8 @@ class Bundle:
             raise BundleError(
                 f"{manifest_path}: rejection.file {manifest.rejection.file} is not listed in files"
             )
+        if manifest.golden is not None and manifest.golden.file not in manifest.files:
+            raise BundleError(f"{manifest_path}: golden.file {manifest.golden.file} is not listed in files")
         contents = {name: read_verified(root / name, expected) for name, expected in manifest.files.items()}
         _check_contract(root, manifest, contents[CPU_MODEL])
         from edge.signing import read_signature

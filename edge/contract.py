@@ -45,6 +45,8 @@ def contract_of(manifest) -> dict:
         **({"detector": manifest.detector.to_dict()} if getattr(manifest, "detector", None) else {}),
         # the gate decides whether every cell is flagged; a site's scale, at what size cells are cut
         **({"gate": manifest.gate.to_dict()} if getattr(manifest, "gate", None) else {}),
+        # the golden check decides whether a device is trusted to compute what the host computed
+        **({"golden": manifest.golden.to_dict()} if getattr(manifest, "golden", None) else {}),
         **(
             {"site_scale": manifest.site.scale.to_dict()}
             if getattr(manifest, "site", None) and manifest.site.scale

@@ -128,6 +128,43 @@ class Site(Spec):
     fingerprint: _Sha256
 
 
+class GoldenView(Spec):
+    """edge.preprocess.View as the manifest holds it: where the input is cut (version 2)."""
+
+    centre: list[float] | None = Field(default=None, min_length=2, max_length=2)
+    rbc_px: float | None = Field(default=None, gt=0, le=5000)
+    background: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
+        default=None, min_length=3, max_length=3
+    )
+
+
+class GoldenInput(Spec):
+    """One input of the golden check: its arrays are `name` in the golden file (the image, BGR, and
+    the model's raw outputs), its preprocessed bytes have the sha256 `preprocessed`, and `top` is the
+    model's top class (classifiers, when it leads by more than twice the tolerance; else None)."""
+
+    name: str = Field(min_length=1, max_length=60)
+    view: GoldenView = Field(default_factory=GoldenView)
+    preprocessed: _Sha256
+    top: int | None = Field(default=None, ge=0)
+
+
+class Golden(Spec):
+    """Does a device compute what the machine that made the bundle computed? (edge/golden.py)
+
+    A few inputs made by the project (edge.synthetic, fixed seeds) with their preprocessed hashes and
+    the model's raw int8 outputs, made on `made_on` (platform.machine()) with OpenCV `opencv`. The
+    device must preprocess them byte for byte (version 1: only on the same CPU and OpenCV) and its
+    outputs must lie within `tolerance_steps` quantization steps, with the same top class."""
+
+    file: str = Field(default="golden.npz", min_length=1)
+    inputs: list[GoldenInput] = Field(min_length=1)
+    outputs: list[str] = Field(min_length=1)  # which model outputs the file holds, by role
+    tolerance_steps: int = Field(ge=0, le=255)
+    made_on: str = Field(min_length=1)
+    opencv: str = Field(min_length=1)
+
+
 class Manifest(Spec):
     labels: list[str] = Field(min_length=1)
     input: TensorSpec
@@ -152,8 +189,10 @@ class Manifest(Spec):
     # A classifier's check of a new microscope (edge/site.py), and the microscope it was calibrated to.
     gate: Gate | None = None
     site: Site | None = None
+    # What the device checks it computes alike (edge/golden.py), made with the bundle.
+    golden: Golden | None = None
 
-    omitted_at_default = ("gate", "site")
+    omitted_at_default = ("gate", "site", "golden")
 
     @field_validator("labels", mode="before")
     @classmethod

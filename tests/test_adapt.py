@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge import golden
 from edge.adapt import split_site
 from edge.bundle import Bundle
 from edge.head_fit import fit_head
@@ -85,6 +86,7 @@ def test_edge_adapt_writes_a_bundle_that_loads_runs_and_records_the_site(site, t
     assert record["command"].startswith("edge adapt ")
     assert record["after"]["accuracy"] >= record["before"]["accuracy"]
     assert bundle.sha256 != Bundle.load(REJECT_BUNDLE).sha256
+    assert golden.check(bundle).state == golden.OK  # made again for the re-fitted layer
     names = {m.name for m in bundle.manifest.metrics}
     assert {"site_accuracy_before", "site_accuracy_after"} <= names
     # the device runs it: the held-back cells score as the manifest says

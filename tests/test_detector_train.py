@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge import golden
 from edge.bundle import Bundle
 from edge.cli import cli
 from edge.detect.detector import Detector
@@ -49,6 +50,7 @@ def test_train_then_quantize_a_detector(tmp_path):
     assert m.task == "detector" and m.input.dtype == "uint8" and m.input.shape == [1, 96, 96, 3]
     assert m.detector.crop.cell_fraction == 0.4 and m.detector.stride == 16
     assert {x.split for x in m.metrics} == {"voc/tune", "voc/val"}
+    assert golden.check(bundle).state == golden.OK  # the golden check of every bundle, detectors too
     dets, _ = Detector(bundle).detect(
         render_field(np.random.default_rng(0), 640, 480, n_extra=2)[0], threshold=0.01
     )

@@ -137,3 +137,71 @@ def test_red_cells_give_the_scale_of_a_drawn_field():
 
 def test_an_image_without_red_cells_gives_no_scale():
     assert scale.measure([np.full((200, 200, 3), 230, np.uint8)] * 5) is None
+
+
+# OpenCV names version 2 may use: the resizes OpenCV documents as bit-exact (INTER_LINEAR_EXACT;
+# INTER_AREA only for exact 2x halvings), lookup tables, channel copies and CLAHE on power-of-two
+# tiles (checked by PreprocessSpec). Measured on arm64 (docs/device.md): INTER_LINEAR, general
+# INTER_AREA and cvtColor to or from LAB give other bytes than on x86-64.
+EXACT_CV2 = {
+    "resize",
+    "INTER_AREA",
+    "INTER_LINEAR_EXACT",
+    "LUT",
+    "cvtColor",
+    "COLOR_BGR2BGRA",
+    "COLOR_BGRA2BGR",
+    "COLOR_BGRA2RGB",
+    "COLOR_BGR2RGB",
+    "insertChannel",
+    "extractChannel",
+    "CLAHE",
+}
+
+
+def _cv2_uses(function_or_module) -> list[tuple[str, str]]:
+    """(enclosing function, name) for every `cv2.NAME` in the source of `function_or_module`."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function_or_module)))
+    uses = []
+    for func in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)] or [tree]:
+        for node in ast.walk(func):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "cv2"
+            ):
+                uses.append((getattr(func, "name", "<module>"), node.attr))
+    return uses
+
+
+def test_version_2_uses_only_bit_exact_steps():
+    """A step that is not bit-exact on every CPU must not come back into version 2: the golden hashes
+    above catch it on the CPUs CI runs on (x86-64, and arm64 under emulation); this catches it in the
+    code, whatever the CPU."""
+    from edge import preprocess as pp
+
+    uses = [*_cv2_uses(exact), *_cv2_uses(pp.cut), *_cv2_uses(pp.finish), *_cv2_uses(cielab)]
+    assert {name for _, name in uses} - EXACT_CV2 == set(), "a step that is not bit-exact on every CPU"
+    # INTER_AREA gives other bytes on arm64 at general ratios: only the exact halvings may use it
+    assert {func for func, name in uses if name == "INTER_AREA"} == {"halve_until"}
+    # the LAB conversion is edge.cielab's integer tables, never OpenCV's
+    assert not [name for _, name in uses if "LAB" in name]
+    # and preprocess() hands version 2 to cut and finish alone, never to version 1's steps
+    assert _version_2_calls(pp.preprocess) == {"to_bgr8", "cut", "finish", "exact.background_bgr"}
+
+
+def _version_2_calls(function) -> set[str]:
+    """The functions called inside `if spec.version == 2:` of `function`."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    branch = next(
+        n for n in ast.walk(tree) if isinstance(n, ast.If) and "version == 2" in ast.unparse(n.test)
+    )
+    return {ast.unparse(n.func) for stmt in branch.body for n in ast.walk(stmt) if isinstance(n, ast.Call)}

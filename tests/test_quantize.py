@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge import golden
 from edge.bundle import Bundle
 from edge.cli import main
 from tests.tiny_model import TINY_SPEC
@@ -67,6 +68,7 @@ def test_int8_bundle_records_everything(int8_bundle, synthetic_split):
     assert len(cal["fingerprint"]) == 64 and cal["fidelity"]["per_class"]
     assert m.uncertainty.source.startswith("quantized model on the 60 calibration images")
     assert 0.5 <= m.uncertainty.min_confidence <= 0.95
+    assert golden.check(bundle).state == golden.OK and m.golden.file in m.files  # the device's check
 
 
 @pytest.mark.train
@@ -121,6 +123,7 @@ def test_float16_bundle(tiny_float, synthetic_split, tmp_path, capsys):
     assert bundle.manifest.metric("mean_abs_prob_diff").value < 1e-2
     image = np.zeros((64, 64, 3), np.uint8)
     assert Classifier(bundle).classify_tensors(image[None])[0].label in bundle.labels
+    assert golden.check(bundle).state == golden.OK  # float outputs, in steps of 1/256
     code, _, _ = _run(["compile", str(out), "--preflight"], capsys)
     assert code == 8  # float16 never maps to the Edge TPU
 

@@ -274,9 +274,33 @@ def check_system() -> list[Check]:
     return checks
 
 
+def _run_once(bundle, backend: str, runtime: str, device: str | None):
+    """(backend, what one image costs): a classifier classifies, a detector's model runs."""
+    if bundle.is_detector:
+        from edge.detect.detector import Detector
+
+        opened = Detector.open(bundle, backend, runtime=runtime, device=device).backend
+        return opened, opened.run
+    from edge.predict import Classifier
+
+    classifier = Classifier.open(bundle, backend, runtime=runtime, device=device)
+    return classifier.backend, classifier.classify_tensors
+
+
+def check_golden(bundle, backend) -> Check:
+    """The bundle's golden check (edge/golden.py) on the backend that would run it."""
+    from edge import golden
+
+    try:
+        result = golden.check(bundle, backend)
+    except EdgeError as exc:
+        return Check("golden", FAIL, str(exc))
+    status = {golden.OK: OK, golden.WARN: WARN, golden.FAILED: FAIL, golden.NONE: INFO}[result.state]
+    return Check("golden", status, result.detail)
+
+
 def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> list[Check]:
     from edge.bundle import Bundle
-    from edge.predict import Classifier
 
     try:
         bundle = Bundle.load(path)
@@ -292,18 +316,18 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
         )
     ]
     try:
-        classifier = Classifier.open(bundle, backend, runtime=runtime, device=device)
-        x = np.zeros((1, *classifier.backend.input_shape), np.uint8)
-        classifier.classify_tensors(x)  # first call packs weights
+        opened, call = _run_once(bundle, backend, runtime, device)
+        x = np.zeros((1, *opened.input_shape), np.uint8)
+        call(x)  # first call packs weights
         t0 = time.perf_counter()
         for _ in range(5):
-            classifier.classify_tensors(x)
+            call(x)
         ms = (time.perf_counter() - t0) / 5 * 1000
     except EdgeError as exc:
         return [*checks, Check("bundle runs", FAIL, str(exc))]
     except Exception as exc:  # the runtime's own error: say it, do not crash the doctor
         return [*checks, Check("bundle runs", FAIL, f"{type(exc).__name__}: {exc}")]
-    info = classifier.backend.describe()
+    info = opened.describe()
     checks.append(
         Check(
             "bundle runs",
@@ -312,7 +336,7 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
             f"{info['threads']} thread(s): {ms:.1f} ms per image",
         )
     )
-    return checks
+    return [*checks, check_golden(bundle, opened)]
 
 
 @click.command()
@@ -336,7 +360,9 @@ def check_bundle(path: str, backend: str, runtime: str, device: str | None) -> l
 def doctor(bundle, backend, device, runtime, as_json):
     """Check that this machine can classify: Python and NumPy, TFLite runtimes, XNNPACK, Edge TPU
     devices and libedgetpu, onnxruntime and its providers (TensorRT, CUDA), cameras, CPU governor,
-    free disk, and (given BUNDLE) that the model loads and runs. Exits 1 when the chosen setup cannot run.
+    free disk, and (given BUNDLE) that the model loads and runs and that this machine computes what the
+    bundle was made with (its golden check: the same preprocessed bytes, outputs within a few steps).
+    Exits 1 when the chosen setup cannot run.
 
     \b
     Examples:

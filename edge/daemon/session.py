@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from edge import labtables
+from edge import golden, labtables
 from edge.bundle import Bundle
 from edge.catalogue import cell_class
 from edge.daemon.archive import FlaggedArchive
@@ -46,6 +46,8 @@ from edge.daemon.sinks import (
 from edge.daemon.sources import FrameSource, open_source
 from edge.daemon.status import ModelInfo, Status
 from edge.daemon.telemetry import Telemetry
+from edge.errors import BundleError
+from edge.golden import GoldenResult
 from edge.predict import Classifier
 from edge.preprocess import set_max_pixels
 from edge.results.reviews import ReviewBook
@@ -83,6 +85,7 @@ class Session:
     site_sink: SiteSink
     mqtt_sink: MqttSink | None
     sinks: SinkChain
+    golden: tuple[GoldenResult, ...] = ()  # each bundle's golden check at start (edge/golden.py)
 
     def site(self) -> SiteState:
         return microscope(self.bundle, self.processor)
@@ -110,6 +113,7 @@ class Session:
             review=self._review() if review else None,
             mqtt=self.mqtt.snapshot() if self.mqtt else {"enabled": False},
             site=self.site(),
+            golden=self.golden,
         )
 
     def _review(self) -> dict:
@@ -142,6 +146,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> 
     telemetry = Telemetry()  # uptime counts from here
     with ExitStack() as undo:  # closes what was opened if a later step fails
         bundle, classifier, mode, processor = _open_models(c, undo)
+        checked = _golden_checks(classifier, mode)
         store, reviews = _open_store(c, undo)
         session_id = c.store.session or new_session_id()
         source = open_source(c.source, stop_event=stop)
@@ -152,7 +157,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> 
         before = _continued(store, session_id)
         differential = _open_differential(c, bundle, store, processor)
         archive = _open_archive(c, store, session_id)
-        warnings = _warnings(c, bundle, differential)
+        warnings = _warnings(c, bundle, differential, checked)
         mqtt = _open_mqtt(c, store, undo)
         live, store_sink = LiveView(), StoreSink(store, source.name)
         site_sink = SiteSink(partial(microscope, bundle, processor), store_sink, differential, bundle.sha256)
@@ -189,6 +194,7 @@ def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> 
         site_sink=site_sink,
         mqtt_sink=mqtt_sink,
         sinks=SinkChain([*chain, mqtt_sink] if mqtt_sink else chain),
+        golden=checked,
     )
 
 
@@ -261,6 +267,26 @@ def _open_models(
     return bundle, classifier, mode, processor
 
 
+def _golden_checks(classifier: Classifier, mode) -> tuple[GoldenResult, ...]:
+    """Does this machine compute what the bundles were made with? Every golden input's preprocessing
+    and one inference per bundle, on the backends the run uses (edge/golden.py); a failure becomes a
+    warning (_warnings), on the page and in /api/status."""
+    opened = [classifier]
+    detector = getattr(mode, "detector", None)  # field mode's
+    if detector is not None:
+        opened.append(detector)
+    results = []
+    for model in opened:
+        try:
+            result = golden.check(model.bundle, model.backend, model.lab, inferences=1)
+        except BundleError as exc:
+            result = GoldenResult(model.bundle.path.name, golden.FAILED, f"golden check FAILED: {exc}")
+        if result.state == golden.OK:
+            log.info(f"golden check: {result.bundle}: {result.detail}")
+        results.append(result)
+    return tuple(results)
+
+
 def _open_store(c: DaemonConfig, undo: ExitStack) -> tuple[ResultStore, ReviewBook]:
     try:
         store = ResultStore(c.store.db, c.store.synchronous, c.store.fsync_interval_s, c.store.max_db_mb)
@@ -304,9 +330,10 @@ def _check_archive(c: DaemonConfig, archive: FlaggedArchive, store: ResultStore)
         archive.mark_checked(session)
 
 
-def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount) -> list[str]:
+def _warnings(c: DaemonConfig, bundle: Bundle, differential: DifferentialCount, checked=()) -> list[str]:
     """What the page shows under Warnings, said in the log at start too."""
     warnings = list(differential.warnings)
+    warnings += [f"{r.bundle}: {r.detail}" for r in checked if r.state in (golden.FAILED, golden.WARN)]
     if bundle.manifest.uncertainty.warning:
         warnings.append(f"bundle: {bundle.manifest.uncertainty.warning}")
     unknown = sorted(set(c.archive.alert_classes) - set(bundle.labels))

@@ -21,6 +21,7 @@ from edge.daemon.differential import DifferentialSnapshot
 from edge.daemon.modes import FieldStatus
 from edge.daemon.sinks import StoreHealth
 from edge.daemon.telemetry import RunTotals, TelemetrySnapshot
+from edge.golden import GoldenResult
 from edge.site import SiteState
 
 
@@ -64,6 +65,7 @@ class Status:
     review: dict | None  # the review queue and sign-off (edge/results/reviews.py summary); page only
     mqtt: dict  # MqttPublisher.snapshot(), or {"enabled": False}
     site: SiteState  # the microscope: calibrated or not, its scale, the gate's decision (edge/site.py)
+    golden: tuple[GoldenResult, ...] = ()  # each bundle's golden check at start (edge/golden.py)
 
     @property
     def active_alerts(self) -> list[str]:
@@ -117,6 +119,7 @@ def page_json(s: Status) -> dict:
         "warnings": s.warnings,
         "review": s.review,
         "mqtt": s.mqtt,
+        "golden": [asdict(g) for g in s.golden],
     }
 
 
