@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -209,7 +210,7 @@ def test_doctor_runs_a_detector_bundle_and_its_golden_check():
     assert checks["bundle runs"]["status"] == "ok" and checks["golden"]["status"] == "ok"
 
 
-def test_the_daemon_checks_at_start_and_shows_a_failure(tiny_v2, tmp_path):
+def test_the_daemon_checks_at_start_and_shows_a_failure(tiny_v2, tmp_path, caplog):
     from edge.daemon.config import load_config
     from edge.daemon.session import build_session
     from edge.daemon.status import page_json
@@ -223,12 +224,13 @@ def test_the_daemon_checks_at_start_and_shows_a_failure(tiny_v2, tmp_path):
             "http": {"listen": "off"},
         }
     )
-    said = []
-    session = build_session(config, log=said.append)
+    caplog.set_level(logging.INFO, logger="edge")
+    session = build_session(config)
     try:
         status = page_json(session.status())
     finally:
-        session.close(lambda _: None)
+        session.close()
+    said = [r.getMessage() for r in caplog.records]
     warning = [w for w in status["warnings"] if "golden check FAILED" in w]
     assert len(warning) == 1 and warning[0].startswith("elsewhere: golden check FAILED")
     assert any("golden check FAILED" in line for line in said)  # said once at start, in one line
