@@ -22,7 +22,7 @@ from edge.dataset import (
     scan_labelled,
 )
 from edge.errors import DataError
-from edge.hashing import FINGERPRINT_METHOD
+from edge.hashing import FINGERPRINT_METHOD, fingerprint
 from edge.preprocess import PreprocessSpec
 
 DEFAULT_COUNT = 300
@@ -41,6 +41,20 @@ class CalibrationSet:
     def fingerprint(self) -> str:
         return self.data.fingerprint
 
+    def with_cells(self, cells: LabelledImages) -> CalibrationSet:
+        """This set and `cells` (a site's, edge adapt --host), described as both."""
+        data = joined(self.data, cells)
+        site = {"split": cells.split, "count": len(cells), "fingerprint": cells.fingerprint}
+        description = {
+            **self.description,
+            "split": data.split,
+            "count": len(data),
+            "per_class": {name: int((data.y == i).sum()) for i, name in enumerate(data.labels)},
+            "fingerprint": data.fingerprint,
+            "site_cells": site,
+        }
+        return CalibrationSet(data, description)
+
     def generator(self):
         """The zero-argument generator of [1 x S x S x 3 float32] the TFLite converter asks for."""
         images = self.data.images
@@ -50,6 +64,19 @@ class CalibrationSet:
                 yield [img[None].astype(np.float32)]
 
         return generate
+
+
+def joined(a: LabelledImages, b: LabelledImages) -> LabelledImages:
+    """Two sets of preprocessed cells with the same labels as one (a's first), fingerprinted as both."""
+    return LabelledImages(
+        np.concatenate([a.images, b.images]),
+        np.concatenate([a.y, b.y]),
+        a.labels,
+        [*a.files, *b.files],
+        f"{a.split} + {b.split}",
+        fingerprint([("set", a.split, a.fingerprint), ("set", b.split, b.fingerprint)]),
+        [*a.skipped, *b.skipped],
+    )
 
 
 def _overlaps(a: Path, b: Path) -> bool:

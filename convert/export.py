@@ -78,7 +78,8 @@ def _fidelity(bundle: Bundle, export: OnnxExport, images, float_model=None) -> l
     `images` (an ImageSet from eval_images, or None)."""
     if images is None:
         return []
-    ev = load_labelled(images, bundle.preprocess_spec)
+    # version 2: each root cut at the scale quantization measured (training.scales), as the TFLite fidelity was
+    ev = load_labelled(images, bundle.preprocess_spec, scales=bundle.manifest.training.get("scales"))
     onnx_p = onnx_probs(export.data, ev.images, desc=f"onnx on {ev.split}")
     tflite_p = tflite_probs(
         bundle.model_bytes(),

@@ -61,10 +61,12 @@ class QuantizeResult:
 # --- the steps -------------------------------------------------------------------------------------
 
 
-def source_step(req: QuantizeRequest) -> ModelSource:
+def source_step(req: QuantizeRequest, src: ModelSource | None = None) -> ModelSource:
+    """`req.source` loaded (or `src`, a model in memory: edge adapt --host's fine-tuned one), its labels
+    and class map settled."""
     if req.precision not in PRECISIONS:
         raise DataError(f"--precision must be one of {PRECISIONS}")
-    src = load_source(req.source)
+    src = src or load_source(req.source)
     if not req.class_map:  # the aliases the run was trained with
         req.class_map = list(find_key(src.info.get("run_config") or {}, ("class_map",)) or [])
     if src.labels is None:  # a bare model: its labels are the calibration folder's classes
@@ -91,6 +93,8 @@ def calibration_step(req: QuantizeRequest, src: ModelSource) -> CalibrationSet:
         req.class_map,
         scales=src.scales_for,
     )
+    if req.site is not None:  # edge adapt --host: the site's cells are calibrated on too
+        calib = calib.with_cells(req.site)
     d = calib.description
     log.info(f"calibration: {d['count']} images from {d['split']} {d['per_class']}")
     return calib
@@ -101,7 +105,7 @@ def fixes_step(req: QuantizeRequest, src: ModelSource, calib: CalibrationSet) ->
     if req.precision != "int8":
         return fixes
     if req.adapt_head:
-        train = req.load(req.calib_dir, src)
+        train = req.training(src)
         log.info(
             f"adapting the head to the int8 backbone on {len(train)} images of {train.split} "
             f"(as they are and in augmented views; a few minutes for a 224 px model)..."
@@ -213,8 +217,10 @@ def manifest_fields(
     }
 
 
-def quantize(req: QuantizeRequest) -> QuantizeResult:
-    src = source_step(req)
+def quantize(req: QuantizeRequest, src: ModelSource | None = None) -> QuantizeResult:
+    """Every step; `src` is the model to convert when it is not `req.source` as saved (edge adapt --host
+    converts the model it fine-tuned)."""
+    src = source_step(req, src)
     calib = calibration_step(req, src)
     fixes = fixes_step(req, src, calib)
     tflite = conversion_step(req, fixes, calib)

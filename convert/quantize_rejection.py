@@ -52,7 +52,7 @@ def rejection_step(
     held-out cells, the gate that notices another microscope."""
     if req.reject == "none":
         return None
-    train = req.load(req.calib_dir, src)
+    train = req.training(src)
     n = len(src.labels)
     log.info(f"rejection: embeddings of the {len(train)} images of {train.split} ({req.reject_layer})...")
     train_emb = _embeddings(tflite, train.images, n, "embeddings (train)")

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibration.fidelity import DEFAULT_THRESHOLD_PP
-from calibration.representative import DEFAULT_COUNT
-from edge.dataset import load_labelled, parse_class_map, scan_labelled
+from calibration.representative import DEFAULT_COUNT, joined
+from convert.cache import load_images
+from edge.dataset import LabelledImages, load_labelled, parse_class_map, scan_labelled
 
 
 def _paths(value) -> list[Path]:
@@ -44,6 +45,12 @@ class QuantizeRequest:
     format: str = "tflite"  # "onnx": also write model.onnx (the bundle always holds model.tflite)
     crop_fraction: float | None = None  # detector runs: the crop rule's cell fraction, if measured since
     class_map: list[str] = field(default_factory=list)  # FOLDER=LABEL; default: the training run's
+    # edge adapt --host: a site's labelled cells (preprocessed), which join the training cells wherever
+    # quantization uses them (calibration set, head adaptation, rejection); the cache of preprocessed
+    # images; and the command that asked, when it was not `edge quantize`
+    site: LabelledImages | None = None
+    cache: Path | None = None
+    command: str | None = None
 
     def __post_init__(self):
         self.calib_dir = _paths(self.calib_dir)
@@ -56,12 +63,42 @@ class QuantizeRequest:
         return scan_labelled(roots, labels, parse_class_map(self.class_map), dedupe=True)
 
     def load(self, roots: list[Path], src):
-        """`images(roots)` preprocessed as the model expects them, each root at its scale (version 2)."""
+        """`images(roots)` preprocessed as the model expects them, each root at its scale (version 2),
+        read from `cache` where it holds them."""
         images = self.images(roots, src.labels)
-        return load_labelled(images, src.spec, scales=src.scales_for(images))
+        scales = src.scales_for(images)
+        if self.cache is None:
+            return load_labelled(images, src.spec, scales=scales)
+        loaded = load_images(
+            images.files,
+            images.hashes(),
+            src.spec,
+            self.cache,
+            f"preprocess {images.split}",
+            views=images.views(scales),
+        )
+        kept = images.subset(loaded.ok)
+        skipped = [f"{f}: {reason}" for f, reason in loaded.skipped]
+        return LabelledImages(
+            loaded.images,
+            kept.targets,
+            list(images.labels),
+            kept.files,
+            images.split,
+            kept.fingerprint(),
+            skipped,
+        )
+
+    def training(self, src) -> LabelledImages:
+        """The training cells quantization fits on (head adaptation, rejection): `calib_dir`, and the
+        site's cells where there are some."""
+        train = self.load(self.calib_dir, src)
+        return train if self.site is None else joined(train, self.site)
 
     def command_line(self) -> str:
         """The command that reproduces this bundle; recorded with every metric."""
+        if self.command:
+            return self.command
         args = ["edge", "quantize", str(self.source)]
         for flag, roots in (("--calib", self.calib_dir), ("--eval", self.eval_dir)):
             for root in roots:

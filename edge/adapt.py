@@ -44,7 +44,15 @@ from edge.head_fit import choose_strength, fit_head
 from edge.predict import Classifier
 from edge.preprocess import background_rgb
 from edge.rejection import MahalanobisScorer
-from edge.site_calibration import choose_scale, held_back_summary, physical, site_gate, site_section
+from edge.scale import Scale
+from edge.site_calibration import (
+    ScaleChoice,
+    choose_scale,
+    held_back_summary,
+    physical,
+    site_gate,
+    site_section,
+)
 from edge.site_cells import SiteCells
 from edge.splits import stratified_split
 from edge.tflite_edit import logit_range_of, read_head, write_head
@@ -101,7 +109,7 @@ class AdaptResult:
     lines: list[str]
 
 
-def _embed(classifier, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, list]:
+def embed(classifier, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, list]:
     """Embeddings and predictions of preprocessed images, through the device's backend."""
     embeddings, preds = [], []
     for start in range(0, len(images), batch):
@@ -175,7 +183,9 @@ def _drop_old_models(manifest) -> list[str]:
     return dropped
 
 
-def _record(bundle: Bundle, cells: SiteCells, split: SiteSplit, refit: Refit, **fields) -> dict:
+def site_record(bundle: Bundle, cells: SiteCells, split: SiteSplit, **fields) -> dict:
+    """What `edge adapt` records of the site's cells and their split (manifest calibration.site_adaptation),
+    with `fields`, what the calibration itself did (device or host)."""
     y, labels = cells.y, bundle.labels
     return {
         "from_bundle": {"path": str(bundle.path), "sha256": bundle.sha256},
@@ -186,25 +196,16 @@ def _record(bundle: Bundle, cells: SiteCells, split: SiteSplit, refit: Refit, **
             "per_class": counts(y, labels),
             "unreadable": [f"{p}: {r}" for p, r in cells.skipped],
         },
-        "holdout": fields["holdout"],
-        "seed": fields["seed"],
         "fit": {"n": len(split.fit), "per_class": counts(y[split.fit], labels)},
         "held_back": {"n": len(split.held), "per_class": counts(y[split.held], labels)},
         "left_out_classes": split.left_out,
-        "layer": "last FULLY_CONNECTED (embedding -> class scores), int8 weights re-quantized",
-        "l2_strength": refit.strength,
-        "cross_validation_accuracy": refit.cross_validation,
-        "scale": fields["scale"],
-        "rejection": fields["rejection"],
-        "gate": fields["gate"],
+        **fields,
         "site_background_rgb": site_background([cells.images[i] for i in split.fit]),
         "white_reference_rgb": list(bundle.preprocess_spec.white_reference or []) or None,
-        "files_not_carried_over": fields["dropped"],
-        "command": fields["command"],
     }
 
 
-def _score(
+def score_held_back(
     record: dict, manifest, y: np.ndarray, split: SiteSplit, before: list, after: list, labels, where, command
 ):
     """The held-back cells before and after, into the record and the manifest's metrics."""
@@ -221,6 +222,29 @@ def _score(
                 )
             )
     manifest.calibration["site_adaptation"] = record
+
+
+def site_scale(
+    bundle: Bundle,
+    classifier: Classifier,
+    cells: SiteCells,
+    split: SiteSplit,
+    rbc_px: float | None,
+    seed: int,
+) -> tuple[ScaleChoice, Scale | None]:
+    """(the site's scale, the red cells' measurement or None): `rbc_px` if given, else the candidate
+    around the red cells' measurement at which the last layer's fit, cross-validated on the fit cells,
+    is best (edge/site_calibration.py choose_scale). The host path (`--host`) takes the same choice."""
+    measured = cells.measured_scale() if physical(bundle) else None
+    fit_cells = cells.subset(split.fit)
+
+    def cv_accuracy(rbc: float) -> float:  # the fit, cross-validated on the fit cells cut at `rbc`
+        emb_fit, _ = embed(classifier, fit_cells.inputs(bundle, rbc))
+        _, head = read_head(bundle.model_path().read_bytes(), bundle.manifest.embedding.name)
+        _, cv = choose_strength(head.features(emb_fit), fit_cells.y, head.weights, head.bias, seed)
+        return max(cv.values()) if cv else 0.0
+
+    return choose_scale(bundle, cells, measured, rbc_px, cv_accuracy), measured
 
 
 def adapt(
@@ -244,33 +268,26 @@ def adapt(
     y, labels = cells.y, bundle.labels
     split = split_site(y, labels, holdout, seed, cells.split)
     before = Classifier.open(bundle, "cpu", threads=None)
-    measured = cells.measured_scale() if physical(bundle) else None
-    fit_cells = cells.subset(split.fit)
-
-    def cv_accuracy(rbc: float) -> float:  # the fit, cross-validated on the fit cells cut at `rbc`
-        emb_fit, _ = _embed(before, fit_cells.inputs(bundle, rbc))
-        _, head = read_head(bundle.model_path().read_bytes(), bundle.manifest.embedding.name)
-        _, cv = choose_strength(head.features(emb_fit), fit_cells.y, head.weights, head.bias, seed)
-        return max(cv.values()) if cv else 0.0
-
-    choice = choose_scale(bundle, cells, measured, rbc_px, cv_accuracy)
-    emb, _ = _embed(before, cells.inputs(bundle, choice.rbc_px))
+    choice, measured = site_scale(bundle, before, cells, split, rbc_px, seed)
+    emb, _ = embed(before, cells.inputs(bundle, choice.rbc_px))
     # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    _, preds_before = _embed(before, cells.inputs(bundle, measured.rbc_px if measured else None))
+    _, preds_before = embed(before, cells.inputs(bundle, measured.rbc_px if measured else None))
     refit = refit_last_layer(bundle, emb, y, split.fit, seed)
     manifest = copy.deepcopy(bundle.manifest)
     extra, rejection_record = adapt_rejection(bundle, manifest, emb[split.fit], y[split.fit])
-    record = _record(
+    record = site_record(
         bundle,
         cells,
         split,
-        refit,
         holdout=holdout,
         seed=seed,
+        layer="last FULLY_CONNECTED (embedding -> class scores), int8 weights re-quantized",
+        l2_strength=refit.strength,
+        cross_validation_accuracy=refit.cross_validation,
         scale=choice.record(),
         rejection=rejection_record,
         gate=None,
-        dropped=_drop_old_models(manifest),
+        files_not_carried_over=_drop_old_models(manifest),
         command=command,
     )
     manifest.site = site_section(site_name or cells.split, "device", cells, split, choice.scale)
@@ -278,15 +295,31 @@ def adapt(
     for stale in (ONNX_MODEL, EDGETPU_MODEL):  # never leave an old model beside the new manifest
         (out_dir / stale).unlink(missing_ok=True)
     files = {CPU_MODEL: refit.model_bytes, **extra}
-    # the re-fitted layer changes the outputs: the golden check is made again, here (edge/golden.py)
-    manifest.golden, files[golden.GOLDEN_FILE] = golden.make(refit.model_bytes, manifest)
+    return seal(out_dir, files, manifest, record, cells, split, choice.rbc_px, preds_before)
+
+
+def seal(
+    out_dir: Path,
+    files: dict,
+    manifest,
+    record: dict,
+    cells: SiteCells,
+    split: SiteSplit,
+    rbc_px: float | None,
+    preds_before: list,
+    fitted: str | None = None,
+) -> AdaptResult:
+    """Write the calibrated bundle, then score the site's cells with it as the device will: the gate set
+    again on them and the held-back cells before and after, sealed in the manifest (the same files).
+    `fitted` is the summary's first line, what was fitted (default: the device's last layer)."""
+    # the re-fitted model changes the outputs: the golden check is made again, here (edge/golden.py)
+    manifest.golden, files[golden.GOLDEN_FILE] = golden.make(files[CPU_MODEL], manifest)
     write_bundle(out_dir, files, manifest)
     adapted = Bundle.load(out_dir)  # verify what we wrote, as the device will
-    emb_after, preds_after = _embed(
-        Classifier.open(adapted, "cpu", threads=None), cells.inputs(bundle, choice.rbc_px)
-    )
-    manifest.gate, record["gate"] = site_gate(adapted, emb_after, y, split, preds_after)
-    _score(record, manifest, y, split, preds_before, preds_after, labels, cells.split, command)
+    y, labels, command = cells.y, adapted.labels, record["command"]
+    emb, preds_after = embed(Classifier.open(adapted, "cpu", threads=None), cells.inputs(adapted, rbc_px))
+    manifest.gate, record["gate"] = site_gate(adapted, emb, y, split, preds_after)
+    score_held_back(record, manifest, y, split, preds_before, preds_after, labels, cells.split, command)
     manifest.site.held_back = held_back_summary(record, y, split, preds_before, preds_after, labels)
     write_bundle(out_dir, files, manifest)  # the same files, the final manifest (gate and site sealed)
-    return AdaptResult(Bundle.load(out_dir), record, summary(record, out_dir))
+    return AdaptResult(Bundle.load(out_dir), record, summary(record, out_dir, fitted))

@@ -60,11 +60,12 @@ def _gate_lines(gate: dict | None) -> list[str]:
     return [f"gate: set on {gate['site_cells']} site cells (median rejection score limits: {limits})"]
 
 
-def summary(record: dict, out_dir: Path) -> list[str]:
-    """The lines `edge adapt` prints."""
+def summary(record: dict, out_dir: Path, fitted: str | None = None) -> list[str]:
+    """The lines `edge adapt` prints; `fitted` says what was fitted (default: the device's last layer)."""
     b, a = record["before"], record["after"]
     lines = [
-        f"fitted the last layer on {record['fit']['n']} cells {record['fit']['per_class']} "
+        fitted
+        or f"fitted the last layer on {record['fit']['n']} cells {record['fit']['per_class']} "
         f"(L2 pull {record['l2_strength']:g}, chosen by cross-validation {record['cross_validation_accuracy']})",
         f"held back {record['held_back']['n']} cells (never fitted): accuracy {_pct(b['accuracy'])} before -> "
         f"{_pct(a['accuracy'])} after; rejected {_pct(b['rejected_fraction'])} -> {_pct(a['rejected_fraction'])}; "

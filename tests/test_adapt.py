@@ -219,3 +219,27 @@ def test_adapt_when_rejection_reads_the_pooled_features_before_a_dense_layer(syn
     assert result.returncode == 0, result.stderr
     record = Bundle.load(tmp_path / "adapted").manifest.calibration["site_adaptation"]
     assert record["fit"]["n"] + record["held_back"]["n"] == 50
+
+
+def test_the_host_path_without_the_train_extra_is_one_line(site, tmp_path):
+    """`edge adapt --host` on a device install: the host calibration is a plugin of the training side
+    (pyproject.toml, entry points "edge.adapt"), which says which extra is missing before reading a cell."""
+    from importlib.metadata import entry_points
+
+    assert [e.name for e in entry_points(group="edge.adapt")] == ["host"], "pip install -e . again"
+    without_tensorflow = (
+        "import importlib.util as u, sys\n"
+        "real = u.find_spec\n"
+        "u.find_spec = lambda name, *a: None if name.split('.')[0] == 'tensorflow' else real(name, *a)\n"
+        "from edge.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = [REJECT_BUNDLE, site, "--host", "--run", tmp_path / "run", "--out", tmp_path / "o"]
+    result = subprocess.run(
+        [sys.executable, "-c", without_tensorflow, "adapt", *map(str, args)], capture_output=True, text=True
+    )
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: `edge adapt --host` needs the 'train' extra (tensorflow is not installed): pip install '.[train]'"
+    ]
+    assert not (tmp_path / "o").exists()

@@ -11,7 +11,10 @@ import sys
 import click
 
 from edge.batch import Inference
+from edge.bundle import Bundle, find_bundle
 from edge.commands._config_options import config_option
+from edge.daemon.config import DEFAULT_DETECTOR
+from edge.detect.detector import Detector
 from edge.preprocess import DEFAULT_MAX_PIXELS, set_max_pixels
 from edge.runtime import MAX_THREADS
 from edge.runtime.tflite import RUNTIME_CHOICES
@@ -197,3 +200,9 @@ _RBC_PX_HELP = (
     "else measured on the images' red cells."
 )
 rbc_px_option = click.option("--rbc-px", type=click.FloatRange(1.0, 5000.0), help=_RBC_PX_HELP)
+
+
+def frames_detector(path: str | None) -> Detector:
+    """--detector of frames_options (edge/commands/_options.py): the bundle that finds the labelled cell
+    in each field, the daemon's by default, on the CPU as `edge run --mode field` runs it."""
+    return Detector.open(Bundle.load(path or find_bundle(DEFAULT_DETECTOR)), "cpu")

@@ -1,9 +1,11 @@
-"""`edge adapt BUNDLE SITE_DIR --out NEW_BUNDLE`: calibrate a bundle to one microscope (edge/adapt.py)."""
+"""`edge adapt BUNDLE SITE_DIR --out NEW_BUNDLE`: calibrate a bundle to one microscope, on the device
+(edge/adapt.py) or, with --host --run RUN, on the training host (a plugin: see HOST_CALIBRATION)."""
 
 from __future__ import annotations
 
 import shlex
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
@@ -11,10 +13,16 @@ import click
 from edge import site_cells
 from edge.adapt import adapt as run_adapt
 from edge.bundle import Bundle
-from edge.commands._device_options import rbc_px_option
-from edge.commands._options import class_map_option, frames_options, out_dir_option, seed_option
+from edge.commands._device_options import frames_detector, rbc_px_option
+from edge.commands._options import cache_option, class_map_option, frames_options, out_dir_option, seed_option
 from edge.dataset import parse_class_map, printable, scan_labelled
-from edge.errors import DataError
+from edge.errors import DataError, MissingExtraError
+
+# The host path is the training side's (it needs TensorFlow), registered in pyproject.toml under this
+# entry-point group and name as the training commands are under "edge.commands": edge never names it,
+# and loads it only when --host is asked.
+HOST_CALIBRATION = ("edge.adapt", "host")
+HOST_EPOCHS = 8
 
 
 @click.command()
@@ -35,8 +43,40 @@ from edge.errors import DataError
 @rbc_px_option
 @class_map_option()
 @seed_option("Seed of the held-back choice and the folds.")
+@click.option(
+    "--host",
+    is_flag=True,
+    help="Calibrate on the training host instead (needs --run and the train extra): fine-tune the upper "
+    "backbone on your cells and replayed training cells, then re-quantize as edge quantize did.",
+)
+@click.option(
+    "--run",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --host: the `edge train` run BUNDLE was quantized from (its model.keras and config.json).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(1, 100),
+    default=HOST_EPOCHS,
+    show_default=True,
+    help="With --host: fine-tuning epochs.",
+)
+@cache_option("With --host: keep the preprocessed training images and activations here for the next run.")
 def adapt(
-    bundle, site_dir, out_dir, frames_dir, labels_csv, detector, site_name, holdout, rbc_px, class_map, seed
+    bundle,
+    site_dir,
+    out_dir,
+    frames_dir,
+    labels_csv,
+    detector,
+    site_name,
+    holdout,
+    rbc_px,
+    class_map,
+    seed,
+    host,
+    **host_options,
 ):
     """Calibrate BUNDLE to your microscope from a few labelled cells of it: SITE_DIR/<class>/<image>
     (20 cells of each class you see is plenty; 3 is the least a class needs to be fitted), or whole
@@ -51,26 +91,53 @@ def adapt(
     `edge review export` writes the cells a technician decided in SITE_DIR form.
 
     \b
+    With --host --run RUN (on the training host, the train extra): the same cells, split and scale, then
+    the upper backbone is fine-tuned on your cells (augmented) together with replayed training cells,
+    the model re-quantized as `edge quantize` made BUNDLE (calibration, --adapt-head, rejection, gate,
+    model.onnx where BUNDLE had one) and the held-back cells scored before and after.
+
+    \b
     Examples:
       edge adapt models/differential-int8 site-cells/ --out models/differential-scope3 --site-name scope3
       edge adapt models/differential-int8 --frames fields/ --labels fields.csv --out models/differential-scope3
+      edge adapt models/differential-int8 site-cells/ --host --run runs/differential --out models/differential-scope3
       edge eval models/differential-scope3 more-site-cells/
     """
+    if host != bool(host_options["run"]):
+        raise click.UsageError("--host needs --run RUN (the training run of BUNDLE), and --run needs --host")
+    calibrate = _host_calibration() if host else None  # before the cells: a missing extra fails first
     model = Bundle.load(bundle)
     model.require_task("classifier")
-    aliases = parse_class_map(class_map)
+    cells = _read_cells(model, site_dir, frames_dir, labels_csv, detector, parse_class_map(class_map))
+    command = shlex.join(["edge", "adapt", *sys.argv[2:]]) if sys.argv[1:2] == ["adapt"] else ""
+    name = site_name or Path(frames_dir or site_dir).resolve().name
+    if calibrate is None:
+        result = run_adapt(model, cells, out_dir, holdout, seed, command, name, rbc_px)
+    else:
+        options = dict(holdout=holdout, seed=seed, command=command, site_name=name, rbc_px=rbc_px)
+        result = calibrate(model, cells, out_dir, **options, **host_options)
+    click.echo("\n".join(result.lines))
+
+
+def _read_cells(model: Bundle, site_dir, frames_dir, labels_csv, detector, aliases) -> site_cells.SiteCells:
     if frames_dir:
         if site_dir or not labels_csv:
             raise click.UsageError("--frames DIR needs --labels CSV, and no SITE_DIR")
-        cells = site_cells.from_frames(Path(frames_dir), Path(labels_csv), detector, model.labels, aliases)
-    elif site_dir:
-        cells = site_cells.from_folder(_site_folder(model, site_dir, aliases))
-    else:
-        raise click.UsageError("give SITE_DIR, or --frames DIR --labels CSV")
-    command = shlex.join(["edge", "adapt", *sys.argv[2:]]) if sys.argv[1:2] == ["adapt"] else ""
-    name = site_name or Path(frames_dir or site_dir).resolve().name
-    result = run_adapt(model, cells, out_dir, holdout, seed, command, name, rbc_px)
-    click.echo("\n".join(result.lines))
+        finder = frames_detector(detector)
+        return site_cells.from_frames(Path(frames_dir), Path(labels_csv), finder, model.labels, aliases)
+    if site_dir:
+        return site_cells.from_folder(_site_folder(model, site_dir, aliases))
+    raise click.UsageError("give SITE_DIR, or --frames DIR --labels CSV")
+
+
+def _host_calibration():
+    """The host path's function: the entry point is a factory that checks the train extra (one line
+    naming it when missing) and returns the function."""
+    group, name = HOST_CALIBRATION
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        raise MissingExtraError("edge adapt --host", "train", f"the host calibration ('{group}' '{name}')")
+    return found[0].load()()
 
 
 def _site_folder(model: Bundle, site_dir: str, aliases):

@@ -9,13 +9,17 @@ from pathlib import Path
 import click
 
 from edge.batch import Inference
-from edge.bundle import Bundle, find_bundle
-from edge.commands._device_options import progress, rbc_px_option, runtime_options, uncertainty_options
+from edge.bundle import Bundle
+from edge.commands._device_options import (
+    frames_detector,
+    progress,
+    rbc_px_option,
+    runtime_options,
+    uncertainty_options,
+)
 from edge.commands._options import class_map_option, frames_options, plot_file_option
 from edge.confusion_image import write_confusion_png
-from edge.daemon.config import DEFAULT_DETECTOR
 from edge.dataset import parse_class_map, printable, scan_labelled
-from edge.detect.detector import Detector
 from edge.evaluation import EvalRun, evaluate, evaluate_cells
 from edge.metrics import format_report
 from edge.predict import uncertainty_rule
@@ -95,8 +99,9 @@ def eval_(
     model = Bundle.load(bundle)
     if frames_dir:
         return _eval_frames(
-            model, frames_dir, labels_csv, class_map, threshold, margin, blast_classes, rbc_px, json_path
-        )
+            model, frames_dir, labels_csv, detector, class_map, threshold, margin, blast_classes, rbc_px,
+            json_path,
+        )  # fmt: skip
     if not labelled_dirs:
         raise click.UsageError("give LABELLED_DIR..., or --frames DIR --labels CSV")
     images = scan_labelled(
@@ -139,13 +144,16 @@ def eval_(
 
 
 def _eval_frames(
-    model, frames_dir, labels_csv, class_map, threshold, margin, blast_classes, rbc_px, json_path
+    model, frames_dir, labels_csv, detector, class_map, threshold, margin, blast_classes, rbc_px, json_path
 ):
     if not labels_csv:
         raise click.UsageError("--frames DIR needs --labels CSV")
-    detector = Detector.open(Bundle.load(find_bundle(DEFAULT_DETECTOR)), "cpu")
     cells = from_frames(
-        Path(frames_dir), Path(labels_csv), detector, model.labels, parse_class_map(class_map)
+        Path(frames_dir),
+        Path(labels_csv),
+        frames_detector(detector),
+        model.labels,
+        parse_class_map(class_map),
     )
     rule = uncertainty_rule(model, threshold, margin)
     say = lambda line: click.echo(line, err=True)  # noqa: E731
