@@ -146,7 +146,7 @@ def physical_view(image_bgr, view, spec: PreprocessSpec, aug, rng: np.random.Gen
         tight[start : start + keep, start : start + keep] = raw[start : start + keep, start : start + keep]
         raw = tight
     raw = np.ascontiguousarray(aug(image=raw[..., ::-1])["image"][..., ::-1])  # albumentations: RGB
-    return finish(raw, spec, background_bgr(raw))
+    return finish(raw, spec, lambda: background_bgr(raw))
 
 
 def physical_views(files, views, spec: PreprocessSpec, n_views: int, seed: int, desc: str, workers: int = 2):

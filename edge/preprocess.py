@@ -255,7 +255,7 @@ def preprocess(
     spec = spec or PreprocessSpec()
     if spec.version == 2:
         raw = cut(to_bgr8(image, order), spec, view)
-        return finish(raw, spec, view.background or exact.background_bgr(raw))
+        return finish(raw, spec, view.background or (lambda: exact.background_bgr(raw)))
     square = _square(to_bgr8(image, order), spec)
     if spec.color == "white_balance":
         square = white_balance(square, spec.white_reference)
@@ -293,11 +293,13 @@ def cut(bgr: np.ndarray, spec: PreprocessSpec, view: View) -> np.ndarray:
     return canvas
 
 
-def finish(raw_bgr: np.ndarray, spec: PreprocessSpec, background: tuple[int, int, int]) -> np.ndarray:
+def finish(raw_bgr: np.ndarray, spec: PreprocessSpec, background) -> np.ndarray:
     """Version 2, colour: a spec.size square BGR from `cut` -> the model input: white balance from the
     slide's colour `background` (B, G, R; the frame's, or `preprocess_exact.background_bgr` of the
-    window) to the bundle's reference, CLAHE on integer LAB, colour order."""
+    window) to the bundle's reference, CLAHE on integer LAB, colour order. `background` may be a
+    function giving it: it is measured only by a bundle that white-balances."""
     if spec.color == "white_balance":
+        background = background() if callable(background) else background
         raw_bgr = cv2.LUT(raw_bgr, exact.white_balance_table(background, spec.white_reference))
     if spec.contrast == "clahe":
         clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
