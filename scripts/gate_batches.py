@@ -6,7 +6,7 @@ labs are called "matches", and where unseen microscopes are called "differs".
 
 Known cells: the half of the --reject-holdout cells that `edge quantize` did NOT set the gate's
 limits on (the same scan and the same seed-0 split as convert/quantize_rejection.py), 100 random
-batches of 50 in random order; also batches of myeloblasts only (a slide full of blasts must match).
+batches of 50 in random order; also batches of myeloblasts only (a slide full of blasts must never be called different).
 Unseen microscopes: tecom-wbc (folder, scale measured on it) and bccd-frames (labelled fields through
 the daemon's detector): random batches of 50 cells, the number of cells after which it said "differs".
 """
@@ -27,10 +27,16 @@ D = Path(os.environ.get("EDGE_DATA_DIR", Path(__file__).resolve().parents[2] / "
 
 
 def scores_of(classifier, tensors: np.ndarray) -> np.ndarray:
+    """What the gate reads of each cell, in order: None for a cell called a blast (edge/site.py gate_score),
+    which the gate skips."""
+    from edge.site import gate_score
+
     out = []
     for i in range(0, len(tensors), 16):
-        out += [p.rejection_score for p in classifier.classify_tensors(tensors[i : i + 16])]
-    return np.array(out)
+        out += [
+            gate_score(p.label, p.rejection_score) for p in classifier.classify_tensors(tensors[i : i + 16])
+        ]
+    return np.array(out, dtype=object)
 
 
 def batches(gate, scores: np.ndarray, n: int = 50, reps: int = 100, seed: int = 1) -> dict:
@@ -41,7 +47,7 @@ def batches(gate, scores: np.ndarray, n: int = 50, reps: int = 100, seed: int = 
     for _ in range(reps):
         watch = GateWatch(gate)
         for s in scores[rng.choice(len(scores), min(n, len(scores)), replace=False)]:
-            watch.add(float(s))
+            watch.add(s)
         decisions.append(watch.decision)
         if watch.decided_at and watch.differs:
             at.append(watch.decided_at)
@@ -83,8 +89,9 @@ def main(argv=None) -> int:
     }
     loaded = load_labelled(held, spec, scales=scales if spec.field_rbc else None)
     known = scores_of(classifier, loaded.images)
-    order = np.random.default_rng(0).permutation(len(known))
-    half_b = order[len(order) // 2 :]  # the half edge quantize did not set the limits on
+    read = np.flatnonzero([s is not None for s in known])  # what quantize set the limits on, split alike
+    order = np.random.default_rng(0).permutation(len(read))
+    half_b = read[order[len(order) // 2 :]]  # the half edge quantize did not set the limits on
     blast = bundle.labels.index("myeloblast")
     report = {
         "gate": gate.to_dict(),

@@ -20,7 +20,7 @@ from edge.predict import Classifier, Prediction
 from edge.preprocess import WHOLE_IMAGE
 from edge.preprocess_exact import background_bgr
 from edge.scale import ScaleKeeper
-from edge.site import UNCALIBRATED_REASON, GateWatch
+from edge.site import UNCALIBRATED_REASON, GateWatch, gate_score
 
 
 @dataclass
@@ -128,7 +128,7 @@ class FrameProcessor:
             self.keeper.observe(frame.image, getattr(self.mode, "last_cells_boxes", None))
         for c, p in zip(crops, preds, strict=True):
             if c.new:
-                self.gate.add(p.rejection_score)
+                self.gate.add(gate_score(p.label, p.rejection_score))
         if self.gate.differs:
             for p in preds:
                 p.flag_uncalibrated(UNCALIBRATED_REASON)
