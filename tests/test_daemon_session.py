@@ -20,7 +20,9 @@ from edge.daemon.status import RunReport, page_json, summary_json
 def sim_config(bundle, tmp_path, **sections):
     overrides = {
         "bundle": str(bundle),
-        "source": {"uri": "sim", "sim": {"paced": False, "prerender": 0}},
+        # cell mode (a camera's default is field mode), and a new cell in every frame: each is counted
+        "source": {"uri": "sim", "sim": {"paced": False, "prerender": 0, "dwell_s": 0.1}},
+        "pipeline": {"mode": "cell"},
         "store": {"db": str(tmp_path / "r.db"), "session": "S1"},
         "http": {"listen": "off"},
         **sections,

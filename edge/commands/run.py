@@ -149,7 +149,8 @@ def run(config_file, summary_json, token_file, **flags):
     \b
     Examples:
       edge run                                   # simulated microscope, reference model
-      edge run --mode field --source picamera2   # every white cell in each field, each counted once
+      edge run --source picamera2                # a camera: every white cell in view, each counted once
+      edge run --source folder:/srv/export --region 1.0   # single-cell images: cell mode
       edge run --source replay:frames/ --fps 20 --db results.db --max-frames 150
       edge run --config /etc/edge-run/edge-run.toml   # what the systemd unit runs
 
