@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from edge.commands.run import format_summary
 from edge.daemon.config import ConfigError, load_config
 from edge.daemon.metrics import StatusCollector
 from edge.daemon.mqtt.messages import status_payload
@@ -73,3 +74,12 @@ def test_the_page_the_summary_mqtt_and_metrics_render_one_status(tiny_bundle, tm
     assert page["store"] == summary["store"] == {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""}
     assert mqtt["uncertain_rate"] == page["uncertain_rate"] == metrics["edge_uncertain_ratio"]
     assert page["review"]["session_id"] == "S1" and summary["mqtt"] == page["mqtt"] == {"enabled": False}
+    # "verified" and "reviewed N of M": one definition (edge/results/verification.py) on the page, in
+    # the summary and in MQTT's status; before any review nothing is verified
+    review = page["review"]
+    assert review["verified"] == {} and review["reviewed"] == 0 and review["queued"] >= 0
+    assert summary["review"]["verified"] == mqtt["review"]["verified"] == review["verified"]
+    assert (mqtt["review"]["reviewed"], mqtt["review"]["queued"]) == (review["reviewed"], review["queued"])
+    assert f"review: reviewed 0 of {review['queued']}; verified none yet; not signed" in format_summary(
+        summary
+    )

@@ -34,13 +34,26 @@ def tables(db: Path) -> dict[str, str]:
         return dict(con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
 
 
+def all_columns(db: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each table's columns and their types (an added column's CREATE text differs; its column not)."""
+    with sqlite3.connect(db) as con:
+        names = [
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+    return {t: columns(db, t) for t in names}
+
+
 def test_an_old_database_ends_with_the_tables_of_a_new_one(old_db, tmp_path):
     new = tmp_path / "new.db"
     ResultStore(new).close()
     Outbox(new).close()
-    before = tables(old_db)
+    before = all_columns(old_db)
     ResultStore(old_db).close()
-    assert tables(old_db) == tables(new) == before  # schema 3 is today's: nothing to migrate, nothing lost
+    assert all_columns(old_db) == all_columns(new)  # schema 4 adds reviews.seconds; nothing else changes
+    assert before["reviews"] + [("seconds", "REAL")] == all_columns(new)["reviews"]
+    assert {t: c for t, c in before.items() if t != "reviews"} == {
+        t: c for t, c in all_columns(new).items() if t != "reviews"
+    }
     with sqlite3.connect(old_db) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -73,6 +73,7 @@ def format_summary(s: dict) -> str:
             if "field" in s
             else []
         ),
+        *([f"  review: {_review_line(s['review'])}"] if s.get("review") else []),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}"
         + (
@@ -91,6 +92,15 @@ def format_summary(s: dict) -> str:
     if s.get("page"):
         lines.append(f"  page was: {s['page']}")
     return "\n".join(lines)
+
+
+def _review_line(r: dict) -> str:
+    """'reviewed 3 of 17; verified myeloblast 2, monocyte 1; not signed' (edge/results/verification.py)."""
+    verified = ", ".join(f"{k} {v}" for k, v in sorted(r["verified"].items(), key=lambda kv: -kv[1]))
+    sign = {"signed": f"signed by {r['sign']['name']}", "changed": "signature voided by new cells"}
+    return "; ".join(
+        [r["text"], f"verified {verified or 'none yet'}", sign.get(r["sign"]["status"], "not signed")]
+    )
 
 
 @click.command()

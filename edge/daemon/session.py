@@ -96,8 +96,7 @@ class Session:
         )
 
     def _review(self) -> dict:
-        counts, count_uncertain = dict(self.differential.counts), self.config.differential.count_uncertain
-        return self.reviews.summary(self.session_id, counts, count_uncertain)
+        return self.reviews.summary(self.session_id)
 
     def close(self, log: Log) -> None:
         """After the pipeline: a last try at what waits for disk space, MQTT's drain (it marks what the

@@ -18,7 +18,7 @@ from prometheus_client.registry import CollectorRegistry
 from waitress.server import create_server
 
 from edge.daemon.metrics import StatusCollector
-from edge.daemon.review_api import review_blueprint
+from edge.daemon.review_api import ReviewSite, review_blueprint
 from edge.daemon.sinks import LiveView
 from edge.daemon.status import page_json
 
@@ -123,7 +123,8 @@ def create_app(session: Session, token: str = "") -> Flask:
     def healthz():
         return Response("ok\n", mimetype="text/plain")
 
-    app.register_blueprint(review_blueprint(session, STATIC, token))  # the review queue and sign-off
+    # the review queue and sign-off
+    app.register_blueprint(review_blueprint(ReviewSite.of_daemon(session), STATIC, token))
     return app
 
 

@@ -4,9 +4,10 @@ built), and sending it to a laboratory system.
 The Bundle is a `transaction`, what a FHIR server takes at its base URL in one POST:
 - Device: this microscope's computer and the model bundle (name, sha256) that classified the cells;
 - Practitioner: the technician who signed (a name only), once the slide is signed;
-- one Observation per class: the verified percentage of white cells in UCUM `%` (erythroblasts per 100
-  white cells), coded with LOINC where edge.catalogue has a checked code and as text otherwise; the
-  counts, the model's value and the 95 % interval are in the note;
+- one Observation per class: the percentage of white cells after review in UCUM `%` (erythroblasts per
+  100 white cells), coded with LOINC where edge.catalogue has a checked code and as text otherwise; the
+  counts, the model's value, the 95 % interval and how many cells a technician verified (reviewed N of
+  M, edge/results/verification.py) are in the note;
 - DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
   (resultsInterpreter), and the PDF report when one was made (the Device is named by each Observation:
   R4 allows no Device as a report's performer). No Patient: the system stores no patient identifier; the laboratory
@@ -31,6 +32,7 @@ from edge.catalogue import CellClass
 from edge.errors import EdgeError
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
+from edge.results.verification import Verification
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -85,14 +87,20 @@ def _code(cls: CellClass, CodeableConcept, Coding):
     return CodeableConcept(text=f"{cls.display} (image classification, % of white cells)")
 
 
-def _note(row: ClassRow) -> str:
+def _note(row: ClassRow, verification: Verification) -> str:
+    """The counts behind the value: after review, the model's, and how many a technician decided
+    (edge/results/verification.py: none before a review)."""
     m, v = row.model, row.verified
+    decided = (
+        f"verified by a technician: {verification.verified.get(row.cls.label, 0)} cell(s) of this class "
+        f"({verification.text()} cells that needed a look)"
+    )
     if row.per_100_white:
-        return f"verified {v.n} per {v.of} white cells; model {m.n} per {m.of}"
+        return f"after review {v.n} per {v.of} white cells; model {m.n} per {m.of}; {decided}"
     lo, hi = v.interval
     return (
-        f"verified {v.n}/{v.of} white cells = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
-        f"model {m.n}/{m.of} = {m.percent:.1f} %"
+        f"after review {v.n}/{v.of} white cells = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
+        f"model {m.n}/{m.of} = {m.percent:.1f} %; {decided}"
     )
 
 
@@ -107,6 +115,7 @@ class _BundleBuilder:
     def __init__(self, slide: Slide):
         self.m = _models()
         self.slide = slide
+        self.verification = slide.verification
         self.status = "final" if slide.sign.signed else "preliminary"
         self.issued = iso(time.time())
         self.period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
@@ -180,7 +189,7 @@ class _BundleBuilder:
             ),
             device={"reference": device_url},
             performer=interpreter or None,
-            note=[{"text": _note(row)}],
+            note=[{"text": _note(row, self.verification)}],
         )
         return {
             "reference": self.add(observation, _urn(self.slide, "observation", cls.label)),

@@ -15,6 +15,7 @@ import cv2
 from edge import __version__
 from edge.errors import MissingExtraError
 from edge.lab.slide import Cell, Slide
+from edge.results.verification import MIN_REVIEW_S
 
 INTENDED_USE = "Screening support for trained staff, not a diagnosis."
 THUMB_PX = 112
@@ -29,8 +30,8 @@ class GalleryItem:
     @property
     def caption(self) -> str:
         c = self.cell
-        verified = c.review.label if c.review else "not reviewed"
-        return f"#{c.id} {c.label} {c.confidence:.0%} → {verified}"
+        decided = c.review.label if c.review else ("decided too fast" if c.hasty else "not reviewed")
+        return f"#{c.id} {c.label} {c.confidence:.0%} → {decided}"
 
 
 def when(ts: float | None) -> str:
@@ -90,6 +91,8 @@ def render_html(slide: Slide, gallery_limit: int = 60, generated: float | None =
             slide=slide,
             rows=slide.rows(),
             alerts=slide.alerts(),
+            verification=slide.verification,
+            min_review_s=MIN_REVIEW_S,
             gallery=items,
             flagged=len(slide.flagged),
             flagged_with_crop=flagged_with_crop,

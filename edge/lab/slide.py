@@ -2,10 +2,11 @@
 every cell with its model and verified label, the differential with 95 % intervals, the alert rules
 and the flagged cells' crops.
 
-"Verified" is each cell's label after review: the reviewer's where a review exists, the model's
-otherwise. Cells labelled unknown (model or reviewer) are reported but not counted. Percentages are of
-the white cells counted; classes that are not white cells (erythroblasts) are given per 100 white
-cells, as labs report nucleated red cells. Before signing, "verified" is the review so far.
+"Verified" and "reviewed N of M" are edge/results/verification.py's: the cells a technician decided.
+"After review" is each cell's label with the decisions applied: the technician's where a cell was
+decided, the model's otherwise. Cells labelled unknown (model or reviewer) are reported but not
+counted. Percentages are of the white cells counted; classes that are not white cells (erythroblasts)
+are given per 100 white cells, as labs report nucleated red cells.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from edge.daemon.differential import DifferentialCount, wilson_interval
 from edge.errors import EdgeError
 from edge.results.reviews import REASONS, QueuedCell, ReviewBook, SignState
 from edge.results.store import SessionCounts
+from edge.results.verification import Verification
 
 
 class SlideError(EdgeError):
@@ -148,8 +150,13 @@ class Slide:
         return sum(c.uncertain for c in self.cells)
 
     @property
+    def verification(self) -> Verification:
+        """What a technician decided: verified per label, reviewed N of M (the one definition)."""
+        return Verification.of(self.cells)
+
+    @property
     def reviewed(self) -> tuple[int, int]:
-        """Cells confirmed and cells reclassified."""
+        """Cells decided as the model said (confirmed) and otherwise (reclassified)."""
         done = [c for c in self.cells if c.review]
         return sum(c.review.label == c.label for c in done), sum(c.review.label != c.label for c in done)
 
@@ -233,11 +240,13 @@ def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> 
         differential = s.config.get("differential") or {}
         rules = [AlertRule(**r) for r in differential.get("alerts") or []]
         root = archive_root(db, s.config, archive)
-        reviews = book.latest_reviews(session_id)
+        decided, hasty = book.reviews_of(session_id)
         cells = []
         for r in book.cells(session_id):
             crop = root / session_id / (crop_stem(r["frame_id"], r["crop_index"], r["label"]) + ".jpg")
-            cells.append(Cell.from_row(r, reviews, alert_classes, crop=crop if crop.is_file() else None))
+            cells.append(
+                Cell.from_row(r, decided, alert_classes, hasty, crop=crop if crop.is_file() else None)
+            )
         return Slide(
             session_id=session_id,
             started=s.started,

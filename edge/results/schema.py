@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.errors import EdgeError
 
-SCHEMA_VERSION = 3  # 3: results.track_id, results.detector_score (field mode)
+SCHEMA_VERSION = 4  # 3: results.track_id, results.detector_score (field mode); 4: reviews.seconds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     session_id  TEXT NOT NULL,
     label       TEXT NOT NULL,
     reviewer    TEXT NOT NULL,
-    ts          REAL NOT NULL
+    ts          REAL NOT NULL,
+    seconds     REAL  -- how long the cell was shown before this decision (NULL: not timed)
 );
 CREATE INDEX IF NOT EXISTS reviews_by_session ON reviews(session_id, result_id);
 -- Signing a slide, and re-opening it: an event log, the latest event of a session is its state. A
@@ -114,6 +115,7 @@ CREATE TABLE IF NOT EXISTS mqtt_events (
 _ADDED_COLUMNS = {
     "results": {"reason": "TEXT", "rejection_score": "REAL", "track_id": "INTEGER", "detector_score": "REAL"},
     "frames": {"file_stat": "TEXT"},
+    "reviews": {"seconds": "REAL"},
 }
 
 
