@@ -83,19 +83,28 @@ def require_token(app: Flask, token: str) -> None:
         return response
 
 
+def static_routes(app: Flask) -> None:
+    """The pages' files and their icon (the daemon's app and `edge review serve`'s)."""
+
+    @app.get("/static/<path:name>")
+    def static_file(name):
+        return send_from_directory(STATIC, name)
+
+    @app.get("/favicon.ico")
+    def favicon():  # what a browser asks for when a page names no icon (a bookmark, a JSON page)
+        return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml")
+
+
 def create_app(session: Session, token: str = "") -> Flask:
     app = Flask(__name__, static_folder=None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(session.status))
     require_token(app, token)
+    static_routes(app)
 
     @app.get("/")
     def index():
         return send_from_directory(STATIC, "index.html")
-
-    @app.get("/static/<path:name>")
-    def static_file(name):
-        return send_from_directory(STATIC, name)
 
     @app.get("/api/status")
     def status():
@@ -129,11 +138,13 @@ def create_app(session: Session, token: str = "") -> Flask:
 
 
 class WebServer:
-    def __init__(self, session: Session, host: str, port: int, token: str = ""):
+    """`session`'s page (create_app), or another `app` (edge review serve), served by waitress."""
+
+    def __init__(self, session: Session | None, host: str, port: int, token: str = "", app=None):
         # waitress warns "Task queue depth is 2" whenever a browser opens a few requests at once: noise here.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self.server = create_server(
-            create_app(session, token),
+            app or create_app(session, token),
             host=host,
             port=port,
             threads=4,
