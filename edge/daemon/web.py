@@ -29,9 +29,20 @@ STATIC = Path(__file__).with_name("static")
 PREVIEW_WIDTH = 800
 
 
-def render_preview(live: LiveView) -> tuple[bytes, list[dict]] | None:
+# Box colours (BGR), as the page's: an alert class red, an uncertain cell orange, the rest green.
+ALERT_BGR, UNCERTAIN_BGR, OK_BGR = (43, 57, 192), (0, 140, 255), (60, 170, 40)
+
+
+def box_colour(crop: dict, alert_classes) -> tuple[int, int, int]:
+    if crop["label"] in alert_classes:
+        return ALERT_BGR
+    return UNCERTAIN_BGR if crop["uncertain"] else OK_BGR
+
+
+def render_preview(live: LiveView, alert_classes=()) -> tuple[bytes, list[dict]] | None:
     """The latest frame, scaled for a browser, with the region and the label drawn on it, and the
-    crops it shows (so the page's caption always matches the picture)."""
+    crops it shows (so the page's caption always matches the picture). A cell of an alert class
+    (archive.alert_classes, e.g. myeloblast) is drawn red."""
     frame, crops = live.snapshot()
     if frame is None:
         return None
@@ -42,7 +53,7 @@ def render_preview(live: LiveView) -> tuple[bytes, list[dict]] | None:
     )
     for crop in crops:
         x, y, w, h = (int(round(v * scale)) for v in crop["box"])
-        color = (0, 140, 255) if crop["uncertain"] else (60, 170, 40)
+        color = box_colour(crop, alert_classes)
         cv2.rectangle(img, (x, y), (x + w, y + h), color, 2)
         text = f"{crop['label']} {crop['confidence']:.0%}" + ("  uncertain" if crop["uncertain"] else "")
         if crop.get("track_id") is not None:  # field mode: which cell, and whether it was just counted
@@ -116,7 +127,7 @@ def create_app(session: Session, token: str = "") -> Flask:
 
     @app.get("/frame.jpg")
     def frame():
-        preview = render_preview(session.live)
+        preview = render_preview(session.live, session.config.archive.alert_classes)
         if preview is None:
             return Response(status=204)
         data, crops = preview
