@@ -26,9 +26,12 @@ def create_review_app(book: ReviewBook, token: str = "", archive: Path | None = 
     """The review page and /report over `book`'s database; `archive` overrides where each session's
     flagged crops are (default: where the daemon that recorded it kept them)."""
     db = book.path
+    roots: dict[str, Path] = {}  # a session's archive does not move while the page is served
 
     def root(session: str) -> Path:
-        return archive_root(db, book.session(session).config, archive)
+        if session not in roots:
+            roots[session] = archive_root(db, book.session(session).config, archive)
+        return roots[session]
 
     site = ReviewSite(book, root)
     app = Flask(__name__, static_folder=None)
