@@ -137,7 +137,7 @@ def cli(ctx, debug):
 
     \b
     Device:   classify, eval, detect, eval-detector, run, bench, doctor, info, sign
-    Lab:      review (export), report (HTML, PDF, FHIR)
+    Lab:      review (serve, export), report (HTML, PDF, FHIR)
     Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """
     setup_logging(ctx.invoked_subcommand, debug or os.environ.get("EDGE_DEBUG") == "1")

@@ -131,6 +131,7 @@ def test_daemon_end_to_end_on_the_picamera2_double(tiny_bundle, tmp_path):
     config = tmp_path / "pi.toml"
     config.write_text(
         '[source]\nuri = "picamera2"\n'
+        '[pipeline]\nmode = "cell"\n'  # a camera counts in field mode unless told: the centred region here
         "[source.picamera2]\nsettle_s = 0.1\nmain_size = [1280, 960]\nlores_size = [320, 240]\n"
         f"[archive]\nalert_classes = {json.dumps(labels)}\n"  # archive every cell, to check the crops
     )

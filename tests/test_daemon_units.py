@@ -10,6 +10,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,7 +21,11 @@ from edge.daemon.config import AlertRule, ArchiveConfig, ConfigError, Differenti
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
+from edge.daemon.processor import CellResult, FrameResult
+from edge.daemon.sinks import LiveView
 from edge.daemon.sources import Frame
+from edge.daemon.web import render_preview
+from edge.predict import Prediction
 from edge.preprocess import center_region
 from edge.results.store import ResultRow, ResultStore
 
@@ -33,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ('[source]\nfps = "fast"', "source.fps: expected a number"),
         ("[source]\nfsp = 10", "source.fsp: unknown key"),
         ("[pipeline]\nregion = 1.5", "pipeline.region: must be in (0, 1]"),
-        ('[pipeline]\nmode = "zoom"', "pipeline.mode: expected cell or field"),
+        ('[pipeline]\nmode = "zoom"', "pipeline.mode: expected auto, cell or field"),
         ("[pipeline.field]\ntrack_iou = 0", "pipeline.field.track_iou: must be in (0, 1]"),
         ("[pipeline.field]\nmax_age = 3", "pipeline.field.max_age: unknown key"),
         ('[store]\nsynchronous = "off"', "store.synchronous:"),
@@ -406,3 +411,20 @@ def test_a_store_opened_on_a_full_disk_starts_and_writes_nothing_until_it_can(tm
         for i in range(1000):
             store.write_frame(i, 1.0, "sim", f"sim:{i}", [_row("a")])
     store.close()
+
+
+def test_the_live_frame_draws_an_alert_class_red_an_uncertain_cell_orange_the_rest_green():
+    def cell(i, label, uncertain, x):
+        p = Prediction(label, 0.9, {label: 0.9}, [(label, 0.9)], uncertain, 0.5)
+        return CellResult(i, (x, 20, 60, 60), (x, 20, 60, 60), p)
+
+    live = LiveView()
+    frame = Frame(np.full((120, 400, 3), 255, np.uint8), frame_id=1)
+    live.on_frame(FrameResult(frame, [cell(0, "myeloblast", True, 10), cell(1, "lymphocyte", True, 150),
+                                      cell(2, "neutrophil", False, 290)]))  # fmt: skip
+    jpeg, _ = render_preview(live, ["myeloblast"])
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    # the left edge of each box, below its caption
+    # the page's colours (BGR): alert red #c0392b, uncertain orange, ok green
+    for x, colour in ((10, (43, 57, 192)), (150, (0, 140, 255)), (290, (60, 170, 40))):
+        assert np.abs(image[50:70, x] - np.array(colour)).sum(axis=1).mean() < 60, (x, image[60, x])

@@ -13,6 +13,7 @@ from edge.bench import export, sweep, table
 from edge.commands._config_options import config_option
 from edge.commands._device_options import onnx_options
 from edge.commands.detect import default_detector
+from edge.daemon.config import choose_mode
 from edge.runtime import BACKENDS, MAX_THREADS
 
 
@@ -127,9 +128,10 @@ def _progress(config, total):
 @config_option(
     "pipeline.mode",
     "--mode",
-    declared_default=True,
+    default="cell",  # the classifier's numbers; auto as edge run chooses by the source
+    show_default=True,
     help="As edge run --mode: cell (the centred region) or field (detector, crops, tracking, the classifier "
-    "batched over each frame's white cells; timed per frame and per cell).",
+    "batched over each frame's white cells; timed per frame and per cell); auto: field for a camera or sim.",
 )
 @config_option("pipeline.field.detector", "--detector", type=click.Path(path_type=Path))
 @config_option(
@@ -187,6 +189,9 @@ def bench(bundles, json_path, csv_path, compare_path, matrix, list_references, *
     for option, path in (("--json", json_path), ("--csv", csv_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
+    scheme = run_options["source"].partition(":")[0]
+    # bench's `camera` is edge run's opencv
+    run_options["mode"] = choose_mode(run_options["mode"], "opencv" if scheme == "camera" else scheme)
     if run_options["mode"] == "field" and run_options["detector"] is None:
         run_options["detector"] = default_detector()
     plan = sweep.configs(bundles, matrix=matrix, **run_options)  # the other options are BenchConfig's

@@ -114,6 +114,7 @@ def format_summary(s: dict) -> str:
             if "field" in s
             else []
         ),
+        *([f"  review: {_review_line(s['review'])}"] if s.get("review") else []),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}{store_note(s['store'])}",
     ]
@@ -127,6 +128,15 @@ def format_summary(s: dict) -> str:
     if s.get("page"):
         lines.append(f"  page was: {s['page']}")
     return "\n".join(lines)
+
+
+def _review_line(r: dict) -> str:
+    """'reviewed 3 of 17; verified myeloblast 2, monocyte 1; not signed' (edge/results/verification.py)."""
+    verified = ", ".join(f"{k} {v}" for k, v in sorted(r["verified"].items(), key=lambda kv: -kv[1]))
+    sign = {"signed": f"signed by {r['sign']['name']}", "changed": "signature voided by new cells"}
+    return "; ".join(
+        [r["text"], f"verified {verified or 'none yet'}", sign.get(r["sign"]["status"], "not signed")]
+    )
 
 
 @click.command()
@@ -185,7 +195,8 @@ def run(config_file, summary_json, token_file, **flags):
     \b
     Examples:
       edge run                                   # simulated microscope, reference model
-      edge run --mode field --source picamera2   # every white cell in each field, each counted once
+      edge run --source picamera2                # a camera: every white cell in view, each counted once
+      edge run --source folder:/srv/export --region 1.0   # single-cell images: cell mode
       edge run --source replay:frames/ --fps 20 --db results.db --max-frames 150
       edge run --config /etc/edge-run/edge-run.toml   # what the systemd unit runs
 

@@ -61,7 +61,9 @@ class Status:
     archive_recent: list[dict]  # the latest flagged cells, newest first
     last_result: dict | None  # the first cell of the latest frame
     warnings: list[str]
-    review: dict | None  # the review queue and sign-off (edge/results/reviews.py summary); page only
+    # the review queue, what is verified and the sign-off (edge/results/reviews.py summary); left out
+    # (None) where a reader does not need the database read
+    review: dict | None
     mqtt: dict  # MqttPublisher.snapshot(), or {"enabled": False}
     site: SiteState  # the microscope: calibrated or not, its scale, the gate's decision (edge/site.py)
 
@@ -153,5 +155,6 @@ def summary_json(s: Status, run: RunReport) -> dict:
         "store": asdict(s.store),
         "page": run.page,
         "mqtt": s.mqtt,
+        "review": s.review,
         "pipeline": {"layout": run.layout, "trial_ms_per_frame": run.trial_ms_per_frame, "lab": run.lab},
     }

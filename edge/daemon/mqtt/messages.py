@@ -151,4 +151,12 @@ def status_payload(device: str, status: Status, state: str = "running") -> dict:
         "uptime_s": t.uptime_s,
         "mqtt": {k: status.mqtt.get(k) for k in ("queued", "sent", "reconnects")},
         "site": site_json(status.site),
+        **({"review": review_part(status.review)} if status.review else {}),
     }
+
+
+def review_part(review: dict) -> dict:
+    """The slide's review (edge/results/verification.py): verified per label (cells a technician
+    decided), reviewed N of the M queued, too fast, and the sign state."""
+    keys = ("verified", "reviewed", "queued", "pending", "too_fast")
+    return {**{k: review[k] for k in keys}, "sign": review["sign"]["status"]}
