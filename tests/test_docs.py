@@ -1,0 +1,54 @@
+"""The documented steps, run as written (issue 23): what a clinic pastes must work."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from edge.bundle import Bundle
+from edge.daemon.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+# Steps that change the machine itself (packages, users, services): left out in a temporary root.
+SYSTEM_STEPS = ("apt-get ", "python3 -m venv ", "/opt/edge-hemato/.venv/bin/pip ", "useradd ", "for g in ")
+SYSTEM_STEPS += ("systemctl ", "journalctl ")
+
+
+def code_block(doc: Path, heading: str) -> list[str]:
+    """The command lines of the first ```sh block after `heading`, comments dropped."""
+    text = doc.read_text()
+    start = text.index(heading)
+    block = text[text.index("```sh\n", start) + 6 : text.index("\n```", text.index("```sh\n", start))]
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def in_root(line: str, root: Path) -> str:
+    """A step with its absolute paths moved under `root`, and no owner (there is no edge-run user here)."""
+    line = re.sub(r"(?<![\w./])/(var|etc|opt)/", lambda m: f"{root}/{m.group(1)}/", line)
+    return line.replace("-o edge-run -g edge-run ", "")
+
+
+def test_run_on_boot_steps_give_a_service_whose_bundles_load(tmp_path):
+    # Issue 23: `cp -r models/differential-int8 /var/lib/edge-run/models/` ran before that folder existed,
+    # so the bundle's files landed in models/ itself and the service could not find its bundle.
+    root = tmp_path / "root"
+    for folder in ("etc/systemd/system", "var/lib", "opt"):  # what a fresh Debian has
+        (root / folder).mkdir(parents=True)
+    steps = code_block(ROOT / "docs" / "daemon.md", "### Run on boot")
+    ran = []
+    for step in steps:
+        if step.startswith(SYSTEM_STEPS):
+            continue
+        if step.startswith("systemd-analyze ") and shutil.which("systemd-analyze") is None:
+            continue
+        r = subprocess.run(["bash", "-c", in_root(step, root)], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0 and not r.stdout.strip(), f"{step}\n{r.stdout}{r.stderr}"
+        ran.append(step.split()[0])
+    config = load_config(root / "etc" / "edge-run" / "edge-run.toml")
+    for named in (config.bundle, config.pipeline.field.detector):
+        bundle = Bundle.load(in_root(named, root))
+        assert bundle.path.name == Path(named).name
+    assert (root / "etc" / "systemd" / "system" / "edge-run.service").is_file()
+    assert ran.count("install") == 3 and "cp" in ran  # the file steps did run
