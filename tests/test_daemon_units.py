@@ -158,6 +158,29 @@ def test_the_differential_is_of_white_cells_and_platelets_never_move_an_alert():
     assert rows["myeloblast"]["percent"] == 30.0 and rows["myeloblast"]["white_cell"]
 
 
+def test_mqtt_sends_erythroblasts_and_platelets_per_100_white_cells_not_as_a_percent():
+    # Issue 23: the retained differential sent erythroblasts as "percent": 916.7, a count per 100 white
+    # cells under the key a lab sums to 100.
+    from edge.daemon.mqtt.messages import differential_payload
+
+    labels = ["myeloblast", "neutrophil", "erythroblast"]
+    d = DifferentialCount(DifferentialConfig(), labels, ["myeloblast", "neutrophil"])
+    assert differential_payload("scope", "S", d)["counts"][0]["per_100_wbc"] is None  # no white cell yet
+    for label, n in (("erythroblast", 11), ("myeloblast", 1), ("neutrophil", 3)):
+        for _ in range(n):
+            d.add(label, False)
+    rows = {r["label"]: r for r in differential_payload("scope", "S", d)["counts"]}
+    assert rows["erythroblast"] == {
+        "label": "erythroblast",
+        "count": 11,
+        "per_100_wbc": 275.0,
+        "white_cell": False,
+    }
+    white = [r for r in rows.values() if r["white_cell"]]
+    assert sum(r["percent"] for r in white) == 100.0 and all("per_100_wbc" not in r for r in white)
+    assert rows["myeloblast"]["percent"] == 25.0 and rows["myeloblast"]["percent_95ci"][1] > 25.0
+
+
 def test_differential_warns_about_classes_the_model_lacks():
     d = DifferentialCount(DifferentialConfig(), ["round", "lobed"])
     assert d.warnings and "myeloblast" in d.warnings[0]

@@ -86,11 +86,21 @@ def cell_payload(device: str, row: dict) -> dict:
     return out
 
 
+def count_row(row: dict, white_cells: int) -> dict:
+    """One label of the differential as the lab reads it. A white cell has `percent` of the white cells
+    and its 95 % Wilson interval `percent_95ci`; a class that is not a white cell (erythroblasts,
+    platelets) is counted per 100 white cells, which may pass 100, so it has `per_100_wbc` instead and
+    no `percent` (a lab summing `percent` gets 100); null while no white cell is counted."""
+    if row["white_cell"]:
+        return {**row, "percent_95ci": row["interval_percent"]}
+    per_100 = row["percent"] if white_cells else None
+    return {"label": row["label"], "count": row["count"], "per_100_wbc": per_100, "white_cell": False}
+
+
 def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
-    """The session's count per label with a 95 % Wilson interval of each percentage of the white cells
-    (none for a count per 100 white cells: erythroblasts, platelets), and its alerts."""
+    """The session's count per label (count_row), the number of white cells (`total`), and its alerts."""
     total = d.total
-    counts = [{**row, "percent_95ci": row["interval_percent"]} for row in d.table()]
+    counts = [count_row(row, total) for row in d.table()]
     return {
         "device": device,
         "session_id": session_id,
