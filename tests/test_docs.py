@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -52,3 +53,48 @@ def test_run_on_boot_steps_give_a_service_whose_bundles_load(tmp_path):
         assert bundle.path.name == Path(named).name
     assert (root / "etc" / "systemd" / "system" / "edge-run.service").is_file()
     assert ran.count("install") == 3 and "cp" in ran  # the file steps did run
+
+
+def _doc_section(heading: str) -> str:
+    text = (ROOT / "docs" / "daemon.md").read_text()
+    start = text.index(heading)
+    return text[start : text.index("\n## ", start)]
+
+
+def test_the_clinics_signing_steps_work_as_documented(tiny_bundle, tmp_path):
+    # Issue 23: trusted_keys and edge sign appeared only in --help. The documented steps, on the tiny
+    # bundle: make a key, sign, list the key; the daemon names the signer, and refuses what the doc says.
+    from tests.daemon_cli import edge_cli, edge_run
+
+    doc = _doc_section("## Approved bundles only")
+    made = edge_cli("sign", "--new-key", tmp_path / "clinic.key", cwd=tmp_path)
+    assert made.returncode == 0 and "(keep it private)" in made.stdout
+    public = made.stdout.split("public key (for trusted_keys): ")[1].strip()
+    assert (tmp_path / "clinic.key").stat().st_mode & 0o777 == 0o600
+    approved = tmp_path / "approved"
+    shutil.copytree(tiny_bundle, approved)
+    signed = edge_cli(
+        "sign", approved, "--key", tmp_path / "clinic.key", "--signer", "Clinic X lab", cwd=tmp_path
+    )
+    assert signed.returncode == 0 and signed.stdout.startswith(f"signed {approved} as 'Clinic X lab' (key ")
+    assert "signed by   'Clinic X lab'" in edge_cli("info", approved, cwd=tmp_path).stdout
+    config = tmp_path / "edge-run.toml"
+    config.write_text(f'trusted_keys = ["{public}"]\nbundle = "{approved}"\n')
+    run = edge_run("--config", config, "--max-frames", 2, "--http", "off", "--db", "r.db", cwd=tmp_path)
+    assert run.returncode == 0 and "(tiny-cnn, signed by 'Clinic X lab')" in run.stderr, run.stderr
+    refused = edge_run(
+        "--config", config, "--bundle", tiny_bundle, "--max-frames", 1, "--http", "off", cwd=tmp_path
+    )
+    line = f"error: {tiny_bundle}: unsigned bundle, and this device only runs bundles signed by a trusted key"
+    assert refused.returncode == 3 and refused.stderr.strip() == line
+    assert line.split(": ", 2)[2] in doc
+    manifest = approved / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["training"]["note"] = "edited"
+    manifest.write_text(json.dumps(data))
+    tampered = edge_run("--config", config, "--max-frames", 1, "--http", "off", cwd=tmp_path)
+    assert tampered.returncode == 3
+    assert tampered.stderr.strip().endswith(
+        "the signature does not match manifest.json (changed after signing)"
+    )
+    assert "the signature does not match manifest.json (changed after signing)" in doc
