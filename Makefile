@@ -59,7 +59,7 @@ demo: $(DEVICE_STAMP)
 	$(DEVICE_BIN)/edge run --mode field --source replay:demo/bccd --loop --fps 2 --duration 30 --db runs/demo/results.db
 
 bench: $(DEVICE_STAMP)
-	$(DEVICE_BIN)/edge bench models/mobilenetv2-int8 --runs 200 --json runs/bench.json
+	$(DEVICE_BIN)/edge bench --runs 200 --json runs/bench.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge convert calibration tests scripts
