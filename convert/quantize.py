@@ -224,7 +224,9 @@ def quantize(req: QuantizeRequest) -> QuantizeResult:
     fields = manifest_fields(req, src, calib, fixes, tflite, uncertainty, fidelity)
     extra = {}
     if rejection is not None:
-        fields["rejection"], extra[REJECTION_FILE], fields["calibration"]["rejection"] = rejection
+        fields["rejection"], extra[REJECTION_FILE], fields["calibration"]["rejection"], fields["gate"] = (
+            rejection
+        )
     bundle_from_tflite(req.out_dir, tflite, src.labels, src.spec, extra_files=extra, **fields)
     bundle = Bundle.load(req.out_dir)  # verify what we wrote, as the device will
     messages = _messages(req)

@@ -12,7 +12,9 @@ from calibration.fidelity import tflite_outputs
 from convert.quantize_request import QuantizeRequest
 from convert.run_source import ModelSource
 from edge.bundle import Rejection
+from edge.manifest import Gate
 from edge.rejection import MahalanobisScorer
+from edge.site import CHECKPOINTS, gate_limits, measure_false_alarm
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +26,30 @@ def _embeddings(tflite: bytes, images: np.ndarray, n_classes: int, desc: str) ->
     return next(o for o in outputs if o.shape[-1] != n_classes or len(outputs) == 1)
 
 
+def gate_step(scores: np.ndarray, where: str, seed: int = 0) -> tuple[Gate | None, dict]:
+    """The gate (edge/site.py) from held-out known cells' scores: its limits set on one half of them,
+    its false-alarm rate measured on the other half (random batches called "differs")."""
+    if len(scores) < 2 * CHECKPOINTS[-1]:
+        return None, {"gate": f"not set: {len(scores)} held-out cells, the gate needs {2 * CHECKPOINTS[-1]}"}
+    order = np.random.default_rng(seed).permutation(len(scores))
+    half_a, half_b = scores[order[: len(order) // 2]], scores[order[len(order) // 2 :]]
+    gate = gate_limits(half_a, f"half of the {where} (the other half measured its false alarms)")
+    measured = measure_false_alarm(gate, half_b)
+    log.info(
+        "gate: a microscope differs when the median score of its first cells passes "
+        + ", ".join(f"{c.limit:.1f} at {c.cells}" for c in gate.checkpoints)
+        + f"; known cells called different in {measured * 100:.1f}% of random batches"
+    )
+    return gate, {"gate_false_alarm_measured": round(measured, 4), "gate_limits_from": len(half_a)}
+
+
 def rejection_step(
     req: QuantizeRequest, src: ModelSource, tflite: bytes
-) -> tuple[Rejection, bytes, dict] | None:
+) -> tuple[Rejection, bytes, dict, Gate | None] | None:
     """Fit the class means and shared covariance on the training images' embeddings, as the quantized
     model computes them on the device; set the threshold at `reject_quantile` of the scores of the
-    held-out cells (--reject-holdout), or of the training images themselves without it."""
+    held-out cells (--reject-holdout), or of the training images themselves without it; and from the
+    held-out cells, the gate that notices another microscope."""
     if req.reject == "none":
         return None
     train = req.load(req.calib_dir, src)
@@ -64,4 +84,8 @@ def rejection_step(
         "score_quantiles": {str(q): round(float(np.quantile(scores, q)), 4) for q in (0.5, 0.9, 0.95, 0.99)},
     }
     log.info(f"rejection: unknown above a score of {threshold:.2f} ({where})")
-    return rejection, scorer.to_bytes(), record
+    gate, gate_record = (
+        gate_step(scores, where) if held is not None else (None, {"gate": "not set: no --reject-holdout"})
+    )
+    record.update(gate_record)
+    return rejection, scorer.to_bytes(), record, gate

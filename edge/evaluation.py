@@ -239,3 +239,65 @@ def evaluate(
         )
     report.update(_context(model, images, name, run, rule, classifiers[0].backend.describe()))
     return run
+
+
+def evaluate_cells(
+    model: Bundle,
+    cells,
+    rule: Uncertainty,
+    blast_classes: tuple[str, ...] = ("myeloblast",),
+    rbc_px: float | None = None,
+    progress=no_progress,
+    say=None,
+    batch: int = 8,
+) -> dict:
+    """Labelled cells of whole fields (edge.site_cells.from_frames: the detector found each cell) cut
+    at the microscope's scale, classified in their order, judged by the gate as `edge run` would,
+    and scored. No throughput: the detector's time is `edge bench --mode field`'s."""
+    scale = rbc_px
+    if scale is None and model.manifest.site is not None and model.manifest.site.scale is not None:
+        scale, where = model.manifest.site.scale.rbc_px, f"site {model.manifest.site.name}"
+    elif scale is None and model.preprocess_spec.field_rbc:
+        found = cells.measured_scale()
+        scale, where = (
+            (found.rbc_px, f"measured on {found.cells} red cells") if found else (None, "unmeasured")
+        )
+    else:
+        where = "given"
+    if say is not None and model.preprocess_spec.field_rbc:
+        say(
+            f"{cells.split}: scale: red cells {scale:g} px across ({where})"
+            if scale
+            else f"{cells.split}: scale unknown"
+        )
+    classifier = Classifier.open(model, "cpu", uncertainty=rule, top_k=min(3, len(model.labels)))
+    watch = GateWatch(model.manifest.gate)
+    tensors = cells.inputs(model, scale)
+    inputs = (tensors[i : i + batch] for i in range(0, len(cells), batch))
+
+    def predictions():
+        for chunk in inputs:
+            yield from (_Cell(p) for p in classifier.classify_tensors(chunk))
+
+    with progress(gated(predictions(), watch), len(cells), "evaluating") as stream:
+        preds = [c.prediction for c in stream]
+    report = known_class_report(preds, list(cells.y), model.labels)
+    names = [model.labels[t] for t in cells.y]
+    report["false_blast"] = false_blast_rate(preds, names, list(blast_classes))
+    report["site"] = {
+        "calibrated": model.manifest.site is not None,
+        "site": model.manifest.site.name if model.manifest.site else None,
+        "decision": watch.decision,
+        "matches_bundle": None if watch.decision in (CHECKING, UNAVAILABLE) else not watch.differs,
+        "cells_checked": watch.cells_checked,
+        "median_score": watch.median,
+        "rbc_px": [scale] if scale else [],
+    }
+    report["dataset"] = cells.split
+    report["skipped"] = [f"{what}: {why}" for what, why in cells.skipped]
+    return report
+
+
+@dataclass
+class _Cell:
+    prediction: object

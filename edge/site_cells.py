@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.dataset import ImageSet
+from edge.detect.crop import crop_cell
 from edge.detect.spec import WBC
 from edge.errors import DataError, ImageLoadError
 from edge.hashing import fingerprint, sha256_file
@@ -41,6 +42,7 @@ class SiteCells:
     fingerprint: str
     skipped: list[tuple[str, str]]
     white_cells: list | None = None  # frames: each frame's white-cell boxes (red cells are the rest)
+    crop_rule: object | None = None  # frames: the detector's crop rule, for bundles of version 1
 
     def __len__(self) -> int:
         return len(self.y)
@@ -58,6 +60,12 @@ class SiteCells:
     def batches(self, bundle: Bundle, rbc_px: float | None, size: int = 16):
         """The cells preprocessed as `inputs`, `size` at a time (so the caller can show progress)."""
         spec = bundle.preprocess_spec
+        if spec.version == 1 and self.white_cells is not None:  # version 1 sees the crop rule's square
+            crops = [
+                crop_cell(img, box[0], self.crop_rule)[0]
+                for img, box in zip(self.images, self.white_cells, strict=True)
+            ]
+            return np.stack([preprocess(c, spec) for c in crops])
         views = self.views if rbc_px is None else [replace(v, rbc_px=rbc_px) for v in self.views]
         for start in range(0, len(self.images), size):
             pairs = zip(self.images[start : start + size], views[start : start + size], strict=True)
@@ -164,4 +172,5 @@ def from_frames(
         fingerprint(entries),
         skipped,
         boxes,
+        detector.spec.crop,
     )

@@ -29,16 +29,28 @@ def main(argv=None) -> int:
     ap.add_argument("--site", required=True)
     ap.add_argument("--rest", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--at-most-half",
+        action="store_true",
+        help="never more than half of a class to --site, so every class is also tested (20 a class, 10 "
+        "where a set has 20 or fewer)",
+    )
+    ap.add_argument(
+        "--labels",
+        action="store_true",
+        help="SOURCE is a frame,label CSV (edge adapt/eval --frames --labels): write --site and --rest CSVs",
+    )
     args = ap.parse_args(argv)
 
     import numpy as np
 
     from edge.dataset import scan_labelled
-    from edge.splits import per_class_sample
 
+    if args.labels:
+        return _split_csv(args)
     images = scan_labelled(args.source)
     targets = images.targets
-    site = set(per_class_sample(targets, args.per_class, args.seed).tolist())
+    site = _choose(targets, args)
     for c, name in enumerate(images.labels):
         members = np.flatnonzero(targets == c)
         chosen = site.intersection(members.tolist())
@@ -48,6 +60,45 @@ def main(argv=None) -> int:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(item.path, dest)
         print(f"{name}: {len(chosen)} to {args.site}, {len(members) - len(chosen)} to {args.rest}")
+    return 0
+
+
+def _choose(targets, args) -> set[int]:
+    """Per class, --per-class cells (at most half of the class with --at-most-half), at random."""
+    import numpy as np
+
+    from edge.splits import per_class_sample
+
+    if not args.at_most_half:
+        return set(per_class_sample(targets, args.per_class, args.seed).tolist())
+    rng = np.random.default_rng(args.seed)
+    chosen = set()
+    for c in np.unique(targets):
+        members = np.flatnonzero(targets == c)
+        chosen.update(rng.permutation(members)[: min(args.per_class, len(members) // 2)].tolist())
+    return chosen
+
+
+def _split_csv(args) -> int:
+    import csv
+
+    import numpy as np
+
+    rows = list(csv.DictReader(open(args.source, newline="")))
+    names = sorted({r["label"] for r in rows})
+    targets = np.array([names.index(r["label"]) for r in rows])
+    site = _choose(targets, args)
+    for path, keep in ((args.site, True), (args.rest, False)):
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["frame", "label"])
+            writer.writeheader()
+            writer.writerows(
+                {"frame": r["frame"], "label": r["label"]} for i, r in enumerate(rows) if (i in site) == keep
+            )
+    for c, name in enumerate(names):
+        n = int((targets == c).sum())
+        k = len([i for i in site if targets[i] == c])
+        print(f"{name}: {k} to {args.site}, {n - k} to {args.rest}")
     return 0
 
 

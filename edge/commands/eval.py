@@ -9,22 +9,31 @@ from pathlib import Path
 import click
 
 from edge.batch import Inference
-from edge.bundle import Bundle
+from edge.bundle import Bundle, find_bundle
 from edge.commands._device_options import progress, rbc_px_option, runtime_options, uncertainty_options
 from edge.commands._options import class_map_option, plot_file_option
 from edge.confusion_image import write_confusion_png
+from edge.daemon.config import DEFAULT_DETECTOR
 from edge.dataset import parse_class_map, printable, scan_labelled
-from edge.evaluation import EvalRun, evaluate
+from edge.detect.detector import Detector
+from edge.evaluation import EvalRun, evaluate, evaluate_cells
 from edge.metrics import format_report
 from edge.predict import uncertainty_rule
 from edge.site import decision_line
+from edge.site_cells import from_frames
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(file_okay=False, path_type=str))
-@click.argument(
-    "labelled_dirs", nargs=-1, required=True, type=click.Path(path_type=str), metavar="LABELLED_DIR..."
+@click.argument("labelled_dirs", nargs=-1, type=click.Path(path_type=str), metavar="LABELLED_DIR...")
+@click.option(
+    "--frames",
+    "frames_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Whole fields instead of LABELLED_DIR: each has one labelled white cell (--labels CSV "
+    "'frame,label'), found by the daemon's detector and cut as `edge run --mode field` cuts it.",
 )
+@click.option("--labels", "labels_csv", type=click.Path(dir_okay=False, path_type=str), help="With --frames.")
 @click.option(
     "--json",
     "json_path",
@@ -67,6 +76,8 @@ def eval_(
     blast_classes,
     rbc_px,
     inference: Inference,
+    frames_dir=None,
+    labels_csv=None,
 ):
     """Evaluate the model BUNDLE on LABELLED_DIR, a folder with one sub-folder of images per class.
     Several folders (sources) are scored together, each file once, and also one by one ("per source").
@@ -88,6 +99,12 @@ def eval_(
                 --map seg_neutrophil=neutrophil
     """
     model = Bundle.load(bundle)
+    if frames_dir:
+        return _eval_frames(
+            model, frames_dir, labels_csv, class_map, threshold, margin, blast_classes, rbc_px, json_path
+        )
+    if not labelled_dirs:
+        raise click.UsageError("give LABELLED_DIR..., or --frames DIR --labels CSV")
     images = scan_labelled(
         labelled_dirs,
         model.labels,
@@ -127,17 +144,53 @@ def eval_(
     return 1 if run.errors else 0
 
 
+def _eval_frames(
+    model, frames_dir, labels_csv, class_map, threshold, margin, blast_classes, rbc_px, json_path
+):
+    if not labels_csv:
+        raise click.UsageError("--frames DIR needs --labels CSV")
+    detector = Detector.open(Bundle.load(find_bundle(DEFAULT_DETECTOR)), "cpu")
+    cells = from_frames(
+        Path(frames_dir), Path(labels_csv), detector, model.labels, parse_class_map(class_map)
+    )
+    rule = uncertainty_rule(model, threshold, margin)
+    say = lambda line: click.echo(line, err=True)  # noqa: E731
+    report = evaluate_cells(model, cells, rule, blast_classes, rbc_px, progress, say)
+    report["command"] = "edge eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None
+    lines = [format_report(report), _uncertain_line(report)]
+    fb = report["false_blast"]
+    lines += [_false_blast_line(fb), decision_line(**report["site"])]
+    click.echo("\n".join(lines))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
+    return 0
+
+
+def _uncertain_line(report: dict) -> str:
+    return (
+        f"uncertain {report['uncertain_fraction'] * 100:.1f}% of cells ({report['uncertain_n']}); "
+        f"accuracy on the confident ones {report['confident_accuracy'] * 100:.2f}% (n={report['confident_n']}); "
+        f"rejected as unknown {report['rejected_fraction'] * 100:.1f}% ({report['rejected_n']})"
+    )
+
+
+def _false_blast_line(fb: dict) -> str:
+    line = (
+        f"false blast: {fb['false_blast']} of {fb['normal_cells']} normal cells "
+        f"({fb['false_blast_rate'] * 100:.2f}%) called {'/'.join(fb['blast_classes'])} without a flag"
+    )
+    if fb.get("false_blast_without_gate", fb["false_blast"]) != fb["false_blast"]:
+        line += f" ({fb['false_blast_without_gate']}, {fb['false_blast_rate_without_gate'] * 100:.2f}%, without the gate's flag)"
+    return line
+
+
 def format_eval(run: EvalRun) -> list[str]:
     """What `edge eval` prints: the metrics table, then one line per kind of number."""
     report = run.report
     lines = []
     if run.known:
-        lines += [
-            format_report(report),
-            f"uncertain {report['uncertain_fraction'] * 100:.1f}% of cells ({report['uncertain_n']}); "
-            f"accuracy on the confident ones {report['confident_accuracy'] * 100:.2f}% (n={report['confident_n']}); "
-            f"rejected as unknown {report['rejected_fraction'] * 100:.1f}% ({report['rejected_n']})",
-        ]
+        lines += [format_report(report), _uncertain_line(report)]
     for folder, v in report.get("should_be_rejected", {}).get("folders", {}).items():
         labels_seen = ", ".join(f"{k} {n}" for k, n in v["confident_labels"].items()) or "none"
         lines.append(
@@ -148,14 +201,7 @@ def format_eval(run: EvalRun) -> list[str]:
         recalls = ", ".join(f"{k} {v * 100:.1f}%" for k, v in part["recall"].items())
         accuracy = "-" if part["accuracy"] is None else f"{part['accuracy'] * 100:.2f}%"
         lines.append(f"source {source}: n={part['n']} accuracy {accuracy}; recall {recalls}")
-    fb = report["false_blast"]
-    line = (
-        f"false blast: {fb['false_blast']} of {fb['normal_cells']} normal cells "
-        f"({fb['false_blast_rate'] * 100:.2f}%) called {'/'.join(fb['blast_classes'])} without a flag"
-    )
-    if fb.get("false_blast_without_gate", fb["false_blast"]) != fb["false_blast"]:
-        line += f" ({fb['false_blast_without_gate']}, {fb['false_blast_rate_without_gate'] * 100:.2f}%, without the gate's flag)"
-    lines += [line, decision_line(**report["site"])]
+    lines += [_false_blast_line(report["false_blast"]), decision_line(**report["site"])]
     lines.append(_throughput_line(run))
     if run.errors:
         lines.append(
