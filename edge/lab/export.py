@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge.catalogue import UNKNOWN
 from edge.lab.slide import Cell, SlideError, iso, load_slide
+from edge.progress import progress
 from edge.results.reviews import ReviewBook
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -94,7 +95,9 @@ def export_reviews(
             summary.unsigned.append(sid)
             continue
         summary.sessions.append(sid)
-        rows += [_export_cell(c, sid, out, summary) for c in load_slide(db, sid, archive).cells if c.review]
+        reviewed = [c for c in load_slide(db, sid, archive).cells if c.review]
+        bar = progress(reviewed, desc=f"exporting {sid}", unit="cell", note=False, leave=False)
+        rows += [_export_cell(c, sid, out, summary) for c in bar]
     with open(out / "reviews.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
         writer.writeheader()
