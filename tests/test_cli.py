@@ -29,6 +29,23 @@ def test_help_lists_every_command():
         assert name in result.stdout
 
 
+def test_every_command_is_in_one_group_of_the_help():
+    # Issue 23: `adapt` was missing from the Device list at the top of `edge --help`.
+    from edge.cli import cli
+
+    text = edge("--help").stdout
+    groups = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1]
+        for line in text.split("Options:")[0].splitlines()
+        if line.strip().startswith(("Device:", "Lab:", "Training:"))
+    }
+    assert set(groups) == {"Device", "Lab", "Training"}
+    listed = [w.strip("(),") for words in groups.values() for w in words.split()]
+    for name in cli.list_commands(None):
+        assert name in listed, f"{name} is in no group of edge --help"
+    assert "adapt" in groups["Device"].replace(",", " ").split()
+
+
 def test_version():
     assert __version__ in edge("--version").stdout
 

@@ -3,6 +3,7 @@ the archive's disk guard, sd_notify datagrams, and the systemd unit checks."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -422,3 +423,32 @@ def test_a_store_opened_on_a_full_disk_starts_and_writes_nothing_until_it_can(tm
         for i in range(1000):
             store.write_frame(i, 1.0, "sim", f"sim:{i}", [_row("a")])
     store.close()
+
+
+def test_words_the_screens_print():
+    # Issue 23: "1 white cells"; "unknown 100%" read as "100 % unknown" (the 100 % was the model's
+    # confidence in a class it then rejected).
+    from edge.catalogue import caption
+    from edge.wording import plural
+
+    assert plural(1, "white cell") == "1 white cell" and plural(0, "white cell") == "0 white cells"
+    assert plural(2, "alert") == "2 alerts"
+    assert caption("unknown", 0.996) == "unknown" and caption("neutrophil", 0.97) == "neutrophil 97%"
+
+
+def test_the_summary_says_that_uncertain_cells_include_the_unknown_ones(tiny_bundle, tmp_path):
+    # Issue 23: "uncertain: 188" silently included the 156 unknown cells.
+    from edge.commands.run import format_summary
+    from tests.daemon_cli import edge_run
+
+    out = tmp_path / "s.json"
+    r = edge_run(
+        "--bundle", tiny_bundle, "--max-frames", 3, "--http", "off", "--summary-json", out, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.read_text())
+    summary.update(uncertain=188, unknown=156)
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("  uncertain:"))
+    assert line.startswith("  uncertain: 188 (156 of them unknown: ")
+    summary.update(uncertain=3, unknown=0)
+    assert "  uncertain: 3; alerts firing" in format_summary(summary)

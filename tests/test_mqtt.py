@@ -127,7 +127,7 @@ def test_cells_alerts_differential_and_status_reach_the_lab(tiny_bundle, cells_d
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait(60) == 0, d.stderr
     n = rows(db)
-    assert any(f"mqtt: {n} cells and 1 alerts acknowledged" in line for line in d.lines), d.lines
+    assert any(f"mqtt: {n} cells and 1 alert acknowledged" in line for line in d.lines), d.lines
 
     counts = lab.wait_cells(committed_ids(db), timeout=30)
     assert len(counts) == n and duplicates(counts) == 0

@@ -63,12 +63,13 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
 def _write(slide, session, html, out, pdf, fhir, fhir_url, fhir_retries, bar) -> None:
     """Write what was asked for, a line for each (printed above the bar, which stays below them)."""
     from edge.lab.report import write_pdf
+    from edge.wording import plural
 
     say = lambda line, err=False: bar.write(line, file=sys.stderr if err else sys.stdout)  # noqa: E731
     state = "signed by " + slide.sign.name if slide.sign.signed else "not signed (preliminary)"
     if out:
         out.write_text(html, encoding="utf-8")
-        say(f"report: {out} (slide {session}, {len(slide.cells)} cells, {state})")
+        say(f"report: {out} (slide {session}, {plural(len(slide.cells), 'cell')}, {state})")
     pdf_bytes = None
     if pdf:
         bar.set_postfix_str("PDF")

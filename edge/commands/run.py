@@ -11,6 +11,7 @@ import click
 from edge.commands._config_options import config_option, config_overrides
 from edge.commands._device_options import max_pixels_option
 from edge.daemon.config import load_config
+from edge.wording import plural
 
 
 def _broker(value: str) -> dict:
@@ -40,14 +41,26 @@ def format_summary(s: dict) -> str:
     lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
     if before.get("frames"):  # a slide continued after a restart: this run's numbers are only part of it
         lines.append(
-            f"  continued: {before['frames']} frames and {before['cells']} cells were recorded before this run; "
+            f"  continued: {plural(before['frames'], 'frame')} and {plural(before['cells'], 'cell')} were recorded "
+            "before this run; "
             "the differential below is the whole slide's"
         )
     lines.append(
         f"  frames this run: {s['frames_classified']} classified of {s['frames_captured']} captured, "
         f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects"
     )
-    if s["frames_classified"]:
+    if s["frames_classified"] and str(s.get("source")).startswith("folder:"):
+        # a hot folder: files come at the microscope's pace and wait to settle, so neither a frame
+        # rate nor capture-to-result is the device's; what is measured is each file's processing
+        p = s["processing_ms"]
+        lines += [
+            f"  speed: {plural(s['frames_classified'], 'file')} taken in {s['source_s']:.0f} s (the folder's pace); "
+            f"each processed in p50 {p['p50']} ms, p95 {p['p95']} ms after it was read (the wait for a "
+            "file to stop changing is not counted)",
+            "  stages p50 (ms): "
+            + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items() if k not in ("capture", "latency")),
+        ]
+    elif s["frames_classified"]:
         lines += [
             f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
             f"p95 {s['latency_ms']['p95']} ms",
@@ -57,7 +70,14 @@ def format_summary(s: dict) -> str:
         lines.append("  speed: no frame was classified in this run")
     lines += [
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
-        f"  uncertain: {s['uncertain']}, unknown: {s['unknown']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
+        # unknown cells are flagged uncertain too: the first count holds the second
+        f"  uncertain: {s['uncertain']}"
+        + (
+            f" ({s['unknown']} of them unknown: unlike the cells the model was trained on)"
+            if s["unknown"]
+            else ""
+        )
+        + f"; alerts firing: {', '.join(s['alerts']) or 'none'}",
         *(
             f"  {a['name']}: {a['fraction']:.1%} (95% CI {a['interval'][0]:.1%}-{a['interval'][1]:.1%}) of "
             f"{a['cells']} confident known cells"
@@ -66,8 +86,9 @@ def format_summary(s: dict) -> str:
         ),
         *(
             [
-                f"  field: {s['field']['differential_cells']} white cells counted (differential of {s['field']['target_cells']}), "
-                f"{s['field']['cells_per_frame']:.2f} per frame, {s['field']['fields_seen']} fields seen "
+                f"  field: {plural(s['field']['differential_cells'], 'white cell')} counted (differential of "
+                f"{s['field']['target_cells']}), {s['field']['cells_per_frame']:.2f} per frame, "
+                f"{plural(s['field']['fields_seen'], 'field')} seen "
                 f"(detector {s['field']['detector']}, threshold {s['field']['threshold']:.3f})"
             ]
             if "field" in s
@@ -84,7 +105,7 @@ def format_summary(s: dict) -> str:
     m = s.get("mqtt") or {}
     if m.get("enabled"):
         lines.append(
-            f"  mqtt: {m['sent_cells']} cells and {m['sent_events']} alerts acknowledged by {m['broker']}, "
+            f"  mqtt: {plural(m['sent_cells'], 'cell')} and {plural(m['sent_events'], 'alert')} acknowledged by {m['broker']}, "
             f"{m['queued']} queued for the next start, {m['reconnects']} reconnects"
             + (f"; last error: {m['last_error']}" if m["last_error"] else "")
         )

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from waitress.server import create_server
 
+from edge.catalogue import caption
 from edge.daemon.metrics import StatusCollector
 from edge.daemon.review_api import review_blueprint
 from edge.daemon.sinks import LiveView
@@ -44,7 +45,7 @@ def render_preview(live: LiveView) -> tuple[bytes, list[dict]] | None:
         x, y, w, h = (int(round(v * scale)) for v in crop["box"])
         color = (0, 140, 255) if crop["uncertain"] else (60, 170, 40)
         cv2.rectangle(img, (x, y), (x + w, y + h), color, 2)
-        text = f"{crop['label']} {crop['confidence']:.0%}" + ("  uncertain" if crop["uncertain"] else "")
+        text = caption(crop["label"], crop["confidence"]) + ("  uncertain" if crop["uncertain"] else "")
         if crop.get("track_id") is not None:  # field mode: which cell, and whether it was just counted
             text += f"  #{crop['track_id']}" + ("  new" if crop.get("new") else "")
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)

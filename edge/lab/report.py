@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 
 from edge import __version__
+from edge.catalogue import caption
 from edge.errors import MissingExtraError
 from edge.lab.slide import Cell, Slide
 
@@ -30,7 +31,7 @@ class GalleryItem:
     def caption(self) -> str:
         c = self.cell
         verified = c.review.label if c.review else "not reviewed"
-        return f"#{c.id} {c.label} {c.confidence:.0%} → {verified}"
+        return f"#{c.id} {caption(c.label, c.confidence)} → {verified}"
 
 
 def when(ts: float | None) -> str:
