@@ -261,8 +261,7 @@ def adapt(
     choice = choose_scale(bundle, cells, measured, rbc_px, cv_accuracy)
     emb, _ = _embed(before, cells, bundle, choice.rbc_px, "embedding the site's cells")
     # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    uncalibrated = measured.rbc_px if measured else None
-    _, preds_before = _embed(before, cells, bundle, uncalibrated, "scoring before calibration")
+    _, preds_before = _embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
     refit = refit_last_layer(bundle, emb, y, split.fit, seed)
     manifest = copy.deepcopy(bundle.manifest)
     extra, rejection_record = adapt_rejection(bundle, manifest, emb[split.fit], y[split.fit])
@@ -286,13 +285,8 @@ def adapt(
     files = {CPU_MODEL: refit.model_bytes, **extra}
     write_bundle(out_dir, files, manifest)
     adapted = Bundle.load(out_dir)  # verify what we wrote, as the device will
-    emb_after, preds_after = _embed(
-        Classifier.open(adapted, "cpu", threads=None),
-        cells,
-        bundle,
-        choice.rbc_px,
-        "scoring after calibration",
-    )
+    after = Classifier.open(adapted, "cpu", threads=None)
+    emb_after, preds_after = _embed(after, cells, bundle, choice.rbc_px, "scoring after calibration")
     manifest.gate, record["gate"] = site_gate(adapted, emb_after, y, split, preds_after)
     _score(record, manifest, y, split, preds_before, preds_after, labels, cells.split, command)
     manifest.site.held_back = held_back_summary(record, y, split, preds_before, preds_after, labels)

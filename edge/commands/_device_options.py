@@ -172,7 +172,7 @@ def onnx_options(func):
 
 def progress(items, length: int, label: str, enabled: bool = True):
     """A bar on stderr when a person is watching (edge.progress), quiet otherwise: off a terminal, and
-    when `enabled` is False (the records themselves stream to a terminal's stdout)."""
+    when `enabled` is False (e.g. classify's records stream to the same terminal and show progress)."""
     return edge_progress(items, total=length, desc=label if enabled else None, note=False, leave=False)
 
 

@@ -118,7 +118,6 @@ def classify(
     stream = gated(
         classify_paths(classifiers, files, chosen.options, [View(rbc_px=scale)] * len(files)), watch
     )
-    # a bar when the records go to a file or a pipe; on a terminal the records themselves show progress
     with progress(stream, len(files), "classifying", not sys.stdout.isatty()) as results:
         failed, uncertain = _write(results, fmt, click.get_text_stream("stdout"))
     seconds = time.perf_counter() - t0

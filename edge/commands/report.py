@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from edge.progress import progress
+from edge.wording import plural
+
 
 @click.command()
 @click.option(
@@ -42,7 +45,6 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
     """
     from edge.lab.report import render_html
     from edge.lab.slide import load_slide, pick_session
-    from edge.progress import progress
 
     if not (out or pdf or fhir or fhir_url):
         raise click.UsageError("nothing to write: give --out, --pdf, --fhir or --fhir-url")
@@ -63,7 +65,6 @@ def report(db, session, out, pdf, fhir, fhir_url, fhir_retries, archive, gallery
 def _write(slide, session, html, out, pdf, fhir, fhir_url, fhir_retries, bar) -> None:
     """Write what was asked for, a line for each (printed above the bar, which stays below them)."""
     from edge.lab.report import write_pdf
-    from edge.wording import plural
 
     say = lambda line, err=False: bar.write(line, file=sys.stderr if err else sys.stdout)  # noqa: E731
     state = "signed by " + slide.sign.name if slide.sign.signed else "not signed (preliminary)"

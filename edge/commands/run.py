@@ -36,6 +36,29 @@ def _read_token(path: Path) -> str:
     return token
 
 
+def _speed_lines(s: dict) -> list[str]:
+    """How fast, saying what was measured."""
+    if not s["frames_classified"]:
+        return ["  speed: no frame was classified in this run"]
+    stages = s["stages_ms_p50"]
+    if str(s.get("source")).startswith("folder:"):
+        # a hot folder: files come at the microscope's pace and wait to settle, so neither a frame
+        # rate nor capture-to-result is the device's; what is measured is each file's processing
+        p = s["processing_ms"]
+        return [
+            f"  speed: {plural(s['frames_classified'], 'file')} taken in {s['source_s']:.0f} s (the folder's pace); "
+            f"each processed in p50 {p['p50']} ms, p95 {p['p95']} ms after it was read (the wait for a "
+            "file to stop changing is not counted)",
+            "  stages p50 (ms): "
+            + ", ".join(f"{k} {v}" for k, v in stages.items() if k not in ("capture", "latency")),
+        ]
+    return [
+        f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
+        f"p95 {s['latency_ms']['p95']} ms",
+        "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in stages.items()),
+    ]
+
+
 def format_summary(s: dict) -> str:
     before = s.get("before_this_run") or {}
     lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
@@ -49,25 +72,7 @@ def format_summary(s: dict) -> str:
         f"  frames this run: {s['frames_classified']} classified of {s['frames_captured']} captured, "
         f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects"
     )
-    if s["frames_classified"] and str(s.get("source")).startswith("folder:"):
-        # a hot folder: files come at the microscope's pace and wait to settle, so neither a frame
-        # rate nor capture-to-result is the device's; what is measured is each file's processing
-        p = s["processing_ms"]
-        lines += [
-            f"  speed: {plural(s['frames_classified'], 'file')} taken in {s['source_s']:.0f} s (the folder's pace); "
-            f"each processed in p50 {p['p50']} ms, p95 {p['p95']} ms after it was read (the wait for a "
-            "file to stop changing is not counted)",
-            "  stages p50 (ms): "
-            + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items() if k not in ("capture", "latency")),
-        ]
-    elif s["frames_classified"]:
-        lines += [
-            f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
-            f"p95 {s['latency_ms']['p95']} ms",
-            "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
-        ]
-    else:
-        lines.append("  speed: no frame was classified in this run")
+    lines += _speed_lines(s)
     lines += [
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
         # unknown cells are flagged uncertain too: the first count holds the second
