@@ -166,7 +166,7 @@ def test_mqtt_sends_erythroblasts_and_platelets_per_100_white_cells_not_as_a_per
 
     labels = ["myeloblast", "neutrophil", "erythroblast"]
     d = DifferentialCount(DifferentialConfig(), labels, ["myeloblast", "neutrophil"])
-    assert differential_payload("scope", "S", d)["counts"][0]["per_100_wbc"] is None  # no white cell yet
+    assert differential_payload("scope", "S", d)["counts"][0]["per_100_white"] is None  # no white cell yet
     for label, n in (("erythroblast", 11), ("myeloblast", 1), ("neutrophil", 3)):
         for _ in range(n):
             d.add(label, False)
@@ -174,11 +174,11 @@ def test_mqtt_sends_erythroblasts_and_platelets_per_100_white_cells_not_as_a_per
     assert rows["erythroblast"] == {
         "label": "erythroblast",
         "count": 11,
-        "per_100_wbc": 275.0,
+        "per_100_white": 275.0,
         "white_cell": False,
     }
     white = [r for r in rows.values() if r["white_cell"]]
-    assert sum(r["percent"] for r in white) == 100.0 and all("per_100_wbc" not in r for r in white)
+    assert sum(r["percent"] for r in white) == 100.0 and all("per_100_white" not in r for r in white)
     assert rows["myeloblast"]["percent"] == 25.0 and rows["myeloblast"]["percent_95ci"][1] > 25.0
 
 

@@ -89,12 +89,12 @@ def cell_payload(device: str, row: dict) -> dict:
 def count_row(row: dict, white_cells: int) -> dict:
     """One label of the differential as the lab reads it. A white cell has `percent` of the white cells
     and its 95 % Wilson interval `percent_95ci`; a class that is not a white cell (erythroblasts,
-    platelets) is counted per 100 white cells, which may pass 100, so it has `per_100_wbc` instead and
+    platelets) is counted per 100 white cells, which may pass 100, so it has `per_100_white` instead and
     no `percent` (a lab summing `percent` gets 100); null while no white cell is counted."""
     if row["white_cell"]:
         return {**row, "percent_95ci": row["interval_percent"]}
     per_100 = row["percent"] if white_cells else None
-    return {"label": row["label"], "count": row["count"], "per_100_wbc": per_100, "white_cell": False}
+    return {"label": row["label"], "count": row["count"], "per_100_white": per_100, "white_cell": False}
 
 
 def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
