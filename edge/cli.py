@@ -136,7 +136,7 @@ def cli(ctx, debug):
     """Blood-cell classification on the microscope.
 
     \b
-    Device:   classify, eval, detect, eval-detector, run, bench, doctor, info, sign
+    Device:   classify, eval, adapt, detect, eval-detector, run, bench, doctor, info, sign
     Lab:      review (serve, export), report (HTML, PDF, FHIR)
     Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """

@@ -41,9 +41,11 @@ class Daemon:
         try:
             web = start_web(session, self.config.http)
             pipeline = self._pipeline(session)
+            signed = session.bundle.signature  # a clinic's approval (edge sign), shown where it starts
             log.info(
                 f"edge run: session {session.session_id}, model {session.bundle.sha256[:12]} "
-                f"({architecture(session.bundle)}), source {session.source.name}, db {session.store.path}"
+                f"({architecture(session.bundle)}{f', signed by {signed.signer!r}' if signed else ''}), "
+                f"source {session.source.name}, db {session.store.path}"
             )
             if web:
                 self.out(f"page: {web.url}")

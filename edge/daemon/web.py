@@ -17,6 +17,7 @@ from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from edge.catalogue import caption
 from edge.daemon.http_guard import create_guarded_server
 from edge.daemon.metrics import StatusCollector
 from edge.daemon.review_api import ReviewSite, review_blueprint
@@ -56,7 +57,7 @@ def render_preview(live: LiveView, alert_classes=()) -> tuple[bytes, list[dict]]
         x, y, w, h = (int(round(v * scale)) for v in crop["box"])
         color = box_colour(crop, alert_classes)
         cv2.rectangle(img, (x, y), (x + w, y + h), color, 2)
-        text = f"{crop['label']} {crop['confidence']:.0%}" + ("  uncertain" if crop["uncertain"] else "")
+        text = caption(crop["label"], crop["confidence"]) + ("  uncertain" if crop["uncertain"] else "")
         if crop.get("track_id") is not None:  # field mode: which cell, and whether it was just counted
             text += f"  #{crop['track_id']}" + ("  new" if crop.get("new") else "")
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)

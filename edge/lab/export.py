@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edge.catalogue import UNKNOWN
 from edge.lab.slide import Cell, SlideError, iso, load_slide
+from edge.progress import progress
 from edge.results.reviews import Review, ReviewBook
 from edge.results.verification import MIN_REVIEW_S
 
@@ -117,10 +118,11 @@ def export_reviews(
             summary.unsigned.append(sid)
             continue
         summary.sessions.append(sid)
-        for c in load_slide(db, sid, archive).cells:
+        looked_at = [c for c in load_slide(db, sid, archive).cells if c.review or c.hasty]
+        for c in progress(looked_at, desc=f"exporting {sid}", unit="cell", note=False, leave=False):
             if c.review:
                 rows.append(_export_cell(c, sid, out, summary))
-            elif c.hasty:  # listed, not exported: a hasty press teaches `edge adapt` nothing
+            else:  # listed, not exported: a hasty press teaches `edge adapt` nothing
                 rows.append(_row(c, sid, c.hasty, "too_fast"))
                 summary.too_fast += 1
     with open(out / "reviews.csv", "w", newline="", encoding="utf-8") as fh:

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 
 from edge import __version__
+from edge.catalogue import caption
 from edge.errors import ImageLoadError, MissingExtraError
 from edge.imagefile import load_image
 from edge.lab.slide import Cell, Slide
@@ -32,7 +33,7 @@ class GalleryItem:
     def caption(self) -> str:
         c = self.cell
         decided = c.review.label if c.review else ("decided too fast" if c.hasty else "not reviewed")
-        return f"#{c.id} {c.label} {c.confidence:.0%} → {decided}"
+        return f"#{c.id} {caption(c.label, c.confidence)} → {decided}"
 
 
 def when(ts: float | None) -> str:
