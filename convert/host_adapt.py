@@ -134,7 +134,9 @@ def _prepare(
 def _site_rejection(new: Bundle, cells, split, rbc_px) -> tuple[object, dict, dict | None]:
     """The device's rejection step on the re-quantized bundle: the site's class means join the centres
     and the threshold rises where the site's cells need it. (manifest, files, record)."""
-    emb, _ = embed(Classifier.open(new, "cpu", threads=None), cells.inputs(new, rbc_px))
+    emb, _ = embed(
+        Classifier.open(new, "cpu", threads=None), cells, new, rbc_px, "embedding the site's cells"
+    )
     manifest = copy.deepcopy(new.manifest)
     extra, record = adapt_rejection(new, manifest, emb[split.fit], cells.y[split.fit])
     return manifest, {CPU_MODEL: new.model_path().read_bytes(), **extra}, record
@@ -170,7 +172,7 @@ def adapt_on_host(
     before = Classifier.open(bundle, "cpu", threads=None)
     choice, measured = site_scale(bundle, before, cells, split, rbc_px, seed)
     # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    _, preds_before = embed(before, cells.inputs(bundle, measured.rbc_px if measured else None))
+    _, preds_before = embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
     fit_cells = cells.subset(split.fit)
     tuned = fine_tune(src, bundle, fit_cells, choice.rbc_px, FitOptions(epochs, seed, cache))
     req.site = _site_images(bundle, fit_cells, choice.rbc_px)

@@ -43,6 +43,7 @@ from edge.errors import DataError
 from edge.head_fit import choose_strength, fit_head
 from edge.predict import Classifier
 from edge.preprocess import background_rgb
+from edge.progress import progress
 from edge.rejection import MahalanobisScorer
 from edge.scale import Scale
 from edge.site_calibration import (
@@ -109,12 +110,17 @@ class AdaptResult:
     lines: list[str]
 
 
-def embed(classifier, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, list]:
-    """Embeddings and predictions of preprocessed images, through the device's backend."""
+def embed(
+    classifier, cells: SiteCells, bundle: Bundle, rbc_px: float | None, desc: str
+) -> tuple[np.ndarray, list]:
+    """Embeddings and predictions of `cells` preprocessed for `bundle` at `rbc_px`, through the
+    device's backend, a batch at a time (a bar named `desc` on a terminal)."""
     embeddings, preds = [], []
-    for start in range(0, len(images), batch):
-        preds += classifier.classify_tensors(images[start : start + batch])
-        embeddings.append(classifier.backend.embedding())
+    with progress(total=len(cells), desc=desc, unit="cell", note=False, leave=False) as bar:
+        for images in cells.batches(bundle, rbc_px):
+            preds += classifier.classify_tensors(images)
+            embeddings.append(classifier.backend.embedding())
+            bar.update(len(images))
     return np.concatenate(embeddings), preds
 
 
@@ -239,7 +245,7 @@ def site_scale(
     fit_cells = cells.subset(split.fit)
 
     def cv_accuracy(rbc: float) -> float:  # the fit, cross-validated on the fit cells cut at `rbc`
-        emb_fit, _ = embed(classifier, fit_cells.inputs(bundle, rbc))
+        emb_fit, _ = embed(classifier, fit_cells, bundle, rbc, f"trying the scale {rbc:g} px")
         _, head = read_head(bundle.model_path().read_bytes(), bundle.manifest.embedding.name)
         _, cv = choose_strength(head.features(emb_fit), fit_cells.y, head.weights, head.bias, seed)
         return max(cv.values()) if cv else 0.0
@@ -269,9 +275,9 @@ def adapt(
     split = split_site(y, labels, holdout, seed, cells.split)
     before = Classifier.open(bundle, "cpu", threads=None)
     choice, measured = site_scale(bundle, before, cells, split, rbc_px, seed)
-    emb, _ = embed(before, cells.inputs(bundle, choice.rbc_px))
+    emb, _ = embed(before, cells, bundle, choice.rbc_px, "embedding the site's cells")
     # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    _, preds_before = embed(before, cells.inputs(bundle, measured.rbc_px if measured else None))
+    _, preds_before = embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
     refit = refit_last_layer(bundle, emb, y, split.fit, seed)
     manifest = copy.deepcopy(bundle.manifest)
     extra, rejection_record = adapt_rejection(bundle, manifest, emb[split.fit], y[split.fit])
@@ -317,7 +323,8 @@ def seal(
     write_bundle(out_dir, files, manifest)
     adapted = Bundle.load(out_dir)  # verify what we wrote, as the device will
     y, labels, command = cells.y, adapted.labels, record["command"]
-    emb, preds_after = embed(Classifier.open(adapted, "cpu", threads=None), cells.inputs(adapted, rbc_px))
+    after = Classifier.open(adapted, "cpu", threads=None)
+    emb, preds_after = embed(after, cells, adapted, rbc_px, "scoring after calibration")
     manifest.gate, record["gate"] = site_gate(adapted, emb, y, split, preds_after)
     score_held_back(record, manifest, y, split, preds_before, preds_after, labels, cells.split, command)
     manifest.site.held_back = held_back_summary(record, y, split, preds_before, preds_after, labels)

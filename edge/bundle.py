@@ -17,6 +17,8 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,17 +77,28 @@ def write_bundle(out_dir: str | os.PathLike, models: dict[str, bytes], manifest:
 
 
 MODELS_ENV = "EDGE_MODELS"  # a folder of bundles, for installs outside a source checkout
+# Where `pip install` puts the bundles the wheel ships (pyproject.toml, tool.setuptools.data-files):
+# <prefix>/share/edge-hemato/models, the prefix being the venv's, or /usr/local for a system-wide pip.
+SHARE = Path("share") / "edge-hemato"
+
+
+def installed_data_dirs() -> list[Path]:
+    """The share/edge-hemato folders an install may have put data in: this interpreter's prefix (a
+    venv), the install scheme's data path (/usr/local on Debian's own Python), then /usr/share."""
+    prefixes = [sys.prefix, sysconfig.get_path("data"), "/usr"]
+    return [Path(p) / SHARE for p in dict.fromkeys(prefixes)]
 
 
 def find_bundle(name: str) -> Path:
-    """A committed bundle by name (e.g. "mobilenetv2-int8"), found the same way from any directory:
-    $EDGE_MODELS/<name>, then ./models/<name>, then models/<name> beside the installed package (a
-    source checkout), then /usr/share/edge-hemato/models/<name>. BundleError lists where it looked."""
+    """A committed bundle by name (e.g. "differential-int8"), found the same way from any directory:
+    $EDGE_MODELS/<name>, then ./models/<name>, then models/<name> beside the package (a source
+    checkout), then the copy a non-editable install ships in <prefix>/share/edge-hemato/models/<name>
+    (installed_data_dirs). BundleError lists where it looked."""
     bases = [
         os.environ.get(MODELS_ENV),
         Path.cwd() / "models",
         Path(__file__).resolve().parents[1] / "models",
-        "/usr/share/edge-hemato/models",
+        *(d / "models" for d in installed_data_dirs()),
     ]
     looked = []
     for base in dict.fromkeys(str(b) for b in bases if b):

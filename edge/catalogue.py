@@ -24,6 +24,13 @@ from dataclasses import dataclass
 UNKNOWN = "unknown"
 
 
+def caption(label: str, confidence: float) -> str:
+    """A cell's call as a screen shows it: "neutrophil 97%". An unknown cell gets no percentage: the
+    confidence is the model's in a class it then rejected, so "unknown 100%" would read as "100 %
+    unknown" (issue 23)."""
+    return UNKNOWN if label == UNKNOWN else f"{label} {confidence:.0%}"
+
+
 @dataclass(frozen=True)
 class Loinc:
     code: str

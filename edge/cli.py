@@ -136,8 +136,8 @@ def cli(ctx, debug):
     """Blood-cell classification on the microscope.
 
     \b
-    Device:   classify, eval, detect, eval-detector, run, bench, doctor, info, sign
-    Lab:      review (export), report (HTML, PDF, FHIR)
+    Device:   classify, eval, adapt, detect, eval-detector, run, bench, doctor, info, sign
+    Lab:      review (serve, export), report (HTML, PDF, FHIR)
     Training: train, train-detector, weights, quantize, compile, export  (need the 'train' extra)
     """
     setup_logging(ctx.invoked_subcommand, debug or os.environ.get("EDGE_DEBUG") == "1")

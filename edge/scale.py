@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.progress import progress
+
 RBC_UM = 7.5  # the diameter of a normal red cell, in micrometres
 WORK_SIDE = 320  # circles are looked for on a copy this wide: enough for red cells of >= 8 px
 # A scale needs this many red cells, from at least this many images, before it is trusted.
@@ -158,7 +160,7 @@ def measure_files(files, sample: int = 150, seed: int = 0) -> Scale | None:
     order = np.random.default_rng(seed).permutation(len(files))[:sample]
 
     def images():
-        for i in order:
+        for i in progress(order, desc="measuring the scale (red cells)", note=False, leave=False):
             try:
                 yield to_bgr8(load_image(files[i]))
             except (ImageLoadError, ValueError):

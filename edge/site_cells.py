@@ -24,6 +24,7 @@ from edge.hashing import fingerprint, sha256_file
 from edge.image_files import images_in
 from edge.imagefile import load_image, to_bgr8
 from edge.preprocess import View, preprocess
+from edge.progress import progress
 from edge.scale import Scale, measure
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,24 @@ class SiteCells:
 
     def inputs(self, bundle: Bundle, rbc_px: float | None) -> np.ndarray:
         """Every cell preprocessed for `bundle` at `rbc_px` (None: as its View says)."""
+        return np.concatenate(list(self.batches(bundle, rbc_px, len(self) or 1)))
+
+    def batches(self, bundle: Bundle, rbc_px: float | None, size: int = 16):
+        """The cells preprocessed as `inputs`, `size` at a time (so the caller can show progress)."""
         spec = bundle.preprocess_spec
         if spec.version == 1 and self.white_cells is not None:  # version 1 sees the crop rule's square
-            crops = [
-                crop_cell(img, box[0], self.crop_rule)[0]
-                for img, box in zip(self.images, self.white_cells, strict=True)
-            ]
-            return np.stack([preprocess(c, spec) for c in crops])
+            for start in range(0, len(self.images), size):
+                pairs = zip(
+                    self.images[start : start + size], self.white_cells[start : start + size], strict=True
+                )
+                yield np.stack(
+                    [preprocess(crop_cell(img, box[0], self.crop_rule)[0], spec) for img, box in pairs]
+                )
+            return
         views = self.views if rbc_px is None else [replace(v, rbc_px=rbc_px) for v in self.views]
-        return np.stack([preprocess(img, spec, view=v) for img, v in zip(self.images, views, strict=True)])
+        for start in range(0, len(self.images), size):
+            pairs = zip(self.images[start : start + size], views[start : start + size], strict=True)
+            yield np.stack([preprocess(img, spec, view=v) for img, v in pairs])
 
     def subset(self, index) -> SiteCells:
         index = [int(i) for i in index]
@@ -80,7 +90,8 @@ class SiteCells:
 def from_folder(site: ImageSet) -> SiteCells:
     """Single-cell images; an unreadable one is named and left out."""
     images, keep, skipped = [], [], []
-    for i, path in enumerate(site.files):
+    files = progress(site.files, desc="reading the site's cells", note=False, leave=False)
+    for i, path in enumerate(files):
         try:
             images.append(to_bgr8(load_image(path)))
             keep.append(i)
@@ -127,7 +138,9 @@ def from_frames(
     rows = read_labels(csv_path, labels, aliases)
     by_stem = {p.stem: p for p in images_in(Path(frames_dir))}
     images, views, y, names, boxes, skipped, entries = [], [], [], [], [], [], []
-    for stem, label in rows:
+    for stem, label in progress(
+        rows, desc="finding the labelled cells in the fields", note=False, leave=False
+    ):
         path = by_stem.get(stem)
         if path is None:
             skipped.append((stem, f"no image {stem}.* in {frames_dir}"))

@@ -23,10 +23,8 @@ def known_class_report(preds, targets: list[int], labels: list[str]) -> dict:
     rejected = [p.label == UNKNOWN for p in preds]
     columns = labels + [UNKNOWN] if any(rejected) else labels
     report = classification_report(targets, [columns.index(p.label) for p in preds], columns)
-    if any(rejected):  # "unknown" is no cell's true class: its row is zeros, and it is not averaged
+    if any(rejected):  # "unknown" is no cell's true class: its row is zeros, so the macro leaves it out
         report["per_class"].pop(UNKNOWN)
-        for metric in ("precision", "recall", "f1"):
-            report[f"macro_{metric}"] = sum(c[metric] for c in report["per_class"].values()) / len(labels)
     confident = [(p, t) for p, t in zip(preds, targets, strict=True) if not p.uncertain]
     accepted = [(p, t) for p, t in zip(preds, targets, strict=True) if p.label != UNKNOWN]
     report.update(

@@ -69,3 +69,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "train" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    """Which edge the tests import: the checkout, or (make test-device) the installed package."""
+    import edge
+
+    where = Path(edge.__file__).resolve().parent
+    return f"edge {edge.__version__} from {where} ({'checkout' if where == ROOT / 'edge' else 'installed'})"

@@ -5,21 +5,24 @@ measured by the command, never asserted)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import shutil
+import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edge import labtables
-from edge.bench import STAGES, reference
+from edge.bench import STAGES, reference, table
 from edge.bench import compare as compare_mod
 from edge.bench.profile import op_macs, op_placement
 from edge.bench.stats import summarize
 from edge.bundle import Bundle
 from edge.cli import cli, main
 
-STAT_KEYS = {"count", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms"}
+STAT_KEYS = {"count", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms"}
 CONTEXT_KEYS = {
     "device",
     "cores",
@@ -62,7 +65,7 @@ def test_json_csv_and_table_shape(tiny_bundle, tmp_path):
     for name, s in r["stages"].items():
         assert set(s) == STAT_KEYS, name
         assert s["count"] == 4
-        assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+        assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
     # end_to_end is one clock around the contiguous stages: never shorter than invoke alone
     assert r["stages"]["end_to_end"]["min_ms"] >= r["stages"]["invoke"]["min_ms"]
     assert r["overhead_ratio"] == pytest.approx(
@@ -167,13 +170,82 @@ def test_replay_source_decodes_files(tiny_bundle, synthetic_split, tmp_path):
     assert r["stages"]["capture"]["count"] == 4
 
 
-def test_default_bundle_is_the_reference_bundle_path(tiny_bundle, tmp_path, monkeypatch):
+def test_default_bundle_is_the_one_edge_run_runs(tiny_bundle, tmp_path, monkeypatch):
+    # Issue 23: the bench timed mobilenetv2-int8 by default while `edge run` runs the differential.
+    from edge.daemon.config import DEFAULT_BUNDLE
+
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "mobilenetv2-int8").symlink_to(tiny_bundle, target_is_directory=True)
+    (tmp_path / "models" / DEFAULT_BUNDLE).symlink_to(tiny_bundle, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     output, code = bench("--runs", "2", "--warmup", "0", "--json", "d.json")
     assert code == 0, output
-    assert json.loads((tmp_path / "d.json").read_text())["bundle"]["name"] == "mobilenetv2-int8"
+    assert json.loads((tmp_path / "d.json").read_text())["bundle"]["name"] == DEFAULT_BUNDLE
+
+
+def test_compare_names_each_side_by_its_own_bundle(tiny_bundle, tmp_path):
+    # Issue 23: --compare labelled the old file with the new run's bundle name.
+    other = tmp_path / "another-bundle"
+    shutil.copytree(tiny_bundle, other)
+    old = tmp_path / "old.json"
+    bench(tiny_bundle, *FAST, "--threads", "1", "--json", old)
+    output, code = bench(other, *FAST, "--threads", "1", "--compare", old)
+    assert code == 0, output
+    assert f"  old: {tiny_bundle.name}, cpu litert, 1 threads" in output
+    assert "  new: another-bundle, cpu litert, 1 threads (this run)" in output
+
+
+def test_noise_is_not_called_a_regression():
+    # Issue 23: 6 -> 7 us of postprocessing (+17 %) was called WORSE. A change must pass both the
+    # relative and the absolute threshold, declared once in edge/bench/compare.py.
+    def run(postprocess, invoke, fps):
+        stages = {s: {"p50_ms": 1.0, "p95_ms": 1.0, "p99_ms": 1.0} for s in STAGES}
+        stages["postprocess"] = {"p50_ms": postprocess, "p95_ms": postprocess, "p99_ms": postprocess}
+        stages["invoke"] = {"p50_ms": invoke, "p95_ms": invoke, "p99_ms": invoke}
+        return {"stages": stages, "throughput_fps": fps, "overhead_ratio": 1.0, "context": {}}
+
+    rows = {
+        r["metric"]: r for r in compare_mod.compare(run(0.007, 10.0, 100.0), run(0.006, 10.0, 100.5))["rows"]
+    }
+    assert rows["postprocess p50"]["ratio"] > 1.1 and rows["postprocess p50"]["verdict"] == ""
+    assert rows["throughput fps"]["verdict"] == ""  # 0.5 fps: under the floor
+    rows = {
+        r["metric"]: r for r in compare_mod.compare(run(0.006, 12.0, 80.0), run(0.006, 10.0, 100.0))["rows"]
+    }
+    assert rows["invoke p50"]["verdict"] == "WORSE" and rows["throughput fps"]["verdict"] == "WORSE"
+    assert rows["invoke p95"]["verdict"] == "WORSE"
+    text = compare_mod.format_comparison(
+        compare_mod.compare(run(0.007, 10.0, 100.0), run(0.006, 10.0, 100.0)), "t"
+    )
+    table_part, legend = text.split("better / WORSE:")
+    assert "WORSE" not in table_part and "less is noise" in legend
+
+
+def test_duration_plot_p95_and_more_threads_than_cores(tiny_bundle, tmp_path):
+    # Issue 23: no p95, no run-for-N-seconds, no plot, and no word about more threads than cores.
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    out, png = tmp_path / "d.json", tmp_path / "latency.png"
+    plotting = importlib.util.find_spec("matplotlib") is not None  # a host tool: not on a device install
+    output, code = bench(
+        tiny_bundle, "--duration", "1", "--warmup", "1", "--threads", cores + 1, "--json", out,
+        *(["--plot", png] if plotting else []),
+    )  # fmt: skip
+    assert code == 0, output
+    r = json.loads(out.read_text())
+    assert r["duration_s"] == 1.0 and r["runs"] == r["stages"]["end_to_end"]["count"] > 1
+    assert sum(r["histogram"]["end_to_end"]["counts"]) + r["histogram"]["end_to_end"]["above"] == r["runs"]
+    if plotting:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in output
+    assert "p95" in next(line for line in output.splitlines() if line.startswith("stage (ms)"))
+    assert f"{cores + 1} threads on {cores} usable cores" in output
+
+
+def test_plot_without_matplotlib_is_one_line_before_measuring(tiny_bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on a device: the train extra is absent
+    code, err = one_line_error(capsys, tiny_bundle, *FAST, "--plot", tmp_path / "p.png")
+    assert code == 4 and "matplotlib" in err and "--plot" in err
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_bad_inputs_are_one_line_errors(tiny_bundle, tmp_path, capsys):
@@ -206,6 +278,11 @@ def test_reference_table_marks_results_outside_30_percent():
     assert reference.mark(tpu, 5.8)["within_tolerance"] and not reference.mark(tpu, 6.0)["within_tolerance"]
     desktop = {"device": "Intel(R) Xeon(R)", "machine": "x86_64"}
     assert [r.low_ms for r in reference.applicable(desktop, "cpu", "mobilenetv2-int8", 224)] == [51.0]
+    # Issue 23: "vs published" said OUTSIDE on every x86 run. Coral's CPU baseline is another runtime
+    # (TFLite before XNNPACK ran int8): shown for context, never marked.
+    (coral_cpu,) = reference.applicable(desktop, "cpu", "mobilenetv2", 224)
+    assert reference.mark(coral_cpu, 8.0)["within_tolerance"] is None
+    assert "OUTSIDE" not in "\n".join(table.format_reference([reference.mark(coral_cpu, 8.0)], {}))
     assert len(reference.applicable(desktop, "cpu", "mobilenetv2_classifier", 224)) == 1  # Keras model name
     assert reference.applicable(desktop, "cpu", "mobilenetv2", 160) == []
     assert reference.applicable(desktop, "cpu", "tiny-cnn", 224) == []

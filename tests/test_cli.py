@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import venv
@@ -26,6 +27,23 @@ def test_help_lists_every_command():
     assert result.returncode == 0
     for name in ("train", "quantize", "compile", "classify", "eval", "run", "bench", "doctor", "info"):
         assert name in result.stdout
+
+
+def test_every_command_is_in_one_group_of_the_help():
+    # Issue 23: `adapt` was missing from the Device list at the top of `edge --help`.
+    from edge.cli import cli
+
+    text = edge("--help").stdout
+    groups = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1]
+        for line in text.split("Options:")[0].splitlines()
+        if line.strip().startswith(("Device:", "Lab:", "Training:"))
+    }
+    assert set(groups) == {"Device", "Lab", "Training"}
+    listed = [w.strip("(),") for words in groups.values() for w in words.split()]
+    for name in cli.list_commands(None):
+        assert name in listed, f"{name} is in no group of edge --help"
+    assert "adapt" in groups["Device"].replace(",", " ").split()
 
 
 def test_version():
@@ -76,6 +94,25 @@ def test_device_only_venv_has_no_tensorflow(tmp_path_factory):
     assert train.returncode != 0
     assert len(train.stderr.strip().splitlines()) == 1 and "'train' extra" in train.stderr
     assert "Traceback" not in train.stderr
+    # Issue 23: the default classifier and detector come with the install, found from any folder.
+    # The demo's frames come with it too (demo/bccd, with their licence).
+    frames = env_dir / "share" / "edge-hemato" / "demo" / "bccd"
+    assert (frames / "LICENSE").is_file() and len(list(frames.glob("*.jpg"))) == 12
+    run = subprocess.run(
+        [edge_bin, "run", "--mode", "field", "--source", f"replay:{frames}", "--loop", "--duration", "5"]
+        + ["--http", "off", "--db", "r.db"],
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    shipped = env_dir / "share" / "edge-hemato" / "models"
+    assert f"detector {shipped / 'wbc-detector-int8'}" in run.stdout, run.stdout
+    with sqlite3.connect(tmp / "r.db") as con:
+        (bundle,) = con.execute("SELECT bundle FROM sessions").fetchone()
+    assert Path(bundle) == shipped / "differential-int8"
 
 
 def _make_dry_run(target: str) -> list[str]:
@@ -99,11 +136,18 @@ def _make_dry_run(target: str) -> list[str]:
 def test_make_demo_installs_only_the_device_extra_and_test_device_adds_the_rest():
     # Issue 15, defect 9: `make demo` installed TensorFlow (2.7 GB), later the jetson and dev extras too.
     demo = _make_dry_run("demo")
-    assert [line for line in demo if "pip install" in line and "-e" in line] == [
-        ".venv-device/bin/pip install --quiet -e '.[device]'"
+    assert [line for line in demo if "pip install" in line and "[" in line] == [
+        ".venv-device/bin/pip install --quiet '.[device]'"
     ]
     assert demo[-1].startswith(".venv-device/bin/edge run ")
+    # Issue 23: the first run shows real cells: field mode on the committed BCCD fields, not the simulator.
+    assert "--mode field --source replay:demo/bccd --loop" in demo[-1]
     test_device = _make_dry_run("test-device")
-    assert ".venv-device/bin/pip install --quiet -e '.[device,jetson,dev]'" in test_device
-    assert test_device[-1].startswith(".venv-device/bin/python -m pytest")
+    # Issue 23: the device install is not editable (as on a Pi), and the tests import it, not ./edge.
+    assert ".venv-device/bin/pip install --quiet '.[device,jetson,dev]'" in test_device
+    assert not [line for line in demo + test_device if "pip install" in line and " -e " in line]
+    assert test_device[-1].startswith(
+        "PYTHONSAFEPATH=1 EDGE_TEST_INSTALLED=1 .venv-device/bin/python -m pytest"
+    )
+    assert "--import-mode=append" in test_device[-1]
     assert any("-e '.[device,jetson,train,dev]'" in line for line in _make_dry_run("test"))  # unchanged

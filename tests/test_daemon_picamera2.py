@@ -125,16 +125,25 @@ def test_daemon_end_to_end_on_the_picamera2_double(tiny_bundle, tmp_path):
     # `import picamera2` in the daemon subprocess finds a shim that re-exports the double.
     shim = tmp_path / "shim" / "picamera2"
     shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("from tests.fake_picamera2 import Picamera2  # noqa: F401\n")
+    # The checkout goes on sys.path AFTER site-packages (as pytest's --import-mode=append does), so that
+    # under `make test-device` the daemon is still the installed edge; only `tests` comes from here.
     root = Path(__file__).resolve().parents[1]
+    (shim / "__init__.py").write_text(
+        f"import sys\nsys.path.append({str(root)!r})\nfrom tests.fake_picamera2 import Picamera2  # noqa: F401\n"
+    )
     labels = json.loads((tiny_bundle / "manifest.json").read_text())["labels"]
     config = tmp_path / "pi.toml"
     config.write_text(
         '[source]\nuri = "picamera2"\n'
+        '[pipeline]\nmode = "cell"\n'  # a camera counts in field mode unless told: the centred region here
         "[source.picamera2]\nsettle_s = 0.1\nmain_size = [1280, 960]\nlores_size = [320, 240]\n"
         f"[archive]\nalert_classes = {json.dumps(labels)}\n"  # archive every cell, to check the crops
     )
-    env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{root}", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shim.parent), os.environ.get("PYTHONPATH")])),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     r = subprocess.run(
         [
             sys.executable,

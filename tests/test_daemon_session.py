@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from edge.commands.run import format_summary
 from edge.daemon.config import ConfigError, load_config
 from edge.daemon.metrics import StatusCollector
 from edge.daemon.mqtt.messages import status_payload
@@ -20,7 +21,9 @@ from edge.daemon.status import RunReport, page_json, summary_json
 def sim_config(bundle, tmp_path, **sections):
     overrides = {
         "bundle": str(bundle),
-        "source": {"uri": "sim", "sim": {"paced": False, "prerender": 0}},
+        # cell mode (a camera's default is field mode), and a new cell in every frame: each is counted
+        "source": {"uri": "sim", "sim": {"paced": False, "prerender": 0, "dwell_s": 0.1}},
+        "pipeline": {"mode": "cell"},
         "store": {"db": str(tmp_path / "r.db"), "session": "S1"},
         "http": {"listen": "off"},
         **sections,
@@ -76,3 +79,12 @@ def test_the_page_the_summary_mqtt_and_metrics_render_one_status(tiny_bundle, tm
     assert page["store"] == summary["store"] == {"state": "ok", "waiting": 0, "lost": 0, "last_error": ""}
     assert mqtt["uncertain_rate"] == page["uncertain_rate"] == metrics["edge_uncertain_ratio"]
     assert page["review"]["session_id"] == "S1" and summary["mqtt"] == page["mqtt"] == {"enabled": False}
+    # "verified" and "reviewed N of M": one definition (edge/results/verification.py) on the page, in
+    # the summary and in MQTT's status; before any review nothing is verified
+    review = page["review"]
+    assert review["verified"] == {} and review["reviewed"] == 0 and review["queued"] >= 0
+    assert summary["review"]["verified"] == mqtt["review"]["verified"] == review["verified"]
+    assert (mqtt["review"]["reviewed"], mqtt["review"]["queued"]) == (review["reviewed"], review["queued"])
+    assert f"review: reviewed 0 of {review['queued']}; verified none yet; not signed" in format_summary(
+        summary
+    )

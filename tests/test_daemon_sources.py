@@ -91,6 +91,11 @@ def test_hot_folder_processes_each_file_once_across_restarts(tiny_bundle, tmp_pa
     ]
     r1 = edge_run(*common, "--max-frames", 5, cwd=tmp_path)
     assert r1.returncode == 0, r1.stderr
+    # Issue 23: a hot folder's summary gave the wait for files to settle as latency, and a frame rate
+    # of the files' arrival; it says what was measured: each file's processing after it was read.
+    speed = next(line for line in r1.stdout.splitlines() if line.startswith("  speed:"))
+    assert "fps" not in speed and "latency" not in speed and "the wait for a file" in speed
+    assert speed.startswith("  speed: 5 files taken in "), speed
     drop([f"b{i}.jpg" for i in range(3)])
     r2 = edge_run(*common, "--max-frames", 3, cwd=tmp_path)
     assert r2.returncode == 0, r2.stderr

@@ -3,6 +3,7 @@ the archive's disk guard, sd_notify datagrams, and the systemd unit checks."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sqlite3
@@ -10,6 +11,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -20,7 +22,11 @@ from edge.daemon.config import AlertRule, ArchiveConfig, ConfigError, Differenti
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.modes import CellMode, scale_box
 from edge.daemon.notify import SystemdNotifier
+from edge.daemon.processor import CellResult, FrameResult
+from edge.daemon.sinks import LiveView
 from edge.daemon.sources import Frame
+from edge.daemon.web import render_preview
+from edge.predict import Prediction
 from edge.preprocess import center_region
 from edge.results.store import ResultRow, ResultStore
 
@@ -33,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ('[source]\nfps = "fast"', "source.fps: expected a number"),
         ("[source]\nfsp = 10", "source.fsp: unknown key"),
         ("[pipeline]\nregion = 1.5", "pipeline.region: must be in (0, 1]"),
-        ('[pipeline]\nmode = "zoom"', "pipeline.mode: expected cell or field"),
+        ('[pipeline]\nmode = "zoom"', "pipeline.mode: expected auto, cell or field"),
         ("[pipeline.field]\ntrack_iou = 0", "pipeline.field.track_iou: must be in (0, 1]"),
         ("[pipeline.field]\nmax_age = 3", "pipeline.field.max_age: unknown key"),
         ('[store]\nsynchronous = "off"', "store.synchronous:"),
@@ -158,6 +164,29 @@ def test_the_differential_is_of_white_cells_and_platelets_never_move_an_alert():
     assert rows["platelet"]["per_100_white"] == 500.0 and "percent" not in rows["platelet"]
     assert "interval_percent" not in rows["platelet"]
     assert rows["myeloblast"]["percent"] == 30.0 and rows["myeloblast"]["white_cell"]
+
+
+def test_mqtt_sends_erythroblasts_and_platelets_per_100_white_cells_not_as_a_percent():
+    # Issue 23: the retained differential sent erythroblasts as "percent": 916.7, a count per 100 white
+    # cells under the key a lab sums to 100.
+    from edge.daemon.mqtt.messages import differential_payload
+
+    labels = ["myeloblast", "neutrophil", "erythroblast"]
+    d = DifferentialCount(DifferentialConfig(), labels, ["myeloblast", "neutrophil"])
+    assert differential_payload("scope", "S", d)["counts"][0]["per_100_white"] is None  # no white cell yet
+    for label, n in (("erythroblast", 11), ("myeloblast", 1), ("neutrophil", 3)):
+        for _ in range(n):
+            d.add(label, False)
+    rows = {r["label"]: r for r in differential_payload("scope", "S", d)["counts"]}
+    assert rows["erythroblast"] == {
+        "label": "erythroblast",
+        "count": 11,
+        "per_100_white": 275.0,
+        "white_cell": False,
+    }
+    white = [r for r in rows.values() if r["white_cell"]]
+    assert sum(r["percent"] for r in white) == 100.0 and all("per_100_white" not in r for r in white)
+    assert rows["myeloblast"]["percent"] == 25.0 and rows["myeloblast"]["percent_95ci"][1] > 25.0
 
 
 def test_differential_warns_about_classes_the_model_lacks():
@@ -406,3 +435,49 @@ def test_a_store_opened_on_a_full_disk_starts_and_writes_nothing_until_it_can(tm
         for i in range(1000):
             store.write_frame(i, 1.0, "sim", f"sim:{i}", [_row("a")])
     store.close()
+
+
+def test_the_live_frame_draws_an_alert_class_red_an_uncertain_cell_orange_the_rest_green():
+    def cell(i, label, uncertain, x):
+        p = Prediction(label, 0.9, {label: 0.9}, [(label, 0.9)], uncertain, 0.5)
+        return CellResult(i, (x, 20, 60, 60), (x, 20, 60, 60), p)
+
+    live = LiveView()
+    frame = Frame(np.full((120, 400, 3), 255, np.uint8), frame_id=1)
+    live.on_frame(FrameResult(frame, [cell(0, "myeloblast", True, 10), cell(1, "lymphocyte", True, 150),
+                                      cell(2, "neutrophil", False, 290)]))  # fmt: skip
+    jpeg, _ = render_preview(live, ["myeloblast"])
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    # the left edge of each box, below its caption
+    # the page's colours (BGR): alert red #c0392b, uncertain orange, ok green
+    for x, colour in ((10, (43, 57, 192)), (150, (0, 140, 255)), (290, (60, 170, 40))):
+        assert np.abs(image[50:70, x] - np.array(colour)).sum(axis=1).mean() < 60, (x, image[60, x])
+
+
+def test_words_the_screens_print():
+    # Issue 23: "1 white cells"; "unknown 100%" read as "100 % unknown" (the 100 % was the model's
+    # confidence in a class it then rejected).
+    from edge.catalogue import caption
+    from edge.wording import plural
+
+    assert plural(1, "white cell") == "1 white cell" and plural(0, "white cell") == "0 white cells"
+    assert plural(2, "alert") == "2 alerts"
+    assert caption("unknown", 0.996) == "unknown" and caption("neutrophil", 0.97) == "neutrophil 97%"
+
+
+def test_the_summary_says_that_uncertain_cells_include_the_unknown_ones(tiny_bundle, tmp_path):
+    # Issue 23: "uncertain: 188" silently included the 156 unknown cells.
+    from edge.commands.run import format_summary
+    from tests.daemon_cli import edge_run
+
+    out = tmp_path / "s.json"
+    r = edge_run(
+        "--bundle", tiny_bundle, "--max-frames", 3, "--http", "off", "--summary-json", out, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(out.read_text())
+    summary.update(uncertain=188, unknown=156)
+    line = next(x for x in format_summary(summary).splitlines() if x.startswith("  uncertain:"))
+    assert line.startswith("  uncertain: 188 (156 of them unknown: ")
+    summary.update(uncertain=3, unknown=0)
+    assert "  uncertain: 3; alerts firing" in format_summary(summary)

@@ -195,3 +195,19 @@ def test_links_never_count_a_file_twice_nor_leave_the_folder(tiny_bundle, labell
     a, b = json.loads(plain.read_text()), json.loads(linked.read_text())
     assert b["n"] == a["n"] == 40
     assert b["accuracy"] == a["accuracy"] and b["confusion"] == a["confusion"]
+
+
+def test_macro_averages_are_over_the_classes_that_have_cells():
+    # Issue 23: edge eval averaged F1 over every class of the bundle, those with no cell too (0.113 on
+    # tecom-wbc for a 9-class bundle and 5 classes of cells); the average is over classes with cells.
+    from edge.metrics import classification_report, format_report
+
+    labels = ["a", "b", "c", "d"]
+    report = classification_report([0, 0, 1, 1], [0, 0, 1, 2], labels)  # c predicted once, d never
+    f1 = report["per_class"]
+    assert report["macro_classes"] == ["a", "b"]
+    assert report["macro_f1"] == pytest.approx((f1["a"]["f1"] + f1["b"]["f1"]) / 2)
+    assert report["macro_recall"] == pytest.approx(0.75)
+    assert "macro-F1 0.8333 (over the 2 classes with cells)" in format_report(report)
+    full = classification_report([0, 1, 2, 3], [0, 1, 2, 3], labels)
+    assert full["macro_f1"] == 1.0 and "(over" not in format_report(full)

@@ -117,7 +117,7 @@ def test_one_slide_gives_one_blast_fraction_everywhere(calibrated, tmp_path):
     for entry in fhir.entry:
         found.setdefault(entry.resource.get_resource_type(), []).append(entry.resource)
     (dense,) = [o for o in found["Observation"] if o.code.text.startswith("Dense")]
-    assert float(dense.valueQuantity.value) == x and f"verified {words} = {x:.1f} %" in dense.note[0].text
+    assert float(dense.valueQuantity.value) == x and f"after review {words} = {x:.1f} %" in dense.note[0].text
     (diagnostic,) = found["DiagnosticReport"]
     assert f"dense fraction: {x:.1f} % dense ({words}), FIRING" in diagnostic.conclusion
     # the page's line says the same (the text the page builds from /api/status)

@@ -4,6 +4,7 @@ from any directory, the page token kept out of the database, and no runtime nois
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -43,8 +44,13 @@ def test_the_default_bundle_is_found_from_any_directory(monkeypatch, tmp_path):
 
     monkeypatch.delenv(MODELS_ENV, raising=False)
     monkeypatch.chdir(tmp_path)  # no models/ here
-    assert find_bundle(DEFAULT_BUNDLE) == ROOT / "models" / DEFAULT_BUNDLE  # beside the package
-    assert DaemonConfig().bundle_path() == ROOT / "models" / DEFAULT_BUNDLE
+    # beside the package in a checkout; where pip put the wheel's copy in an install (make test-device)
+    import edge
+
+    checkout = Path(edge.__file__).resolve().parent == ROOT / "edge"
+    models = ROOT / "models" if checkout else Path(sys.prefix) / "share" / "edge-hemato" / "models"
+    assert find_bundle(DEFAULT_BUNDLE) == models / DEFAULT_BUNDLE
+    assert DaemonConfig().bundle_path() == models / DEFAULT_BUNDLE
 
 
 def test_edge_run_without_bundle_takes_the_one_in_edge_models_from_any_directory(tiny_bundle, tmp_path):

@@ -12,12 +12,16 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from edge.synthetic import make_dataset
 from tests.test_daemon_acceptance import Daemon, wait_rows
+from tests.test_review_serve import MALFORMED
 
 TOKEN = "review-test-token-0123456789"
+LOOK_MS = 1100  # how long the test looks at a cell before deciding (edge.results.verification.MIN_REVIEW_S)
 CHROMIUM = "/usr/bin/chromium"
 # Debian's chromium, headless, with nothing reaching out and a fresh profile (the test's tmp dir).
 CHROMIUM_ARGS = [
@@ -32,9 +36,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-def start_daemon(root: Path, token: str) -> tuple[Daemon, Path]:
+def start_daemon(root: Path, token: str, config_text: str = "") -> tuple[Daemon, Path]:
     """`edge run` on a hot folder of 4 synthetic cells: it classifies them and stays up (a slide
-    that is done), with 'granular' as alert class so that the queue is not empty."""
+    that is done), with 'granular' as alert class so that the queue is not empty (or `config_text`)."""
     images = make_dataset(
         root / "cells", per_class=1, classes=("granular", "round", "lobed", "dense"), seed=11
     )
@@ -44,7 +48,7 @@ def start_daemon(root: Path, token: str) -> tuple[Daemon, Path]:
         shutil.copy(path, inbox / f"{i:02d}_{path.name}")
     config = root / "edge-run.toml"
     config.write_text(
-        '[archive]\nalert_classes = ["granular"]\nmin_free_mb = 0\n'
+        (config_text or '[archive]\nalert_classes = ["granular"]\nmin_free_mb = 0\n')
         + (f'[http]\ntoken = "{token}"\n' if token else "")
     )
     db = root / "results.db"
@@ -104,6 +108,7 @@ def test_a_technician_reviews_cells_and_signs_the_slide_in_a_browser(daemon, tmp
         assert len(queue) >= 1 and labels[-1] == "unknown"
         page.fill("#reviewer", "A. Tech")
         page.locator("#crop").click()  # focus off the name field: keys go to the review
+        page.wait_for_timeout(LOOK_MS)  # a look at the cell: a faster decision decides nothing
 
         # 1. reclassify the first cell with a key press: the digit of another label
         first_id, first_label = queue[0]
@@ -117,6 +122,7 @@ def test_a_technician_reviews_cells_and_signs_the_slide_in_a_browser(daemon, tmp
         # 2. the others: one confirmed with a click, the rest with Enter
         for n in range(len(queue) - 1):
             pending = page.evaluate("state.cells.filter((c) => !c.review).length")
+            page.wait_for_timeout(LOOK_MS)
             if n == 0:
                 page.click("#actions button.primary")
             else:
@@ -190,6 +196,109 @@ def test_without_a_token_writes_need_the_review_header_and_a_loopback_host(tmp_p
         assert status == 403 and "loopback" in reply["error"]
         status, reply = post(api, body, {**json_type, "X-Edge-Review": "1"})
         assert status == 200 and reply["review"]["label"] == "round"
+        # malformed input (a null reviewer, a list for a session, a cell id of 10**30...): 400, one line
+        for bad, _ in MALFORMED:
+            status, reply = post(api, bad, {**json_type, "X-Edge-Review": "1"})
+            assert status == 400 and "\n" not in reply["error"], (bad, status, reply)
+        with sqlite3.connect(db) as con:
+            assert con.execute("SELECT reviewer FROM reviews").fetchall() == [("A. Tech",)]
     finally:
         d.proc.terminate()
         d.wait()
+
+
+# -- the Raspberry Pi touch display, 800 x 480 (issue 23) --------------------------------------------
+
+PI_DISPLAY = {"width": 800, "height": 480}
+# Every visible control a finger must hit, and its size: WCAG's 44 x 44 CSS px target.
+SMALL_TARGETS = """() => [...document.querySelectorAll('button, a, input, select')]
+  .filter((e) => e.offsetParent !== null)
+  .map((e) => { const r = e.getBoundingClientRect(); return [e.id || e.textContent.trim().slice(0, 20), r.width, r.height]; })
+  .filter(([, w, h]) => w < 44 || h < 44)"""
+
+
+def red_and_green_pixels(jpeg: bytes) -> tuple[int, int]:
+    """Pixels of the page's alert red (#c0392b) and of its 'ok' green box in a JPEG, give or take."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+    near = lambda bgr: int((np.abs(image - np.array(bgr)).sum(axis=2) < 60).sum())  # noqa: E731
+    return near((43, 57, 192)), near((60, 170, 40))
+
+
+@pytest.fixture()
+def firing_daemon(tmp_path, tiny_bundle):
+    """A daemon whose alert rule fires at once, every class an alert class (each box red, each cell
+    in the review queue), no token."""
+    shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    (tmp_path / "slide").mkdir()
+    labels = json.loads((tiny_bundle / "manifest.json").read_text())["labels"]
+    config = (
+        f"[archive]\nalert_classes = {json.dumps(labels)}\nmin_free_mb = 0\n"
+        f'[[differential.alerts]]\nname = "blast fraction"\nclasses = {json.dumps(labels)}\n'
+        "min_fraction = 0.01\nmin_cells = 1\n"
+    )
+    d, db = start_daemon(tmp_path / "slide", token="", config_text=config)
+    yield d, db
+    d.proc.terminate()
+    d.wait()
+
+
+def test_the_pages_fit_the_touch_display_and_a_firing_alert_is_on_screen(firing_daemon, tmp_path):
+    sync_api = chromium()
+    d, db = firing_daemon
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport=PI_DISPLAY,
+        )  # fmt: skip
+        page = browser.new_page()
+        page.goto(d.url)
+        page.wait_for_selector("#alerts .alert")
+        page.wait_for_function("document.querySelectorAll('#counts tr').length > 1")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 800
+        # read in one step: the page redraws the alerts every second, and a handle may be gone by then
+        box = page.evaluate(
+            "(() => { const r = document.querySelector('#alerts .alert').getBoundingClientRect();"
+            " return {y: r.y, height: r.height}; })()"
+        )
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 480, box  # seen without scrolling
+        assert page.evaluate(SMALL_TARGETS) == []
+        # before any review nothing is verified (not the model's count)
+        verified = page.evaluate(
+            "[...document.querySelectorAll('#counts tr')].slice(1).map((r) => r.cells[3].textContent)"
+        )
+        assert verified and set(verified) == {"0"}
+        assert page.evaluate("document.querySelector('link[rel=icon]').href").endswith("favicon.svg")
+
+        page.goto(d.url + "review")
+        page.wait_for_selector("#queue button")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 800
+        confirm = page.locator("#actions button.primary").bounding_box()
+        assert confirm["y"] >= 0 and confirm["y"] + confirm["height"] <= 480, confirm
+        assert page.evaluate(SMALL_TARGETS) == []
+
+        # holding Enter decides one cell, at most: the key's repeats decide nothing
+        page.fill("#reviewer", "A. Tech")
+        page.locator("#crop").click()
+        page.wait_for_timeout(LOOK_MS)
+        for _ in range(25):
+            page.keyboard.down("Enter")  # while held: repeat=true
+        page.keyboard.up("Enter")
+        page.wait_for_function("state.verification.reviewed === 1")
+        # pressed again and again, faster than a look: recorded, too fast, and the page says so
+        for _ in range(3):
+            page.keyboard.press("Enter")
+            page.wait_for_timeout(150)
+        page.wait_for_function("document.getElementById('msg').textContent.startsWith('Too fast')")
+        assert page.evaluate("state.verification.reviewed") == 1
+        assert page.is_disabled("#sign")
+        browser.close()
+
+    with sqlite3.connect(db) as con:
+        decisions = con.execute("SELECT seconds FROM reviews ORDER BY id").fetchall()
+    assert len(decisions) <= 4 and decisions[0][0] >= 1.0 and all(s < 1.0 for (s,) in decisions[1:])
+    # the live frame: alert-class cells in red boxes, none in green
+    with urllib.request.urlopen(d.url + "frame.jpg", timeout=10) as r:
+        red, green = red_and_green_pixels(r.read())
+    assert red > 200 and green < 20, (red, green)
+    with urllib.request.urlopen(d.url + "favicon.ico", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("image/svg+xml")

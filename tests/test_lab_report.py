@@ -4,6 +4,7 @@ validated by fhir.resources (R4B); a POST to a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -159,6 +160,13 @@ def test_an_unsigned_slide_is_preliminary_and_unknown_classes_are_text_coded(tmp
     assert "Practitioner" not in [r.get_resource_type() for r in resources]
     observations = [r for r in resources if r.get_resource_type() == "Observation"]
     assert all(not o.code.coding and o.code.text for o in observations)  # no LOINC code for these classes
+    # nothing is verified before a review: the notes do not call the model's count verified
+    notes = [o.note[0].text for o in observations]
+    assert all("verified by a technician: 0 cell(s) of this class (reviewed 0 of 1" in n for n in notes), (
+        notes
+    )
+    assert not any(n.startswith("verified") for n in notes)
+    assert "reviewed 0 of 1" in (tmp_path / "r.html").read_text()
 
 
 class LisServer:
@@ -244,3 +252,55 @@ def test_review_export_writes_class_folders_that_the_data_layer_reads(signed_sli
         "review", "export", "--db", signed_slide, "--out", tmp_path / "all", "--unsigned", cwd=tmp_path
     )
     assert "exported 11 reviewed cells from 2 slide(s)" in run.stdout
+
+
+def test_review_export_is_spreadsheet_safe_and_its_file_names_never_collide(tmp_path):
+    db = tmp_path / "results.db"
+    slides = ("S-1", "S-1_")  # two slide ids that one file name must not serve
+    for sid in slides:
+        write_slide(db, sid, [("myeloblast", 0.96, False)] * 2)
+    book = ReviewBook(db)
+    for sid in slides:
+        first, second = book.queue(sid, ALERTS)
+        book.review(sid, first.id, "myeloblast", '=HYPERLINK("http://evil.example","x")', CHOICES)
+        book.review(sid, second.id, "monocyte", "+A. Tech", CHOICES)
+    book.close()
+    site = tmp_path / "site"
+    run = edge("review", "export", "--db", db, "--out", site, "--unsigned", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (
+        "exported 4 reviewed cells from 2 slide(s)" in run.stdout and "monocyte 2, myeloblast 2" in run.stdout
+    )
+    images = sorted(str(p.relative_to(site)) for p in site.rglob("*.jpg"))
+    assert len(images) == 4 and {Path(i).name.split("_0")[0] for i in images} == {"S-1", "S-1_"}
+    with open(site / "reviews.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["reviewer"] for r in rows} == {'\'=HYPERLINK("http://evil.example","x")', "'+A. Tech"}
+    assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for r in rows for v in r.values())
+
+
+def test_review_export_takes_only_cells_decided_one_by_one(tmp_path):
+    db = tmp_path / "results.db"
+    write_slide(db, "S-9", [("myeloblast", 0.96, False)] * 4)
+    book = ReviewBook(db)
+    cells = book.queue("S-9", ALERTS)
+    book.review("S-9", cells[0].id, "myeloblast", "A. Tech", CHOICES, seconds=2.0)
+    book.review("S-9", cells[1].id, "monocyte", "A. Tech", CHOICES, seconds=1.5)
+    for c in cells[2:]:  # a held Enter
+        book.review("S-9", c.id, "myeloblast", "A. Tech", CHOICES, seconds=0.12)
+    book.close()
+    site = tmp_path / "site"
+    run = edge("review", "export", "--db", db, "--out", site, "--unsigned", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # what it wrote, per class; the hasty decisions are not taught to `edge adapt`
+    assert "exported 2 reviewed cells from 1 slide(s)" in run.stdout, run.stdout
+    assert "monocyte 1, myeloblast 1" in run.stdout and "2 decided too fast" in run.stdout
+    assert len(list(site.rglob("*.jpg"))) == 2
+    with open(site / "reviews.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted((r["status"], r["review_seconds"]) for r in rows) == [
+        ("exported", "1.5"),
+        ("exported", "2.0"),
+        ("too_fast", "0.12"),
+        ("too_fast", "0.12"),
+    ]

@@ -132,9 +132,108 @@ def test_verified_counts_and_intervals(slide_db):
     low, high = wilson_interval(5, 20)
     assert rows["monocyte"].verified.interval == pytest.approx((100 * low, 100 * high))
     assert slide.reviewed == (0, 3)
-    # the live page's verified counts (model counts + review delta) agree with the report's
-    model = dict(slide.counts(False))
-    model["unknown"] = 1
-    delta = book.verified_delta("SLIDE-1")
-    verified = {k: model.get(k, 0) + delta.get(k, 0) for k in set(model) | set(delta)}
-    assert {k: v for k, v in verified.items() if v and k != "unknown"} == dict(slide.counts(True))
+    # "verified" is one definition (edge/results/verification.py): the live page's and the report's agree
+    summary = book.summary("SLIDE-1", max_age_s=0)
+    decided = {"monocyte": 1, "unknown": 1, "seg_neutrophil": 1}
+    assert summary["verified"] == slide.verification.verified == decided
+    assert (summary["reviewed"], summary["queued"]) == (slide.verification.reviewed, 5) == (3, 5)
+
+
+# -- a review that means something (issue 23) -------------------------------------------------------
+
+
+def test_nothing_is_verified_before_a_review_and_reviewed_counts_the_queue(slide_db):
+    book = ReviewBook(slide_db)
+    summary = book.summary("SLIDE-1", max_age_s=0)
+    # before any review nothing is verified: not the model's count (12 neutrophils, 4 monocytes...)
+    assert summary["verified"] == {} and load_slide(slide_db, "SLIDE-1").verification.verified == {}
+    assert (summary["reviewed"], summary["queued"], summary["text"]) == (0, 5, "reviewed 0 of 5")
+    cell = book.queue("SLIDE-1", ALERTS)[0]
+    book.review("SLIDE-1", cell.id, "myeloblast", "A. Tech", CHOICES, seconds=2.5)
+    summary = book.summary("SLIDE-1", max_age_s=0)
+    assert summary["verified"] == {"myeloblast": 1} and summary["text"] == "reviewed 1 of 5"
+
+
+def test_a_decision_faster_than_a_look_is_recorded_but_decides_nothing(slide_db):
+    book = ReviewBook(slide_db)
+    queue = book.queue("SLIDE-1", ALERTS)
+    for c in queue:  # a held Enter: every cell "confirmed" in 0.15 s
+        review = book.review("SLIDE-1", c.id, c.label, "A. Tech", CHOICES, seconds=0.15)
+        assert review.too_fast
+    with sqlite3.connect(slide_db) as con:
+        times = [r[0] for r in con.execute("SELECT seconds FROM reviews ORDER BY id")]
+    assert times == [0.15] * len(queue)  # recorded, with the time each took
+    v = book.verification("SLIDE-1")
+    assert (v.verified, v.reviewed, v.too_fast, v.pending) == ({}, 0, 5, 5)
+    assert all(c.review is None and c.hasty.too_fast for c in book.queue("SLIDE-1", ALERTS))
+    with pytest.raises(ReviewError, match="5 cell.* not reviewed yet .*5 decided too fast"):
+        book.sign("SLIDE-1", "A. Tech", ALERTS)
+    # a look: the cell is decided, and a later hasty press does not undo it
+    first = queue[0]
+    book.review("SLIDE-1", first.id, "monocyte", "A. Tech", CHOICES, seconds=1.8)
+    book.review("SLIDE-1", first.id, "basophil", "A. Tech", CHOICES, seconds=0.05)
+    decided = next(c for c in book.queue("SLIDE-1", ALERTS) if c.id == first.id)
+    assert decided.review.label == "monocyte" and decided.hasty.label == "basophil"
+    assert book.verification("SLIDE-1").verified == {"monocyte": 1}
+    # untimed reviews (recorded before decisions were timed) still decide
+    for c in book.queue("SLIDE-1", ALERTS)[:4]:
+        book.review("SLIDE-1", c.id, c.label, "A. Tech", CHOICES)
+    assert book.sign("SLIDE-1", "A. Tech", ALERTS).signed
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        (None, "expected a string"),
+        ("", "required, and not blank"),
+        (" \t ", "required, and not blank"),
+        ("A\x00Tech", "printable"),
+        ("\u202eevil", "printable"),
+        ("x" * 81, "at most 80"),
+        (["A. Tech"], "expected a string"),
+    ],
+)
+def test_a_reviewer_name_is_required_non_blank_and_printable(slide_db, name, reason):
+    book = ReviewBook(slide_db)
+    cell = book.queue("SLIDE-1", ALERTS)[0].id
+    for act in (
+        lambda: book.review("SLIDE-1", cell, "monocyte", name, CHOICES),
+        lambda: book.sign("SLIDE-1", name, ALERTS),
+    ):
+        with pytest.raises(ReviewError, match=reason) as err:
+            act()
+        assert err.value.status == 400 and "\n" not in str(err.value)
+    with sqlite3.connect(slide_db) as con:
+        assert con.execute("SELECT COUNT(*) FROM reviews").fetchone()[0] == 0
+
+
+def sign_all(book: ReviewBook) -> None:
+    for c in book.queue("SLIDE-1", ALERTS):
+        book.review("SLIDE-1", c.id, c.label, "A. Tech", CHOICES)
+    book.sign("SLIDE-1", "A. Tech", ALERTS)
+
+
+@pytest.mark.parametrize("note", ["", "   ", None])
+def test_a_reopen_needs_a_reason(slide_db, note):
+    book = ReviewBook(slide_db)
+    sign_all(book)
+    with pytest.raises(ReviewError, match="reason") as err:
+        book.reopen("SLIDE-1", "B. Lead", note)
+    assert err.value.status == 400 and book.sign_state("SLIDE-1").signed
+
+
+def test_new_cells_that_void_a_signature_record_a_reopen_with_the_first_change(slide_db):
+    book = ReviewBook(slide_db)
+    sign_all(book)
+    write_slide(slide_db, "SLIDE-1", [("myeloblast", 0.97, False)])  # the daemon continues the slide
+    assert book.sign_state("SLIDE-1").status == "changed"
+    covered = book.queue("SLIDE-1", ALERTS)[-1]  # a cell the signature covered
+    book.review("SLIDE-1", covered.id, "monocyte", "B. Lead", CHOICES)
+    book.review("SLIDE-1", covered.id, "basophil", "B. Lead", CHOICES)
+    with sqlite3.connect(slide_db) as con:
+        log = con.execute("SELECT action, name, note FROM signoffs ORDER BY id").fetchall()
+    assert [row[:2] for row in log] == [("sign", "A. Tech"), ("reopen", "B. Lead")]  # recorded once
+    assert "1 cell(s) recorded after A. Tech signed" in log[1][2]
+    new = book.queue("SLIDE-1", ALERTS)[0]
+    book.review("SLIDE-1", new.id, "myeloblast", "B. Lead", CHOICES)
+    assert book.sign("SLIDE-1", "B. Lead", ALERTS).signed

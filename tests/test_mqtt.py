@@ -127,7 +127,7 @@ def test_cells_alerts_differential_and_status_reach_the_lab(tiny_bundle, cells_d
     d.proc.send_signal(signal.SIGTERM)
     assert d.wait(60) == 0, d.stderr
     n = rows(db)
-    assert any(f"mqtt: {n} cells and 1 alerts acknowledged" in line for line in d.lines), d.lines
+    assert any(f"mqtt: {n} cells and 1 alert acknowledged" in line for line in d.lines), d.lines
 
     counts = lab.wait_cells(committed_ids(db), timeout=30)
     assert len(counts) == n and duplicates(counts) == 0
@@ -192,6 +192,28 @@ def test_the_stopped_status_is_sent_when_no_page_was_open(tiny_bundle, cells_dir
     wait_for(lambda: lab.raw("/available")[-1:] == [b"offline"], 10, "offline")
     final = lab.on("/status")[-1]
     assert final["state"] == "stopped" and final["frames"]["processed"] > 0
+    lab.close()
+
+
+def test_a_clean_stop_reports_nothing_queued_when_the_broker_has_everything(
+    tiny_bundle, cells_dir, broker, tmp_path
+):
+    # Issue 23: every clean stop printed "publisher error at shutdown: Cannot operate on a closed
+    # database" (issue 21's fix), and the last status said "queued": 1 though nothing was pending
+    # (a count of up to 1 s before, which missed the rows sent since).
+    broker.start()
+    lab = Collector(broker.port, "lab/#")
+    config = write_config(tmp_path / "edge.toml", broker.port, status_interval_s=30.0)
+    r = edge_run(
+        "--bundle", tiny_bundle, "--source", f"replay:{cells_dir}", "--fps", 20, "--loop", "--duration", 4,
+        "--db", tmp_path / "r.db", "--config", config, "--http", "127.0.0.1:0", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0 and "publisher error" not in r.stderr, r.stderr
+    assert ", 0 queued for the next start" in r.stdout, r.stdout
+    wait_for(lambda: lab.raw("/available")[-1:] == [b"offline"], 10, "offline")
+    final = lab.on("/status")[-1]
+    assert final["state"] == "stopped" and final["mqtt"]["queued"] == 0, final
+    assert final["mqtt"]["sent"] == rows(tmp_path / "r.db") > 0
     lab.close()
 
 

@@ -34,19 +34,50 @@ def tables(db: Path) -> dict[str, str]:
         return dict(con.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name"))
 
 
+def all_columns(db: Path) -> dict[str, list[tuple[str, str]]]:
+    """Each table's columns and their types (an added column's CREATE text differs; its column not)."""
+    with sqlite3.connect(db) as con:
+        names = [
+            r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+    return {t: columns(db, t) for t in names}
+
+
 def test_an_old_database_ends_with_the_tables_of_a_new_one(old_db, tmp_path):
     new = tmp_path / "new.db"
     ResultStore(new).close()
     Outbox(new).close()
-    before = tables(old_db)
+    before = all_columns(old_db)
     ResultStore(old_db).close()
-    after = tables(old_db)
-    assert after == tables(new)  # schema 4 adds session_sites; nothing else changes, nothing is lost
-    assert set(after) - set(before) == {"session_sites"} and {k: after[k] for k in before} == before
+    after = all_columns(old_db)
+    assert after == all_columns(new)  # session_sites and reviews.seconds are new; nothing else changes
+    assert set(after) - set(before) == {"session_sites"}
+    assert after["reviews"] == before["reviews"] + [("seconds", "REAL")]
+    assert {t: c for t, c in before.items() if t != "reviews"} == {
+        t: after[t] for t in before if t != "reviews"
+    }
     with sqlite3.connect(old_db) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 7
+
+
+@pytest.mark.parametrize("has", ["session_sites", "reviews.seconds"])
+def test_a_version_4_database_of_either_kind_gains_what_the_other_added(old_db, tmp_path, has):
+    """Two branches each made a schema 4 (session_sites; reviews.seconds): either opens as schema 5."""
+    new = tmp_path / "new.db"
+    ResultStore(new).close()
+    Outbox(new).close()
+    with sqlite3.connect(old_db) as con:
+        if has == "session_sites":
+            con.execute(tables(new)["session_sites"])
+        else:
+            con.execute("ALTER TABLE reviews ADD COLUMN seconds REAL")
+        con.execute("PRAGMA user_version = 4")
+    ResultStore(old_db).close()
+    assert all_columns(old_db) == all_columns(new)
+    with sqlite3.connect(old_db) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_the_daemon_carries_on_a_session_of_an_old_database(old_db):

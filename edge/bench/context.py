@@ -78,6 +78,12 @@ def collect(backend_description: dict | None = None, bundle=None, lab=None) -> d
             f"machine is busy (load average {load[0]} on {cores} cores): other work competes for the CPU"
         )
     desc = dict(backend_description or {})
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    if (desc.get("threads") or 0) > usable:
+        warnings.append(
+            f"{desc['threads']} threads on {usable} usable cores: the threads take turns on the cores, so "
+            f"the numbers measure the switching too (--threads {usable} or fewer)"
+        )
     context = {
         "device": device_model(),
         "cpu": cpu_name(),

@@ -11,7 +11,7 @@ from edge.bench.compare import CONTEXT_KEYS
 
 # The comparison keys plus when it ran.
 CSV_CONTEXT = (*CONTEXT_KEYS, "time")
-CSV_STATS = ("count", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms")
+CSV_STATS = ("count", "min_ms", "max_ms", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p95_ms", "p99_ms")
 
 
 def document(results: list[dict], matrix: bool) -> dict:

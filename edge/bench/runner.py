@@ -25,7 +25,7 @@ from edge.bench import context as context_mod
 from edge.bench import field as field_mod
 from edge.bench import profile as profile_mod
 from edge.bench import reference
-from edge.bench.stats import summarize
+from edge.bench.stats import histogram, summarize
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle
 from edge.daemon.capture import Capturer, Skipped
 from edge.daemon.config import ConfigError, FieldOptions, PipelineConfig, SimOptions, SourceConfig
@@ -64,6 +64,7 @@ class BenchConfig:
         "cell"  # or "field": the detector, crops and tracking of `edge run --mode field` (bench/field.py)
     )
     detector: Path | None = None  # field mode's detector bundle
+    duration_s: float = 0.0  # > 0: each timed pass runs this long instead of `runs` frames
 
     def label(self) -> str:
         threads = f"{self.threads} thr" if self.threads else "default thr"
@@ -186,7 +187,13 @@ class Recorder(Sink):
 
     name = "bench"
 
-    def __init__(self, tick: Callable[[int], None]):
+    def __init__(
+        self, tick: Callable[[int], None], stop: threading.Event, duration_s: float = 0.0, after: int = 0
+    ):
+        """With `duration_s`, sets `stop` once that long has passed since the end of frame `after`
+        (the warm-up's last; 0: since now)."""
+        self.stop, self.duration_s, self.after = stop, duration_s, after
+        self.started = _clock()
         self.samples: list[tuple[float, float, float, float, float]] = []
         self.field_samples: list[dict] = []  # field mode: every stage of the frame, and its cells
         self.corrupt = 0
@@ -207,21 +214,27 @@ class Recorder(Sink):
         self.frame_shape = result.frame.image.shape
         self.stamps.append(_clock())
         self.tick(1)
+        if self.duration_s and len(self.stamps) > self.after:
+            start = self.stamps[self.after - 1] if self.after else self.started
+            if self.stamps[-1] - start >= self.duration_s:
+                self.stop.set()
 
     def on_skipped(self, item: Skipped, source: str) -> None:
         self.corrupt += 1
 
 
 def _pass(
-    source, processor, layout: str, frames: int, tick, stop: threading.Event
+    source, processor, layout: str, frames: int, tick, stop: threading.Event, duration_s: float = 0.0
 ) -> tuple[Recorder, _CpuMeter]:
-    """`frames` frames through the daemon's Pipeline in one layout."""
-    recorder = Recorder(tick)
+    """`frames` frames through the daemon's Pipeline in one layout; with `duration_s`, the first
+    `frames` and then as many as `duration_s` seconds take."""
+    recorder = Recorder(tick, stop, duration_s, after=frames)
     capturer = Capturer(source, Telemetry(), stop, opened=True, quiet=True, keep_open=True)
-    pipeline = Pipeline(capturer, processor, SinkChain([recorder]), stop, max_frames=frames, layout=layout)
+    limit = 0 if duration_s else frames
+    pipeline = Pipeline(capturer, processor, SinkChain([recorder]), stop, max_frames=limit, layout=layout)
     with _CpuMeter() as meter:
         pipeline.run()
-    if len(recorder.samples) < frames:
+    if len(recorder.samples) < frames + (1 if duration_s else 0):
         raise BenchSourceError(
             f"the source gave {len(recorder.samples)} frames of {frames} ({recorder.corrupt} corrupt)"
         )
@@ -273,8 +286,20 @@ def _passes(config, processor, tick) -> tuple[Recorder, _CpuMeter, Recorder, _Cp
     stop = threading.Event()
     source = open_bench_source(config.source, stop)  # after the backend, so a missing runtime fails fast
     try:
-        serial, serial_cpu = _pass(source, processor, "inline", 1 + config.warmup + config.runs, tick, stop)
-        threaded, threaded_cpu = _pass(source, processor, "threaded", config.runs, tick, threading.Event())
+        if config.duration_s:  # each pass runs duration_s after its warm-up, however many frames that is
+            serial, serial_cpu = _pass(
+                source, processor, "inline", 1 + config.warmup, tick, stop, config.duration_s
+            )
+            threaded, threaded_cpu = _pass(
+                source, processor, "threaded", 0, tick, threading.Event(), config.duration_s
+            )
+        else:
+            serial, serial_cpu = _pass(
+                source, processor, "inline", 1 + config.warmup + config.runs, tick, stop
+            )
+            threaded, threaded_cpu = _pass(
+                source, processor, "threaded", config.runs, tick, threading.Event()
+            )
     finally:
         source.close()
     source_info = describe_source(config.source, source, serial.frame_shape)
@@ -306,9 +331,10 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         for name, col in zip(bench.STAGES, zip(*samples, strict=True), strict=True)
     }
     invoke_p50 = stages["invoke"]["p50_ms"]
+    runs = len(samples)  # config.runs, or what --duration took
     # the steady-state frames only: from the end of the last warm-up frame to the end of the last one
-    serial_fps = config.runs / (serial.stamps[-1] - serial.stamps[config.warmup])
-    threaded_fps = config.runs / threaded_cpu.wall_s
+    serial_fps = runs / (serial.stamps[-1] - serial.stamps[config.warmup])
+    threaded_fps = len(threaded.samples) / threaded_cpu.wall_s
     description = backend.describe()
     result = {
         "schema": SCHEMA,
@@ -317,12 +343,18 @@ def _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, ti
         "region": {"mode": "cell", "fraction": config.region, "px": config.region_px}
         if config.mode == "cell"
         else {"mode": "field", "detector": str(config.detector)},
-        "runs": config.runs,
+        "runs": runs,
+        "duration_s": config.duration_s or None,
         "warmup": config.warmup,
         "invoke_scope": getattr(backend, "invoke_scope", None)
         or ("interpreter.invoke()" if hasattr(backend, "model") else "backend.invoke()"),
         "startup": _startup(load_ms, init_ms, tables_ms, first, warm),
         "stages": stages,
+        # for --plot: the steady-state latencies, binned (edge/bench/stats.py histogram)
+        "histogram": {
+            "end_to_end": histogram([x[4] for x in samples]),
+            "invoke": histogram([x[2] for x in samples]),
+        },
         "overhead_ratio": round(stages["end_to_end"]["p50_ms"] / invoke_p50, 4) if invoke_p50 > 0 else None,
         "serial_fps": round(serial_fps, 2),
         "threaded_fps": round(threaded_fps, 2),

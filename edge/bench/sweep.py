@@ -11,16 +11,17 @@ from pathlib import Path
 
 from edge.bench.runner import BenchConfig, run
 from edge.bundle import find_bundle
+from edge.daemon.config import DEFAULT_BUNDLE
 from edge.errors import BundleError, EdgeError, RuntimeUnavailableError
 
-REFERENCE_BUNDLE = "mobilenetv2-int8"
 # Runtimes a default --matrix tries. Never TensorFlow: the device package does not import it
 # unless the user names it with --runtime tensorflow.
 DEVICE_RUNTIMES = {"litert": "ai_edge_litert", "tflite-runtime": "tflite_runtime"}
 
 
 def default_bundle() -> Path:
-    return find_bundle(REFERENCE_BUNDLE)
+    """What `edge run` runs when no bundle is named: the bench times the daemon's own default."""
+    return find_bundle(DEFAULT_BUNDLE)
 
 
 def matrix_backends(runtimes_given: bool) -> list[str]:
@@ -74,7 +75,9 @@ def run_all(plan: list[BenchConfig], as_matrix: bool, progress=None) -> list[dic
     results = []
     for config in plan:
         try:
-            with progress(config, 1 + config.warmup + 2 * config.runs) as bar:  # inline pass, then threaded
+            # inline pass, then threaded; with --duration the number of frames is not known before
+            total = None if config.duration_s else 1 + config.warmup + 2 * config.runs
+            with progress(config, total) as bar:
                 results.append(run(config, tick=bar.update))
         except (RuntimeUnavailableError, BundleError) as exc:  # one bad cell must not sink a matrix
             if not as_matrix:

@@ -6,7 +6,6 @@ also has (--backend, --max-pixels) take their declaration from it (edge/commands
 from __future__ import annotations
 
 import functools
-import sys
 
 import click
 
@@ -16,6 +15,7 @@ from edge.commands._config_options import config_option
 from edge.daemon.config import DEFAULT_DETECTOR
 from edge.detect.detector import Detector
 from edge.preprocess import DEFAULT_MAX_PIXELS, set_max_pixels
+from edge.progress import progress as edge_progress
 from edge.runtime import MAX_THREADS
 from edge.runtime.tflite import RUNTIME_CHOICES
 
@@ -174,23 +174,9 @@ def onnx_options(func):
 
 
 def progress(items, length: int, label: str, enabled: bool = True):
-    """A progress bar on stderr when a person is watching; the bare iterator otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        return _Plain(items)
-    return click.progressbar(items, length=length, label=label, file=sys.stderr)
-
-
-class _Plain:
-    """Context manager with the same shape as click.progressbar, for when nobody is watching."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __enter__(self):
-        return self.items
-
-    def __exit__(self, *exc):
-        return False
+    """A bar on stderr when a person is watching (edge.progress), quiet otherwise: off a terminal, and
+    when `enabled` is False (e.g. classify's records stream to the same terminal and show progress)."""
+    return edge_progress(items, total=length, desc=label if enabled else None, note=False, leave=False)
 
 
 # --rbc-px: the microscope's red-cell diameter in pixels, for bundles that cut cells at a physical size

@@ -3,16 +3,17 @@ that makes numbers comparable across devices. Definitions: edge/bench/__init__.p
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from edge.bench import compare as compare_mod
-from edge.bench import export, sweep, table
+from edge.bench import export, plot, sweep, table
 from edge.commands._config_options import config_option
 from edge.commands._device_options import onnx_options
 from edge.commands.detect import default_detector
+from edge.daemon.config import choose_mode
+from edge.progress import progress
 from edge.runtime import BACKENDS, MAX_THREADS
 
 
@@ -42,22 +43,9 @@ def _backend_list(ctx, param, value):
     return items
 
 
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n):
-        pass
-
-
 def _progress(config, total):
-    """A progress bar on an interactive stderr only: logs and --json pipelines stay clean."""
-    if not sys.stderr.isatty():
-        return _NoProgress()
-    return click.progressbar(length=total, label=config.label(), file=sys.stderr, show_eta=False)
+    """A bar on an interactive stderr only (edge.progress): logs and --json pipelines stay clean."""
+    return progress(total=total, desc=config.label(), unit="frame", leave=False, note=False)
 
 
 @click.command()
@@ -97,6 +85,15 @@ def _progress(config, total):
     help="Timed frames (steady state); the pipelined pass runs as many again.",
 )
 @click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Run each timed pass this long instead of --runs frames (the inline pass after its warm-up, "
+    "then the pipelined one).",
+)
+@click.option(
     "--warmup",
     type=click.IntRange(min=0),
     default=10,
@@ -127,9 +124,10 @@ def _progress(config, total):
 @config_option(
     "pipeline.mode",
     "--mode",
-    declared_default=True,
+    default="cell",  # the classifier's numbers; auto as edge run chooses by the source
+    show_default=True,
     help="As edge run --mode: cell (the centred region) or field (detector, crops, tracking, the classifier "
-    "batched over each frame's white cells; timed per frame and per cell).",
+    "batched over each frame's white cells; timed per frame and per cell); auto: field for a camera or sim.",
 )
 @config_option("pipeline.field.detector", "--detector", type=click.Path(path_type=Path))
 @config_option(
@@ -144,6 +142,13 @@ def _progress(config, total):
 )
 @click.option(
     "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one CSV row per stage."
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Draw the latency histogram of each run (end_to_end and invoke, p50/p95/p99 marked) as a PNG. "
+    "Needs matplotlib (a host tool: the train extra).",
 )
 @click.option(
     "--compare",
@@ -166,36 +171,46 @@ def _progress(config, total):
     "--list-references", is_flag=True, help="Print the built-in published reference numbers and exit."
 )
 @onnx_options
-def bench(bundles, json_path, csv_path, compare_path, matrix, list_references, **run_options):
+def bench(
+    bundles, json_path, csv_path, plot_path, compare_path, matrix, list_references, duration_s, **run_options
+):
     """Measure latency per stage (capture, preprocess, invoke, postprocess, end_to_end) and pipelined
     throughput of BUNDLE on this device, with the context that makes the numbers comparable.
 
     \b
-    BUNDLE defaults to the reference bundle models/mobilenetv2-int8 and --source to synthetic
-    frames, so no camera and no data are needed. Examples:
+    BUNDLE defaults to what `edge run` runs (differential-int8, found as edge run finds it), --mode
+    field to edge run's detector, and --source to synthetic frames, so no camera and no data are
+    needed. Examples:
       edge bench --runs 200 --json out.json
-      edge bench models/mobilenetv2-int8 --threads 1,2,4
+      edge bench --duration 30 --plot latency.png
+      edge bench models/differential-int8 --threads 1,2,4
       edge bench --matrix --runtime litert,tflite-runtime
       edge bench --matrix --backend cpu,onnx --threads 2
       edge bench --compare out.json
-      edge bench --mode field --source replay:../shared/data/bccd-frames/JPEGImages --runs 200
+      edge bench --mode field --source replay:demo/bccd --runs 200
     """
     if list_references:
         click.echo(table.format_references())
         return
     old_runs = compare_mod.load_runs(compare_path) if compare_path else None  # fail before measuring
-    for option, path in (("--json", json_path), ("--csv", csv_path)):
+    if plot_path:
+        plot.require()  # one line, before anything is measured
+    for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise click.BadParameter(f"folder {path.parent} does not exist", param_hint=option)
+    scheme = run_options["source"].partition(":")[0]
+    # bench's `camera` is edge run's opencv
+    run_options["mode"] = choose_mode(run_options["mode"], "opencv" if scheme == "camera" else scheme)
     if run_options["mode"] == "field" and run_options["detector"] is None:
         run_options["detector"] = default_detector()
+    run_options["duration_s"] = duration_s or 0.0
     plan = sweep.configs(bundles, matrix=matrix, **run_options)  # the other options are BenchConfig's
     as_matrix = matrix or len(plan) > 1
     results = sweep.run_all(plan, as_matrix, _progress)
     measured = [r for r in results if "stages" in r]
     click.echo(table.format_matrix(results) if as_matrix else table.format_result(results[0]))
-    if as_matrix:
-        for w in measured[0]["context"].get("warnings") or []:
+    if as_matrix:  # every run's warnings, once each (more threads than cores is one run's)
+        for w in dict.fromkeys(w for r in measured for w in r["context"].get("warnings") or []):
             click.echo(f"warning  {w}")
     if old_runs is not None:
         click.echo(_compared(measured, old_runs, compare_path))
@@ -205,6 +220,9 @@ def bench(bundles, json_path, csv_path, compare_path, matrix, list_references, *
     if csv_path:
         export.write_csv(csv_path, results)
         click.echo(f"wrote {csv_path}")
+    if plot_path:
+        plot.write_histogram(plot_path, measured)
+        click.echo(f"wrote {plot_path}")
 
 
 def _compared(measured: list[dict], old_runs: list[dict], compare_path: Path) -> str:
@@ -216,7 +234,10 @@ def _compared(measured: list[dict], old_runs: list[dict], compare_path: Path) ->
     for new, old in pairs:
         cmp = compare_mod.compare(new, old)
         new["comparison"] = {"against": str(compare_path), **cmp}
-        ctx = new["context"]
-        title = f"compared with {compare_path} ({new['bundle']['name']}, {ctx['runtime']}, {ctx['threads']} threads)"
+        # each side named by what it recorded: the old file's bundle is not this run's
+        title = (
+            f"compared with {compare_path}\n"
+            f"  old: {compare_mod.describe_run(old)}\n  new: {compare_mod.describe_run(new)} (this run)"
+        )
         blocks.append("\n" + compare_mod.format_comparison(cmp, title))
     return "\n".join(blocks)

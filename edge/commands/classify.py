@@ -118,7 +118,7 @@ def classify(
     stream = gated(
         classify_paths(classifiers, files, chosen.options, [View(rbc_px=scale)] * len(files)), watch
     )
-    with progress(stream, len(files), "classifying", fmt is None) as results:
+    with progress(stream, len(files), "classifying", not sys.stdout.isatty()) as results:
         failed, uncertain = _write(results, fmt, click.get_text_stream("stdout"))
     seconds = time.perf_counter() - t0
     info = classifiers[0].backend.describe()

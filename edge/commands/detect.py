@@ -22,6 +22,7 @@ from edge.errors import DataError, ImageLoadError
 from edge.image_files import IMAGE_SUFFIXES, expand_paths
 from edge.predict import Classifier
 from edge.preprocess import load_image, to_bgr8
+from edge.wording import plural
 
 
 def default_detector() -> Path:
@@ -100,7 +101,7 @@ def detect(bundle, paths, detector_path, as_json, plot_dir, threshold, top_k, in
     seconds = time.perf_counter() - t0
     rule = detector.spec.crop
     click.echo(
-        f"{len(files) - failed} images, {cells} white cells, {failed} failed in {seconds:.1f} s "
+        f"{plural(len(files) - failed, 'image')}, {plural(cells, 'white cell')}, {failed} failed in {seconds:.1f} s "
         f"(detector {detector.bundle.path.name} at {threshold if threshold is not None else detector.threshold:.3f}, "
         f"crop rule: cell = {rule.cell_fraction:g} of the crop's side)"
         + (f"; drawn into {plot_dir}" if plot_dir is not None else ""),

@@ -11,6 +11,7 @@ import click
 from edge.commands._config_options import config_option, config_overrides
 from edge.commands._device_options import max_pixels_option
 from edge.daemon.config import load_config
+from edge.wording import plural
 
 
 def _broker(value: str) -> dict:
@@ -77,6 +78,29 @@ def _site_line(site: dict) -> str:
     return f"  microscope: {where}; {decision} ({site['cells_checked']} cells checked){scale}"
 
 
+def _speed_lines(s: dict) -> list[str]:
+    """How fast, saying what was measured."""
+    if not s["frames_classified"]:
+        return ["  speed: no frame was classified in this run"]
+    stages = s["stages_ms_p50"]
+    if str(s.get("source")).startswith("folder:"):
+        # a hot folder: files come at the microscope's pace and wait to settle, so neither a frame
+        # rate nor capture-to-result is the device's; what is measured is each file's processing
+        p = s["processing_ms"]
+        return [
+            f"  speed: {plural(s['frames_classified'], 'file')} taken in {s['source_s']:.0f} s (the folder's pace); "
+            f"each processed in p50 {p['p50']} ms, p95 {p['p95']} ms after it was read (the wait for a "
+            "file to stop changing is not counted)",
+            "  stages p50 (ms): "
+            + ", ".join(f"{k} {v}" for k, v in stages.items() if k not in ("capture", "latency")),
+        ]
+    return [
+        f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
+        f"p95 {s['latency_ms']['p95']} ms",
+        "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in stages.items()),
+    ]
+
+
 def format_summary(s: dict) -> str:
     before = s.get("before_this_run") or {}
     lines = [f"session {s['session_id']} ended ({s['ended_by']})"]
@@ -86,47 +110,59 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {s['site']['banner']}")
     if before.get("frames"):  # a slide continued after a restart: this run's numbers are only part of it
         lines.append(
-            f"  continued: {before['frames']} frames and {before['cells']} cells were recorded before this run; "
+            f"  continued: {plural(before['frames'], 'frame')} and {plural(before['cells'], 'cell')} were recorded "
+            "before this run; "
             "the differential below is the whole slide's"
         )
     lines.append(
         f"  frames this run: {s['frames_classified']} classified of {s['frames_captured']} captured, "
         f"{s['dropped']} dropped (queue full), {s['corrupt']} corrupt, {s['reconnects']} reconnects"
     )
-    if s["frames_classified"]:
-        lines += [
-            f"  speed: {s['sustained_fps']} fps sustained; frame-to-result latency p50 {s['latency_ms']['p50']} ms, "
-            f"p95 {s['latency_ms']['p95']} ms",
-            "  stages p50 (ms): " + ", ".join(f"{k} {v}" for k, v in s["stages_ms_p50"].items()),
-        ]
-    else:
-        lines.append("  speed: no frame was classified in this run")
+    lines += _speed_lines(s)
     lines += [
         "  differential: " + (", ".join(f"{k} {v}" for k, v in s["differential"].items() if v) or "no cells"),
-        f"  uncertain: {s['uncertain']}, unknown: {s['unknown']}; alerts firing: {', '.join(s['alerts']) or 'none'}",
+        # unknown cells are flagged uncertain too: the first count holds the second
+        f"  uncertain: {s['uncertain']}"
+        + (
+            f" ({s['unknown']} of them unknown: unlike the cells the model was trained on)"
+            if s["unknown"]
+            else ""
+        )
+        + f"; alerts firing: {', '.join(s['alerts']) or 'none'}",
         *(_alert_line(a) for a in s["alert_rules"]),
         *(
             [
-                f"  field: {s['field']['differential_cells']} white cells counted (differential of {s['field']['target_cells']}), "
-                f"{s['field']['cells_per_frame']:.2f} per frame, {s['field']['fields_seen']} fields seen "
+                f"  field: {plural(s['field']['differential_cells'], 'white cell')} counted (differential of "
+                f"{s['field']['target_cells']}), {s['field']['cells_per_frame']:.2f} per frame, "
+                f"{plural(s['field']['fields_seen'], 'field')} seen "
                 f"(detector {s['field']['detector']}, threshold {s['field']['threshold']:.3f})"
             ]
             if "field" in s
             else []
         ),
+        *([f"  review: {_review_line(s['review'])}"] if s.get("review") else []),
         f"  archive: {s['archive']['state']}, {s['archive']['saved']} flagged images in {s['archive']['dir']}",
         f"  database: {s['database']}{store_note(s['store'])}",
     ]
     m = s.get("mqtt") or {}
     if m.get("enabled"):
         lines.append(
-            f"  mqtt: {m['sent_cells']} cells and {m['sent_events']} alerts acknowledged by {m['broker']}, "
+            f"  mqtt: {plural(m['sent_cells'], 'cell')} and {plural(m['sent_events'], 'alert')} acknowledged by {m['broker']}, "
             f"{m['queued']} queued for the next start, {m['reconnects']} reconnects"
             + (f"; last error: {m['last_error']}" if m["last_error"] else "")
         )
     if s.get("page"):
         lines.append(f"  page was: {s['page']}")
     return "\n".join(lines)
+
+
+def _review_line(r: dict) -> str:
+    """'reviewed 3 of 17; verified myeloblast 2, monocyte 1; not signed' (edge/results/verification.py)."""
+    verified = ", ".join(f"{k} {v}" for k, v in sorted(r["verified"].items(), key=lambda kv: -kv[1]))
+    sign = {"signed": f"signed by {r['sign']['name']}", "changed": "signature voided by new cells"}
+    return "; ".join(
+        [r["text"], f"verified {verified or 'none yet'}", sign.get(r["sign"]["status"], "not signed")]
+    )
 
 
 @click.command()
@@ -185,7 +221,8 @@ def run(config_file, summary_json, token_file, **flags):
     \b
     Examples:
       edge run                                   # simulated microscope, reference model
-      edge run --mode field --source picamera2   # every white cell in each field, each counted once
+      edge run --source picamera2                # a camera: every white cell in view, each counted once
+      edge run --source folder:/srv/export --region 1.0   # single-cell images: cell mode
       edge run --source replay:frames/ --fps 20 --db results.db --max-frames 150
       edge run --config /etc/edge-run/edge-run.toml   # what the systemd unit runs
 

@@ -4,6 +4,7 @@ the capture and the per-frame pipeline, then the shutdown and the summary.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -40,16 +41,19 @@ class Daemon:
         try:
             web = start_web(session, self.config.http)
             pipeline = self._pipeline(session)
+            signed = session.bundle.signature  # a clinic's approval (edge sign), shown where it starts
             log.info(
                 f"edge run: session {session.session_id}, model {session.bundle.sha256[:12]} "
-                f"({architecture(session.bundle)}), source {session.source.name}, db {session.store.path}"
+                f"({architecture(session.bundle)}{f', signed by {signed.signer!r}' if signed else ''}), "
+                f"source {session.source.name}, db {session.store.path}"
             )
             if web:
                 self.out(f"page: {web.url}")
             self.notifier.ready(f"classifying {session.source.name}")
-            if session.mqtt:  # its status messages leave out the review queue (a database read)
-                session.mqtt.start(lambda: session.status(review=False))
+            if session.mqtt:  # the review's summary is cached: the page and the publisher share it
+                session.mqtt.start(session.status)
             reason = pipeline.run()
+            review = session.reviews.summary(session.session_id, max_age_s=0)  # before the book closes
         finally:
             self.notifier.stopping()
             session.close()
@@ -60,7 +64,8 @@ class Daemon:
         store = session.store_sink.health()
         if self.config.archive.enabled and not (store.waiting or store.lost):
             session.archive.mark_checked()
-        return summary_json(session.status(review=False), run_report(session, pipeline, reason, web))
+        final = dataclasses.replace(session.status(review=False), review=review)
+        return summary_json(final, run_report(session, pipeline, reason, web))
 
     def _pipeline(self, session: Session) -> Pipeline:
         c = self.config

@@ -72,11 +72,35 @@ class FieldOptions(Section):
         return Path(self.detector) if self.detector else find_bundle(DEFAULT_DETECTOR)
 
 
+# What a source shows, and so which mode counts it (pipeline.mode "auto"): a camera on a microscope
+# sees a field, several white cells among red ones, so field mode; image files (a replay, a hot
+# folder) are the single-cell images a microscope's software or a dataset saves, so cell mode.
+CAMERA_SOURCES = ("picamera2", "opencv", "sim")
+
+
+def choose_mode(mode: str, source_uri: str) -> str:
+    """`mode` ("cell" or "field"), or for "auto" the one for the source `source_uri` names."""
+    if mode != "auto":
+        return mode
+    return "field" if source_uri.partition(":")[0] in CAMERA_SOURCES else "cell"
+
+
+class CellOptions(Section):
+    """Cell mode: when the centred cell is another one, to count again."""
+
+    # Consecutive views at least this alike (edge/motion.py, after undoing the shift) show the same
+    # cell. A view held still scores 0.99 and more with camera noise, a moving stage 0.95-0.99 (BCCD
+    # fields moved 4-30 px a frame, motion blur and noise); two different single-cell images 0.46 at
+    # most (pbc-8class, blood-5class), the synthetic cells of edge.synthetic up to 0.89.
+    min_similarity: float = Field(0.92, ge=-1, le=1)
+
+
 class PipelineConfig(Section):
-    mode: Literal["cell", "field"] = Field(
-        "cell",
-        description="cell: classify the centred region of each frame. field: find every white cell, "
-        "classify each, count each once while it stays in view (docs/field.md).",
+    mode: Literal["auto", "cell", "field"] = Field(
+        "auto",
+        description="cell: classify the centred region of each frame, once per cell. field: find every "
+        "white cell, classify each, count each once while it stays in view (docs/field.md). auto: field "
+        "for a camera (picamera2, opencv, sim), cell for image files (replay, folder).",
     )
     region: float = Field(
         0.5,
@@ -107,6 +131,7 @@ class PipelineConfig(Section):
         description="CLAHE's LAB round trip: lookup tables built at start (~90 MB) or OpenCV's "
         "conversions (cvtcolor); the same bytes. auto: the tables where RAM allows.",
     )
+    cell: CellOptions = Field(default_factory=CellOptions)
     field: FieldOptions = Field(default_factory=FieldOptions)
 
 
@@ -279,6 +304,11 @@ class DaemonConfig(Section):
 
     def bundle_path(self) -> Path:
         return Path(self.bundle) if self.bundle else find_bundle(DEFAULT_BUNDLE)
+
+    @property
+    def mode(self) -> str:
+        """The mode this run counts in: pipeline.mode, "auto" chosen by the source (choose_mode)."""
+        return choose_mode(self.pipeline.mode, self.source.uri)
 
     @property
     def archive_dir(self) -> Path:

@@ -37,9 +37,17 @@ class FieldWatch:
         self._window: np.ndarray | None = None
         self._drift = np.zeros(2)
 
-    def update(self, image: np.ndarray, order: str = "BGR", image_width: int | None = None) -> FieldStep:
+    def update(
+        self,
+        image: np.ndarray,
+        order: str = "BGR",
+        image_width: int | None = None,
+        new_field_shift: float | None = None,
+    ) -> FieldStep:
         """`image` is the frame, or a smaller copy of it (the detector's input) whose full-size width
-        is `image_width`: shifts are always in the frame's pixels."""
+        is `image_width`: shifts are always in the frame's pixels. `new_field_shift`: this frame's
+        drift limit instead of the watch's (cell mode: half its region, which may change with the
+        scale)."""
         thumb, scale = thumbnail(image, order=order)
         if image_width:
             scale *= image.shape[1] / image_width
@@ -53,7 +61,8 @@ class FieldWatch:
         jumped = not similarity >= self.min_similarity  # NaN (a blank view) is a jump too
         shift = (0.0, 0.0) if jumped else (dx / scale, dy / scale)
         self._drift = np.zeros(2) if jumped else self._drift + np.array([dx, dy])
-        drifted = bool(np.abs(self._drift).max() >= self.new_field_shift * min(thumb.shape))
+        limit = self.new_field_shift if new_field_shift is None else new_field_shift
+        drifted = bool(np.abs(self._drift).max() >= limit * min(thumb.shape))
         if jumped or drifted:
             self.fields += 1
             self._drift = np.zeros(2)

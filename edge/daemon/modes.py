@@ -19,6 +19,7 @@ import numpy as np
 
 from edge import preprocess_exact
 from edge.bundle import Bundle
+from edge.daemon.config import CellOptions
 from edge.daemon.differential import DifferentialCount
 from edge.daemon.fields import FieldWatch
 from edge.daemon.tracker import IoUTracker
@@ -109,13 +110,25 @@ class FieldStatus:
 
 
 class CellMode:
+    """The centred cell of each frame, counted once: the technician holds a cell in the centred region
+    and moves the stage to the next. The view is compared with the previous frame's (edge/motion.py,
+    through FieldWatch, as field mode does): a view unlike it (another image, a jump of the stage), or
+    one that has drifted from where the cell was counted by half the region (the cell left the
+    centre), shows another cell, which is counted. Frames of the same cell are classified and shown
+    on the page, but not counted, stored or archived (Crop.new, as a field mode track's later
+    sightings)."""
+
     name = "cell"
 
-    def __init__(self, region: float, region_px: int = 0):
+    def __init__(self, region: float, region_px: int = 0, min_similarity: float | None = None):
         # region_px equal to the model input (e.g. 224) skips the resize (docs/daemon.md).
         self.region = region
         self.region_px = region_px
         self.physical: PhysicalCut | None = None  # set by the processor for version-2 bundles
+        default = CellOptions.model_fields["min_similarity"].default
+        self.watch = FieldWatch(default if min_similarity is None else min_similarity)
+        self.frames = 0
+        self.counted = 0
 
     @classmethod
     def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
@@ -123,7 +136,7 @@ class CellMode:
 
     @classmethod
     def from_config(cls, pipeline: PipelineConfig, bundles: tuple[Bundle, ...], lab=None) -> CellMode:
-        return cls(pipeline.region, pipeline.region_px)
+        return cls(pipeline.region, pipeline.region_px, pipeline.cell.min_similarity)
 
     def describe(self) -> dict:
         return {"name": self.name, "region": self.region, "region_px": self.region_px}
@@ -135,14 +148,24 @@ class CellMode:
         pass
 
     def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
+        crop = self._crop(image)
+        # the cell leaves the centred square once the view moved by half its side
+        side = (crop.square or crop.box)[2]
+        step = self.watch.update(image, "BGR", new_field_shift=side / 2 / min(image.shape[:2]))
+        crop.new = step.new_field
+        self.frames += 1
+        self.counted += crop.new
+        return [crop]
+
+    def _crop(self, image: np.ndarray) -> Crop:
         if self.physical is not None and self.physical.ready():
             h, w = image.shape[:2]
-            return [self.physical.crop(image, (w / 2, h / 2))]
+            return self.physical.crop(image, (w / 2, h / 2))
         if self.region_px:
             x, y, w, h = center_box_px(image.shape, self.region_px)
         else:
             x, y, w, h = center_box(image.shape, self.region)
-        return [Crop(image[y : y + h, x : x + w], (x, y, w, h))]
+        return Crop(image[y : y + h, x : x + w], (x, y, w, h))
 
 
 def scale_box(box, src_shape, dst_shape) -> tuple[int, int, int, int]:

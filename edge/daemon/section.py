@@ -132,6 +132,8 @@ def _message(err: dict, root: type[BaseModel]) -> str:
     kind, value, loc = err["type"], err.get("input"), err["loc"]
     if kind == "config":
         return err["ctx"]["message"]
+    if kind == "missing":  # the config has a default for every key; a request body may lack one
+        return "required"
     if kind == "extra_forbidden":
         model = _model(locate(root, loc[:-1])[0])
         return f"unknown key (known: {', '.join(sorted(model.model_fields))})" if model else "unknown key"

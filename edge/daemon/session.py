@@ -117,8 +117,7 @@ class Session:
         )
 
     def _review(self) -> dict:
-        counts, count_uncertain = dict(self.differential.counts), self.config.differential.count_uncertain
-        return self.reviews.summary(self.session_id, counts, count_uncertain)
+        return self.reviews.summary(self.session_id)
 
     def close(self) -> None:
         """After the pipeline: a last try at what waits for disk space, MQTT's drain (it marks what the
@@ -249,7 +248,7 @@ def _open_models(
 ) -> tuple[Bundle, Classifier, CellMode | FieldMode, FrameProcessor]:
     set_max_pixels(c.source.max_pixels)  # one limit for every file the source decodes
     bundle = Bundle.load(c.bundle_path())  # BundleError: one line, exit 3
-    mode_class = MODES[c.pipeline.mode]
+    mode_class = MODES[c.mode]  # pipeline.mode, "auto" chosen by the source
     # the mode's own bundles (field: the detector) are verified before any interpreter starts (and talks)
     mode_bundles = mode_class.bundles(c.pipeline)
     if c.trusted_keys:  # a clinic that approves bundles approves its detector too

@@ -62,7 +62,9 @@ class Status:
     archive_recent: list[dict]  # the latest flagged cells, newest first
     last_result: dict | None  # the first cell of the latest frame
     warnings: list[str]
-    review: dict | None  # the review queue and sign-off (edge/results/reviews.py summary); page only
+    # the review queue, what is verified and the sign-off (edge/results/reviews.py summary); left out
+    # (None) where a reader does not need the database read
+    review: dict | None
     mqtt: dict  # MqttPublisher.snapshot(), or {"enabled": False}
     site: SiteState  # the microscope: calibrated or not, its scale, the gate's decision (edge/site.py)
     golden: tuple[GoldenResult, ...] = ()  # each bundle's golden check at start (edge/golden.py)
@@ -142,6 +144,9 @@ def summary_json(s: Status, run: RunReport) -> dict:
         "uncertain_this_run": t.uncertain,
         "sustained_fps": run.totals.sustained_fps,
         "latency_ms": {"p50": run.totals.latency_p50, "p95": run.totals.latency_p95},
+        "processing_ms": {"p50": run.totals.processing_p50, "p95": run.totals.processing_p95},
+        "source": s.source.get("source"),
+        "source_s": run.totals.source_s,
         "latency_over_capture_plus_invoke_p50": run.totals.overhead_p50,
         "stages_ms_p50": {name: v.p50 for name, v in t.stages_ms.items()},
         "differential": {row["label"]: row["count"] for row in d.counts},
@@ -156,5 +161,6 @@ def summary_json(s: Status, run: RunReport) -> dict:
         "store": asdict(s.store),
         "page": run.page,
         "mqtt": s.mqtt,
+        "review": s.review,
         "pipeline": {"layout": run.layout, "trial_ms_per_frame": run.trial_ms_per_frame, "lab": run.lab},
     }

@@ -71,6 +71,11 @@ class RunTotals:
     latency_p95: float
     # latency / (capture + invoke) per frame, median; None before the first frame
     overhead_p50: float | None
+    # latency less capture per frame (what follows the frame's arrival): a hot folder's capture is
+    # the wait for a file to stop changing, so this is what its summary reports
+    processing_p50: float = 0.0
+    processing_p95: float = 0.0
+    source_s: float = 0.0  # seconds since the source first opened (the run less its start-up)
 
 
 class RateMeter:
@@ -103,6 +108,7 @@ class Telemetry:
         self.lock = threading.Lock()
         self.started = time.time()
         self.started_mono = time.monotonic()
+        self.opened_mono: float | None = None  # the source's first open
         self.captured = 0
         self.processed = 0  # frames classified
         self.results = 0  # crops classified
@@ -120,6 +126,7 @@ class Telemetry:
         # latency / (capture + invoke) of the same frame: the daemon's overhead measured under the same
         # load as its baseline (a shared machine makes separate raw measurements drift by 2x).
         self.all_overhead_ratio: deque[float] = deque(maxlen=SUMMARY_FRAMES)
+        self.all_processing: deque[float] = deque(maxlen=SUMMARY_FRAMES)
         self.first_result_mono: float | None = None
         self.last_result_mono: float | None = None
         self.source_state = "starting"
@@ -145,6 +152,7 @@ class Telemetry:
 
     def on_source_open(self, reconnect: bool) -> None:
         with self.lock:
+            self.opened_mono = self.opened_mono or time.monotonic()
             self.reconnects += int(reconnect)
             self.source_state = "streaming"
 
@@ -159,6 +167,7 @@ class Telemetry:
                 if name in self.stages:
                     self.stages[name].append(value)
             self.all_latency.append(timings["latency"])
+            self.all_processing.append(timings["latency"] - timings.get("capture", 0.0))
             base = timings.get("capture", 0.0) + timings.get("invoke", 0.0)
             if base > 0:
                 self.all_overhead_ratio.append(timings["latency"] / base)
@@ -200,6 +209,7 @@ class Telemetry:
 
     def run_totals(self) -> RunTotals:
         lat = np.array(self.all_latency) if self.all_latency else np.zeros(1)
+        after = np.array(self.all_processing) if self.all_processing else np.zeros(1)
         return RunTotals(
             sustained_fps=round(self.sustained_fps(), 2),
             latency_p50=round(float(np.percentile(lat, 50)), 2),
@@ -207,4 +217,7 @@ class Telemetry:
             overhead_p50=round(float(np.median(self.all_overhead_ratio)), 3)
             if self.all_overhead_ratio
             else None,
+            processing_p50=round(float(np.percentile(after, 50)), 2),
+            processing_p95=round(float(np.percentile(after, 95)), 2),
+            source_s=round(time.monotonic() - (self.opened_mono or time.monotonic()), 1),
         )

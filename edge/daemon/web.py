@@ -17,9 +17,10 @@ from flask import Flask, Response, abort, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from edge.catalogue import caption
 from edge.daemon.http_guard import create_guarded_server
 from edge.daemon.metrics import StatusCollector
-from edge.daemon.review_api import review_blueprint
+from edge.daemon.review_api import ReviewSite, review_blueprint
 from edge.daemon.sinks import LiveView
 from edge.daemon.status import page_json
 
@@ -30,9 +31,20 @@ STATIC = Path(__file__).with_name("static")
 PREVIEW_WIDTH = 800
 
 
-def render_preview(live: LiveView) -> tuple[bytes, list[dict]] | None:
+# Box colours (BGR), as the page's: an alert class red, an uncertain cell orange, the rest green.
+ALERT_BGR, UNCERTAIN_BGR, OK_BGR = (43, 57, 192), (0, 140, 255), (60, 170, 40)
+
+
+def box_colour(crop: dict, alert_classes) -> tuple[int, int, int]:
+    if crop["label"] in alert_classes:
+        return ALERT_BGR
+    return UNCERTAIN_BGR if crop["uncertain"] else OK_BGR
+
+
+def render_preview(live: LiveView, alert_classes=()) -> tuple[bytes, list[dict]] | None:
     """The latest frame, scaled for a browser, with the region and the label drawn on it, and the
-    crops it shows (so the page's caption always matches the picture)."""
+    crops it shows (so the page's caption always matches the picture). A cell of an alert class
+    (archive.alert_classes, e.g. myeloblast) is drawn red."""
     frame, crops = live.snapshot()
     if frame is None:
         return None
@@ -43,9 +55,9 @@ def render_preview(live: LiveView) -> tuple[bytes, list[dict]] | None:
     )
     for crop in crops:
         x, y, w, h = (int(round(v * scale)) for v in crop["box"])
-        color = (0, 140, 255) if crop["uncertain"] else (60, 170, 40)
+        color = box_colour(crop, alert_classes)
         cv2.rectangle(img, (x, y), (x + w, y + h), color, 2)
-        text = f"{crop['label']} {crop['confidence']:.0%}" + ("  uncertain" if crop["uncertain"] else "")
+        text = caption(crop["label"], crop["confidence"]) + ("  uncertain" if crop["uncertain"] else "")
         if crop.get("track_id") is not None:  # field mode: which cell, and whether it was just counted
             text += f"  #{crop['track_id']}" + ("  new" if crop.get("new") else "")
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)
@@ -84,19 +96,28 @@ def require_token(app: Flask, token: str) -> None:
         return response
 
 
+def static_routes(app: Flask) -> None:
+    """The pages' files and their icon (the daemon's app and `edge review serve`'s)."""
+
+    @app.get("/static/<path:name>")
+    def static_file(name):
+        return send_from_directory(STATIC, name)
+
+    @app.get("/favicon.ico")
+    def favicon():  # what a browser asks for when a page names no icon (a bookmark, a JSON page)
+        return send_from_directory(STATIC, "favicon.svg", mimetype="image/svg+xml")
+
+
 def create_app(session: Session, token: str = "") -> Flask:
     app = Flask(__name__, static_folder=None)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(session.status))
     require_token(app, token)
+    static_routes(app)
 
     @app.get("/")
     def index():
         return send_from_directory(STATIC, "index.html")
-
-    @app.get("/static/<path:name>")
-    def static_file(name):
-        return send_from_directory(STATIC, name)
 
     @app.get("/api/status")
     def status():
@@ -108,7 +129,7 @@ def create_app(session: Session, token: str = "") -> Flask:
 
     @app.get("/frame.jpg")
     def frame():
-        preview = render_preview(session.live)
+        preview = render_preview(session.live, session.config.archive.alert_classes)
         if preview is None:
             return Response(status=204)
         data, crops = preview
@@ -125,16 +146,19 @@ def create_app(session: Session, token: str = "") -> Flask:
     def healthz():
         return Response("ok\n", mimetype="text/plain")
 
-    app.register_blueprint(review_blueprint(session, STATIC, token))  # the review queue and sign-off
+    # the review queue and sign-off
+    app.register_blueprint(review_blueprint(ReviewSite.of_daemon(session), STATIC, token))
     return app
 
 
 class WebServer:
-    def __init__(self, session: Session, host: str, port: int, token: str = ""):
+    """`session`'s page (create_app), or another `app` (edge review serve), served by waitress."""
+
+    def __init__(self, session: Session | None, host: str, port: int, token: str = "", app=None):
         # waitress warns "Task queue depth is 2" whenever a browser opens a few requests at once: noise here.
         logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self.server = create_guarded_server(  # slow or idle connections cannot starve it (http_guard.py)
-            create_app(session, token),
+            app or create_app(session, token),
             host=host,
             port=port,
             threads=4,

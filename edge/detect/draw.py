@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edge.catalogue import caption
+
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 OK, UNCERTAIN, OTHER = (60, 170, 40), (0, 140, 255), (160, 160, 160)
 
@@ -22,7 +24,7 @@ def draw_cells(image: np.ndarray, cells: list[dict]) -> np.ndarray:
             colour, text = OTHER, f"{cell['kind']} {cell['score']:.2f}"
         else:
             colour = UNCERTAIN if cell.get("uncertain") else OK
-            text = f"{cell['label']} {cell['confidence']:.0%}" + (" ?" if cell.get("uncertain") else "")
+            text = caption(cell["label"], cell["confidence"]) + (" ?" if cell.get("uncertain") else "")
             text += f"  (cell {cell['score']:.2f})"
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, thick)
         (tw, th), _ = cv2.getTextSize(text, _FONT, scale, thick)

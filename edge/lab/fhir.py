@@ -6,11 +6,12 @@ The Bundle is a `transaction`, what a FHIR server takes at its base URL in one P
   the microscope as the daemon recorded it (calibrated to which site, when, how well; the gate's check;
   the scale);
 - Practitioner: the technician who signed (a name only), once the slide is signed;
-- one Observation per class: the verified percentage of the white cells counted in UCUM `%`
+- one Observation per class: the percentage of the white cells counted after review in UCUM `%`
   (erythroblasts per 100 white cells), coded with LOINC where edge.catalogue has a checked code and as
-  text otherwise; the counts, the model's value and the 95 % interval are in the note, in words. On a
-  microscope the gate found different, a class an alert rule watches (the blasts) has no value, only
-  a dataAbsentReason and a note that says why: it is not a result;
+  text otherwise; the counts, the model's value, the 95 % interval and how many cells a technician
+  verified (reviewed N of M, edge/results/verification.py) are in the note, in words. On a microscope
+  the gate found different, a class an alert rule watches (the blasts) has no value, only a
+  dataAbsentReason and a note that says why: it is not a result;
 - DiagnosticReport: the slide id as identifier, the session's period, the observations, who signed
   (resultsInterpreter), the PDF report when one was made (the Device is named by each Observation:
   R4 allows no Device as a report's performer), and a conclusion that gives every alert rule's
@@ -33,6 +34,7 @@ from edge import __version__
 from edge.catalogue import CellClass
 from edge.lab.report import INTENDED_USE
 from edge.lab.slide import ClassRow, Slide, iso
+from edge.results.verification import Verification
 from edge.site import ALERT_WITHHELD
 
 LOINC = "http://loinc.org"
@@ -95,27 +97,38 @@ def _code(cls: CellClass, CodeableConcept, Coding):
     return CodeableConcept(text=f"{cls.display} (image classification, % of white cells)")
 
 
-def _note(row: ClassRow, base: str) -> str:
-    m, v = row.model, row.verified
-    if row.per_100_white:
-        return f"verified {v.n} per {v.of} {base}; model {m.n} per {m.of}"
-    lo, hi = v.interval_percent
+def _decided(row: ClassRow, verification: Verification) -> str:
+    """How many cells of the class a technician decided (edge/results/verification.py: none before a
+    review); the value itself is the count after review (edge/lab/slide.py)."""
     return (
-        f"verified {v.words(base)} = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
-        f"model {m.words(base)} = {m.percent:.1f} %"
+        f"verified by a technician: {verification.verified.get(row.cls.label, 0)} cell(s) of this class "
+        f"({verification.text()} cells that needed a look)"
     )
 
 
-def _withheld_note(row: ClassRow, base: str) -> str:
+def _note(row: ClassRow, base: str, verification: Verification) -> str:
+    """The counts behind the value: after review, the model's, and how many a technician decided."""
+    m, v = row.model, row.verified
+    decided = _decided(row, verification)
+    if row.per_100_white:
+        return f"after review {v.n} per {v.of} {base}; model {m.n} per {m.of}; {decided}"
+    lo, hi = v.interval_percent
+    return (
+        f"after review {v.words(base)} = {v.percent:.1f} % (95 % Wilson interval {lo:.1f}-{hi:.1f} %); "
+        f"model {m.words(base)} = {m.percent:.1f} %; {decided}"
+    )
+
+
+def _withheld_note(row: ClassRow, base: str, verification: Verification) -> str:
     m, v = row.model, row.verified
     return (
         f"not given as a result: {ALERT_WITHHELD} (its cells differ from the model's), so every cell needs review; "
-        f"verified {v.n}, model {m.n} of the {base}"
+        f"after review {v.n}, model {m.n} of the {base}; {_decided(row, verification)}"
     )
 
 
 def conclusion(slide: Slide) -> str:
-    """Every alert rule's verified figure in words, or why none is given (the microscope)."""
+    """Every alert rule's figure after review in words, or why none is given (the microscope)."""
     if slide.differs:
         notes = "".join(f" {a.verified.note}." for a in slide.alerts() if a.verified.note)
         return (
@@ -146,6 +159,7 @@ class _BundleBuilder:
         self.m = _models()
         self.slide = slide
         self.state = ""
+        self.verification = slide.verification
         self.status = "final" if slide.sign.signed else "preliminary"
         self.issued = iso(time.time())
         self.period = {"start": iso(slide.started), **({"end": iso(slide.ended)} if slide.ended else {})}
@@ -256,10 +270,10 @@ class _BundleBuilder:
         url = self.urn("observation", cls.label)
         if slide.withheld(row):  # the microscope differs: a blast figure is not a result
             value = {"dataAbsentReason": self.concept(ALERT_WITHHELD, DATA_ABSENT, "error")}
-            note = _withheld_note(row, slide.base)
+            note = _withheld_note(row, slide.base, self.verification)
         else:
             quantity = {"value": row.verified.percent, "unit": unit, "system": UCUM, "code": unit_code}
-            value, note = {"valueQuantity": quantity}, _note(row, slide.base)
+            value, note = {"valueQuantity": quantity}, _note(row, slide.base, self.verification)
         observation = self.m.observation.Observation(
             identifier=[self.own_id(url)],
             status=self.status,

@@ -13,9 +13,11 @@ from pathlib import Path
 import cv2
 
 from edge import __version__
+from edge.catalogue import caption
 from edge.errors import ImageLoadError, MissingExtraError
 from edge.imagefile import load_image
 from edge.lab.slide import Cell, Slide
+from edge.results.verification import MIN_REVIEW_S
 
 INTENDED_USE = "Screening support for trained staff, not a diagnosis."
 THUMB_PX = 112
@@ -30,8 +32,8 @@ class GalleryItem:
     @property
     def caption(self) -> str:
         c = self.cell
-        verified = c.review.label if c.review else "not reviewed"
-        return f"#{c.id} {c.label} {c.confidence:.0%} → {verified}"
+        decided = c.review.label if c.review else ("decided too fast" if c.hasty else "not reviewed")
+        return f"#{c.id} {caption(c.label, c.confidence)} → {decided}"
 
 
 def when(ts: float | None) -> str:
@@ -92,6 +94,8 @@ def render_html(slide: Slide, gallery_limit: int = 60, generated: float | None =
             slide=slide,
             rows=slide.rows(),
             alerts=slide.alerts(),
+            verification=slide.verification,
+            min_review_s=MIN_REVIEW_S,
             gallery=items,
             flagged=len(slide.flagged),
             flagged_with_crop=flagged_with_crop,

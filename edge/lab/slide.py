@@ -5,10 +5,12 @@ alert rules and the flagged cells' crops.
 Every figure is the daemon's: the slide's cells are counted, in the order they were recorded, by the
 same DifferentialCount the page and MQTT read (edge/daemon/differential.py defines the white cells
 counted, each class's percentage and the blast fraction), so the report and FHIR give the numbers
-the page gave. "Verified" is each cell's label after review: the reviewer's where a review exists,
-the model's otherwise; a reviewed cell is decided, so it counts even if the model was unsure. Before
-signing, "verified" is the review so far. On a microscope the gate found different (`site`), the
-alerts are withheld on both.
+the page gave. "After review" is each cell's label with the decisions applied: the technician's where
+a cell was decided, the model's otherwise; a decided cell counts even if the model was unsure, and the
+"after review" figures (ClassRow.verified, AlertRow.verified) are that DifferentialCount. "Verified"
+and "reviewed N of M" are edge/results/verification.py's: the cells a technician decided (none before a
+review; Slide.verification). On a microscope the gate found different (`site`), the alerts are
+withheld on both.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edge.daemon.config import AlertRule, DifferentialConfig
 from edge.daemon.differential import AlertState, DifferentialCount, Fraction, base_words
 from edge.errors import EdgeError
 from edge.results.reviews import REASONS, QueuedCell, ReviewBook, SignState
+from edge.results.verification import Verification
 from edge.site import ALERT_WITHHELD, SiteState
 
 
@@ -160,8 +163,13 @@ class Slide:
         return sum(c.uncertain for c in self.cells)
 
     @property
+    def verification(self) -> Verification:
+        """What a technician decided: verified per label, reviewed N of M (the one definition)."""
+        return Verification.of(self.cells)
+
+    @property
     def reviewed(self) -> tuple[int, int]:
-        """Cells confirmed and cells reclassified."""
+        """Cells decided as the model said (confirmed) and otherwise (reclassified)."""
         done = [c for c in self.cells if c.review]
         return sum(c.review.label == c.label for c in done), sum(c.review.label != c.label for c in done)
 
@@ -224,11 +232,13 @@ def load_slide(db: str | Path, session_id: str, archive: Path | None = None) -> 
         root = archive_root(db, s.config, archive)
         record = book.site(session_id)
         site = SiteState.from_record(record) if record is not None else None
-        reviews = book.latest_reviews(session_id)
+        decided, hasty = book.reviews_of(session_id)
         cells = []
         for r in book.cells(session_id):
             crop = root / session_id / (crop_stem(r["frame_id"], r["crop_index"], r["label"]) + ".jpg")
-            cells.append(Cell.from_row(r, reviews, alert_classes, crop=crop if crop.is_file() else None))
+            cells.append(
+                Cell.from_row(r, decided, alert_classes, hasty, crop=crop if crop.is_file() else None)
+            )
         return Slide(
             session_id=session_id,
             started=s.started,

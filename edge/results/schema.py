@@ -16,7 +16,9 @@ from pathlib import Path
 
 from edge.errors import EdgeError
 
-SCHEMA_VERSION = 4  # 3: results.track_id, results.detector_score (field mode); 4: session_sites
+# 3: results.track_id, results.detector_score (field mode); 4: session_sites, or reviews.seconds (two
+# branches each made a version 4); 5: both, so a version 4 database of either kind is brought up to it.
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -75,7 +77,8 @@ CREATE TABLE IF NOT EXISTS reviews (
     session_id  TEXT NOT NULL,
     label       TEXT NOT NULL,
     reviewer    TEXT NOT NULL,
-    ts          REAL NOT NULL
+    ts          REAL NOT NULL,
+    seconds     REAL  -- how long the cell was shown before this decision (NULL: not timed)
 );
 CREATE INDEX IF NOT EXISTS reviews_by_session ON reviews(session_id, result_id);
 -- Signing a slide, and re-opening it: an event log, the latest event of a session is its state. A
@@ -132,6 +135,7 @@ CREATE TABLE IF NOT EXISTS mqtt_events (
 _ADDED_COLUMNS = {
     "results": {"reason": "TEXT", "rejection_score": "REAL", "track_id": "INTEGER", "detector_score": "REAL"},
     "frames": {"file_stat": "TEXT"},
+    "reviews": {"seconds": "REAL"},
 }
 
 

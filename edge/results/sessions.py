@@ -121,13 +121,17 @@ class ResultsReader:
 
     def cells(self, session_id: str, flagged_by: list[str] | None = None) -> list[dict]:
         """The session's cells in the order they were recorded: id, frame_id, crop_index, ts, label,
-        confidence, uncertain. With `flagged_by` (alert classes), only the cells that need a look:
-        uncertain, unknown or of an alert class (edge.results.reviews.needs_look)."""
+        confidence, uncertain. With `flagged_by` (alert classes), only the cells that need a look
+        (uncertain, unknown or of an alert class: edge.results.reviews.needs_look) and those that
+        were reviewed anyway."""
         where, args = "session_id = ?", [session_id]
         if flagged_by is not None:
             marks = ",".join("?" * len(flagged_by)) or "''"
-            where += f" AND (uncertain = 1 OR label = ? OR label IN ({marks}))"
-            args += [UNKNOWN, *flagged_by]
+            where += (
+                f" AND (uncertain = 1 OR label = ? OR label IN ({marks})"
+                " OR id IN (SELECT result_id FROM reviews WHERE session_id = ?))"
+            )
+            args += [UNKNOWN, *flagged_by, session_id]
         with self.lock:
             rows = self.db.execute(
                 "SELECT id, frame_id, crop_index, ts, label, confidence, uncertain FROM results"

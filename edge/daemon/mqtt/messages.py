@@ -86,14 +86,23 @@ def cell_payload(device: str, row: dict) -> dict:
     return out
 
 
+def count_row(row: dict, white_cells: int) -> dict:
+    """One label of the differential as the lab reads it. A white cell has `percent` of the white cells
+    and its 95 % Wilson interval `percent_95ci`; a class that is not a white cell (erythroblasts,
+    platelets) is counted per 100 white cells, which may pass 100, so it has `per_100_white` instead and
+    no `percent` (a lab summing `percent` gets 100); null while no white cell is counted."""
+    if row["white_cell"]:
+        return {**row, "percent_95ci": row["interval_percent"]}
+    return {**row, "per_100_white": row["per_100_white"] if white_cells else None}
+
+
 def differential_payload(device: str, session_id: str, d: DifferentialCount, ended: bool = False) -> dict:
-    """The session's count per label (edge/daemon/differential.py table: a white-cell class's percentage
-    of the white cells counted with its 95 % Wilson interval, any other class per 100 white cells),
-    what the white cells counted are, and its alerts (withheld, and why, on a microscope that differs)."""
-    counts = [
-        {**row, "percent_95ci": row["interval_percent"]} if "interval_percent" in row else row
-        for row in d.table()
-    ]
+    """The session's count per label (count_row: edge/daemon/differential.py table, a white-cell class's
+    percentage of the white cells counted with its 95 % Wilson interval, any other class per 100 white
+    cells), what the white cells counted are, and its alerts (withheld, and why, on a microscope that
+    differs)."""
+    total = d.total
+    counts = [count_row(row, total) for row in d.table()]
     return {
         "device": device,
         "session_id": session_id,
@@ -151,4 +160,12 @@ def status_payload(device: str, status: Status, state: str = "running") -> dict:
         "uptime_s": t.uptime_s,
         "mqtt": {k: status.mqtt.get(k) for k in ("queued", "sent", "reconnects")},
         "site": site_json(status.site),
+        **({"review": review_part(status.review)} if status.review else {}),
     }
+
+
+def review_part(review: dict) -> dict:
+    """The slide's review (edge/results/verification.py): verified per label (cells a technician
+    decided), reviewed N of the M queued, too fast, and the sign state."""
+    keys = ("verified", "reviewed", "queued", "pending", "too_fast")
+    return {**{k: review[k] for k in keys}, "sign": review["sign"]["status"]}

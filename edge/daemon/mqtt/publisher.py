@@ -351,16 +351,18 @@ class MqttPublisher:
                 s.acked_through = safe
             self._acked_view[s.name] = safe  # what snapshot() shows: sets are not read from other threads
 
-    def _count_if_due(self, now: float) -> None:
-        if now - self._counted_at < COUNT_S:
+    def _count_if_due(self, now: float, force: bool = False) -> None:
+        if not force and now - self._counted_at < COUNT_S:
             return
         self._counted_at = now
         for s in self.streams.values():
             self.queued[s.name] = self.outbox.pending(s.name, s.safe_through())
 
     def _finish(self) -> None:
-        """Mark what was acknowledged; if connected, say "offline" (retained) and disconnect."""
+        """Mark what was acknowledged; if connected, say "offline" (retained) and disconnect. The last
+        status counts what is queued now: the count of up to COUNT_S ago missed the rows sent since."""
         self._persist(time.monotonic(), force=True)
+        self._count_if_due(time.monotonic(), force=True)
         if self.connected:
             if self.status_fn is not None:
                 self._publish_extra(
@@ -375,5 +377,4 @@ class MqttPublisher:
             self.client.disconnect()
             self.client.loop(timeout=0.05)
         self.connected, self.state = False, "stopped"
-        for s in self.streams.values():
-            self.queued[s.name] = self.outbox.pending(s.name, s.safe_through())
+        self._count_if_due(time.monotonic(), force=True)

@@ -1,5 +1,6 @@
-"""`sim`: a simulated microscope. Renders fields of red cells with one white cell centred, as a
-technician would centre it, changing cell every `dwell_s` seconds. The embedded default source."""
+"""`sim`: a simulated microscope. Renders a field of red cells with one white cell centred, as a
+technician would centre it, and holds it still for `dwell_s` seconds before the stage moves to another
+field (so a cell held in view is one cell, as on a real microscope). The embedded default source."""
 
 from __future__ import annotations
 
@@ -28,14 +29,17 @@ class Source(FrameSource):
         self.dwell = max(1, int(round(self.options.dwell_s * self.fps)))
         self.count = 0
         self.current = self.classes[0]
+        self.field: np.ndarray | None = None
         self.pool = [self._render() for _ in range(self.options.prerender)]
 
     def _render(self) -> tuple[np.ndarray, str]:
-        if self.count % self.dwell == 0:
+        if self.count % self.dwell == 0 or self.field is None:  # the stage moves to another cell
             self.current = self.classes[int(self.rng.integers(len(self.classes)))]
+            self.field, _ = render_field(
+                self.rng, self.options.width, self.options.height, center_class=self.current
+            )
         self.count += 1
-        image, _ = render_field(self.rng, self.options.width, self.options.height, center_class=self.current)
-        return image, self.current
+        return self.field.copy(), self.current  # a frame of its own, as a camera's
 
     def wait_for_next(self) -> None:
         self.pacer.wait()
