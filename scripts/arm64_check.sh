@@ -72,8 +72,9 @@ mounted=()
 mount_root() {
   mount -t proc proc "$ROOT/proc" && mounted+=("$ROOT/proc")
   mount --bind /dev "$ROOT/dev" && mounted+=("$ROOT/dev")
-  # the CPU lists the runtime's cpuinfo reads (it complains without them); not every container allows it
-  mount -t sysfs -o ro sysfs "$ROOT/sys" 2>/dev/null && mounted+=("$ROOT/sys") || true
+  # No sysfs: with the host's /sys mounted, the runtime's cpuinfo reads an x86-64 CPU's lists under the
+  # emulated arm64 one and LiteRT's Interpreter segfaults (every bundle, here). Without it cpuinfo says
+  # "failed to parse both lists of possible and present processors" and goes on.
   mount -t tmpfs tmpfs "$ROOT/dev/shm" && mounted+=("$ROOT/dev/shm")
   # edge's own cache (the integer LAB tables, ~1 min to build under emulation) lives on between runs
   mkdir -p "$CACHE/edge-cache" "$ROOT/root/.cache/edge-hemato"

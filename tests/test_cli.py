@@ -141,7 +141,9 @@ def test_make_demo_installs_only_the_device_extra_and_test_device_adds_the_rest(
     ]
     assert demo[-1].startswith(".venv-device/bin/edge run ")
     # Issue 23: the first run shows real cells: field mode on the committed BCCD fields, not the simulator.
-    assert "--mode field --source replay:demo/bccd --fps" in demo[-1] and "--loop" not in demo[-1]  # each field once
+    assert (
+        "--mode field --source replay:demo/bccd --fps" in demo[-1] and "--loop" not in demo[-1]
+    )  # each field once
     test_device = _make_dry_run("test-device")
     # Issue 23: the device install is not editable (as on a Pi), and the tests import it, not ./edge.
     assert ".venv-device/bin/pip install --quiet '.[device,jetson,dev]'" in test_device

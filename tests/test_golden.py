@@ -215,6 +215,9 @@ def test_the_daemon_checks_at_start_and_shows_a_failure(tiny_v2, tmp_path, caplo
         overrides={
             "bundle": str(failing.path),
             "source": {"uri": "sim", "sim": {"paced": False, "prerender": 0}},
+            "pipeline": {
+                "mode": "cell"
+            },  # the classifier alone (a camera's default, field mode, adds the detector)
             "store": {"db": str(tmp_path / "r.db"), "session": "S1"},
             "http": {"listen": "off"},
         }
