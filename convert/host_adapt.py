@@ -33,7 +33,7 @@ from convert.edgetpu_compiler import compile_bundle, find_compiler
 from convert.quantize import QuantizeRequest, quantize
 from convert.run_source import ModelSource, load_source
 from convert.site_finetune import FitOptions, fine_tune
-from edge.adapt import AdaptResult, adapt_rejection, embed, seal, site_record, site_scale, split_site
+from edge.adapt import AdaptResult, SiteRequest, adapt_rejection, embed, seal, site_before, site_record
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle
 from edge.dataset import LabelledImages
 from edge.errors import DataError
@@ -154,38 +154,30 @@ def adapt_on_host(
     bundle: Bundle,
     cells,
     out_dir: Path,
+    request: SiteRequest,
     *,
     run: Path,
-    holdout: float = 0.25,
-    seed: int = 0,
-    command: str = "",
-    site_name: str | None = None,
-    rbc_px: float | None = None,
     epochs: int = 8,
     cache: Path | None = None,
 ) -> AdaptResult:
     """Calibrate `bundle` to the site of `cells` (edge.site_cells.SiteCells) by fine-tuning RUN's model:
     the new bundle, its record and the lines to print."""
-    out_dir, run = Path(out_dir), Path(run)
-    src, req = _prepare(bundle, out_dir, run, cache, command)
-    split = split_site(cells.y, bundle.labels, holdout, seed, cells.split)
-    before = Classifier.open(bundle, "cpu", threads=None)
-    choice, measured = site_scale(bundle, before, cells, split, rbc_px, seed)
-    # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    _, preds_before = embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
+    out_dir, run, seed = Path(out_dir), Path(run), request.seed
+    src, req = _prepare(bundle, out_dir, run, cache, request.command)
+    split, _, choice, preds_before = site_before(bundle, cells, request)
     fit_cells = cells.subset(split.fit)
     tuned = fine_tune(src, bundle, fit_cells, choice.rbc_px, FitOptions(epochs, seed, cache))
     req.site = _site_images(bundle, fit_cells, choice.rbc_px)
     with tempfile.TemporaryDirectory() as folder:
         quantized = quantize(req, _tuned_source(src, tuned.model, run, Path(folder)))
     manifest, files, rejection = _site_rejection(Bundle.load(out_dir), cells, split, choice.rbc_px)
-    manifest.site = site_section(site_name or cells.split, "host", cells, split, choice.scale)
+    manifest.site = site_section(request.site_name or cells.split, "host", cells, split, choice.scale)
     record = site_record(
         bundle,
         cells,
         split,
         method="host",
-        holdout=holdout,
+        holdout=request.holdout,
         seed=seed,
         run={"path": str(run), "model_sha256": src.info["source_sha256"]},
         layer=f"the layers above {tuned.record['split_layer'] or 'the input'} fine-tuned, the model "
@@ -196,7 +188,7 @@ def adapt_on_host(
         rejection=rejection,
         gate=None,
         files_not_carried_over=[],
-        command=command,
+        command=request.command,
     )
     fitted = _fitted_line(bundle, tuned.record, record["fit"])
     result = seal(out_dir, files, manifest, record, cells, split, choice.rbc_px, preds_before, fitted)

@@ -141,37 +141,36 @@ def from_tflite(tflite: bytes, made_from: str, n_classes: int | None = None) -> 
             _metadata(
                 model, {EMBEDDING_SCALE_KEY: embedding.scale, EMBEDDING_ZERO_POINT_KEY: embedding.zero_point}
             )
-    model.producer_name = "edge-hemato (tf2onnx from_tflite)"
-    zero_points = activation_zero_points(model)
-    data, dynamic = _with_dynamic_batch(model)
-    record = {
-        "file": ONNX_MODEL,
-        "route": "tflite",
-        "made_from": made_from,
-        "made_from_sha256": hashlib.sha256(tflite).hexdigest(),
-        "tool": {**_tools("tf2onnx", "onnx", "onnxruntime"), "converter": "tf2onnx.convert.from_tflite"},
-        "opset": OPSET,
-        "quantization": {
+    export = _export(
+        model,
+        "tf2onnx from_tflite",
+        route={
+            "route": "tflite",
+            "made_from": made_from,
+            "made_from_sha256": hashlib.sha256(tflite).hexdigest(),
+            "tool": {**_tools("tf2onnx", "onnx", "onnxruntime"), "converter": "tf2onnx.convert.from_tflite"},
+        },
+        quantization={
             "method": "the TFLite model's own int8 quantization, as QuantizeLinear/DequantizeLinear (QDQ)",
             "scheme": "as model.tflite: int8 weights per-channel, int8 activations per-tensor asymmetric",
-            **zero_points,
         },
-        "input": {
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "note": "the TFLite model's uint8 input (scale 1, zero point 0)",
+        io={
+            "input": {
+                "dtype": "uint8",
+                "layout": "NHWC",
+                "note": "the TFLite model's uint8 input (scale 1, zero point 0)",
+            },
+            "output": {"dtype": out.dtype, "scale": out.scale, "zero_point": out.zero_point},
+            "embedding_output": embedding is not None,
         },
-        "output": {"dtype": out.dtype, "scale": out.scale, "zero_point": out.zero_point},
-        "embedding_output": embedding is not None,
-        "dynamic_batch": dynamic,
-    }
-    if not zero_points["tensorrt_int8_ready"]:
-        record["tensorrt_note"] = (
+    )
+    if not export.record["quantization"]["tensorrt_int8_ready"]:
+        export.record["tensorrt_note"] = (
             "asymmetric activations (non-zero zero points), as in every TFLite int8 model: TensorRT's int8 "
             "takes symmetric Q/DQ only. For TensorRT int8, re-export from the float Keras model "
             "(edge export BUNDLE --format onnx --run RUN_DIR, or edge quantize ... --format onnx)"
         )
-    return OnnxExport(data, record)
+    return export
 
 
 class _Images:
@@ -269,29 +268,46 @@ def from_keras(
     import onnx
 
     quantized = onnx.load_from_string(quantize_qdq(float_onnx(model), images))
-    quantized.producer_name = "edge-hemato (keras export + onnxruntime.quantization)"
     _mark_outputs(quantized, embedding=len(model.outputs) > 1)
-    zero_points = activation_zero_points(quantized)
-    data, dynamic = _with_dynamic_batch(quantized)
+    return _export(
+        quantized,
+        "keras export + onnxruntime.quantization",
+        route={
+            "route": "keras",
+            "made_from": made_from,
+            "made_from_sha256": made_from_sha256,
+            "tool": {
+                **_tools("keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime"),
+                "converter": "tf2onnx.convert.from_function (the Keras model's traced function, captured constants frozen)",
+            },
+        },
+        quantization=QDQ_SETTINGS,
+        io={
+            "calibration": calibration,
+            "input": {
+                "dtype": "float32",
+                "layout": "NHWC",
+                "note": "0-255 RGB as float; the device casts edge.preprocess's uint8",
+            },
+            "output": {"dtype": "float32"},
+            "embedding_output": len(model.outputs) > 1,
+        },
+    )
+
+
+def _export(model, producer: str, route: dict, quantization: dict, io: dict) -> OnnxExport:
+    """What both routes do last, and their record in one order: the file, how it was made (`route`),
+    the opset, the quantization with the zero points counted on the graph, then `io` (the input and
+    outputs, and the calibration of the Keras route), and whether the batch is dynamic."""
+    model.producer_name = f"edge-hemato ({producer})"
+    zero_points = activation_zero_points(model)
+    data, dynamic = _with_dynamic_batch(model)
     record = {
         "file": ONNX_MODEL,
-        "route": "keras",
-        "made_from": made_from,
-        "made_from_sha256": made_from_sha256,
-        "tool": {
-            **_tools("keras", "tensorflow", "tf2onnx", "onnx", "onnxruntime"),
-            "converter": "tf2onnx.convert.from_function (the Keras model's traced function, captured constants frozen)",
-        },
+        **route,
         "opset": OPSET,
-        "quantization": {**QDQ_SETTINGS, **zero_points},
-        "calibration": calibration,
-        "input": {
-            "dtype": "float32",
-            "layout": "NHWC",
-            "note": "0-255 RGB as float; the device casts edge.preprocess's uint8",
-        },
-        "output": {"dtype": "float32"},
-        "embedding_output": len(model.outputs) > 1,
+        "quantization": {**quantization, **zero_points},
+        **io,
         "dynamic_batch": dynamic,
     }
     return OnnxExport(data, record)

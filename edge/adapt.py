@@ -253,16 +253,32 @@ def site_scale(
     return choose_scale(bundle, cells, measured, rbc_px, cv_accuracy), measured
 
 
-def adapt(
-    bundle: Bundle,
-    cells: SiteCells,
-    out_dir: Path,
-    holdout: float = 0.25,
-    seed: int = 0,
-    command: str = "",
-    site_name: str | None = None,
-    rbc_px: float | None = None,
-) -> AdaptResult:
+@dataclass(frozen=True)
+class SiteRequest:
+    """What `edge adapt` asks of either calibration, the device's (adapt) and the host's
+    (convert/host_adapt.py): the share of cells held back, the seed, the command to record, the site's
+    name (None: the cells' folder's) and its red-cell diameter (None: found on the cells)."""
+
+    holdout: float = 0.25
+    seed: int = 0
+    command: str = ""
+    site_name: str | None = None
+    rbc_px: float | None = None
+
+
+def site_before(
+    bundle: Bundle, cells: SiteCells, request: SiteRequest
+) -> tuple[SiteSplit, Classifier, ScaleChoice, list]:
+    """What both calibrations do first: (the held-back split, the bundle's classifier, the site's scale,
+    and the cells' predictions before calibration, cut as an uncalibrated run would cut them)."""
+    split = split_site(cells.y, bundle.labels, request.holdout, request.seed, cells.split)
+    before = Classifier.open(bundle, "cpu", threads=None)
+    choice, measured = site_scale(bundle, before, cells, split, request.rbc_px, request.seed)
+    _, preds_before = embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
+    return split, before, choice, preds_before
+
+
+def adapt(bundle: Bundle, cells: SiteCells, out_dir: Path, request: SiteRequest) -> AdaptResult:
     if bundle.manifest.embedding is None:
         raise DataError(
             f"{bundle.path}: has no embedding output; edge adapt re-fits the layer after it "
@@ -271,13 +287,9 @@ def adapt(
     out_dir = Path(out_dir)
     if out_dir.resolve() == bundle.path.resolve():
         raise DataError(f"{out_dir}: is the bundle being adapted; write the new bundle to another folder")
-    y, labels = cells.y, bundle.labels
-    split = split_site(y, labels, holdout, seed, cells.split)
-    before = Classifier.open(bundle, "cpu", threads=None)
-    choice, measured = site_scale(bundle, before, cells, split, rbc_px, seed)
+    y, seed = cells.y, request.seed
+    split, before, choice, preds_before = site_before(bundle, cells, request)
     emb, _ = embed(before, cells, bundle, choice.rbc_px, "embedding the site's cells")
-    # what the bundle did before calibration, as an uncalibrated run would cut these cells
-    _, preds_before = embed(before, cells, bundle, measured and measured.rbc_px, "scoring before")
     refit = refit_last_layer(bundle, emb, y, split.fit, seed)
     manifest = copy.deepcopy(bundle.manifest)
     extra, rejection_record = adapt_rejection(bundle, manifest, emb[split.fit], y[split.fit])
@@ -285,7 +297,7 @@ def adapt(
         bundle,
         cells,
         split,
-        holdout=holdout,
+        holdout=request.holdout,
         seed=seed,
         layer="last FULLY_CONNECTED (embedding -> class scores), int8 weights re-quantized",
         l2_strength=refit.strength,
@@ -294,9 +306,9 @@ def adapt(
         rejection=rejection_record,
         gate=None,
         files_not_carried_over=_drop_old_models(manifest),
-        command=command,
+        command=request.command,
     )
-    manifest.site = site_section(site_name or cells.split, "device", cells, split, choice.scale)
+    manifest.site = site_section(request.site_name or cells.split, "device", cells, split, choice.scale)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (ONNX_MODEL, EDGETPU_MODEL):  # never leave an old model beside the new manifest
         (out_dir / stale).unlink(missing_ok=True)

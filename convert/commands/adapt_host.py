@@ -14,10 +14,10 @@ def host_calibration():
     return calibrate
 
 
-def calibrate(bundle, cells, out_dir, **options):
+def calibrate(bundle, cells, out_dir, request, **options):
     """convert/host_adapt.py adapt_on_host; a bundle with model.onnx also needs the ONNX tools."""
     from convert.host_adapt import adapt_on_host
 
     if ONNX_MODEL in bundle.manifest.files:
         require_onnx_export("edge adapt --host (the bundle has model.onnx)")
-    return adapt_on_host(bundle, cells, out_dir, **options)
+    return adapt_on_host(bundle, cells, out_dir, request, **options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from convert.commands._extras import require_train
+from edge.commands._options import class_map_option, seed_option, verbose_option, weights_option
 
 # Options that a --config file can supply; an option given on the command line wins.
 _CONFIGURABLE = (
@@ -58,13 +59,7 @@ def _scale(text: str) -> tuple[str, float]:
     type=click.Path(file_okay=False, path_type=str),
     help="Another training source (<class>/<image> folders); repeat for several labs or microscopes.",
 )
-@click.option(
-    "--map",
-    "class_map",
-    multiple=True,
-    metavar="FOLDER=LABEL",
-    help="Class folder alias across sources, e.g. seg_neutrophil=neutrophil (repeatable).",
-)
+@class_map_option("Class folder alias across sources, e.g. seg_neutrophil=neutrophil (repeatable).")
 @click.option(
     "--arch",
     type=click.Choice(["mobilenetv2", "efficientnetb0", "efficientnet-lite0"]),
@@ -92,12 +87,7 @@ def _scale(text: str) -> tuple[str, float]:
     show_default=True,
     help="Stratified validation share of DATA_DIR.",
 )
-@click.option(
-    "--weights",
-    default="imagenet",
-    show_default=True,
-    help="imagenet, none, or a file: torchvision .pth, .npz from `edge weights import`, Keras .h5.",
-)
+@weights_option("imagenet, none, or a file: torchvision .pth, .npz from `edge weights import`, Keras .h5.")
 @click.option("--img-size", type=int, default=224, show_default=True, help="Model input side in pixels.")
 @click.option(
     "--epochs",
@@ -176,7 +166,7 @@ def _scale(text: str) -> tuple[str, float]:
 @click.option(
     "--patience", type=int, default=5, show_default=True, help="Early-stopping patience on val loss."
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option("--folds", type=int, default=0, help="K-fold cross-validation on DATA_DIR; reports mean ± std.")
 @click.option(
     "--cache",
@@ -193,7 +183,7 @@ def _scale(text: str) -> tuple[str, float]:
     type=click.Path(dir_okay=False, path_type=str),
     help="Rerun from RUN_DIR/config.json; options given here override it.",
 )
-@click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log.")
+@verbose_option()
 @click.pass_context
 def train(ctx, data_dirs, extra_data, out, config_path, verbose, **options):
     """Train a classifier from DATA_DIR/<class>/<image> folders (one or more sources) into RUN_DIR.

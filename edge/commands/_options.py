@@ -75,6 +75,24 @@ def weights_option(help_text: str):
     return click.option("--weights", default="imagenet", show_default=True, help=help_text)
 
 
+def results_db_option(func):
+    """--db FILE (required): the results database (edge report, edge review serve / export)."""
+    kind = click.Path(dir_okay=False, path_type=Path)
+    return click.option("--db", type=kind, required=True, help="The results database.")(func)
+
+
+def archive_option(
+    help_text: str = "Flagged-image archive [default: each session's, or flagged/ beside the database].",
+):
+    """--archive DIR: where the flagged cells' crops are (None: the session's own, as results.db says)."""
+    return click.option("--archive", type=click.Path(file_okay=False, path_type=Path), help=help_text)
+
+
+def token_file_option(help_text: str):
+    """--token-file FILE: the page's token (edge run, edge review serve; edge/commands/run.py reads it)."""
+    return click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), help=help_text)
+
+
 def frames_options(what: str):
     """--frames DIR --labels CSV: whole fields with one labelled white cell each (edge.site_cells), instead
     of `what` (a folder of single-cell images), and --detector that finds the cell."""

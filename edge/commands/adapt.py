@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edge import site_cells
+from edge.adapt import SiteRequest
 from edge.adapt import adapt as run_adapt
 from edge.bundle import Bundle
 from edge.commands._device_options import frames_detector, rbc_px_option
@@ -111,11 +112,11 @@ def adapt(
     cells = _read_cells(model, site_dir, frames_dir, labels_csv, detector, parse_class_map(class_map))
     command = shlex.join(["edge", "adapt", *sys.argv[2:]]) if sys.argv[1:2] == ["adapt"] else ""
     name = site_name or Path(frames_dir or site_dir).resolve().name
+    request = SiteRequest(holdout, seed, command, name, rbc_px)
     if calibrate is None:
-        result = run_adapt(model, cells, out_dir, holdout, seed, command, name, rbc_px)
+        result = run_adapt(model, cells, out_dir, request)
     else:
-        options = dict(holdout=holdout, seed=seed, command=command, site_name=name, rbc_px=rbc_px)
-        result = calibrate(model, cells, out_dir, **options, **host_options)
+        result = calibrate(model, cells, out_dir, request, **host_options)
     click.echo("\n".join(result.lines))
 
 

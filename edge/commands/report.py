@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edge.commands._options import archive_option, results_db_option
 from edge.progress import progress
 from edge.wording import plural
 
@@ -21,9 +22,7 @@ def _http_url(ctx, param, value):
 
 
 @click.command()
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The results database."
-)
+@results_db_option
 @click.option("--session", help="Slide / session id [default: the database's only session].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as HTML here.")
 @click.option("--pdf", type=click.Path(dir_okay=False, path_type=Path), help="Also write it as PDF.")
@@ -43,11 +42,7 @@ def _http_url(ctx, param, value):
     show_default=True,
     help="Seconds the delivery may take in all, retries included.",
 )
-@click.option(
-    "--archive",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Flagged-image archive [default: the session's, or flagged/ beside the database].",
-)
+@archive_option("Flagged-image archive [default: the session's, or flagged/ beside the database].")
 @click.option(
     "--gallery", type=click.IntRange(min=0), default=60, show_default=True, help="Flagged cells shown."
 )

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from edge.commands._options import archive_option, results_db_option, token_file_option
+
 REVIEW_LISTEN = "127.0.0.1:8081"  # beside a daemon's page on 8080
 
 
@@ -19,9 +21,7 @@ def review():
 
 
 @review.command("serve")
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The results database."
-)
+@results_db_option
 @click.option(
     "--http",
     "listen",
@@ -29,16 +29,8 @@ def review():
     show_default=True,
     help="HOST:PORT to serve the page on; port 0 picks a free one. Beyond 127.0.0.1 it needs a token.",
 )
-@click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Read the page's token from this file (or set EDGE_RUN_TOKEN), as edge run does.",
-)
-@click.option(
-    "--archive",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Flagged-image archive [default: each session's, or flagged/ beside the database].",
-)
+@token_file_option("Read the page's token from this file (or set EDGE_RUN_TOKEN), as edge run does.")
+@archive_option()
 def serve(db, listen, token_file, archive):
     """Serve the review page on a results database, without the daemon: review the flagged cells of
     any slide, sign it, and open its report (/report). The page, the token rules and the sign lock
@@ -85,19 +77,13 @@ def serve(db, listen, token_file, archive):
 
 
 @review.command("export")
-@click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The results database."
-)
+@results_db_option
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Site folder to write."
 )
 @click.option("--session", "sessions", multiple=True, help="Only this session (repeatable) [default: all].")
 @click.option("--unsigned", is_flag=True, help="Also take reviews of slides that are not signed.")
-@click.option(
-    "--archive",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Flagged-image archive [default: each session's, or flagged/ beside the database].",
-)
+@archive_option()
 def export(db, out, sessions, unsigned, archive):
     """Write reviewed cells as OUT/<verified label>/<slide>_<frame>_<crop>.jpg, plus OUT/reviews.csv:
     the input of `edge adapt`, so a site improves its bundle with its own corrections.

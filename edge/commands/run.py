@@ -10,6 +10,7 @@ import click
 
 from edge.commands._config_options import config_option, config_overrides
 from edge.commands._device_options import max_pixels_option
+from edge.commands._options import token_file_option
 from edge.daemon.config import load_config
 from edge.wording import plural
 
@@ -190,11 +191,9 @@ def _review_line(r: dict) -> str:
 @config_option("http.listen", "--http")
 @config_option("pipeline.backend", "--backend")
 @config_option("pipeline.threads", "--threads")
-@click.option(
-    "--token-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Read the page's token from this file (or set EDGE_RUN_TOKEN); needed to listen beyond "
-    "127.0.0.1. Never printed, never stored.",
+@token_file_option(
+    "Read the page's token from this file (or set EDGE_RUN_TOKEN); needed to listen beyond "
+    "127.0.0.1. Never printed, never stored."
 )
 @config_option("pipeline.layout", "--layout")
 @config_option("pipeline.lab", "--lab")

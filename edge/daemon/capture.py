@@ -185,13 +185,12 @@ class CaptureThread(threading.Thread):
         queue: DropOldestQueue,
         telemetry: Telemetry,
         stop: threading.Event,
-        reconnect_max_s: float = 10.0,
-        first_frame_id: int = 0,
-        opened: bool = False,
         capturer: Capturer | None = None,
+        **capture,
     ):
         super().__init__(name="capture", daemon=True)
-        self.capturer = capturer or Capturer(source, telemetry, stop, reconnect_max_s, first_frame_id, opened)
+        # `capture`: the Capturer's own settings (reconnect_max_s, ...), declared once, by the Capturer
+        self.capturer = capturer or Capturer(source, telemetry, stop, **capture)
         self.source, self.queue, self.telemetry, self.stop = source, queue, telemetry, stop
         self.fatal: BaseException | None = None
         self.finished = threading.Event()

@@ -136,7 +136,7 @@ def conclusion(slide: Slide) -> str:
             f"model knows. Every cell needs review; no blast figure is given as a result.{notes}"
         )
     figures = [
-        f"{a.name}: {a.verified.percent:.1f} % {'/'.join(a.classes)} ({a.verified.words()}), "
+        f"{a.model.name}: {a.verified.percent:.1f} % {'/'.join(a.model.classes)} ({a.verified.words()}), "
         + ("FIRING" if a.verified.active else "not firing")
         for a in slide.alerts()
     ]

@@ -54,18 +54,11 @@ class ClassRow:
 
 @dataclass(frozen=True)
 class AlertRow:
-    """A rule on the model's and on the verified counts, each the daemon's AlertState."""
+    """A rule on the model's and on the verified counts, each the daemon's AlertState (whose `name` and
+    `classes`, the rule's, are the same on both)."""
 
     model: AlertState
     verified: AlertState
-
-    @property
-    def name(self) -> str:
-        return self.model.name
-
-    @property
-    def classes(self) -> list[str]:
-        return self.model.classes
 
 
 @dataclass

@@ -40,20 +40,13 @@ class Topics:
     def base(self) -> str:
         return f"{self.prefix}/{self.device}"
 
-    @property
-    def available(self) -> str:
-        return f"{self.base}/available"
-
-    @property
-    def status(self) -> str:
-        return f"{self.base}/status"
-
-    @property
-    def cells(self) -> str:
-        return f"{self.base}/cells"
-
     def below(self, relative: str) -> str:
         return f"{self.base}/{relative}"
+
+    # The fixed topics, one level below base each (the module's docstring lists them).
+    available = property(lambda self: self.below("available"))
+    status = property(lambda self: self.below("status"))
+    cells = property(lambda self: self.below("cells"))
 
     def differential(self, session_id: str) -> str:
         return f"{self.base}/sessions/{topic_level(session_id)}/differential"
