@@ -14,7 +14,7 @@ from convert.run_source import ModelSource
 from edge.bundle import Rejection
 from edge.manifest import Gate
 from edge.rejection import MahalanobisScorer
-from edge.site import CHECKPOINTS, gate_limits, gate_score, measure_false_alarm
+from edge.site import CHECKPOINTS, gate_limits, gate_scores, measure_false_alarm
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,7 @@ def rejection_step(
     if held is not None:
         emb, probs = _outputs(tflite, held.images, n, f"embeddings ({held.split})")
         scores = scorer.scores(emb)
-        # the gate reads no cell the model calls a blast (edge/site.py gate_score): nor do its limits
-        gate_scores = np.array(
-            [
-                s
-                for s, k in zip(scores, probs.argmax(1), strict=True)
-                if gate_score(src.labels[k], s) is not None
-            ]
-        )
+        called = gate_scores([src.labels[k] for k in probs.argmax(1)], scores)  # what the gate reads
         where = f"{len(held)} held-out cells of {held.split}"
     else:
         scores = scorer.scores(train_emb)
@@ -100,7 +93,7 @@ def rejection_step(
     }
     log.info(f"rejection: unknown above a score of {threshold:.2f} ({where})")
     gate, gate_record = (
-        gate_step(gate_scores, f"{len(gate_scores)} of the {where} not called a blast")
+        gate_step(called, f"{len(called)} of the {where} not called a blast")
         if held is not None
         else (None, {"gate": "not set: no --reject-holdout"})
     )

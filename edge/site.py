@@ -40,6 +40,13 @@ def gate_score(label: str, rejection_score: float | None) -> float | None:
     return None if cell_class(label).blast else rejection_score
 
 
+def gate_scores(labels, scores) -> np.ndarray:
+    """What the gate reads of these cells (labels as the model called them): the scores of those not
+    called a blast. The gate's limits are set on such cells, as the gate reads them."""
+    read = [gate_score(label, s) for label, s in zip(labels, scores, strict=True)]
+    return np.array([s for s in read if s is not None], np.float64)
+
+
 def _batch_medians(scores: np.ndarray, cells: int, reps: int, rng: np.random.Generator) -> np.ndarray:
     picks = np.stack([rng.choice(len(scores), cells, replace=False) for _ in range(reps)])
     return np.median(scores[picks], axis=1)

@@ -13,7 +13,7 @@ from edge.bundle import Bundle
 from edge.catalogue import cell_class
 from edge.manifest import Gate, Scale, Site
 from edge.rejection import MahalanobisScorer
-from edge.site import CHECKPOINTS, gate_limits, gate_score
+from edge.site import CHECKPOINTS, gate_limits, gate_scores
 from edge.site_scores import false_blast_rate
 
 # Around a scale measured from red cells (which Hough circles find to within ~10 %), and, where none can
@@ -118,11 +118,7 @@ def site_gate(adapted: Bundle, emb: np.ndarray, y: np.ndarray, split, preds) -> 
     scores = np.concatenate(
         [scorer.left_out_scores(emb[split.fit], y[split.fit]), [preds[i].rejection_score for i in split.held]]
     )
-    # the gate reads no cell the model calls a blast (edge/site.py gate_score): nor do its limits
-    called = [preds[i].label for i in (*split.fit, *split.held)]
-    scores = np.array(
-        [s for s, label in zip(scores, called, strict=True) if gate_score(label, s) is not None]
-    )
+    scores = gate_scores([preds[i].label for i in (*split.fit, *split.held)], scores)  # what the gate reads
     if len(scores) <= CHECKPOINTS[0]:
         return old, {"kept": f"only {len(scores)} site cells"}
     new = gate_limits(scores, f"{len(scores)} cells of the site (edge adapt)")

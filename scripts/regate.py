@@ -16,15 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from convert.quantize_rejection import gate_step  # noqa: E402
 from edge.bundle import CPU_MODEL, Bundle, write_bundle  # noqa: E402
 from edge.dataset import load_labelled, parse_class_map, scan_labelled  # noqa: E402
 from edge.predict import Classifier  # noqa: E402
-from edge.site import gate_score  # noqa: E402
+from edge.site import gate_scores  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -41,14 +39,11 @@ def main(argv=None) -> int:
         sys.exit(f"{args.bundle}: no recorded scale for {', '.join(missing)} (manifest training.scales)")
     cells = load_labelled(held, bundle.preprocess_spec, scales=scales or None)
     classifier = Classifier.open(bundle, "cpu")
-    read = []
+    preds = []
     for i in range(0, len(cells.images), 16):
-        read += [
-            gate_score(p.label, p.rejection_score)
-            for p in classifier.classify_tensors(cells.images[i : i + 16])
-        ]
-    scores = np.array([s for s in read if s is not None])
-    where = f"{len(scores)} of the {len(read)} held-out cells of {held.split} not called a blast"
+        preds += classifier.classify_tensors(cells.images[i : i + 16])
+    scores = gate_scores([p.label for p in preds], [p.rejection_score for p in preds])
+    where = f"{len(scores)} of the {len(preds)} held-out cells of {held.split} not called a blast"
     gate, record = gate_step(scores, where)
     if gate is None:
         sys.exit(f"{args.bundle}: {record['gate']}")
