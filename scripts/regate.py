@@ -32,8 +32,10 @@ def main(argv=None) -> int:
     ap.add_argument("--map", action="append", default=[], help="class folder alias FOLDER=LABEL")
     args = ap.parse_args(argv)
     bundle = Bundle.load(args.bundle)
-    scales = (bundle.manifest.training or {}).get("scales") or {}
-    held = scan_labelled(args.holdout, bundle.labels, parse_class_map(args.map), dedupe=True)
+    recorded = (bundle.manifest.training or {}).get("scales") or {}
+    scales = {str(Path(k).resolve()): v for k, v in recorded.items()}  # the run recorded absolute paths
+    holdout = [str(Path(h).resolve()) for h in args.holdout]
+    held = scan_labelled(holdout, bundle.labels, parse_class_map(args.map), dedupe=True)
     missing = [str(r) for r in held.roots if str(r) not in scales]
     if bundle.preprocess_spec.field_rbc and missing:
         sys.exit(f"{args.bundle}: no recorded scale for {', '.join(missing)} (manifest training.scales)")
