@@ -9,12 +9,12 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import pytest
 
 from edge.results.reviews import ReviewBook
+from tests.http_servers import Quiet, Server, answer
 from tests.lab_slides import write_slide
 from tests.test_lab_report import CELLS, edge, review_all
 
@@ -25,24 +25,6 @@ def signed_slide(tmp_path):
     write_slide(db, "SLIDE-042", CELLS)
     review_all(db, "SLIDE-042", {"basophil": "monocyte"}, sign=True)
     return db
-
-
-class Server:
-    """A ThreadingHTTPServer on 127.0.0.1 in a thread, around a handler class."""
-
-    def __init__(self, handler):
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class FhirStore(Server):
@@ -58,7 +40,7 @@ class FhirStore(Server):
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_POST(self):
                 if self.path != "/fhir":
                     self.send_error(404)
@@ -66,7 +48,7 @@ class FhirStore(Server):
                 bundle = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with outer.lock:
                     outer.transactions += 1
-                    answer = outer.transact(bundle)
+                    reply = outer.transact(bundle)
                     trick = outer.misbehave.pop(0) if outer.misbehave else None
                 if trick == "hang":
                     self.connection.settimeout(120)
@@ -76,18 +58,9 @@ class FhirStore(Server):
                 if trick == "drop":
                     self.close_connection = True
                     return
-                body = json.dumps(answer).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                answer(self, 200, json.dumps(reply).encode())
 
         super().__init__(Handler)
-        self.url = self.base + "/fhir"
 
     def find(self, kind: str, query: str) -> dict | None:
         system, _, value = dict(parse_qsl(query))["identifier"].partition("|")
@@ -153,7 +126,7 @@ class Redirect(Server):
         self.gets: list[str] = []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 self.send_response(code)
@@ -163,18 +136,9 @@ class Redirect(Server):
 
             def do_GET(self):
                 outer.gets.append(self.path)
-                body = b'{"resourceType": "Bundle", "type": "transaction-response"}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                answer(self, 200, b'{"resourceType": "Bundle", "type": "transaction-response"}')
 
         super().__init__(Handler)
-        self.url = self.base + "/fhir"
 
 
 @pytest.mark.parametrize("code", [301, 302, 303])
@@ -203,21 +167,13 @@ class Answers(Server):
         self.posts = 0
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_POST(self):
                 self.rfile.read(int(self.headers["Content-Length"]))
                 outer.posts += 1
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
+                answer(self, status, body, content_type)
 
         super().__init__(Handler)
-        self.url = self.base + "/fhir"
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import cv2
@@ -20,6 +18,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from edge.dataset import scan_labelled
 from edge.results.reviews import ReviewBook
+from tests.http_servers import Quiet, Server, answer
 from tests.lab_slides import LABELS, write_slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,14 +168,14 @@ def test_an_unsigned_slide_is_preliminary_and_unknown_classes_are_text_coded(tmp
     assert "reviewed 0 of 1" in (tmp_path / "r.html").read_text()
 
 
-class LisServer:
+class LisServer(Server):
     """A FHIR endpoint on 127.0.0.1 that answers with the given statuses in turn and keeps each request."""
 
     def __init__(self, statuses: list[int]):
         self.statuses, self.requests = list(statuses), []
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(Quiet):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests.append((self.path, self.headers["Content-Type"], body))
@@ -189,25 +188,9 @@ class LisServer:
                     if code >= 400
                     else {"resourceType": "Bundle", "type": "transaction-response"}
                 )
-                self.send_response(code)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.end_headers()
-                self.wfile.write(reply.encode())
+                answer(self, code, reply.encode())
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/fhir"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def test_fhir_url_posts_the_bundle_and_retries_a_failing_server(signed_slide, tmp_path):
