@@ -59,9 +59,9 @@ def background_bgr(image_bgr: np.ndarray) -> tuple[int, int, int]:
     # the keep-th brightest value and the lower median of each channel above it, read off histograms
     # (the same integers as sorting, in a fraction of the time: preprocessing runs on every cell)
     threshold = _kth_smallest(np.bincount(brightness, minlength=766), len(brightness) - keep)
-    bright = (brightness >= threshold).astype(np.float32)  # counts as weights: exact (< 2**24)
-    middle = (int(bright.sum()) - 1) // 2  # the lower median: an integer, no averaging
-    return tuple(_kth_smallest(np.bincount(ch, weights=bright, minlength=256), middle) for ch in channels)
+    bright = brightness >= threshold
+    middle = (int(np.count_nonzero(bright)) - 1) // 2  # the lower median: an integer, no averaging
+    return tuple(_kth_smallest(np.bincount(ch[bright], minlength=256), middle) for ch in channels)
 
 
 def _kth_smallest(histogram: np.ndarray, k: int) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import cv2
@@ -208,6 +209,81 @@ def test_run_field_mode_rows_boxes_and_no_rows_for_empty_frames(detector_bundle,
     boxes = _rows(db, "SELECT box, track_id, detector_score FROM results")
     assert boxes and all(len(json.loads(b)) == 4 and t is not None and 0 < s <= 1 for b, t, s in boxes)
     assert len({t for _, t, _ in boxes}) == len(boxes)  # one row per tracked cell
+
+
+def test_the_threaded_layout_detects_ahead_and_counts_what_inline_counts(
+    detector_bundle, tiny_bundle, voc, tmp_path
+):
+    """The threaded layout's capture thread runs the detector on the next frame (FieldMode.look_ahead)
+    while the pipeline thread classifies the previous one: the same rows as the inline layout, and the
+    rows say the detection was done ahead."""
+    rows = {}
+    for layout in ("inline", "threaded"):
+        out = tmp_path / layout
+        out.mkdir()
+        replay_summary(
+            tiny_bundle,
+            voc / "JPEGImages",
+            out,
+            "--mode",
+            "field",
+            "--detector",
+            detector_bundle,
+            "--layout",
+            layout,
+        )
+        rows[layout] = _rows(
+            out / "r.db",
+            "SELECT f.source_ref, r.crop_index, r.box, r.label, r.track_id, r.timings FROM results r "
+            "JOIN frames f USING (session_id, frame_id) ORDER BY f.source_ref, r.crop_index",
+        )
+    assert rows["inline"] and [r[:5] for r in rows["inline"]] == [r[:5] for r in rows["threaded"]]
+    ahead = {layout: {json.loads(r[5])["detected_ahead"] for r in rows[layout]} for layout in rows}
+    assert ahead == {"inline": {0.0}, "threaded": {1.0}}
+
+
+def test_a_failed_look_ahead_leaves_the_frame_to_the_pipeline_thread(detector_bundle, tiny_bundle, voc):
+    """A frame the capture thread cannot detect is detected again by the pipeline thread (which records a
+    failure there, if it fails again); the capture thread keeps going."""
+    from edge.daemon.capture import Capturer, CaptureThread, DropOldestQueue
+    from edge.daemon.config import SourceConfig
+    from edge.daemon.sources import Frame
+    from edge.daemon.telemetry import Telemetry
+
+    calls = []
+
+    def look_ahead(image):
+        calls.append(image.shape)
+        if len(calls) == 1:
+            raise RuntimeError("the detector broke on this frame")
+        return "detected"
+
+    class Three:
+        live, kind, heartbeat, config = False, "test", 0.0, SourceConfig()
+
+        def __init__(self):
+            self.left = 3
+
+        def read(self):
+            self.left -= 1
+            return Frame(np.zeros((8, 8, 3), np.uint8)) if self.left >= 0 else None
+
+        def wait_for_next(self):
+            pass
+
+        def close(self):
+            pass
+
+    stop = threading.Event()
+    queue = DropOldestQueue(8)
+    source = Three()
+    capturer = Capturer(source, Telemetry(), stop, opened=True, quiet=True, keep_open=True)
+    thread = CaptureThread(source, queue, capturer.telemetry, stop, capturer=capturer, look_ahead=look_ahead)
+    thread.start()
+    thread.finished.wait(5)
+    items = [queue.get(timeout=0) for _ in range(len(queue))]
+    assert thread.fatal is None and len(calls) == 3
+    assert [i.ahead for i in items if isinstance(i, Frame)] == [None, "detected", "detected"]
 
 
 def test_run_field_mode_counts_a_still_stage_once(detector_bundle, tiny_bundle, tmp_path):

@@ -22,6 +22,7 @@ FIELD_STAGES = (
     "detect_preprocess",
     "detect_invoke",
     "detect_decode",
+    "background",
     "track",
     "crop",
     "classify_preprocess",
@@ -34,13 +35,18 @@ FIELD_STAGES = (
 def standard_sample(t: dict) -> tuple[float, float, float, float, float]:
     """(capture, preprocess, invoke, postprocess, end_to_end) of a field-mode frame."""
     invoke = t["detect_invoke"] + t["invoke"]
-    before = t["mode"] - t["detect_invoke"] + t["preprocess"]
+    # the mode's time holds the detector's stages, unless the capture thread ran them (look-ahead)
+    if t.get("detected_ahead"):
+        mode = t["mode"] + t["detect_preprocess"] + t["detect_decode"] + t["background"]
+    else:
+        mode = t["mode"] - t["detect_invoke"]
+    before = mode + t["preprocess"]
     return t["capture"], before, invoke, t["postprocess"], t["result"]
 
 
 def field_sample(t: dict, cells: int) -> dict:
     return {
-        **{k: t[k] for k in FIELD_STAGES[:6]},
+        **{k: t[k] for k in FIELD_STAGES[:7]},
         "classify_preprocess": t["preprocess"],
         "classify_invoke": t["invoke"],
         "classify_postprocess": t["postprocess"],

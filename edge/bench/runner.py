@@ -29,7 +29,7 @@ from edge.bench.stats import histogram, summarize
 from edge.bundle import CPU_MODEL, EDGETPU_MODEL, ONNX_MODEL, Bundle
 from edge.daemon.capture import Capturer, Skipped
 from edge.daemon.config import ConfigError, FieldOptions, PipelineConfig, SimOptions, SourceConfig
-from edge.daemon.modes import CellMode, open_field_mode
+from edge.daemon.modes import MODES, CellMode, open_field_mode
 from edge.daemon.pipeline import Pipeline
 from edge.daemon.processor import FrameProcessor, FrameResult
 from edge.daemon.sinks import Sink, SinkChain
@@ -251,8 +251,10 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     load_ms = (_clock() - t) * 1000
     t = _clock()
     extra = config.onnx_options if config.backend == "onnx" else {}
+    # not given: what `edge run` gives each interpreter in this mode
+    threads = config.threads or MODES[config.mode].interpreter_threads()
     backend = open_backend(
-        bundle, config.backend, runtime=config.runtime, threads=config.threads, device=config.device, **extra
+        bundle, config.backend, runtime=config.runtime, threads=threads, device=config.device, **extra
     )
     init_ms = (_clock() - t) * 1000
     try:
@@ -266,7 +268,7 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
                 config.backend,
                 lab,
                 runtime=config.runtime,
-                threads=config.threads,
+                threads=threads,
                 device=config.device,
             )
             if config.mode == "field"

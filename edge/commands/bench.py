@@ -75,7 +75,7 @@ def _progress(config, total):
     "--threads",
     callback=_int_list,
     metavar="N[,N...]",
-    help="Interpreter threads, e.g. 1,2,4 (a list sweeps them).  [default: all cores]",
+    help="Interpreter threads, e.g. 1,2,4 (a list sweeps them).  [default: as edge run: all cores in cell mode, half of them each in field mode]",
 )
 @click.option(
     "--runs",

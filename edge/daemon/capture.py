@@ -186,9 +186,13 @@ class CaptureThread(threading.Thread):
         telemetry: Telemetry,
         stop: threading.Event,
         capturer: Capturer | None = None,
+        look_ahead=None,
         **capture,
     ):
         super().__init__(name="capture", daemon=True)
+        # look_ahead(image): the mode's work that needs nothing but the frame, done here while the
+        # pipeline thread works on the previous frame (field mode: detection); stored as Frame.ahead
+        self.look_ahead = look_ahead
         # `capture`: the Capturer's own settings (reconnect_max_s, ...), declared once, by the Capturer
         self.capturer = capturer or Capturer(source, telemetry, stop, **capture)
         self.source, self.queue, self.telemetry, self.stop = source, queue, telemetry, stop
@@ -211,6 +215,8 @@ class CaptureThread(threading.Thread):
                 item = self.capturer.next_item()
                 if item is None or item is END:
                     return
+                if self.look_ahead is not None and isinstance(item, Frame):
+                    self._ahead(item)
                 dropped = self.queue.put(
                     item, drop_oldest=self.source.live and isinstance(item, Frame), stop=self.stop
                 )
@@ -223,3 +229,9 @@ class CaptureThread(threading.Thread):
                 self.capturer.finish()
                 self.queue.put(END, drop_oldest=False, stop=self.stop)
             self.finished.set()
+
+    def _ahead(self, frame: Frame) -> None:
+        try:
+            frame.ahead = self.look_ahead(frame.image)
+        except Exception as exc:  # the pipeline thread works on the frame again and records a failure
+            log.debug("look-ahead on frame %s failed: %s", frame.frame_id, exc)

@@ -118,7 +118,13 @@ class PipelineConfig(Section):
     max_frames: int = Field(0, ge=0, description="Exit 0 after this many classified frames.")  # 0: unbounded
     duration_s: float = Field(0.0, ge=0, description="Exit 0 after this many seconds.")  # 0: unbounded
     backend: Literal[tuple(BACKENDS)] = Field("cpu", description="Inference backend.")
-    threads: int = Field(0, ge=0, le=MAX_THREADS, description="CPU inference threads (0: all cores).")
+    threads: int = Field(
+        0,
+        ge=0,
+        le=MAX_THREADS,
+        description="CPU inference threads of each model (0: all cores in cell mode; half of them each "
+        "in field mode, whose detector and classifier run side by side).",
+    )
     # auto: a capture thread for live sources; file sources try both and keep the faster (pipeline.py)
     layout: Literal[LAYOUTS] = Field(
         "auto",

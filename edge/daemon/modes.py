@@ -10,6 +10,7 @@ which mode it runs.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from edge.detect.crop import crop_cell
 from edge.detect.detector import Detector
 from edge.detect.spec import WBC, CropRule
 from edge.preprocess import PreprocessSpec, View
+from edge.runtime.tflite import usable_cores
 from edge.scale import ScaleKeeper
 
 if TYPE_CHECKING:
@@ -46,6 +48,17 @@ class Crop:
     # preprocessing version 2 at a known scale: `image` is the whole frame and the preprocessing cuts
     # `view` (the cell's centre, the microscope's scale, the frame's slide colour) out of it
     view: View | None = None
+
+
+@dataclass(frozen=True)
+class Detected:
+    """The detector's work on one frame: its white cells, the time of each stage (ms), and the frame
+    as the detector saw it (letterbox cut off), on which the stage motion is measured."""
+
+    cells: list
+    stages: dict[str, float]
+    view: np.ndarray
+    background: tuple[int, int, int] | None = None  # the slide's colour, when cells are cut physically
 
 
 class PhysicalCut:
@@ -134,6 +147,11 @@ class CellMode:
     def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
         return ()
 
+    @staticmethod
+    def interpreter_threads(configured: int = 0) -> int | None:
+        """Threads of each interpreter: `pipeline.threads`, or (0) every usable core for the one model."""
+        return configured or None
+
     @classmethod
     def from_config(cls, pipeline: PipelineConfig, bundles: tuple[Bundle, ...], lab=None) -> CellMode:
         return cls(pipeline.region, pipeline.region_px, pipeline.cell.min_similarity)
@@ -147,7 +165,7 @@ class CellMode:
     def close(self) -> None:
         pass
 
-    def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
+    def crops(self, image: np.ndarray, timestamp: float | None = None, ahead=None) -> list[Crop]:
         crop = self._crop(image)
         # the cell leaves the centred square once the view moved by half its side
         side = (crop.square or crop.box)[2]
@@ -197,14 +215,39 @@ class FieldMode:
         self.recent_cells: deque[int] = deque(maxlen=300)
         self.physical: PhysicalCut | None = None  # set by the processor for version-2 bundles
         self.last_cells_boxes: list[tuple[int, int, int, int]] = []
+        # one interpreter, two threads that may call it: the capture thread's look_ahead, and crops()
+        # for a frame whose look-ahead failed or came before the threaded layout started
+        self._detecting = threading.Lock()
 
-    def crops(self, image: np.ndarray, timestamp: float | None = None) -> list[Crop]:
-        t0 = time.perf_counter()
-        detections, stages = self.detector.detect(image, threshold=self.threshold)
+    def detect(self, image: np.ndarray) -> Detected:
+        with self._detecting:
+            detections, stages = self.detector.detect(image, threshold=self.threshold)
+            view = self.detector.last_view
         cells = [d for d in detections if d.kind == WBC]
+        # the slide's colour once per frame, not once per cell (white balance of every crop)
+        t0 = time.perf_counter()
+        physical = self.physical is not None and self.physical.ready()
+        background = preprocess_exact.background_bgr(image) if physical and cells else None
+        stages["background"] = (time.perf_counter() - t0) * 1000
+        return Detected(cells, stages, view, background)
+
+    def look_ahead(self, image: np.ndarray) -> Detected:
+        """The threaded layout's capture thread detects the frame it has just read (and measures its
+        slide colour), so that the detector works on frame N+1 while this thread classifies frame N's
+        cells: on 2 cores the pipeline then takes about the longer of the two stages, not their sum
+        (docs/bench.md). What depends on the order of frames (motion, tracking, counting) stays in
+        crops()."""
+        return self.detect(image)
+
+    def crops(
+        self, image: np.ndarray, timestamp: float | None = None, ahead: Detected | None = None
+    ) -> list[Crop]:
+        t0 = time.perf_counter()
+        found = ahead if ahead is not None else self.detect(image)
+        cells, stages = found.cells, found.stages
         t1 = time.perf_counter()
         # the stage motion, on the detector's own small copy of the frame (RGB, letterbox cut off)
-        step = self.watch.update(self.detector.last_view, "RGB", image.shape[1])
+        step = self.watch.update(found.view, "RGB", image.shape[1])
         if step.jumped:
             self.tracker.reset()
         t2 = time.perf_counter()
@@ -214,8 +257,9 @@ class FieldMode:
         t3 = time.perf_counter()
         out = []
         physical = self.physical if self.physical is not None and self.physical.ready() else None
-        # the slide's colour once per frame, not once per cell (white balance of every crop)
-        background = preprocess_exact.background_bgr(image) if physical and cells else None
+        background = found.background
+        if physical and cells and background is None:  # the scale became known after the look-ahead
+            background = preprocess_exact.background_bgr(image)
         for det, a in zip(cells, assigned, strict=True):
             fields = dict(box=det.int_box(), score=round(det.score, 4), track_id=a.track_id, new=a.new)
             if physical is not None:
@@ -235,11 +279,21 @@ class FieldMode:
             "detect_preprocess": stages["preprocess"],
             "detect_invoke": stages["invoke"],
             "detect_decode": stages["decode"],
-            "detect": (t1 - t0) * 1000,
+            "background": stages["background"],
+            # the capture thread ran the detector and measured the slide's colour (look_ahead)
+            "detected_ahead": float(ahead is not None),
+            "detect": (t1 - t0) * 1000 if ahead is None else sum(stages.values()),
             "track": (t3 - t2) * 1000,
             "crop": (t4 - t3) * 1000,
         }
         return out
+
+    @staticmethod
+    def interpreter_threads(configured: int = 0) -> int | None:
+        """Threads of each interpreter: `pipeline.threads`, or (0) half the usable cores each, since the
+        threaded layout runs the detector (look_ahead) and the classifier side by side. On 2 cores,
+        1 thread each ran BCCD fields 1.2x faster than 2 threads each (docs/bench.md)."""
+        return configured or max(1, usable_cores() // 2)
 
     @classmethod
     def bundles(cls, pipeline: PipelineConfig) -> tuple[Bundle, ...]:
@@ -250,7 +304,7 @@ class FieldMode:
     def from_config(cls, pipeline: PipelineConfig, bundles: tuple[Bundle, ...], lab=None) -> FieldMode:
         (detector,) = bundles
         return open_field_mode(
-            detector, pipeline.field, pipeline.backend, lab, threads=pipeline.threads or None
+            detector, pipeline.field, pipeline.backend, lab, threads=cls.interpreter_threads(pipeline.threads)
         )
 
     def describe(self) -> dict:

@@ -101,7 +101,12 @@ class Pipeline:
     # -- layouts ----------------------------------------------------------------------------------
     def _start_thread(self) -> None:
         self.capture = CaptureThread(
-            self.capturer.source, self.queue, self.capturer.telemetry, self.stop, capturer=self.capturer
+            self.capturer.source,
+            self.queue,
+            self.capturer.telemetry,
+            self.stop,
+            capturer=self.capturer,
+            look_ahead=getattr(self.processor.mode, "look_ahead", None),
         )
         self.capture.start()
 

@@ -83,7 +83,7 @@ class FrameProcessor:
     def process(self, frame: Frame, t_dequeued: float | None = None) -> FrameResult:
         t0 = time.perf_counter()
         t_dequeued = t0 if t_dequeued is None else t_dequeued
-        crops = self.mode.crops(frame.image, frame.timestamp)
+        crops = self.mode.crops(frame.image, frame.timestamp, ahead=frame.ahead)
         t1 = time.perf_counter()
         preds, stages = (
             self.classifier.classify_images(

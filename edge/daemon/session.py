@@ -256,7 +256,10 @@ def _open_models(
             require_trusted(approved, c.trusted_keys)
     # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
     classifier = Classifier.open(
-        bundle, c.pipeline.backend, lab=labtables.choose(c.pipeline.lab), threads=c.pipeline.threads or None
+        bundle,
+        c.pipeline.backend,
+        lab=labtables.choose(c.pipeline.lab),
+        threads=mode_class.interpreter_threads(c.pipeline.threads),
     )
     undo.callback(classifier.backend.close)
     mode = mode_class.from_config(c.pipeline, mode_bundles, classifier.lab)

@@ -49,6 +49,9 @@ class Frame:
     # A hot folder's file: "size:mtime_ns" as it was taken, so a file that fails after decoding is
     # recorded like an undecodable one and not taken again until it changes.
     file_stat: str = ""
+    # What the mode worked out ahead of the pipeline thread, in the capture thread (the threaded
+    # layout; field mode: the detector's cells, edge/daemon/modes.py FieldMode.look_ahead)
+    ahead: object | None = None
 
     @property
     def view(self) -> np.ndarray:
