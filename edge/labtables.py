@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.preprocess import CVTCOLOR
+from edge.preprocess import CVTCOLOR, CvtColorLab
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +107,31 @@ def not_here() -> str | None:
     return None
 
 
-def choose(strategy: str = "auto"):
+class UnusedLab(CvtColorLab):
+    """What a run whose bundles are all preprocessing version 2 holds: their LAB round trip is
+    edge.cielab's integer one, inside `preprocess`, so no strategy is built (the tables would cost
+    ~90 MB of a field-mode daemon's memory and a second of its start-up for nothing)."""
+
+    name = "none (version 2: edge.cielab)"
+
+
+UNUSED = UnusedLab()
+
+
+def reads_a_strategy(spec) -> bool:
+    """Only version 1 with CLAHE takes its LAB round trip from the strategy passed to preprocess."""
+    return spec.version == 1 and spec.contrast == "clahe"
+
+
+def choose(strategy: str = "auto", specs=None):
     """The LAB strategy a per-frame pipeline uses, decided once at start-up: the tables, unless
     `strategy` is "cvtcolor", the machine has under 1 GiB of RAM or is big-endian (the packing reads
-    bytes as little-endian words), or building them runs out of memory. Same bytes either way."""
+    bytes as little-endian words), or building them runs out of memory. Same bytes either way.
+    `specs`: the preprocessing of the run's bundles; none of version 1 with CLAHE, none is built."""
     if strategy not in STRATEGIES:
         raise ValueError(f"LAB strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    if specs is not None and not any(reads_a_strategy(s) for s in specs):
+        return UNUSED
     if strategy == "cvtcolor":
         return CVTCOLOR
     if strategy == "auto" and not_here():

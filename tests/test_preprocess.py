@@ -202,6 +202,25 @@ def test_lab_strategy_is_chosen_once_at_start_up(monkeypatch):
         labtables.choose("fast")
 
 
+def test_no_lab_tables_are_built_for_bundles_of_version_2(monkeypatch):
+    """Version 2 does its LAB in edge.cielab: a run of only such bundles builds no strategy (~90 MB)."""
+    from edge import labtables
+
+    def never():
+        raise AssertionError("built the tables for bundles that never read them")
+
+    monkeypatch.setattr(labtables, "build", never)
+    v2 = PreprocessSpec(version=2, clahe_tile_grid=7)
+    assert labtables.choose("tables", [v2, PreprocessSpec(version=2, contrast="none")]) is labtables.UNUSED
+    assert labtables.choose("auto", [PreprocessSpec(contrast="none")]) is labtables.UNUSED
+    monkeypatch.setattr(labtables, "build", lambda: "tables")
+    assert labtables.choose("auto", [v2, PreprocessSpec()]) == "tables"  # a version-1 bundle reads them
+    assert (
+        preprocess(np.full((40, 40, 3), 90, np.uint8), v2, lab=labtables.UNUSED)
+        == preprocess(np.full((40, 40, 3), 90, np.uint8), v2)
+    ).all()
+
+
 def test_lab_tables_that_do_not_fit_leave_the_cvtcolor_path(monkeypatch, caplog):
     from edge import labtables
     from edge.preprocess import CVTCOLOR

@@ -258,12 +258,15 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
     )
     init_ms = (_clock() - t) * 1000
     try:
+        detector = Bundle.load(config.detector) if config.mode == "field" else None
         t = _clock()
-        lab = labtables.choose(config.lab)  # as `edge run` does at start-up
+        # as `edge run` does at start-up, for the bundles it runs
+        specs = [b.preprocess_spec for b in (bundle, detector) if b is not None]
+        lab = labtables.choose(config.lab, specs)
         tables_ms = (_clock() - t) * 1000
         mode = (
             open_field_mode(
-                Bundle.load(config.detector),
+                detector,
                 FieldOptions(),  # edge run's defaults
                 config.backend,
                 lab,

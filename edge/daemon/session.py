@@ -258,7 +258,7 @@ def _open_models(
     classifier = Classifier.open(
         bundle,
         c.pipeline.backend,
-        lab=labtables.choose(c.pipeline.lab),
+        lab=labtables.choose(c.pipeline.lab, [b.preprocess_spec for b in (bundle, *mode_bundles)]),
         threads=mode_class.interpreter_threads(c.pipeline.threads),
     )
     undo.callback(classifier.backend.close)
