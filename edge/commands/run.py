@@ -133,8 +133,10 @@ def format_summary(s: dict) -> str:
         *(_alert_line(a) for a in s["alert_rules"]),
         *(
             [
-                f"  field: {plural(s['field']['differential_cells'], 'white cell')} counted (differential of "
-                f"{s['field']['target_cells']}), {s['field']['cells_per_frame']:.2f} per frame, "
+                # found: every tracked cell once; in the differential: the confident ones (the figure's base)
+                f"  field: {plural(s['field']['cells_counted'], 'white cell')} found, "
+                f"{s['field']['differential_cells']} in the differential (of {s['field']['target_cells']}), "
+                f"{s['field']['cells_per_frame']:.2f} per frame, "
                 f"{plural(s['field']['fields_seen'], 'field')} seen "
                 f"(detector {s['field']['detector']}, threshold {s['field']['threshold']:.3f})"
             ]
