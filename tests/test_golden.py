@@ -66,6 +66,32 @@ def test_every_committed_bundle_passes_its_golden_check_here(name):
     assert result.identical == result.compared == result.inputs
 
 
+@pytest.mark.parametrize("name", ["differential-int8", "wbc-detector-int8"])
+def test_the_shipped_models_compute_the_same_on_one_thread_as_on_two(name):
+    """Field mode gives each model half the cores (edge/daemon/modes.py FieldMode.interpreter_threads),
+    cell mode all of them: the outputs must not depend on it."""
+    from edge.runtime import open_backend
+
+    bundle = Bundle.load(MODELS / name)
+    rng = np.random.default_rng(25)
+    batch = rng.integers(0, 256, (6, *bundle.manifest.input.shape[1:]), np.uint8)
+    outputs = []
+    for threads in (1, 2):
+        backend = open_backend(bundle, "cpu", threads=threads)
+        try:
+            got = []
+            for image in batch:
+                backend.set_input(image[None])
+                backend.invoke()
+                got.append({k: v.copy() for k, v in backend.named_outputs().items()})
+            outputs.append(got)
+        finally:
+            backend.close()
+    for one, two in zip(*outputs, strict=True):
+        assert one.keys() == two.keys()
+        assert all(np.array_equal(one[k], two[k]) for k in one)
+
+
 def test_a_bundle_made_here_passes_with_identical_outputs(tiny_v2):
     result = golden.check(tiny_v2)
     assert (result.state, result.identical, result.max_steps) == (golden.OK, result.inputs, 0), result
