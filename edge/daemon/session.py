@@ -254,7 +254,8 @@ def _open_models(
     if c.trusted_keys:  # a clinic that approves bundles approves its detector too
         for approved in (bundle, *mode_bundles):
             require_trusted(approved, c.trusted_keys)
-    # Every frame is preprocessed, so the ~1 s for the LAB lookup tables pays back at once.
+    # Every frame is preprocessed, so the ~1 s for version 1's LAB lookup tables pays back at once
+    # (built only when a bundle of version 1 reads them: edge.labtables.choose).
     classifier = Classifier.open(
         bundle,
         c.pipeline.backend,
