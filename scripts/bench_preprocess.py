@@ -3,12 +3,14 @@
 (edge.labtables), CLAHE through cvtColor, no contrast step (a benchmark, not a test).
 
     python scripts/bench_preprocess.py [--runs 300]
-    python scripts/bench_preprocess.py --after-invoke models/mobilenetv2-int8 [--runs 1000]
+    python scripts/bench_preprocess.py --after-invoke models/differential-int8 [--runs 1000]
 
 The first form times each method alone, back to back (hot caches). `--after-invoke BUNDLE` times
 them as `edge bench` and `edge run` see them: each frame right after an invoke() of the bundle
 (cold caches), on the centred half of a 640x480 synthetic field, the methods taking turns frame by
-frame so that a noisy machine slows them all alike.
+frame so that a noisy machine slows them all alike. For a bundle of preprocessing version 2 (its LAB
+is edge.cielab's, whatever the strategy) the methods are its own spec, without CLAHE, and without
+CLAHE or white balance: what a cheaper version 3 could save.
 """
 
 from __future__ import annotations
@@ -46,8 +48,16 @@ def after_invoke(bundle_path: str, runs: int) -> None:
     rng = np.random.default_rng(0)
     crops = [CellMode(0.5).crops(render_field(rng, 640, 480)[0])[0].image for _ in range(8)]
     backend.set_input(preprocess(crops[0], bundle.preprocess_spec)[None])
-    chosen = methods()
-    specs = [PreprocessSpec(**{**bundle.preprocess_spec.to_dict(), "contrast": m[0]}) for m in chosen]
+    spec = bundle.preprocess_spec
+    if spec.version == 2:
+        plain = {"contrast": "none"}
+        chosen = [(spec, CVTCOLOR, "as shipped"), (spec.replace(**plain), CVTCOLOR, "without clahe")]
+        if spec.color != "none":
+            bare = spec.replace(**plain, color="none", white_reference=None)
+            chosen.append((bare, CVTCOLOR, "without clahe or wb"))
+    else:
+        chosen = [(spec.replace(contrast=c), lab, label) for c, lab, label in methods()]
+    specs = [m[0] for m in chosen]
     times: list[list[float]] = [[] for _ in chosen]
     for i in range(runs * len(chosen) + 10 * len(chosen)):
         k = i % len(chosen)
@@ -59,7 +69,7 @@ def after_invoke(bundle_path: str, runs: int) -> None:
     print(
         f"right after invoke() of {bundle.path.name}, centred 240x240 of a 640x480 field, {runs} frames each"
     )
-    print(f"{'contrast':>22} {'p50 ms':>8} {'p90 ms':>8}")
+    print(f"{'preprocessing':>22} {'p50 ms':>8} {'p90 ms':>8}")
     for method, t in zip(chosen, times, strict=True):
         p50, p90 = np.percentile(t, [50, 90])
         print(f"{method[2]:>22} {p50:8.3f} {p90:8.3f}")
