@@ -113,3 +113,30 @@ def test_a_still_stage_counts_its_cells_once(bccd, tmp_path):
         (rows,) = con.execute("SELECT COUNT(*) FROM results").fetchone()
     assert rows == 2 == s["field"]["cells_counted"]
     assert np.isclose(s["field"]["cells_per_frame"], 2.0)
+
+
+def test_field_modes_models_compute_the_same_on_one_thread_as_on_two_on_real_cells(bccd, realdata):
+    """Field mode gives each model half the cores; on real fields and real cells (pbc-8class/val, every
+    8th of the first 1,600; the first 100 BCCD fields) the outputs are the same bytes on 1 and 2 threads."""
+    import cv2
+
+    from edge.predict import Classifier
+
+    cells = sorted((realdata / "pbc-8class" / "val").glob("*/*.jpg"))[::8][:200]
+    fields = sorted((bccd / "JPEGImages").glob("*.jpg"))[:100]
+    if not cells:
+        pytest.skip(f"{realdata / 'pbc-8class' / 'val'} not found (set EDGE_DATA_DIR)")
+    classifier_bundle, outputs, found = Bundle.load(ROOT / "models" / "differential-int8"), {}, {}
+    for threads in (1, 2):
+        classifier = Classifier.open(classifier_bundle, "cpu", threads=threads)
+        got = []
+        for path in cells:
+            classifier.classify_images([cv2.imread(str(path))])
+            got.append(np.concatenate([v.ravel() for v in classifier.backend.named_outputs().values()]))
+        outputs[threads] = np.stack(got)
+        detector = Detector.open(Bundle.load(DETECTOR), "cpu", threads=threads)
+        found[threads] = [
+            [(d.score, d.int_box()) for d in detector.detect(cv2.imread(str(f)))[0]] for f in fields
+        ]
+    assert len(cells) == 200 and np.array_equal(outputs[1], outputs[2])
+    assert len(fields) == 100 and found[1] == found[2]
