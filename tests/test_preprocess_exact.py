@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,6 +112,25 @@ def test_version_1_specs_serialise_as_before():
     assert V2.to_dict()["version"] == 2 and V2.to_dict()["field_rbc"] == 4.0
     with pytest.raises(ValueError, match="field_rbc"):
         PreprocessSpec(field_rbc=4.0)
+
+
+def test_the_background_is_its_definition_by_sorting():
+    """background_bgr reads histograms for speed; it must give what sorting gives: the lower median of
+    each channel over the brightest tenth of the thumbnail's pixels (ties at the threshold included)."""
+
+    def by_sorting(image):
+        flat = exact.halve_until(image, exact.THUMBNAIL, exact.THUMBNAIL).reshape(-1, 3).astype(np.int64)
+        brightness = flat.sum(axis=1)
+        keep = max(1, int(len(brightness) * exact.BACKGROUND_SHARE))
+        bright = flat[brightness >= np.sort(brightness)[len(brightness) - keep]]
+        return tuple(int(np.sort(bright[:, c])[(len(bright) - 1) // 2]) for c in range(3))
+
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (int(h), int(w), 3), np.uint8) for h, w in rng.integers(1, 400, (60, 2))]
+    images += [np.full((50, 50, 3), 7, np.uint8), np.zeros((1, 1, 3), np.uint8)]
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), np.uint8), (0, 0), 9)  # few distinct values
+    images.append(smooth)
+    assert [exact.background_bgr(i) for i in images] == [by_sorting(i) for i in images]
 
 
 def test_the_background_and_white_balance_are_integers():
