@@ -27,19 +27,27 @@ def noisy(image: np.ndarray, rng) -> np.ndarray:
     return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
 
 
+def is_new(mode: CellMode, image: np.ndarray) -> bool:
+    """As the processor does: cut the frame's cell, then (once it is classified) settle whether it is new."""
+    crops = mode.crops(image)
+    mode.settle(crops)
+    return crops[0].new
+
+
 def test_a_cell_held_in_view_is_counted_once_and_the_next_cell_again():
     rng = np.random.default_rng(3)
     field, _ = render_field(rng, 640, 480, center_class="lobed")
     mode = CellMode(0.5)
-    assert [mode.crops(noisy(field, rng))[0].new for _ in range(20)] == [True] + [False] * 19
+    assert [is_new(mode, noisy(field, rng)) for _ in range(20)] == [True] + [False] * 19
     # the stage moves: the cell stays in the centred square (side 240) until the view moved by half
     # of it, then the cell in the centre is another one
-    moved = [mode.crops(noisy(np.roll(field, dx, axis=1), rng))[0].new for dx in range(20, 161, 20)]
+    moved = [is_new(mode, noisy(np.roll(field, dx, axis=1), rng)) for dx in range(20, 161, 20)]
     assert moved == [False] * 6 + [True, False]
     # another image (a replay's or a hot folder's next file): another cell
     other, _ = render_field(rng, 640, 480, center_class="round")
-    assert [mode.crops(other)[0].new, mode.crops(other)[0].new] == [True, False]
+    assert [is_new(mode, other), is_new(mode, other)] == [True, False]
     assert (mode.frames, mode.counted) == (30, 3)
+    mode.close()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.daemon.fields import FieldWatch
+from edge.daemon.fields import FieldWatch, MotionCheck
 from edge.daemon.tracker import IoUTracker
 from edge.synthetic import render_field
 
@@ -107,3 +107,45 @@ def test_field_watch_counts_a_slow_pan_as_new_fields():
         step = w.update(wide[:, x : x + 640])
         assert not step.jumped or x == 0
     assert w.fields in (3, 4)  # a new field each ~half a view of drift (thumbnail px rounding)
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_the_motion_check_beside_the_classification_gives_the_watchs_own_steps(cores):
+    # on a worker thread (2 cores) or at once (1 core): the same steps, in frame order, as FieldWatch
+    rng = np.random.default_rng(2)
+    wide, _ = render_field(rng, 1600, 480, center_class="round", n_extra=6)
+    other, _ = render_field(rng, 640, 480, center_class="lobed", n_extra=1)
+    frames = [_noisy(wide[:, x : x + 640], rng) for x in range(0, 640, 40)] + [other, other]
+    plain = FieldWatch(new_field_shift=0.5)
+    check = MotionCheck(FieldWatch(new_field_shift=0.5), cores=cores)
+    assert (check._worker is None) == (cores == 1)
+    for frame in frames:
+        check.start(frame)
+        step, ms = check.result()
+        assert step == plain.update(frame) and ms >= 0
+    assert check.watch.fields == plain.fields >= 3
+    check.close()
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_failed_motion_check_is_raised_in_the_frames_own_thread(cores):
+    check = MotionCheck(FieldWatch(), cores=cores)
+    with pytest.raises(RuntimeError, match="before start"):
+        check.result()
+    check.start(np.zeros((0, 0, 3), np.uint8))  # no pixels: no scale for a thumbnail
+    with pytest.raises(ZeroDivisionError):
+        check.result()
+    check.close()
+
+
+def test_a_frame_that_never_settled_does_not_overlap_the_next_update():
+    # a frame that failed between crops() and settle() leaves its update pending; the next frame's,
+    # run in the caller's thread (field mode's threaded layout), waits for it first
+    rng = np.random.default_rng(4)
+    field, _ = render_field(rng, 640, 480, center_class="round", n_extra=2)
+    check = MotionCheck(FieldWatch(), cores=2)
+    check.start(field)
+    check.start(_noisy(field, rng), beside=False)
+    step, _ = check.result()
+    assert not step.jumped and check.watch.fields == 1
+    check.close()

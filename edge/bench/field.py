@@ -2,8 +2,10 @@
 
 The five standard stages keep their meaning, summed over the frame's models: `invoke` is the
 detector's invoke() plus the classifier's (batched over the frame's cells), `preprocess` everything
-before them (the detector's letterbox and decoding, stage motion, tracking, the crops, the
-classifier's preprocessing), `postprocess` the classifier's. So `overhead_ratio` is end_to_end over
+before them (the detector's letterbox and decoding, the crops, the classifier's preprocessing),
+`postprocess` the classifier's. The stage motion runs beside the classification (MotionCheck) and the
+tracking after it: both lie within end_to_end, and `field.stages.motion` is the check's own time,
+off the frame's path when it ran beside. So `overhead_ratio` is end_to_end over
 (detector invoke + classifier invoke): the field-mode goal (<= 1.5) on the same scale as cell mode's.
 `field` breaks each frame down further, and per cell. The mode itself is the daemon's, built by the
 same function (edge/daemon/modes.py open_field_mode) with the default [pipeline.field] options.

@@ -1,8 +1,10 @@
 """What to classify in a frame. `cell`: the centred region where the technician puts a cell.
 `field`: every white cell the detector finds, cropped by the crop rule, tracked across frames.
 
-A mode returns a list of crops; the pipeline, the database (one row per counted crop) and the archive
-take them as they come. Each mode also builds itself from the [pipeline] config (`bundles`, then
+A mode returns a list of crops (`crops`), and once they are classified says which are new
+(`settle`): the stage-motion check behind that runs beside the classification (edge.daemon.fields
+MotionCheck). The pipeline, the database (one row per counted crop) and the archive take them as they
+come. Each mode also builds itself from the [pipeline] config (`bundles`, then
 `from_config`: the bundles it needs are loaded first, so they are verified before any interpreter
 starts), and says what it is (`describe`) and how far it has got (`status`), so the daemon never asks
 which mode it runs.
@@ -22,7 +24,7 @@ from edge import preprocess_exact
 from edge.bundle import Bundle
 from edge.daemon.config import CellOptions
 from edge.daemon.differential import DifferentialCount
-from edge.daemon.fields import FieldWatch
+from edge.daemon.fields import FieldWatch, MotionCheck
 from edge.daemon.tracker import IoUTracker
 from edge.detect.crop import crop_cell
 from edge.detect.detector import Detector
@@ -140,6 +142,7 @@ class CellMode:
         self.physical: PhysicalCut | None = None  # set by the processor for version-2 bundles
         default = CellOptions.model_fields["min_similarity"].default
         self.watch = FieldWatch(default if min_similarity is None else min_similarity)
+        self.motion = MotionCheck(self.watch)
         self.frames = 0
         self.counted = 0
 
@@ -163,17 +166,22 @@ class CellMode:
         return None  # the differential says it all
 
     def close(self) -> None:
-        pass
+        self.motion.close()
 
     def crops(self, image: np.ndarray, timestamp: float | None = None, ahead=None) -> list[Crop]:
         crop = self._crop(image)
         # the cell leaves the centred square once the view moved by half its side
         side = (crop.square or crop.box)[2]
-        step = self.watch.update(image, "BGR", new_field_shift=side / 2 / min(image.shape[:2]))
-        crop.new = step.new_field
-        self.frames += 1
-        self.counted += crop.new
+        self.motion.start(image, "BGR", new_field_shift=side / 2 / min(image.shape[:2]))
         return [crop]
+
+    def settle(self, crops: list[Crop]) -> None:
+        """Whether the frame's cell is another cell, from the motion check `crops` started."""
+        step, _ = self.motion.result()
+        for crop in crops:
+            crop.new = step.new_field
+        self.frames += 1
+        self.counted += step.new_field
 
     def _crop(self, image: np.ndarray) -> Crop:
         if self.physical is not None and self.physical.ready():
@@ -205,6 +213,8 @@ class FieldMode:
         self.detector = detector
         self.tracker = tracker
         self.watch = watch
+        self.motion = MotionCheck(watch)
+        self._to_track: tuple[list, float] = ([], 0.0)  # the frame's boxes and time, for settle()
         self.threshold = detector.threshold if threshold is None else float(threshold)
         self.crop_rule: CropRule = detector.spec.crop
         self.target_cells = int(target_cells)
@@ -236,7 +246,7 @@ class FieldMode:
         slide colour), so that the detector works on frame N+1 while this thread classifies frame N's
         cells: on 2 cores the pipeline then takes about the longer of the two stages, not their sum
         (docs/bench.md). What depends on the order of frames (motion, tracking, counting) stays in
-        crops()."""
+        the pipeline thread's crops() and settle()."""
         return self.detect(image)
 
     def crops(
@@ -246,22 +256,18 @@ class FieldMode:
         found = ahead if ahead is not None else self.detect(image)
         cells, stages = found.cells, found.stages
         t1 = time.perf_counter()
-        # the stage motion, on the detector's own small copy of the frame (RGB, letterbox cut off)
-        step = self.watch.update(found.view, "RGB", image.shape[1])
-        if step.jumped:
-            self.tracker.reset()
-        t2 = time.perf_counter()
-        assigned = self.tracker.update(
-            [d.xyxy for d in cells], time.monotonic() if timestamp is None else timestamp, step.shift
-        )
-        t3 = time.perf_counter()
+        # the stage motion, on the detector's own small copy of the frame (RGB, letterbox cut off);
+        # settle() tracks the cells with it once they are classified. Beside the classification only
+        # when no look-ahead keeps the other core busy: three threads on 2 cores ran slower.
+        self.motion.start(found.view, "RGB", image.shape[1], beside=ahead is None)
+        self._to_track = [d.xyxy for d in cells], time.monotonic() if timestamp is None else timestamp
         out = []
         physical = self.physical if self.physical is not None and self.physical.ready() else None
         background = found.background
         if physical and cells and background is None:  # the scale became known after the look-ahead
             background = preprocess_exact.background_bgr(image)
-        for det, a in zip(cells, assigned, strict=True):
-            fields = dict(box=det.int_box(), score=round(det.score, 4), track_id=a.track_id, new=a.new)
+        for det in cells:
+            fields = dict(box=det.int_box(), score=round(det.score, 4))
             if physical is not None:
                 x, y, w, h = det.box
                 out.append(physical.crop(image, (x + w / 2, y + h / 2), background, **fields))
@@ -269,13 +275,12 @@ class FieldMode:
                 image_crop, square = crop_cell(image, det.box, self.crop_rule)
                 out.append(Crop(image_crop, square=square, **fields))
         self.last_cells_boxes = [d.int_box() for d in cells]
-        t4 = time.perf_counter()
+        t2 = time.perf_counter()
         self.frames += 1
         self.last_cells = len(cells)
         self.cells_seen += len(cells)
         self.recent_cells.append(len(cells))
         self.last_timings = {
-            "motion": (t2 - t1) * 1000,
             "detect_preprocess": stages["preprocess"],
             "detect_invoke": stages["invoke"],
             "detect_decode": stages["decode"],
@@ -283,10 +288,22 @@ class FieldMode:
             # the capture thread ran the detector and measured the slide's colour (look_ahead)
             "detected_ahead": float(ahead is not None),
             "detect": (t1 - t0) * 1000 if ahead is None else sum(stages.values()),
-            "track": (t3 - t2) * 1000,
-            "crop": (t4 - t3) * 1000,
+            "crop": (t2 - t1) * 1000,
         }
         return out
+
+    def settle(self, crops: list[Crop]) -> None:
+        """Track the frame's cells (in the order `crops` gave them) with its stage motion: which are
+        new, and their track ids. A jump to another field forgets every track first."""
+        step, motion_ms = self.motion.result()
+        t0 = time.perf_counter()
+        if step.jumped:
+            self.tracker.reset()
+        boxes, timestamp = self._to_track
+        for crop, a in zip(crops, self.tracker.update(boxes, timestamp, step.shift), strict=True):
+            crop.track_id, crop.new = a.track_id, a.new
+        # the motion check's own time: it ran beside the classification, off the frame's path
+        self.last_timings.update(motion=motion_ms, track=(time.perf_counter() - t0) * 1000)
 
     @staticmethod
     def interpreter_threads(configured: int = 0) -> int | None:
@@ -333,6 +350,7 @@ class FieldMode:
         )
 
     def close(self) -> None:
+        self.motion.close()
         self.detector.backend.close()
 
 

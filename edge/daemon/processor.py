@@ -92,6 +92,7 @@ class FrameProcessor:
             if crops
             else ([], {})
         )
+        self.mode.settle(crops)  # which cells are new: the motion check ran beside the classification
         self._check_site(frame, crops, preds)
         t_result = time.perf_counter()
         shape, view = frame.image.shape, frame.view.shape
