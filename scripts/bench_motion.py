@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The stage-motion check beside the classification or in the pipeline thread: an A/B in one process
+(a benchmark, not a test), the numbers behind docs/bench.md's figure for MotionCheck.
+
+    python scripts/bench_motion.py [BUNDLE] [--rounds 6] [--runs 300] [--threads N] [--mode cell|field]
+                                   [--source sim | replay:DIR]
+
+Each round runs `edge bench`'s own measurement (edge.bench.runner.run) twice, once with the check in
+the pipeline thread (MotionCheck told there is one core) and once beside (as `edge run` does on more
+than one), in turn, so a drifting machine slows both alike; the table gives medians over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from edge.bench import runner
+from edge.commands.detect import default_detector
+from edge.daemon import fields
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("overhead ratio", "end to end p50 ms", "invoke p50 ms", "preprocess p50 ms", "threaded fps")
+
+
+def measure(config: runner.BenchConfig, beside: bool) -> tuple[float, ...]:
+    # what MotionCheck reads to choose: one core keeps the check in the pipeline thread
+    fields.usable_cores = (lambda: 2) if beside else (lambda: 1)
+    r = runner.run(config)
+    s = r["stages"]
+    return (
+        r["overhead_ratio"],
+        s["end_to_end"]["p50_ms"],
+        s["invoke"]["p50_ms"],
+        s["preprocess"]["p50_ms"],
+        r["threaded_fps"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", default=str(ROOT / "models" / "differential-int8"))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--mode", choices=("cell", "field"), default="cell")
+    parser.add_argument("--source", default="sim")
+    a = parser.parse_args()
+    detector = default_detector() if a.mode == "field" else None  # edge run's, as edge bench takes it
+    config = runner.BenchConfig(
+        bundle=Path(a.bundle), runs=a.runs, threads=a.threads, mode=a.mode, source=a.source, detector=detector
+    )
+    results: dict[str, list[tuple[float, ...]]] = {"pipeline thread": [], "beside": []}
+    for i in range(a.rounds):
+        for name in results:
+            results[name].append(measure(config, beside=name == "beside"))
+            print(f"round {i + 1} {name:15s} " + "  ".join(f"{v:.3f}" for v in results[name][-1]), flush=True)
+    print(
+        f"\n{a.mode} mode, {Path(a.bundle).name}, threads {a.threads or 'default'}, medians of {a.rounds} rounds"
+    )
+    print(f"| motion check | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
+    for name, rows in results.items():
+        print(
+            f"| {name} | "
+            + " | ".join(f"{statistics.median(r[k] for r in rows):.3f}" for k in range(len(COLUMNS)))
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
