@@ -278,8 +278,11 @@ def run(config: BenchConfig, tick: Callable[[int], None] = lambda n: None) -> di
             else CellMode(config.region, config.region_px)
         )
         processor = FrameProcessor(mode, Classifier(bundle, backend, lab=lab))
-        with _switch_interval(PIPELINE_SWITCH_INTERVAL_S):
-            result = _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick)
+        try:
+            with _switch_interval(PIPELINE_SWITCH_INTERVAL_S):
+                result = _measure(config, bundle, backend, processor, load_ms, init_ms, tables_ms, tick)
+        finally:
+            mode.close()  # its motion worker and (field mode) the detector's interpreter
         result["context"]["load_average_start"] = load_before  # "load_average" is read at the end
         return result
     finally:

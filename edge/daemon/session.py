@@ -135,6 +135,7 @@ class Session:
             self.mqtt.stop()
         self.reviews.close()
         self.store.close()
+        self.mode.close()  # its motion worker and (field mode) the detector's interpreter
 
 
 def build_session(config: DaemonConfig, stop: threading.Event | None = None) -> Session:
