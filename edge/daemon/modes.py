@@ -261,6 +261,7 @@ class FieldMode:
         # when no look-ahead keeps the other core busy: three threads on 2 cores ran slower.
         self.motion.start(found.view, "RGB", image.shape[1], beside=ahead is None)
         self._to_track = [d.xyxy for d in cells], time.monotonic() if timestamp is None else timestamp
+        t_cut = time.perf_counter()  # after the motion check, when it ran here
         out = []
         physical = self.physical if self.physical is not None and self.physical.ready() else None
         background = found.background
@@ -288,7 +289,7 @@ class FieldMode:
             # the capture thread ran the detector and measured the slide's colour (look_ahead)
             "detected_ahead": float(ahead is not None),
             "detect": (t1 - t0) * 1000 if ahead is None else sum(stages.values()),
-            "crop": (t2 - t1) * 1000,
+            "crop": (t2 - t_cut) * 1000,
         }
         return out
 
