@@ -86,30 +86,22 @@ class MotionCheck:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="edge-motion") if beside else None
         self._pending: Future | None = None
 
-    def _update(self, *args) -> tuple[FieldStep, float]:
+    def _update(self, *args, **kwargs) -> tuple[FieldStep, float]:
         t0 = time.perf_counter()
-        step = self.watch.update(*args)
+        step = self.watch.update(*args, **kwargs)
         return step, (time.perf_counter() - t0) * 1000
 
-    def start(
-        self,
-        image: np.ndarray,
-        order: str = "BGR",
-        image_width: int | None = None,
-        new_field_shift: float | None = None,
-        beside: bool = True,
-    ) -> None:
-        """Begin FieldWatch.update(image, ...) for the next frame; `beside` False: run it now, in this
-        thread (the other cores are busy: field mode's threaded layout detects the next frame there)."""
-        args = (image, order, image_width, new_field_shift)
+    def start(self, *args, beside: bool = True, **kwargs) -> None:
+        """Begin FieldWatch.update(*args, **kwargs) for the next frame; `beside` False: run it now, in
+        this thread (the other cores are busy: field mode's threaded layout detects the next frame there)."""
         if self._pending is not None:  # its frame failed before result(): never two updates at once
             wait([self._pending])
         if self._worker is not None and beside:
-            self._pending = self._worker.submit(self._update, *args)
+            self._pending = self._worker.submit(self._update, *args, **kwargs)
             return
         self._pending = Future()
         try:
-            self._pending.set_result(self._update(*args))
+            self._pending.set_result(self._update(*args, **kwargs))
         except Exception as exc:  # raised by result(), in the frame's own thread, as from the worker
             self._pending.set_exception(exc)
 
