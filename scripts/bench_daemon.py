@@ -77,7 +77,7 @@ def raw_invoke_ms(
     backend = open_backend(bundle, "cpu", **({"threads": threads} if threads else {}))
     source = open_source(load_config(overrides={"source": {"uri": uri}}).source)
     source.open()
-    (crop,) = CellMode(region, region_px).crops(source.read().image)
+    crop = CellMode(region, region_px).cut(source.read().image)
     tensor = preprocess(crop.image, bundle.preprocess_spec)[None]
     backend.set_input(tensor)
     for _ in range(5):

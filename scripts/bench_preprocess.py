@@ -46,7 +46,7 @@ def after_invoke(bundle_path: str, runs: int) -> None:
     bundle = Bundle.load(bundle_path)
     backend = open_backend(bundle, "cpu")
     rng = np.random.default_rng(0)
-    crops = [CellMode(0.5).crops(render_field(rng, 640, 480)[0])[0].image for _ in range(8)]
+    crops = [CellMode(0.5).cut(render_field(rng, 640, 480)[0]).image for _ in range(8)]
     backend.set_input(preprocess(crops[0], bundle.preprocess_spec)[None])
     spec = bundle.preprocess_spec
     if spec.version == 2:

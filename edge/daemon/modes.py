@@ -169,7 +169,7 @@ class CellMode:
         self.motion.close()
 
     def crops(self, image: np.ndarray, timestamp: float | None = None, ahead=None) -> list[Crop]:
-        crop = self._crop(image)
+        crop = self.cut(image)
         # the cell leaves the centred square once the view moved by half its side
         side = (crop.square or crop.box)[2]
         self.motion.start(image, "BGR", new_field_shift=side / 2 / min(image.shape[:2]))
@@ -183,7 +183,8 @@ class CellMode:
         self.frames += 1
         self.counted += step.new_field
 
-    def _crop(self, image: np.ndarray) -> Crop:
+    def cut(self, image: np.ndarray) -> Crop:
+        """The frame's centred cell, as crops() cuts it, without the motion check (benchmarks)."""
         if self.physical is not None and self.physical.ready():
             h, w = image.shape[:2]
             return self.physical.crop(image, (w / 2, h / 2))
