@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,17 @@ def pytest_report_header(config):
 
     where = Path(edge.__file__).resolve().parent
     return f"edge {edge.__version__} from {where} ({'checkout' if where == ROOT / 'edge' else 'installed'})"
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test():
+    """A test that fails while its `edge run` subprocess still runs must not leave it behind (one left
+    from a failed MQTT test took a core for 75 minutes). Read from sys.modules: only sessions that
+    imported the helper have daemons to stop; those of wider-scoped fixtures, started before this
+    test, are left to them."""
+    acceptance = sys.modules.get("tests.test_daemon_acceptance")
+    before = len(acceptance.Daemon.started) if acceptance is not None else 0
+    yield
+    acceptance = sys.modules.get("tests.test_daemon_acceptance")
+    if acceptance is not None:
+        acceptance.Daemon.stop_leftovers(before)

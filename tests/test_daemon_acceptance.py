@@ -42,6 +42,19 @@ def replay_args(bundle, replay_dir, db, *extra) -> list:
 class Daemon:
     """`edge run ...` in a subprocess; collects stdout and the page address."""
 
+    started: list[Daemon] = []  # for stop_leftovers()
+
+    @classmethod
+    def stop_leftovers(cls, since: int) -> None:
+        """Kill the daemons started after the first `since` that still run: a test that failed before
+        its SIGTERM, with a --loop replay that never ends, would leave one taking a core for the rest
+        of the session (tests/conftest.py). Those of a wider-scoped fixture came before `since`."""
+        for d in cls.started[since:]:
+            if d.proc.poll() is None:
+                d.proc.kill()
+                d.proc.wait(10)
+        del cls.started[since:]
+
     def __init__(self, args, cwd: Path, env: dict | None = None):
         full_env = {
             k: v
@@ -62,6 +75,7 @@ class Daemon:
         self.has_url = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        Daemon.started.append(self)
 
     def _read(self):
         for line in self.proc.stdout:
