@@ -254,7 +254,7 @@ def preprocess(
     """
     spec = spec or PreprocessSpec()
     if spec.version == 2:
-        raw = cut(to_bgr8(image, order), spec, view)
+        raw = cut(to_bgr8(image, order), spec, view, channels=4)  # BGRA: the faster resize, same bytes
         return finish(raw, spec, view.background or (lambda: exact.background_bgr(raw)))
     square = _square(to_bgr8(image, order), spec)
     if spec.color == "white_balance":
@@ -269,41 +269,44 @@ def preprocess(
     return np.ascontiguousarray(out, dtype=np.uint8)
 
 
-def cut(bgr: np.ndarray, spec: PreprocessSpec, view: View) -> np.ndarray:
-    """Version 2, geometry: 8-bit BGR image -> spec.size square BGR: the view's window (beyond the
-    image, the slide's colour), or the whole image by spec.aspect when the scale is unknown. Training
-    augments this, before `finish`."""
+def cut(bgr: np.ndarray, spec: PreprocessSpec, view: View, channels: int = 3) -> np.ndarray:
+    """Version 2, geometry: 8-bit BGR image -> spec.size square BGR (BGRA with `channels` 4, the same
+    B, G, R bytes): the view's window (beyond the image, the slide's colour), or the whole image by
+    spec.aspect when the scale is unknown. Training augments this, before `finish`."""
     size = int(spec.size)
     h, w = bgr.shape[:2]
     if view.rbc_px and spec.field_rbc:
         centre = view.centre or (w / 2, h / 2)
         fill = view.background or (lambda: exact.background_bgr(bgr))  # measured only when needed
-        return exact.window(bgr, centre, view.side(spec, bgr.shape), size, fill)
+        return exact.window(bgr, centre, view.side(spec, bgr.shape), size, fill, channels)
     if spec.aspect == "stretch" or h == w:
-        return exact.resize(bgr, size, size)
+        return exact.resize(bgr, size, size, channels)
     if spec.aspect == "center_crop":
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return exact.resize(bgr[top : top + side, left : left + side], size, size)
+        return exact.resize(bgr[top : top + side, left : left + side], size, size, channels)
     side = max(h, w)  # pad: the whole image, letterboxed in pad_value
-    fitted = exact.resize(bgr, max(1, w * size // side), max(1, h * size // side))
-    canvas = np.full((size, size, 3), int(spec.pad_value), np.uint8)
+    fitted = exact.resize(bgr, max(1, w * size // side), max(1, h * size // side), channels)
+    canvas = np.full((size, size, channels), int(spec.pad_value), np.uint8)
     top, left = (size - fitted.shape[0]) // 2, (size - fitted.shape[1]) // 2
     canvas[top : top + fitted.shape[0], left : left + fitted.shape[1]] = fitted
     return canvas
 
 
 def finish(raw_bgr: np.ndarray, spec: PreprocessSpec, background) -> np.ndarray:
-    """Version 2, colour: a spec.size square BGR from `cut` -> the model input: white balance from the
-    slide's colour `background` (B, G, R; the frame's, or `preprocess_exact.background_bgr` of the
-    window) to the bundle's reference, CLAHE on integer LAB, colour order. `background` may be a
+    """Version 2, colour: a spec.size square BGR (or BGRA) from `cut` -> the model input: white balance
+    from the slide's colour `background` (B, G, R; the frame's, or `preprocess_exact.background_bgr` of
+    the window) to the bundle's reference, CLAHE on integer LAB, colour order. `background` may be a
     function giving it: it is measured only by a bundle that white-balances."""
+    channels = raw_bgr.shape[2]
     if spec.color == "white_balance":
         background = background() if callable(background) else background
-        raw_bgr = cv2.LUT(raw_bgr, exact.white_balance_table(background, spec.white_reference))
+        raw_bgr = cv2.LUT(raw_bgr, exact.white_balance_table(background, spec.white_reference, channels))
     if spec.contrast == "clahe":
         clahe = clahe_object(float(spec.clahe_clip_limit), int(spec.clahe_tile_grid))
         out = exact.clahe_on_l(raw_bgr, clahe, cielab.tables(), spec.color_order)
+    elif channels == 4:
+        out = cv2.cvtColor(raw_bgr, cv2.COLOR_BGRA2RGB if spec.color_order == "RGB" else cv2.COLOR_BGRA2BGR)
     else:
         out = cv2.cvtColor(raw_bgr, cv2.COLOR_BGR2RGB) if spec.color_order == "RGB" else raw_bgr
     return np.ascontiguousarray(out, dtype=np.uint8)
