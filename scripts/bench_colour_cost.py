@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""What the colour steps cost end to end: `edge bench`'s own measurement with the bundle's
+preprocessing, and with the resize alone (no white balance, no CLAHE), in turn, in one process (a
+benchmark, not a test). Timing only: with the resize alone the model sees inputs it was not trained
+on, so its answers mean nothing; the figure is what a preprocessing version 3 without the colour
+steps could reach on this machine before any retraining (docs/bench.md, "Round three").
+
+    python scripts/bench_colour_cost.py [BUNDLE] [--rounds 3] [--runs 300] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from edge.bench import runner
+from edge.predict import Classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("overhead ratio", "end to end p50 ms", "invoke p50 ms", "preprocess p50 ms", "postprocess p50 ms")
+
+
+def measure(config: runner.BenchConfig, resize_only: bool) -> tuple[float, ...]:
+    made = Classifier.__init__
+
+    def init(self, *args, **kwargs):  # the bench builds its Classifier inside run()
+        made(self, *args, **kwargs)
+        self.spec = self.spec.replace(contrast="none", color="none", white_reference=None)
+
+    if resize_only:
+        Classifier.__init__ = init
+    try:
+        r = runner.run(config)
+    finally:
+        Classifier.__init__ = made
+    s = r["stages"]
+    return (
+        r["overhead_ratio"],
+        *(s[k]["p50_ms"] for k in ("end_to_end", "invoke", "preprocess", "postprocess")),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", default=str(ROOT / "models" / "differential-int8"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=None)
+    a = parser.parse_args()
+    config = runner.BenchConfig(bundle=Path(a.bundle), runs=a.runs, threads=a.threads)
+    results: dict[str, list[tuple[float, ...]]] = {"as shipped": [], "resize only": []}
+    for i in range(a.rounds):
+        for name in results:
+            results[name].append(measure(config, resize_only=name == "resize only"))
+            print(f"round {i + 1} {name:12s} " + "  ".join(f"{v:.3f}" for v in results[name][-1]), flush=True)
+    print(
+        f"\ncell mode, {Path(a.bundle).name}, threads {a.threads or 'default'}, medians of {a.rounds} rounds"
+    )
+    print(f"| preprocessing | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
+    for name, rows in results.items():
+        print(
+            f"| {name} | "
+            + " | ".join(f"{statistics.median(r[k] for r in rows):.3f}" for k in range(len(COLUMNS)))
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
