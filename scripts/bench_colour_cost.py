@@ -11,8 +11,9 @@ steps could reach on this machine before any retraining (docs/bench.md, "Round t
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
+
+from ab_rounds import alternate, print_medians  # scripts/, beside this file
 
 from edge.bench import runner
 from edge.predict import Classifier
@@ -49,21 +50,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     a = parser.parse_args()
     config = runner.BenchConfig(bundle=Path(a.bundle), runs=a.runs, threads=a.threads)
-    results: dict[str, list[tuple[float, ...]]] = {"as shipped": [], "resize only": []}
-    for i in range(a.rounds):
-        for name in results:
-            results[name].append(measure(config, resize_only=name == "resize only"))
-            print(f"round {i + 1} {name:12s} " + "  ".join(f"{v:.3f}" for v in results[name][-1]), flush=True)
-    print(
-        f"\ncell mode, {Path(a.bundle).name}, threads {a.threads or 'default'}, medians of {a.rounds} rounds"
+    results = alternate(
+        {
+            "as shipped": lambda: measure(config, resize_only=False),
+            "resize only": lambda: measure(config, resize_only=True),
+        },
+        a.rounds,
     )
-    print(f"| preprocessing | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
-    for name, rows in results.items():
-        print(
-            f"| {name} | "
-            + " | ".join(f"{statistics.median(r[k] for r in rows):.3f}" for k in range(len(COLUMNS)))
-            + " |"
-        )
+    title = f"cell mode, {Path(a.bundle).name}, threads {a.threads or 'default'}"
+    print_medians(results, title, "preprocessing", COLUMNS)
 
 
 if __name__ == "__main__":

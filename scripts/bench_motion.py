@@ -13,8 +13,9 @@ than one), in turn, so a drifting machine slows both alike; the table gives medi
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
+
+from ab_rounds import alternate, print_medians  # scripts/, beside this file
 
 from edge.bench import runner
 from edge.commands.detect import default_detector
@@ -51,21 +52,15 @@ def main() -> None:
     config = runner.BenchConfig(
         bundle=Path(a.bundle), runs=a.runs, threads=a.threads, mode=a.mode, source=a.source, detector=detector
     )
-    results: dict[str, list[tuple[float, ...]]] = {"pipeline thread": [], "beside": []}
-    for i in range(a.rounds):
-        for name in results:
-            results[name].append(measure(config, beside=name == "beside"))
-            print(f"round {i + 1} {name:15s} " + "  ".join(f"{v:.3f}" for v in results[name][-1]), flush=True)
-    print(
-        f"\n{a.mode} mode, {Path(a.bundle).name}, threads {a.threads or 'default'}, medians of {a.rounds} rounds"
+    results = alternate(
+        {
+            "pipeline thread": lambda: measure(config, beside=False),
+            "beside": lambda: measure(config, beside=True),
+        },
+        a.rounds,
     )
-    print(f"| motion check | {' | '.join(COLUMNS)} |\n|---|{'---|' * len(COLUMNS)}")
-    for name, rows in results.items():
-        print(
-            f"| {name} | "
-            + " | ".join(f"{statistics.median(r[k] for r in rows):.3f}" for k in range(len(COLUMNS)))
-            + " |"
-        )
+    title = f"{a.mode} mode, {Path(a.bundle).name}, threads {a.threads or 'default'}"
+    print_medians(results, title, "motion check", COLUMNS)
 
 
 if __name__ == "__main__":
