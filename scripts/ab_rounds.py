@@ -4,8 +4,22 @@ turn, and the table gives medians over the rounds."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "differential-int8"
+
+
+def parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The arguments every A/B script takes: BUNDLE (edge run's default), --rounds, --runs, --threads."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("bundle", nargs="?", type=Path, default=DEFAULT_BUNDLE)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--threads", type=int, default=None)
+    return p
 
 
 def alternate(

@@ -10,15 +10,12 @@ steps could reach on this machine before any retraining (docs/bench.md, "Round t
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from ab_rounds import alternate, print_medians  # scripts/, beside this file
+from ab_rounds import parser as ab_parser
 
 from edge.bench import runner
 from edge.predict import Classifier
 
-ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("overhead ratio", "end to end p50 ms", "invoke p50 ms", "preprocess p50 ms", "postprocess p50 ms")
 
 
@@ -43,13 +40,9 @@ def measure(config: runner.BenchConfig, resize_only: bool) -> tuple[float, ...]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", nargs="?", default=str(ROOT / "models" / "differential-int8"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = ab_parser(__doc__, rounds=3)
     a = parser.parse_args()
-    config = runner.BenchConfig(bundle=Path(a.bundle), runs=a.runs, threads=a.threads)
+    config = runner.BenchConfig(bundle=a.bundle, runs=a.runs, threads=a.threads)
     results = alternate(
         {
             "as shipped": lambda: measure(config, resize_only=False),
@@ -57,7 +50,7 @@ def main() -> None:
         },
         a.rounds,
     )
-    title = f"cell mode, {Path(a.bundle).name}, threads {a.threads or 'default'}"
+    title = f"cell mode, {a.bundle.name}, threads {a.threads or 'default'}"
     print_medians(results, title, "preprocessing", COLUMNS)
 
 

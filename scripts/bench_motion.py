@@ -12,16 +12,13 @@ than one), in turn, so a drifting machine slows both alike; the table gives medi
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from ab_rounds import alternate, print_medians  # scripts/, beside this file
+from ab_rounds import parser as ab_parser
 
 from edge.bench import runner
 from edge.commands.detect import default_detector
 from edge.daemon import fields
 
-ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("overhead ratio", "end to end p50 ms", "invoke p50 ms", "preprocess p50 ms", "threaded fps")
 
 
@@ -40,17 +37,13 @@ def measure(config: runner.BenchConfig, beside: bool) -> tuple[float, ...]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundle", nargs="?", default=str(ROOT / "models" / "differential-int8"))
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = ab_parser(__doc__, rounds=6)
     parser.add_argument("--mode", choices=("cell", "field"), default="cell")
     parser.add_argument("--source", default="sim")
     a = parser.parse_args()
     detector = default_detector() if a.mode == "field" else None  # edge run's, as edge bench takes it
     config = runner.BenchConfig(
-        bundle=Path(a.bundle), runs=a.runs, threads=a.threads, mode=a.mode, source=a.source, detector=detector
+        bundle=a.bundle, runs=a.runs, threads=a.threads, mode=a.mode, source=a.source, detector=detector
     )
     results = alternate(
         {
@@ -59,7 +52,7 @@ def main() -> None:
         },
         a.rounds,
     )
-    title = f"{a.mode} mode, {Path(a.bundle).name}, threads {a.threads or 'default'}"
+    title = f"{a.mode} mode, {a.bundle.name}, threads {a.threads or 'default'}"
     print_medians(results, title, "motion check", COLUMNS)
 
 
