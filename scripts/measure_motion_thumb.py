@@ -60,6 +60,8 @@ def main() -> None:
     if not folder.is_dir():
         raise SystemExit(f"error: {folder}: no BCCD frames here (--data or EDGE_DATA_DIR)")
     frames = [load_image(f) for f in sorted(folder.glob("*.jpg"))[: a.frames]]
+    if len(frames) < 2:
+        raise SystemExit(f"error: {folder}: {len(frames)} frame(s); two fields at least (--frames)")
     threshold = CellOptions.model_fields["min_similarity"].default
     print(f"{len(frames)} BCCD frames from {folder}; cell mode counts again below similarity {threshold}")
     print(
