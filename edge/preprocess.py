@@ -154,9 +154,7 @@ def _resize(image: np.ndarray, spec: PreprocessSpec, channels: int = 3) -> np.nd
     if spec.antialias and spec.interpolation != "area":
         # Halve with exact 2x INTER_AREA (OpenCV's fast path) while the image is >= 2x the target,
         # so the final interpolation never skips pixels (no aliasing of fine granules).
-        while image.shape[0] >= 2 * size and image.shape[1] >= 2 * size:
-            h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
-            image = cv2.resize(image[:h, :w], (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        image = exact.halve_until(image, size, size)
     early = channels == 4 and spec.interpolation in _CHANNEL_EXACT
     if early:  # converting before the last resize leaves one pass fewer over the model-size image
         image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)

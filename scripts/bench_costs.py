@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import statistics
 from pathlib import Path
+from unittest.mock import patch
 
 from edge.bench import runner
 from edge.commands.detect import default_detector
@@ -36,16 +37,6 @@ DEFAULT_VARIANTS = "shipped,no-motion,resize-only,resize-only+no-motion"
 COLUMNS = ("overhead ratio", "end to end p50 ms", "invoke p50 ms", "preprocess p50 ms", "threaded fps")
 
 
-@contextlib.contextmanager
-def _replaced(owner, name: str, value):
-    kept = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, kept)
-
-
 def _resize_only():
     made = Classifier.__init__
 
@@ -53,19 +44,19 @@ def _resize_only():
         made(self, *args, **kwargs)
         self.spec = self.spec.replace(contrast="none", color="none", white_reference=None)
 
-    return _replaced(Classifier, "__init__", init)
+    return patch.object(Classifier, "__init__", init)
 
 
 def _no_motion():
     def same_view(self, *args, **kwargs):
         return fields.FieldStep((0.0, 0.0), False, False, max(1, self.fields), 1.0)
 
-    return _replaced(fields.FieldWatch, "update", same_view)
+    return patch.object(fields.FieldWatch, "update", same_view)
 
 
 CHANGES = {
     # what MotionCheck reads to choose: one core keeps the check in the pipeline thread
-    "motion-inline": lambda: _replaced(fields, "usable_cores", lambda: 1),
+    "motion-inline": lambda: patch.object(fields, "usable_cores", lambda: 1),
     "no-motion": _no_motion,
     "resize-only": _resize_only,
 }

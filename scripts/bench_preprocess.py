@@ -58,7 +58,7 @@ def after_invoke(bundle_path: str, runs: int) -> None:
 
     if spec.version == 2:
 
-        def three_channels(image):  # the resize before this stop: BGR, not BGRA (the same bytes)
+        def three_channels(image):  # training's 3-channel resize: BGR, not BGRA (the same bytes)
             raw = cut(image, spec, WHOLE_IMAGE)
             return finish(raw, spec, lambda: exact.background_bgr(raw))
 
